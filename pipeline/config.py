@@ -1,0 +1,260 @@
+"""Load and validate ``params.yaml`` into typed, frozen objects.
+
+This is the one place that knows the schema. Every stage calls :func:`load_params` before doing
+any work, so a typo or an out-of-range value fails at once with a message that names the key,
+the value and what is allowed.
+
+Sections are dataclasses; a field's type annotation is its schema (``int``, ``float``, ``bool``,
+``str``, ``Literal[...]``, ``Optional[...]``, ``list[...]``, nested dataclasses). Semantic rules
+that a type cannot express live in each section's ``check`` method.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+DATASETS = ("colored_mnist", "clever_hans")
+IMAGE_SIZE = 28
+N_SOURCE_CLASSES = 10  # MNIST and Fashion-MNIST both have ten classes
+
+
+class ConfigError(ValueError):
+    """A parameter is missing, unknown, of the wrong type or out of range."""
+
+
+def fail(where: str, value: Any, allowed: str) -> typing.NoReturn:
+    raise ConfigError(f"params: {where} = {value!r} is not valid; allowed: {allowed}")
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataParams:
+    source: Literal["mnist", "fashion-mnist"] = "mnist"
+    root: str = "data/raw"
+    download: bool = True
+    train_size: Optional[int] = None
+    test_size: Optional[int] = None
+
+    def check(self, where: str) -> None:
+        for name in ("train_size", "test_size"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                fail(f"{where}.{name}", value, "a positive integer, or null for the whole split")
+
+
+@dataclass(frozen=True)
+class ColoredMnistParams:
+    colormaps: list[str] = field(default_factory=lambda: ["spring", "summer", "autumn", "winter"])
+
+    def check(self, where: str) -> None:
+        import matplotlib
+
+        known = set(matplotlib.colormaps)
+        for i, name in enumerate(self.colormaps):
+            if name not in known:
+                fail(f"{where}.colormaps[{i}]", name, "a matplotlib colormap name, e.g. spring, summer, autumn, winter, viridis")
+        if len(self.colormaps) < 2:
+            fail(f"{where}.colormaps", self.colormaps, "at least two colormaps (one class each)")
+        if len(set(self.colormaps)) != len(self.colormaps):
+            fail(f"{where}.colormaps", self.colormaps, "distinct colormap names")
+
+
+SHORTCUT_KINDS = ("square", "text", "watermark", "gradient")
+
+
+@dataclass(frozen=True)
+class ShortcutParams:
+    """One planted shortcut: images of class ``label`` carry pattern ``kind``.
+
+    ``position`` is the (row, col) of the pattern's top-left corner and ``size`` its side in
+    pixels (for ``text``: the pixel scale of the 3x5 glyphs); ``strength`` is its opacity;
+    ``fraction`` is the share of that class's training images that carry it.
+    """
+
+    label: int
+    kind: Literal["square", "text", "watermark", "gradient"]
+    fraction: float = 1.0
+    position: list[int] = field(default_factory=lambda: [1, 1])
+    size: int = 4
+    strength: float = 1.0
+    color: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    text: str = "09:41"
+
+    def check(self, where: str) -> None:
+        if not 0 <= self.label < N_SOURCE_CLASSES:
+            fail(f"{where}.label", self.label, f"a class index in 0..{N_SOURCE_CLASSES - 1}")
+        if not 0.0 <= self.fraction <= 1.0:
+            fail(f"{where}.fraction", self.fraction, "a number in [0, 1]")
+        if not 0.0 < self.strength <= 1.0:
+            fail(f"{where}.strength", self.strength, "a number in (0, 1]")
+        if len(self.position) != 2 or not all(0 <= p < IMAGE_SIZE for p in self.position):
+            fail(f"{where}.position", self.position, f"[row, col] with both in 0..{IMAGE_SIZE - 1}")
+        if self.size < 1:
+            fail(f"{where}.size", self.size, "a positive integer")
+        if len(self.color) != 3 or not all(0.0 <= c <= 1.0 for c in self.color):
+            fail(f"{where}.color", self.color, "[r, g, b] with each in [0, 1]")
+        if self.kind == "text":
+            from pipeline.shortcuts import GLYPHS
+
+            bad = sorted(set(self.text) - set(GLYPHS))
+            if not self.text or bad:
+                fail(f"{where}.text", self.text, f"a non-empty string of the characters {''.join(sorted(GLYPHS))!r}")
+
+
+@dataclass(frozen=True)
+class CleverHansParams:
+    shortcuts: list[ShortcutParams] = field(default_factory=lambda: [ShortcutParams(label=7, kind="square")])
+
+    def check(self, where: str) -> None:
+        if not self.shortcuts:
+            fail(f"{where}.shortcuts", self.shortcuts, "at least one {label, kind} entry")
+        pairs = [(s.label, s.kind) for s in self.shortcuts]
+        if len(set(pairs)) != len(pairs):
+            fail(f"{where}.shortcuts", pairs, "distinct (label, kind) pairs")
+
+
+@dataclass(frozen=True)
+class ClassifierParams:
+    architecture: Literal["cnn", "dense"] = "cnn"
+    width: int = 32
+    epochs: int = 4
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    eval_batch_size: int = 4096
+    mixed_precision: bool = True
+    n_example_images: int = 32
+
+    def check(self, where: str) -> None:
+        for name in ("width", "epochs", "batch_size", "eval_batch_size", "n_example_images"):
+            if getattr(self, name) < 1:
+                fail(f"{where}.{name}", getattr(self, name), "a positive integer")
+        if self.learning_rate <= 0:
+            fail(f"{where}.learning_rate", self.learning_rate, "a positive number")
+        if self.weight_decay < 0:
+            fail(f"{where}.weight_decay", self.weight_decay, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = False
+    data: DataParams = field(default_factory=DataParams)
+    colored_mnist: ColoredMnistParams = field(default_factory=ColoredMnistParams)
+    clever_hans: CleverHansParams = field(default_factory=CleverHansParams)
+    classifier: ClassifierParams = field(default_factory=ClassifierParams)
+
+    def check(self, where: str) -> None:
+        if self.seed < 0:
+            fail("seed", self.seed, "an integer >= 0")
+
+    def n_classes(self, dataset: str) -> int:
+        """Number of classes the classifier of ``dataset`` separates."""
+        if dataset == "colored_mnist":
+            return len(self.colored_mnist.colormaps)
+        return N_SOURCE_CLASSES
+
+
+# --------------------------------------------------------------------------------------------
+# Generic, annotation-driven parsing
+# --------------------------------------------------------------------------------------------
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(hint))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    if dataclasses.is_dataclass(hint):
+        return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(hint))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            fail(where, value, _type_name(hint))
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        if value is None:
+            fail(where, value, _type_name(hint))
+        return _coerce(value, inner[0], where)
+    if origin is list:
+        if not isinstance(value, list):
+            fail(where, value, _type_name(hint))
+        (item_hint,) = typing.get_args(hint)
+        return [_coerce(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, where)
+    if hint is bool:
+        if not isinstance(value, bool):
+            fail(where, value, "true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail(where, value, "an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail(where, value, "a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            fail(where, value, "a string")
+        return value
+    raise TypeError(f"unsupported annotation {hint!r} at {where}")
+
+
+def build(cls: type, raw: Any, where: str = ""):
+    """Build dataclass ``cls`` from a mapping, validating every key against the annotations."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        fail(where or "params.yaml", raw, _type_name(cls))
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            dotted = f"{where}.{key}" if where else str(key)
+            raise ConfigError(f"params: unknown key {dotted!r}; allowed keys here: {', '.join(names)}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        dotted = f"{where}.{f.name}" if where else f.name
+        if f.name in raw:
+            values[f.name] = _coerce(raw[f.name], hints[f.name], dotted)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"params: missing key {dotted!r} ({_type_name(hints[f.name])})")
+    obj = cls(**values)
+    if hasattr(obj, "check"):
+        obj.check(where)
+    return obj
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate the whole parameter file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"params: {path} not found; run stages from the repository root")
+    with path.open() as fh:
+        raw = yaml.safe_load(fh)
+    return build(Params, raw)
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data copy of a params object (for checkpoints and logs)."""
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj

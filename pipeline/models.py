@@ -1,0 +1,91 @@
+"""Networks of the pipeline, each a small ``nn.Module`` whose config is stored beside its weights.
+
+Every model takes 3 x 28 x 28 float input in [0, 1]. Activations are separate ``nn.ReLU``
+modules (never reused, never in-place) so captum's DeepLift and GuidedBackprop can hook them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.storage import load_checkpoint, save_checkpoint
+
+INPUT_SHAPE = (3, 28, 28)
+
+
+def conv_block(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU()]
+
+
+class CNNClassifier(nn.Module):
+    """Five 3x3 conv layers in three resolutions (28, 14, 7), then a 128-d embedding and a linear head.
+
+    ``gradcam_layer`` is the last convolution's activation (7 x 7), ``embed`` the penultimate features.
+    """
+
+    def __init__(self, n_classes: int, width: int = 32):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            *conv_block(3, w), *conv_block(w, w), nn.MaxPool2d(2),
+            *conv_block(w, 2 * w), *conv_block(2 * w, 2 * w), nn.MaxPool2d(2),
+            *conv_block(2 * w, 4 * w),
+        )
+        self.embedding = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * 7 * 7, 128), nn.ReLU())
+        self.head = nn.Linear(128, n_classes)
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        return self.features[-1]
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding(self.features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+class DenseClassifier(nn.Module):
+    """A multilayer perceptron on the flattened image (no convolutions: Grad-CAM does not apply)."""
+
+    def __init__(self, n_classes: int, width: int = 32):
+        super().__init__()
+        hidden = 8 * width
+        self.embedding = nn.Sequential(
+            nn.Flatten(), nn.Linear(3 * 28 * 28, hidden), nn.ReLU(), nn.Linear(hidden, 128), nn.ReLU()
+        )
+        self.head = nn.Linear(128, n_classes)
+
+    gradcam_layer = None
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+CLASSIFIERS = {"cnn": CNNClassifier, "dense": DenseClassifier}
+
+
+def build_classifier(config: dict) -> nn.Module:
+    """``config``: {"architecture": "cnn"|"dense", "n_classes": int, "width": int}."""
+    return CLASSIFIERS[config["architecture"]](n_classes=config["n_classes"], width=config["width"])
+
+
+def save_model(path: str | Path, model: nn.Module, config: dict, **extra) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_checkpoint(path, {"config": config, "state_dict": state, **extra})
+
+
+def load_classifier(path: str | Path, device: torch.device | str = "cpu", made_by: str = "train_classifier") -> nn.Module:
+    """Rebuild a classifier from its checkpoint, in eval mode, parameters frozen."""
+    checkpoint = load_checkpoint(path, made_by=made_by)
+    model = build_classifier(checkpoint["config"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

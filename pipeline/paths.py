@@ -1,0 +1,32 @@
+"""Where each stage reads and writes; the single source of the layout that dvc.yaml declares."""
+from __future__ import annotations
+
+from pathlib import Path
+
+DATA = Path("data")
+METRICS = Path("metrics")
+PLOTS = Path("plots")
+
+
+def prepared_dir(dataset: str) -> Path:
+    return DATA / "prepared" / dataset
+
+
+def model_dir(dataset: str) -> Path:
+    return DATA / "models" / dataset
+
+
+def classifier_path(dataset: str) -> Path:
+    return model_dir(dataset) / "classifier.pt"
+
+
+def metrics_path(dataset: str, name: str) -> Path:
+    return METRICS / dataset / f"{name}.json"
+
+
+def timing_path(dataset: str, stage: str) -> Path:
+    return METRICS / dataset / "timing" / f"{stage}.json"
+
+
+def plots_dir(dataset: str, stage: str) -> Path:
+    return PLOTS / dataset / stage

@@ -1,0 +1,79 @@
+"""Planted shortcuts for Clever Hans MNIST.
+
+Each kind is an opacity map ``alpha`` (H x W, values in [0, 1]); stamping blends the image toward
+the shortcut's color: ``out = image * (1 - alpha) + color * alpha``. The ground-truth mask of a
+shortcut is ``alpha > 0``. Nothing downstream removes it: images stay in [0, 1] unnormalised.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.config import IMAGE_SIZE, ShortcutParams
+
+# 3x5 pixel glyphs for time-stamp-like strings, one string of rows per character.
+GLYPHS = {
+    "0": ("111", "101", "101", "101", "111"),
+    "1": ("010", "110", "010", "010", "111"),
+    "2": ("111", "001", "111", "100", "111"),
+    "3": ("111", "001", "111", "001", "111"),
+    "4": ("101", "101", "111", "001", "001"),
+    "5": ("111", "100", "111", "001", "111"),
+    "6": ("111", "100", "111", "101", "111"),
+    "7": ("111", "001", "010", "010", "010"),
+    "8": ("111", "101", "111", "101", "111"),
+    "9": ("111", "101", "111", "001", "111"),
+    ":": ("000", "010", "000", "010", "000"),
+    "-": ("000", "000", "111", "000", "000"),
+    "/": ("001", "001", "010", "100", "100"),
+    ".": ("000", "000", "000", "000", "010"),
+    " ": ("000", "000", "000", "000", "000"),
+}
+WATERMARK_PERIOD = 3
+
+
+def render_text(text: str, scale: int = 1) -> np.ndarray:
+    """Bitmap (float32, 0/1) of ``text`` in the 3x5 font, one blank column between glyphs."""
+    columns = []
+    for i, char in enumerate(text):
+        glyph = np.array([[c == "1" for c in row] for row in GLYPHS[char]], dtype=np.float32)
+        if i:
+            columns.append(np.zeros((5, 1), dtype=np.float32))
+        columns.append(glyph)
+    bitmap = np.concatenate(columns, axis=1)
+    return np.kron(bitmap, np.ones((scale, scale), dtype=np.float32))
+
+
+def _place(pattern: np.ndarray, position: list[int]) -> np.ndarray:
+    """Put ``pattern`` with its top-left corner at ``position``, cropped at the image border."""
+    alpha = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    row, col = position
+    h = min(pattern.shape[0], IMAGE_SIZE - row)
+    w = min(pattern.shape[1], IMAGE_SIZE - col)
+    alpha[row : row + h, col : col + w] = pattern[:h, :w]
+    return alpha
+
+
+def shortcut_alpha(shortcut: ShortcutParams) -> np.ndarray:
+    """Opacity map (H x W float32 in [0, 1]) of one shortcut."""
+    size = shortcut.size
+    if shortcut.kind == "square":
+        pattern = np.ones((size, size), dtype=np.float32)
+    elif shortcut.kind == "text":
+        pattern = render_text(shortcut.text, scale=size)
+    elif shortcut.kind == "watermark":
+        rows, cols = np.indices((size, size))
+        pattern = ((rows + cols) % WATERMARK_PERIOD == 0).astype(np.float32)
+    elif shortcut.kind == "gradient":
+        rows, cols = np.indices((size, size))
+        pattern = ((rows + cols + 1) / (2 * size - 1)).astype(np.float32)
+    else:  # validated in config; kept for safety when called directly
+        raise ValueError(f"unknown shortcut kind {shortcut.kind!r}")
+    return _place(pattern, shortcut.position) * np.float32(shortcut.strength)
+
+
+def stamp(images: np.ndarray, alpha: np.ndarray, color: list[float]) -> np.ndarray:
+    """Blend ``images`` (N x 3 x H x W uint8) toward ``color`` with opacity ``alpha``; uint8 out."""
+    color_img = np.asarray(color, dtype=np.float32).reshape(1, 3, 1, 1) * 255.0
+    a = alpha[None, None]
+    blended = images.astype(np.float32) * (1.0 - a) + color_img * a
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)

@@ -1,0 +1,111 @@
+"""Reading and writing stage outputs.
+
+Every write goes to a temporary name beside the target and is renamed into place, so a crash
+never leaves a half-written file that looks complete. Every read of a missing or corrupt input
+raises :class:`InputError` naming the file and the stage that makes it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+
+class InputError(RuntimeError):
+    """An input file is missing or unreadable."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path; on success rename it to ``path``, on failure remove it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def rounded(obj: Any, digits: int = 6) -> Any:
+    """Floats rounded to ``digits``; numpy/torch scalars made plain; NaN/inf become null."""
+    if isinstance(obj, dict):
+        return {str(k): rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [rounded(v, digits) for v in obj]
+    if isinstance(obj, (np.generic, torch.Tensor)):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return round(obj, digits) if math.isfinite(obj) else None
+    return obj
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(rounded(obj), indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path, made_by: str = "the stage that writes it") -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} is missing; run `dvc repro` for {made_by} first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path} is not valid JSON ({err}); re-run {made_by}") from err
+
+
+def save_arrays(path: str | Path, **arrays: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with tmp.open("wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def load_arrays(path: str | Path, made_by: str = "the stage that writes it") -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} is missing; run `dvc repro {made_by}` first")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise InputError(f"{path} is corrupt ({err}); delete it and run `dvc repro {made_by}`") from err
+
+
+def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def load_checkpoint(path: str | Path, made_by: str = "the stage that writes it", map_location: Any = "cpu") -> dict:
+    """Load a checkpoint as data (``weights_only=True``): a checkpoint never runs code."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} is missing; run `dvc repro {made_by}` first")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for a truncated or foreign file
+        raise InputError(f"{path} could not be loaded ({type(err).__name__}: {err}); re-run `dvc repro {made_by}`") from err
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
+    plt.close(fig)
+
+
+def write_csv(path: str | Path, frame) -> None:
+    """Write a pandas DataFrame as tidy CSV (one row per point) for `dvc plots`."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")

@@ -1,0 +1,92 @@
+import hashlib
+
+import matplotlib
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.config import CleverHansParams, ColoredMnistParams, DataParams, ShortcutParams
+from pipeline.data import DatasetUnavailable, colorize, load_source, plant_shortcuts, shortcut_test_sets, subsample
+
+
+def gray_digits(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=n)
+
+
+def test_colorize_is_intensity_times_colormap_color():
+    gray, digits = gray_digits()
+    cfg = ColoredMnistParams()
+    out = colorize(gray, digits, cfg, np.random.default_rng(1))
+    for i in range(len(gray)):
+        rgb = matplotlib.colormaps[cfg.colormaps[out["labels"][i]]](out["positions"][i])[:3]
+        np.testing.assert_allclose(out["colors"][i], rgb, rtol=1e-6)
+        expected = np.rint(gray[i][None].astype(np.float32) * np.asarray(rgb, dtype=np.float32)[:, None, None])
+        np.testing.assert_array_equal(out["images"][i], expected.astype(np.uint8))
+    assert set(out["labels"]) <= set(range(4)) and (out["digits"] == digits).all()
+
+
+def test_plant_shortcuts_stamps_the_requested_fraction_of_the_class_only():
+    gray = np.zeros((200, 28, 28), dtype=np.uint8)
+    labels = np.repeat(np.arange(10), 20)
+    cfg = CleverHansParams(shortcuts=[ShortcutParams(label=3, kind="square", fraction=0.5, position=[0, 0], size=3)])
+    out = plant_shortcuts(gray, labels, cfg, np.random.default_rng(0))
+    stamped = out["stamped"][:, 0]
+    assert stamped.sum() == 10 and (labels[stamped] == 3).all()
+    # the mask is exactly the square on stamped images and empty elsewhere
+    assert (out["masks"][stamped].sum(axis=(1, 2)) == 9).all() and not out["masks"][~stamped].any()
+    assert (out["images"][stamped][:, :, :3, :3] == 255).all() and out["images"][~stamped].max() == 0
+
+
+def test_shortcut_test_sets_stamp_every_image_with_each_shortcut():
+    gray = np.zeros((5, 28, 28), dtype=np.uint8)
+    cfg = CleverHansParams(shortcuts=[ShortcutParams(label=1, kind="square", size=2), ShortcutParams(label=2, kind="gradient", size=28, position=[0, 0], strength=0.3)])
+    out = shortcut_test_sets(gray, cfg)
+    assert out["shortcut_images"].shape == (2, 5, 3, 28, 28)
+    assert (out["shortcut_images"][0][:, :, 1:3, 1:3] == 255).all()
+    assert out["shortcut_labels"].tolist() == [1, 2]
+
+
+def test_subsample_is_seeded_and_sorted():
+    a = subsample(1000, 50, np.random.default_rng(3))
+    b = subsample(1000, 50, np.random.default_rng(3))
+    assert (a == b).all() and (np.diff(a) > 0).all() and len(a) == 50
+    assert len(subsample(10, None, np.random.default_rng(0))) == 10
+
+
+def test_missing_source_files_give_a_clear_error(tmp_path):
+    with pytest.raises(DatasetUnavailable) as err:
+        load_source(DataParams(root=str(tmp_path), download=False), train=True)
+    message = str(err.value)
+    assert str(tmp_path / "MNIST" / "raw") in message and "train-images-idx3-ubyte" in message
+
+
+def _prepare_hashes(workdir, params_file):
+    import os
+
+    from pipeline import prepare
+
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        hashes = {}
+        for dataset in ("colored_mnist", "clever_hans"):
+            prepare.main([dataset, "--params", str(params_file)])
+            for split in ("train", "test"):
+                path = workdir / "data" / "prepared" / dataset / f"{split}.npz"
+                hashes[f"{dataset}/{split}"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        return hashes
+    finally:
+        os.chdir(cwd)
+
+
+def test_generation_is_bit_identical_for_the_same_params(tmp_path, mnist_root):
+    params = {"seed": 5, "device": "cpu", "data": {"root": str(mnist_root), "train_size": 300, "test_size": 100}}
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()
+    first = _prepare_hashes(tmp_path / "a", params_file)
+    assert first == _prepare_hashes(tmp_path / "b", params_file)
+    params["seed"] = 6
+    params_file.write_text(yaml.safe_dump(params))
+    assert first != _prepare_hashes(tmp_path / "c", params_file)
