@@ -18,7 +18,7 @@ from pipeline.models import build_classifier, save_model
 from pipeline.plotting import confusion_heatmap, image_grid
 from pipeline.runtime import stage
 from pipeline.scores import accuracy, confusion_matrix, per_class_accuracy, shortcut_reliance
-from pipeline.storage import save_figure, write_csv, write_json
+from pipeline.storage import InputError, save_figure, write_csv, write_json
 
 
 class NonFiniteLoss(RuntimeError):
@@ -101,9 +101,18 @@ def save_plots(dataset: str, confusion: torch.Tensor, test: dict, predicted: tor
     save_figure(fig, out / "examples.png")
 
 
-def main(argv: list[str] | None = None) -> None:
+def open_live(directory) -> "Live":
+    """DVCLive logger writing under ``directory``; the stage's outputs are declared in dvc.yaml instead."""
     from dvclive import Live
+    from scmrepo.exceptions import SCMError
 
+    try:
+        return Live(dir=str(directory), save_dvc_exp=False, dvcyaml=False)
+    except SCMError as err:
+        raise InputError(f"DVCLive cannot read the git repository ({err}); commit once (`git commit`) and re-run") from err
+
+
+def main(argv: list[str] | None = None) -> None:
     with stage("train_classifier", argv) as ctx:
         cfg = ctx.params.classifier
         meta = load_meta(ctx.dataset)
@@ -113,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(ctx.params.seed)
         model = build_classifier(model_config).to(ctx.device)
 
-        live = Live(dir=str(paths.plots_dir(ctx.dataset, "train_classifier") / "live"), save_dvc_exp=False, dvcyaml=False)
+        live = open_live(paths.plots_dir(ctx.dataset, "train_classifier") / "live")
 
         def log_epoch(epoch: int, model: nn.Module) -> dict:
             model.eval()
