@@ -101,3 +101,12 @@ def test_changing_classifier_params_reruns_only_downstream_stages(workspace, fir
     assert not any(name.startswith(("prepare@", "train_gan@")) for name in ran), ran
     shown = dvc("exp", "show", "--no-pager", "--csv", cwd=workspace)
     assert "classifier.epochs" in shown
+
+
+def test_report_collects_every_stage(workspace, first_repro):
+    assert "report" in stages_run(first_repro)
+    page = (workspace / "report" / "index.html").read_text()
+    assert "What this run found" in page and page.count("data:image/png;base64,") >= 6
+    timing = json.loads((workspace / "metrics" / "timing.json").read_text())
+    assert {f"train_classifier@{d}" for d in DATASETS} <= set(timing["stages"])
+    assert timing["total_seconds"] > 0 and timing["device"] == "cpu"
