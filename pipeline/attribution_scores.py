@@ -64,13 +64,11 @@ def deletion_curve(probability: Callable[[torch.Tensor], torch.Tensor], images: 
     n, _, height, width = images.shape
     rank = deletion_order_rank(attributions).reshape(n, 1, height, width)
     baseline = torch.as_tensor(baseline, dtype=images.dtype, device=images.device).expand_as(images)
-    rows = torch.arange(n, device=images.device)
-    curve = []
-    for step in range(n_steps + 1):
-        removed = round(step / n_steps * height * width)
-        perturbed = torch.where(rank < removed, baseline, images)
-        curve.append(probability(perturbed)[rows, targets])
-    return torch.stack(curve, dim=1)
+    removed = torch.tensor([round(step / n_steps * height * width) for step in range(n_steps + 1)], device=images.device)
+    # every step of every image in one batch (step-major), so ``probability`` sees few, large batches
+    perturbed = torch.where(rank.unsqueeze(0) < removed.reshape(-1, 1, 1, 1, 1), baseline, images)
+    probabilities = probability(perturbed.reshape(-1, *images.shape[1:])).reshape(n_steps + 1, n, -1)
+    return probabilities[:, torch.arange(n, device=images.device), targets].T
 
 
 def curve_area(curve: torch.Tensor) -> torch.Tensor:
