@@ -143,6 +143,63 @@ class ClassifierParams:
             fail(f"{where}.weight_decay", self.weight_decay, "a number >= 0")
 
 
+ATTRIBUTION_METHODS = ("ig_zero", "ig_noise", "ig_blur", "saliency", "inputxgrad", "deeplift", "guided_backprop",
+                       "occlusion", "smoothgrad", "gradcam", "guided_gradcam")
+
+
+@dataclass(frozen=True)
+class AttributionParams:
+    """Stage ``attribute``: which captum methods run, on how many images, and how they are scored."""
+
+    n_images: int = 512
+    methods: list[str] = field(default_factory=lambda: list(ATTRIBUTION_METHODS))
+    batch_size: int = 256
+    internal_batch_size: int = 4096
+    ig_steps: int = 32
+    blur_kernel_size: int = 11
+    blur_sigma: float = 3.0
+    occlusion_window: int = 4
+    occlusion_stride: int = 2
+    smoothgrad_samples: int = 16
+    smoothgrad_stdev: float = 0.15
+    deletion_steps: int = 20
+    n_faithfulness_images: int = 128
+    infidelity_samples: int = 16
+    infidelity_noise: float = 0.1
+    n_sensitivity_images: int = 16
+    sensitivity_samples: int = 8
+    sensitivity_radius: float = 0.02
+    n_localization_images: int = 256
+    segmentation_thresholds: int = 21
+    contrastive_method: str = "ig_zero"
+    n_contrastive_images: int = 64
+    n_gallery_images: int = 8
+
+    def check(self, where: str) -> None:
+        for name in ("n_images", "batch_size", "internal_batch_size", "ig_steps", "occlusion_window", "occlusion_stride",
+                     "smoothgrad_samples", "deletion_steps", "n_faithfulness_images", "infidelity_samples",
+                     "n_sensitivity_images", "sensitivity_samples", "n_localization_images", "n_contrastive_images",
+                     "n_gallery_images"):
+            if getattr(self, name) < 1:
+                fail(f"{where}.{name}", getattr(self, name), "a positive integer")
+        for i, name in enumerate(self.methods):
+            if name not in ATTRIBUTION_METHODS:
+                fail(f"{where}.methods[{i}]", name, ", ".join(ATTRIBUTION_METHODS))
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            fail(f"{where}.methods", self.methods, "a non-empty list of distinct method names")
+        if self.contrastive_method not in ATTRIBUTION_METHODS:
+            fail(f"{where}.contrastive_method", self.contrastive_method, ", ".join(ATTRIBUTION_METHODS))
+        if self.blur_kernel_size < 3 or self.blur_kernel_size % 2 == 0:
+            fail(f"{where}.blur_kernel_size", self.blur_kernel_size, "an odd integer >= 3")
+        for name in ("blur_sigma", "smoothgrad_stdev", "infidelity_noise", "sensitivity_radius"):
+            if getattr(self, name) <= 0:
+                fail(f"{where}.{name}", getattr(self, name), "a positive number")
+        if self.occlusion_window > IMAGE_SIZE or self.occlusion_stride > IMAGE_SIZE:
+            fail(f"{where}.occlusion_window", [self.occlusion_window, self.occlusion_stride], f"window and stride <= {IMAGE_SIZE}")
+        if self.segmentation_thresholds < 2:
+            fail(f"{where}.segmentation_thresholds", self.segmentation_thresholds, "an integer >= 2")
+
+
 @dataclass(frozen=True)
 class Params:
     seed: int = 0
@@ -152,6 +209,7 @@ class Params:
     colored_mnist: ColoredMnistParams = field(default_factory=ColoredMnistParams)
     clever_hans: CleverHansParams = field(default_factory=CleverHansParams)
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
+    attribution: AttributionParams = field(default_factory=AttributionParams)
 
     def check(self, where: str) -> None:
         if self.seed < 0:

@@ -103,6 +103,42 @@ def test_changing_classifier_params_reruns_only_downstream_stages(workspace, fir
     assert "classifier.epochs" in shown
 
 
+def test_attribution_metrics_and_plots(workspace, first_repro):
+    import math
+
+    methods = ("ig_zero", "ig_noise", "ig_blur", "saliency", "inputxgrad", "deeplift", "guided_backprop",
+               "occlusion", "smoothgrad", "gradcam", "guided_gradcam")
+    for dataset in DATASETS:
+        assert f"attribute@{dataset}" in stages_run(first_repro)
+        metrics = json.loads((workspace / "metrics" / dataset / "attribution.json").read_text())
+        assert set(metrics["methods"]) == set(methods)
+        for name, scores in metrics["methods"].items():
+            for key in ("deletion_auc", "infidelity", "sensitivity_max", "randomization_spearman"):
+                assert key in scores, (dataset, name, key)
+            assert 0.0 <= scores["deletion_auc"] <= 1.0 and scores["sensitivity_max"] >= 0.0
+            if dataset == "clever_hans":
+                assert 0.0 <= scores["relevance_mass"] <= 1.0 and 0.0 <= scores["pointing_game"] <= 1.0
+            else:
+                assert "relevance_mass" not in scores
+                if name != "gradcam":
+                    assert sum(scores["channel_share"].values()) == pytest.approx(1.0, abs=1e-4)
+        segmentation = metrics["gradcam_segmentation"]
+        assert 0.0 <= segmentation["best_threshold"] < 1.0 and 0.0 < segmentation["best_iou"] <= 1.0
+        contrastive = metrics["contrastive"]
+        assert contrastive["n_misclassified"] >= 0
+        rho = contrastive["mean_rank_correlation"]
+        assert rho is None or -1.0 <= rho <= 1.0 or math.isnan(rho)
+        attributions = dict(__import__("numpy").load(workspace / "data" / "attributions" / dataset / "attributions.npz"))
+        assert attributions["sample_ig_zero"].shape == (len(attributions["sample_index"]), 3, 28, 28)
+        for picture in ("methods_heatmap", "methods_color", "ig_baselines", "gradcam_segmentation",
+                        "gradcam_counterfactual", "contrastive", "deletion", "localization"):
+            assert (workspace / "plots" / dataset / "attribute" / f"{picture}.png").stat().st_size > 1000, picture
+        assert (workspace / "plots" / dataset / "attribute" / "deletion" / "random_order.csv").exists()
+    timing = json.loads((workspace / "metrics" / "clever_hans" / "timing" / "attribute.json").read_text())
+    assert timing["images"] > 0
+    assert "deletion_auc" in dvc("metrics", "show", cwd=workspace)
+
+
 def test_report_collects_every_stage(workspace, first_repro):
     assert "report" in stages_run(first_repro)
     page = (workspace / "report" / "index.html").read_text()
