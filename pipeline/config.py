@@ -201,6 +201,73 @@ class AttributionParams:
 
 
 @dataclass(frozen=True)
+class GanParams:
+    """StarGAN v2-style translator (stage ``train_gan``); the GAN never sees the classifier."""
+
+    iterations: int = 3000
+    batch_size: int = 128
+    style_dim: int = 32
+    latent_dim: int = 16
+    width: int = 32
+    learning_rate: float = 2e-4
+    mapping_learning_rate: float = 2e-5
+    beta1: float = 0.0
+    beta2: float = 0.99
+    weight_decay: float = 1e-4
+    adversarial_weight: float = 1.0
+    r1_weight: float = 1.0
+    style_weight: float = 1.0
+    cycle_weight: float = 1.0
+    ema_beta: float = 0.999
+    mixed_precision: bool = True
+    checkpoint_every: int = 500
+    log_every: int = 50
+    max_loss: float = 1e4
+    n_grid_images: int = 8
+
+    def check(self, where: str) -> None:
+        for name in ("iterations", "batch_size", "style_dim", "latent_dim", "width", "checkpoint_every",
+                     "log_every", "n_grid_images"):
+            if getattr(self, name) < 1:
+                fail(f"{where}.{name}", getattr(self, name), "a positive integer")
+        if self.batch_size < 2:
+            fail(f"{where}.batch_size", self.batch_size, "an integer >= 2 (half latent-, half reference-guided)")
+        for name in ("learning_rate", "mapping_learning_rate", "max_loss"):
+            if getattr(self, name) <= 0:
+                fail(f"{where}.{name}", getattr(self, name), "a positive number")
+        for name in ("weight_decay", "adversarial_weight", "r1_weight", "style_weight", "cycle_weight"):
+            if getattr(self, name) < 0:
+                fail(f"{where}.{name}", getattr(self, name), "a number >= 0")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                fail(f"{where}.{name}", getattr(self, name), "a number in [0, 1)")
+        if not 0.0 <= self.ema_beta < 1.0:
+            fail(f"{where}.ema_beta", self.ema_beta, "a number in [0, 1)")
+
+
+@dataclass(frozen=True)
+class CounterfactualParams:
+    """Stage ``counterfactuals``: translate test images into every other class and judge them."""
+
+    n_images: int = 1000
+    reference: Literal["mean_style", "fixed_image"] = "mean_style"
+    n_reference_images: int = 64
+    batch_size: int = 1024
+    interpolation_steps: int = 15
+    n_gallery_images: int = 8
+    n_interpolation_images: int = 4
+    n_style_points: int = 2000
+
+    def check(self, where: str) -> None:
+        for name in ("n_images", "n_reference_images", "batch_size", "n_gallery_images",
+                     "n_interpolation_images", "n_style_points"):
+            if getattr(self, name) < 1:
+                fail(f"{where}.{name}", getattr(self, name), "a positive integer")
+        if self.interpolation_steps < 2:
+            fail(f"{where}.interpolation_steps", self.interpolation_steps, "an integer >= 2")
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -210,6 +277,8 @@ class Params:
     clever_hans: CleverHansParams = field(default_factory=CleverHansParams)
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
     attribution: AttributionParams = field(default_factory=AttributionParams)
+    gan: GanParams = field(default_factory=GanParams)
+    counterfactuals: CounterfactualParams = field(default_factory=CounterfactualParams)
 
     def check(self, where: str) -> None:
         if self.seed < 0:

@@ -146,3 +146,28 @@ def test_report_collects_every_stage(workspace, first_repro):
     timing = json.loads((workspace / "metrics" / "timing.json").read_text())
     assert {f"train_classifier@{d}" for d in DATASETS} <= set(timing["stages"])
     assert timing["total_seconds"] > 0 and timing["device"] == "cpu"
+
+def test_gan_and_counterfactual_outputs(workspace, first_repro):
+    import numpy as np
+    import torch
+
+    ran = stages_run(first_repro)
+    for dataset, n_classes in (("colored_mnist", 4), ("clever_hans", 10)):
+        assert f"train_gan@{dataset}" in ran and f"counterfactuals@{dataset}" in ran
+        gan = json.loads((workspace / "metrics" / dataset / "train_gan.json").read_text())
+        assert gan["iterations_run"] == gan["iterations"] == 4 and gan["iterations_per_second"] > 0
+        checkpoint = torch.load(workspace / "data" / "models" / dataset / "gan_checkpoints" / "last.pt", weights_only=True)
+        assert checkpoint["iteration"] == 4
+        metrics = json.loads((workspace / "metrics" / dataset / "counterfactuals.json").read_text())
+        for key in ("conversion_rate", "conversion_rate_latent", "changed_pixel_fraction"):
+            assert 0.0 <= metrics[key] <= 1.0, (dataset, key, metrics[key])
+        assert metrics["mean_l1"] >= 0 and metrics["feature_distance_real_floor"] >= 0
+        assert metrics["feature_distance"] is not None
+        assert set(metrics["conversion_per_pair"]) <= {f"{s}->{t}" for s in range(n_classes) for t in range(n_classes) if s != t}
+        with np.load(workspace / "data" / "counterfactuals" / dataset / "counterfactuals.npz") as npz:
+            assert npz["counterfactual"].dtype == np.uint8 and npz["counterfactual"].shape == (20 * (n_classes - 1), 3, 28, 28)
+            assert (npz["source"] != npz["target"]).all()
+            assert metrics["conversion_rate"] == pytest.approx(float((npz["predicted"] == npz["target"]).mean()), abs=1e-6)
+        for picture in ("train_gan/translations.png", "counterfactuals/gallery.png", "counterfactuals/interpolation.png",
+                        "counterfactuals/style_space.png", "counterfactuals/confusion.png"):
+            assert (workspace / "plots" / dataset / picture).stat().st_size > 1000

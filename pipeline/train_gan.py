@@ -1,0 +1,361 @@
+"""Stage ``train_gan@<dataset>``: a StarGAN v2-style class-to-class translator, trained without the classifier.
+
+One iteration = one discriminator step and one generator step on a batch whose first half is
+translated with latent-guided styles (mapping network) and second half with reference-guided styles
+(style encoder on a random training image of the target class). Losses: non-saturating adversarial,
+R1 penalty on reals (fp32), style reconstruction and cycle consistency. An exponential moving average
+(EMA) of generator, mapping network and style encoder is kept and is what later stages use.
+
+Losses stay on the device; they are copied to the host only every ``gan.log_every`` iterations,
+where they are checked (non-finite or above ``gan.max_loss`` stops the run naming the iteration and
+the loss) and logged. Checkpoints every ``gan.checkpoint_every`` iterations let an interrupted run
+resume; a checkpoint is written only after the losses up to it were checked.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from pipeline import paths
+from pipeline.config import GanParams, to_dict
+from pipeline.data import load_meta, load_prepared, to_float
+from pipeline.gan_models import GanNets, Translator, save_translator, translator_state
+from pipeline.inference import autocast
+from pipeline.storage import load_checkpoint, save_checkpoint, save_figure, write_json
+
+LOSS_NAMES = ("d_real", "d_fake", "d_r1", "g_adversarial", "g_style", "g_cycle")
+# Settings that may change between an interrupted run and its resumption without invalidating it.
+RESUMABLE_SETTINGS = ("iterations", "checkpoint_every", "log_every", "n_grid_images")
+
+
+class NonFiniteLoss(RuntimeError):
+    """A GAN loss became NaN/inf or exceeded ``gan.max_loss``."""
+
+
+def gan_path(dataset: str) -> Path:
+    return paths.model_dir(dataset) / "gan.pt"
+
+
+def checkpoint_dir(dataset: str) -> Path:
+    return paths.model_dir(dataset) / "gan_checkpoints"
+
+
+# --------------------------------------------------------------------------------------------
+# Losses (module-level so tests can replace one)
+# --------------------------------------------------------------------------------------------
+def adversarial_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
+    """Non-saturating GAN loss: softplus(-D) for 'real', softplus(D) for 'fake'."""
+    return F.softplus(-logits.float() if real else logits.float()).mean()
+
+
+def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+    """0.5 * E ||d D(x) / d x||^2 on real images (fp32, differentiable)."""
+    (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
+    return 0.5 * grad.pow(2).flatten(1).sum(1).mean()
+
+
+def style_reconstruction_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (predicted.float() - target.float()).abs().mean()
+
+
+def cycle_loss(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    return (reconstructed.float() - original.float()).abs().mean()
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces of the training loop
+# --------------------------------------------------------------------------------------------
+class ClassSampler:
+    """Draw random training indices of given classes on the device, without host syncs."""
+
+    def __init__(self, labels: torch.Tensor, n_classes: int):
+        counts = torch.bincount(labels, minlength=n_classes)
+        empty = torch.nonzero(counts == 0).flatten().tolist()
+        if empty:
+            raise ValueError(f"no training images of class(es) {empty}: the GAN needs references of every class")
+        self.order = torch.argsort(labels, stable=True)
+        self.counts = counts
+        self.offsets = torch.cumsum(counts, 0) - counts
+
+    def sample(self, classes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        u = torch.rand(len(classes), generator=generator, device=classes.device)
+        position = (u * self.counts[classes]).long().clamp_max(self.counts[classes] - 1)
+        return self.order[self.offsets[classes] + position]
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, beta: float) -> None:
+    """ema <- beta * ema + (1 - beta) * model, for every parameter ``ema`` shares by name with ``model``."""
+    params = dict(model.named_parameters())
+    for name, average in ema.named_parameters():
+        average.lerp_(params[name].detach(), 1.0 - beta)
+
+
+def ema_beta_at(iteration: int, beta: float) -> float:
+    """EMA decay with a warm-up, so a short run's average is not dominated by the random init."""
+    return min(beta, (1.0 + iteration) / (10.0 + iteration))
+
+
+def fingerprint(cfg: GanParams, config: dict, seed: int, images: torch.Tensor, labels: torch.Tensor) -> str:
+    """What a checkpoint must agree on to be resumed: params (but not the iteration count), data, code."""
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in RESUMABLE_SETTINGS}
+    code = hashlib.sha256()
+    for module in ("gan_models.py", "train_gan.py"):
+        code.update((Path(__file__).parent / module).read_bytes())
+    data = [len(images), int(images.sum(dtype=torch.int64)), int((labels * torch.arange(len(labels), device=labels.device)).sum())]
+    blob = json.dumps({"settings": settings, "config": config, "seed": seed, "data": data, "code": code.hexdigest()},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def make_optimizers(nets: GanNets, cfg: GanParams) -> dict[str, torch.optim.Optimizer]:
+    betas = (cfg.beta1, cfg.beta2)
+    translator = torch.optim.Adam([
+        {"params": list(nets.generator.parameters()) + list(nets.style_encoder.parameters()), "lr": cfg.learning_rate},
+        {"params": nets.mapping.parameters(), "lr": cfg.mapping_learning_rate},
+    ], betas=betas, weight_decay=cfg.weight_decay)
+    discriminator = torch.optim.Adam(nets.discriminator.parameters(), lr=cfg.learning_rate, betas=betas,
+                                     weight_decay=cfg.weight_decay)
+    return {"translator": translator, "discriminator": discriminator}
+
+
+def training_step(nets: GanNets, optimizers: dict, images: torch.Tensor, labels: torch.Tensor, sampler: ClassSampler,
+                  cfg: GanParams, generator: torch.Generator) -> torch.Tensor:
+    """One discriminator and one generator update; returns the losses (len(LOSS_NAMES), on the device)."""
+    device = images.device
+    n_classes = nets.config["n_classes"]
+    index = torch.randint(len(images), (cfg.batch_size,), generator=generator, device=device)
+    x_real, y_org = to_float(images[index]), labels[index]
+    y_trg = torch.randint(n_classes, (cfg.batch_size,), generator=generator, device=device)
+    half = cfg.batch_size // 2
+    z = torch.randn(half, nets.config["latent_dim"], generator=generator, device=device)
+    x_ref = to_float(images[sampler.sample(y_trg[half:], generator)])
+
+    def target_styles() -> torch.Tensor:
+        return torch.cat([nets.mapping(z, y_trg[:half]), nets.style_encoder(x_ref, y_trg[half:])])
+
+    # discriminator
+    nets.discriminator.requires_grad_(True)
+    with torch.no_grad(), autocast(device, cfg.mixed_precision):
+        x_fake = nets.generator(x_real, target_styles())
+    x_real_grad = x_real.detach().requires_grad_(True)
+    real_logits = nets.discriminator(x_real_grad, y_org)  # fp32: the R1 penalty needs exact gradients
+    d_real = adversarial_loss(real_logits, real=True)
+    d_r1 = r1_penalty(real_logits, x_real_grad)
+    with autocast(device, cfg.mixed_precision):
+        fake_logits = nets.discriminator(x_fake.float(), y_trg)
+    d_fake = adversarial_loss(fake_logits, real=False)
+    d_loss = cfg.adversarial_weight * (d_real + d_fake) + cfg.r1_weight * d_r1
+    optimizers["discriminator"].zero_grad(set_to_none=True)
+    d_loss.backward()
+    optimizers["discriminator"].step()
+
+    # generator, mapping network, style encoder
+    nets.discriminator.requires_grad_(False)
+    with autocast(device, cfg.mixed_precision):
+        s_trg = target_styles()
+        x_fake = nets.generator(x_real, s_trg)
+        g_adversarial = adversarial_loss(nets.discriminator(x_fake, y_trg), real=True)
+        g_style = style_reconstruction_loss(nets.style_encoder(x_fake, y_trg), s_trg)
+        x_cycle = nets.generator(x_fake, nets.style_encoder(x_real, y_org))
+        g_cycle = cycle_loss(x_cycle, x_real)
+    g_loss = cfg.adversarial_weight * g_adversarial + cfg.style_weight * g_style + cfg.cycle_weight * g_cycle
+    optimizers["translator"].zero_grad(set_to_none=True)
+    g_loss.backward()
+    optimizers["translator"].step()
+    nets.discriminator.requires_grad_(True)
+    return torch.stack([d_real, d_fake, d_r1, g_adversarial, g_style, g_cycle]).detach().float()
+
+
+def check_losses(losses: np.ndarray, first_iteration: int, cfg: GanParams, last_good: str) -> None:
+    """Raise :class:`NonFiniteLoss` naming the first iteration and loss that is non-finite or too large."""
+    bad = ~np.isfinite(losses) | (np.abs(losses) > cfg.max_loss)
+    if not bad.any():
+        return
+    row, column = np.argwhere(bad)[0]
+    value = losses[row, column]
+    why = "is not finite" if not np.isfinite(value) else f"exceeds gan.max_loss = {cfg.max_loss:g}"
+    raise NonFiniteLoss(
+        f"GAN training stopped: loss {LOSS_NAMES[column]} = {value} {why} at iteration {first_iteration + row}; "
+        f"{last_good}. Try a lower gan.learning_rate or a higher gan.r1_weight.")
+
+
+def save_training_state(path: Path, nets: GanNets, ema: Translator, optimizers: dict, iteration: int,
+                        generator: torch.Generator, history: list[dict], stamp: str) -> None:
+    save_checkpoint(path, {
+        "iteration": iteration,
+        "fingerprint": stamp,
+        "nets": {k: v.detach().cpu() for k, v in nets.state_dict().items()},
+        "ema": translator_state(ema),
+        "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+        "rng": generator.get_state(),
+        "history": json.dumps(history),
+    })
+
+
+def try_resume(path: Path, nets: GanNets, ema: Translator, optimizers: dict, generator: torch.Generator,
+               stamp: str, iterations: int) -> tuple[int, list[dict]]:
+    """Load the checkpoint when it matches ``stamp`` and is not past ``iterations``; (iteration, history)."""
+    if not path.exists():
+        return 0, []
+    state = load_checkpoint(path, made_by="train_gan")
+    if state.get("fingerprint") != stamp:
+        print(f"[train_gan] {path} was made with other params, data or code: starting over", file=sys.stderr)
+        return 0, []
+    if state["iteration"] > iterations:
+        print(f"[train_gan] {path} is at iteration {state['iteration']} > gan.iterations = {iterations}: starting over",
+              file=sys.stderr)
+        return 0, []
+    nets.load_state_dict(state["nets"])
+    ema.load_state_dict(state["ema"])
+    for name, opt in optimizers.items():
+        opt.load_state_dict(state["optimizers"][name])
+    generator.set_state(state["rng"])
+    print(f"[train_gan] resuming from {path} at iteration {state['iteration']}", file=sys.stderr)
+    return int(state["iteration"]), json.loads(state["history"])
+
+
+def train(nets: GanNets, images: torch.Tensor, labels: torch.Tensor, cfg: GanParams, generator: torch.Generator,
+          checkpoint_path: Path, stamp: str, on_log=None) -> dict:
+    """Train ``nets`` on device-resident uint8 ``images``, resuming from ``checkpoint_path`` when it matches.
+
+    Returns {"ema": Translator, "history": [...], "iterations_run": int, "seconds": float}. ``on_log(record)``
+    is called at every log point (after the losses were checked).
+    """
+    device = images.device
+    sampler = ClassSampler(labels, nets.config["n_classes"])
+    optimizers = make_optimizers(nets, cfg)
+    ema = Translator(nets.config).to(device)
+    ema.load_state_dict(translator_state(nets))
+    ema.requires_grad_(False)
+    start, history = try_resume(checkpoint_path, nets, ema, optimizers, generator, stamp, cfg.iterations)
+    last_good = (f"the last good checkpoint {checkpoint_path} (iteration {start}) is kept" if start
+                 else "no checkpoint was written yet")
+    nets.train()
+    flush_every = math.gcd(cfg.log_every, cfg.checkpoint_every)
+    buffer = torch.zeros(flush_every, len(LOSS_NAMES), device=device)
+    row = 0
+    started = time.perf_counter()
+    bar = tqdm(range(start, cfg.iterations), total=cfg.iterations, initial=start, desc="train_gan", leave=False,
+               file=sys.stderr, mininterval=2)
+    for iteration in bar:
+        buffer[row] = training_step(nets, optimizers, images, labels, sampler, cfg, generator)
+        ema_update(ema, nets, ema_beta_at(iteration, cfg.ema_beta))
+        row += 1
+        done = iteration + 1
+        if done % flush_every == 0 or done == cfg.iterations:
+            losses = buffer[:row].cpu().numpy()
+            check_losses(losses, done - row + 1, cfg, last_good)
+            record = {"iteration": done, **{name: float(v) for name, v in zip(LOSS_NAMES, losses.mean(0))}}
+            history.append(record)
+            row = 0
+            bar.set_postfix(d=f"{record['d_real'] + record['d_fake']:.3f}", g=f"{record['g_adversarial']:.3f}",
+                            cyc=f"{record['g_cycle']:.3f}", refresh=False)
+            if on_log is not None:
+                on_log(record)
+            if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+                save_training_state(checkpoint_path, nets, ema, optimizers, done, generator, history, stamp)
+                last_good = f"the last good checkpoint {checkpoint_path} (iteration {done}) is kept"
+    bar.close()
+    seconds = time.perf_counter() - started
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - started
+    nets.eval()
+    return {"ema": ema, "history": history, "iterations_run": cfg.iterations - start, "seconds": seconds}
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------
+def log_history(history: list[dict], live_dir: Path) -> None:
+    """Every loss, averaged per log interval, as DVCLive curves (step = iteration)."""
+    from dvclive import Live
+
+    live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False)
+    for record in history:
+        live.step = record["iteration"]
+        for name in LOSS_NAMES:
+            live.log_metric(name, record[name], plot=True)
+    live.end()
+
+
+@torch.no_grad()
+def translation_grid(ema: Translator, test: dict, class_names: list[str], n_rows: int, generator: torch.Generator,
+                     title: str):
+    """Rows: test images; columns: the original, then its latent-guided translation into each class."""
+    from pipeline.plotting import image_grid
+
+    device = test["images"].device
+    n_classes = len(class_names)
+    pick = torch.randperm(len(test["images"]), generator=generator, device=device)[:n_rows]
+    x = to_float(test["images"][pick])
+    z = torch.randn(n_classes, ema.config["latent_dim"], generator=generator, device=device)
+    classes = torch.arange(n_classes, device=device)
+    styles = ema.latent_style(z, classes)  # one style per class, shared by all rows
+    columns = [x] + [ema(x, styles[c].expand(len(x), -1)) for c in range(n_classes)]
+    grid = torch.stack(columns, dim=1).flatten(0, 1).cpu().numpy()
+    labels = test["labels"][pick].tolist()
+    titles = []
+    for r in range(len(x)):
+        titles += [f"input ({class_names[labels[r]]})"] + [f"→ {name}" for name in class_names]
+    return image_grid(grid, titles, ncols=n_classes + 1, suptitle=title)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pipeline.runtime import stage
+
+    with stage("train_gan", argv) as ctx:
+        cfg = ctx.params.gan
+        meta = load_meta(ctx.dataset)
+        train_split = load_prepared(ctx.dataset, "train", ctx.device)
+        test = load_prepared(ctx.dataset, "test", ctx.device)
+        config = {"n_classes": meta["n_classes"], "style_dim": cfg.style_dim, "latent_dim": cfg.latent_dim,
+                  "width": cfg.width}
+        torch.manual_seed(ctx.params.seed)
+        nets = GanNets(config).to(ctx.device)
+        stamp = fingerprint(cfg, config, ctx.params.seed, train_split["images"], train_split["labels"])
+        checkpoint_path = checkpoint_dir(ctx.dataset) / "last.pt"
+        checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            result = train(nets, train_split["images"], train_split["labels"], cfg, ctx.generator(), checkpoint_path, stamp)
+        except NonFiniteLoss as err:
+            print(f"error: [train_gan@{ctx.dataset}] {err}", file=sys.stderr)
+            raise SystemExit(1) from err
+        ema = result["ema"].eval()
+
+        save_translator(gan_path(ctx.dataset), ema, config, class_names=meta["class_names"], params=to_dict(cfg),
+                        iterations=cfg.iterations)
+        out = paths.plots_dir(ctx.dataset, "train_gan")
+        log_history(result["history"], out / "live")
+        fig = translation_grid(ema, test, meta["class_names"], cfg.n_grid_images, ctx.generator("grid"),
+                               f"{ctx.dataset}: latent-guided translations (EMA generator, {cfg.iterations} iterations)")
+        save_figure(fig, out / "translations.png")
+
+        rate = result["iterations_run"] / result["seconds"] if result["seconds"] > 0 and result["iterations_run"] else 0.0
+        final = result["history"][-1] if result["history"] else {}
+        write_json(paths.metrics_path(ctx.dataset, "train_gan"), {
+            "iterations": cfg.iterations,
+            "iterations_run": result["iterations_run"],
+            "training_seconds": result["seconds"],
+            "iterations_per_second": rate,
+            **{f"final_{name}": final.get(name) for name in LOSS_NAMES},
+        })
+        ctx.timer.images = result["iterations_run"] * cfg.batch_size
+        print(f"[train_gan@{ctx.dataset}] {result['iterations_run']} iterations in {result['seconds']:.1f} s "
+              f"({rate:.1f} it/s, batch {cfg.batch_size}); final cycle loss {final.get('g_cycle', float('nan')):.4f}",
+              file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
