@@ -129,8 +129,10 @@ def color_rule(model, test: dict, class_names: list[str], batch_size: int) -> tu
     colors = test["colors"].cpu().numpy()
     labels = test["labels"].cpu().numpy()
     positions = test["positions"].cpu().numpy()
-    curves = np.stack([matplotlib.colormaps[name](np.linspace(0, 1, 256))[:, :3] for name in class_names])  # [K,256,3]
-    distance = np.linalg.norm(colors[:, None, None, :] - curves[None], axis=-1).min(axis=2)  # [N,K]
+    distance = np.stack([  # [N, K]: RGB distance from each image's color to each colormap's curve
+        np.linalg.norm(colors[:, None, :] - matplotlib.colormaps[name](np.linspace(0, 1, 256))[None, :, :3].astype(np.float32),
+                       axis=-1).min(axis=1)
+        for name in class_names], axis=1)
     nearest = distance.argmin(axis=1)
     frame = pd.DataFrame({
         "position": positions, "hue": rgb_to_hsv(np.clip(colors, 0, 1))[:, 0],
