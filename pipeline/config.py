@@ -265,6 +265,48 @@ class CounterfactualParams:
                 fail(f"{where}.{name}", getattr(self, name), "a positive integer")
         if self.interpolation_steps < 2:
             fail(f"{where}.interpolation_steps", self.interpolation_steps, "an integer >= 2")
+EXPLAIN_METHODS = ("d_ig", "d_deeplift", "d_inputxgrad", "ig", "deeplift", "residual", "random")
+
+
+@dataclass(frozen=True)
+class ExplainParams:
+    """Discriminative attribution on (real, counterfactual) pairs and the mask-size sweep."""
+
+    methods: list[str] = field(default_factory=lambda: list(EXPLAIN_METHODS))
+    counterfactual: Literal["reference", "latent"] = "reference"
+    n_thresholds: int = 200
+    closing_size: int = 3
+    blur_sigma: float = 1.0
+    mask_channels: Literal["across", "per_channel"] = "across"
+    ig_steps: int = 32
+    random_sigma: float = 2.0
+    n_grid: int = 101
+    batch_size: int = 16384
+    attribution_batch_size: int = 256
+    mixed_precision: bool = True
+    max_pairs: Optional[int] = None
+    gallery_top_k: int = 2
+
+    def check(self, where: str) -> None:
+        if not self.methods:
+            fail(f"{where}.methods", self.methods, "a non-empty list of " + ", ".join(EXPLAIN_METHODS))
+        for i, name in enumerate(self.methods):
+            if name not in EXPLAIN_METHODS:
+                fail(f"{where}.methods[{i}]", name, "one of " + ", ".join(EXPLAIN_METHODS))
+        if len(set(self.methods)) != len(self.methods):
+            fail(f"{where}.methods", self.methods, "distinct method names")
+        if self.n_thresholds < 2:
+            fail(f"{where}.n_thresholds", self.n_thresholds, "an integer >= 2")
+        for name in ("closing_size", "ig_steps", "batch_size", "attribution_batch_size", "gallery_top_k"):
+            if getattr(self, name) < 1:
+                fail(f"{where}.{name}", getattr(self, name), "a positive integer (closing_size 1 = no closing)")
+        if self.n_grid < 2:
+            fail(f"{where}.n_grid", self.n_grid, "an integer >= 2")
+        for name in ("blur_sigma", "random_sigma"):
+            if getattr(self, name) < 0:
+                fail(f"{where}.{name}", getattr(self, name), "a number >= 0 (0 = no blur)")
+        if self.max_pairs is not None and self.max_pairs < 1:
+            fail(f"{where}.max_pairs", self.max_pairs, "a positive integer, or null for all pairs")
 
 
 @dataclass(frozen=True)
@@ -279,6 +321,7 @@ class Params:
     attribution: AttributionParams = field(default_factory=AttributionParams)
     gan: GanParams = field(default_factory=GanParams)
     counterfactuals: CounterfactualParams = field(default_factory=CounterfactualParams)
+    explain: ExplainParams = field(default_factory=ExplainParams)
 
     def check(self, where: str) -> None:
         if self.seed < 0:

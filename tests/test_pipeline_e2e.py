@@ -171,3 +171,28 @@ def test_gan_and_counterfactual_outputs(workspace, first_repro):
         for picture in ("train_gan/translations.png", "counterfactuals/gallery.png", "counterfactuals/interpolation.png",
                         "counterfactuals/style_space.png", "counterfactuals/confusion.png"):
             assert (workspace / "plots" / dataset / picture).stat().st_size > 1000
+
+def test_explain_metrics_are_sane(workspace, first_repro):
+    ran = stages_run(first_repro)
+    methods = ["d_ig", "d_deeplift", "d_inputxgrad", "ig", "deeplift", "residual", "random"]
+    for dataset in DATASETS:
+        assert f"explain@{dataset}" in ran
+        metrics = json.loads((workspace / "metrics" / dataset / "explain.json").read_text())
+        assert 0 <= metrics["n_pairs_kept"] <= metrics["n_pairs_reaching_target"] <= metrics["n_pairs"]
+        assert metrics["n_pairs"] > 0
+        assert list(metrics["methods"]) == methods
+        for entry in metrics["methods"].values():
+            keys = {"median_score", "iqr_score", "mean_optimal_mask_size", "reached_target_fraction"}
+            assert keys <= set(entry)
+            if metrics["n_pairs_kept"]:  # a tiny GAN may not reach any target; then the values are null
+                assert -1.0 <= entry["median_score"] <= 1.0
+                assert 0.0 <= entry["mean_optimal_mask_size"] <= 1.0
+                assert 0.0 <= entry["reached_target_fraction"] <= 1.0
+        if dataset == "clever_hans":
+            assert "shortcut_iou" in metrics and all("shortcut_iou" in e for e in metrics["methods"].values())
+        else:
+            assert "color_rule" in metrics and all("digit_mass_fraction" in e for e in metrics["methods"].values())
+        for picture in ("curves.png", "scores.png", "known_answer.png"):
+            assert (workspace / "plots" / dataset / "explain" / picture).stat().st_size > 1000
+    shown = dvc("metrics", "show", cwd=workspace)
+    assert "median_score" in shown

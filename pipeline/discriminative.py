@@ -1,0 +1,308 @@
+"""Discriminative attribution and its quantitative test: the mask-size / score-change sweep.
+
+For a pair (real image ``x`` of class ``s``, counterfactual ``x'`` that the classifier assigns to
+class ``t``) an attribution map says which pixels matter. The sweep turns the map into masks of
+growing size (threshold, morphological closing, Gaussian blur), copies the masked region from the
+counterfactual into the real image (the *hybrid* ``x' * m + x * (1 - m)``) and records how much
+the classifier's probability of ``t`` rises. A good explanation flips the decision with a small
+mask; its score is the area under score change over mask size on [0, 1].
+
+Everything here is batched on the device: all thresholds of a chunk of pairs are built as one
+tensor and classified in large forward passes. :func:`sweep_loop` is the plain per-pair,
+per-threshold version, kept as the reference the vectorised one is tested (and benchmarked) against.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from pipeline.inference import autocast
+
+DISCRIMINATIVE = ("d_ig", "d_deeplift", "d_inputxgrad")
+CONTROLS = ("ig", "deeplift", "residual", "random")
+METHODS = DISCRIMINATIVE + CONTROLS
+
+
+# --------------------------------------------------------------------------------------------
+# Attribution maps
+# --------------------------------------------------------------------------------------------
+def gaussian_kernel1d(sigma: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Normalised 1-d Gaussian of radius ceil(3 sigma) (a single 1 when sigma is 0)."""
+    if sigma <= 0:
+        return torch.ones(1, device=device)
+    radius = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of NCHW ``x`` per channel, borders replicated."""
+    if sigma <= 0:
+        return x
+    kernel = gaussian_kernel1d(sigma, x.device).to(x.dtype)
+    radius = len(kernel) // 2
+    channels = x.shape[1]
+    horizontal = kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+    vertical = kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), horizontal, groups=channels)
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), vertical, groups=channels)
+
+
+def closing(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Morphological closing (dilation, then erosion) with a ``size`` x ``size`` square; 1 = off."""
+    if size <= 1:
+        return x
+    pad = size // 2
+    h, w = x.shape[-2:]
+    # outside the image is background: pad with zeros so that erosion can shrink back to the border
+    # (max_pool's own -inf padding would count outside as foreground and grow masks near the edge)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dilated = F.max_pool2d(padded, size, stride=1, padding=pad)[..., : h + 2 * pad, : w + 2 * pad]
+    eroded = -F.max_pool2d(-dilated, size, stride=1, padding=pad)
+    return eroded[..., pad : pad + h, pad : pad + w]
+
+
+def normalise_maps(maps: torch.Tensor, across_channels: bool) -> torch.Tensor:
+    """|map| scaled to [0, 1] per pair; summed over channels first when ``across_channels``."""
+    maps = maps.detach().float().abs()
+    if across_channels:
+        maps = maps.sum(dim=1, keepdim=True)
+    peak = maps.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    return maps / peak
+
+
+def attribution_maps(method: str, model: nn.Module, real: torch.Tensor, counterfactual: torch.Tensor,
+                     source: torch.Tensor, ig_steps: int = 32, random_sigma: float = 2.0,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Raw (signed, per-channel) attribution maps of one batch of pairs, float32 NCHW.
+
+    Discriminative methods use the counterfactual as the reference; the target is the real class.
+    """
+    from captum.attr import DeepLift, IntegratedGradients, Saliency
+
+    real, counterfactual = real.float(), counterfactual.float()
+    target = source.long()
+    if method == "d_ig":
+        return IntegratedGradients(model).attribute(real, baselines=counterfactual, target=target, n_steps=ig_steps)
+    if method == "ig":
+        return IntegratedGradients(model).attribute(real, baselines=torch.zeros_like(real), target=target, n_steps=ig_steps)
+    if method == "d_deeplift":
+        return DeepLift(model).attribute(real, baselines=counterfactual, target=target)
+    if method == "deeplift":
+        return DeepLift(model).attribute(real, baselines=torch.zeros_like(real), target=target)
+    if method == "d_inputxgrad":
+        # gradient at the real image times the change to the counterfactual, signed like IG and
+        # DeepLift (f(real) - f(counterfactual) to first order); the normalised map takes |.|
+        gradient = Saliency(model).attribute(real, target=target, abs=False)
+        return gradient * (real - counterfactual)
+    if method == "residual":
+        return (real - counterfactual).abs()
+    if method == "random":
+        noise = torch.rand(real.shape[0], 1, *real.shape[2:], generator=generator, device=generator.device if generator else real.device)
+        return gaussian_blur(noise.to(real.device), random_sigma).expand_as(real).contiguous()
+    raise ValueError(f"unknown attribution method {method!r}; known: {', '.join(METHODS)}")
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MaskSettings:
+    n_thresholds: int = 200
+    closing_size: int = 3
+    blur_sigma: float = 1.0
+
+    def thresholds(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Descending from 1 (empty mask: the real image) to 0, so masks grow along the sweep."""
+        return torch.linspace(1.0, 0.0, self.n_thresholds, device=device)
+
+
+def build_masks(maps: torch.Tensor, thresholds: torch.Tensor, settings: MaskSettings) -> torch.Tensor:
+    """Masks for every (pair, threshold): ``maps`` [B,C,H,W] in [0, 1], ``thresholds`` [T] or [B,T].
+
+    Returns [B, T, C, H, W] soft masks in [0, 1] (threshold, closing, blur).
+    """
+    b, c, h, w = maps.shape
+    thresholds = thresholds.to(maps.device, maps.dtype)
+    if thresholds.dim() == 1:
+        thresholds = thresholds.expand(b, -1)
+    t = thresholds.shape[1]
+    binary = (maps[:, None] > thresholds.view(b, t, 1, 1, 1)).to(maps.dtype)
+    flat = binary.reshape(b * t, c, h, w)
+    flat = gaussian_blur(closing(flat, settings.closing_size), settings.blur_sigma)
+    return flat.clamp_(0.0, 1.0).reshape(b, t, c, h, w)
+
+
+def hybrids(real: torch.Tensor, counterfactual: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``counterfactual * mask + real * (1 - mask)``; masks [B,T,C,H,W] broadcast over channels."""
+    return torch.lerp(real[:, None], counterfactual[:, None], masks)
+
+
+@dataclass
+class SweepResult:
+    """Per pair and threshold (thresholds descending): mask size, score change, predicted class."""
+
+    mask_size: torch.Tensor     # [B, T] float32, share of mask mass in the image
+    score_change: torch.Tensor  # [B, T] float32, p_target(hybrid) - p_target(real)
+    predicted: torch.Tensor     # [B, T] int64, the classifier's decision on the hybrid
+    real_probability: torch.Tensor  # [B] float32, p_target(real)
+
+
+def _probabilities(model: nn.Module, x: torch.Tensor, mixed_precision: bool) -> torch.Tensor:
+    with autocast(x.device, mixed_precision):
+        return model(x).float().softmax(dim=1)
+
+
+@torch.no_grad()
+def sweep(model: nn.Module, real: torch.Tensor, counterfactual: torch.Tensor, maps: torch.Tensor,
+          target: torch.Tensor, settings: MaskSettings, batch_size: int = 16384,
+          mixed_precision: bool = False, progress: str | None = None) -> SweepResult:
+    """The vectorised sweep over all pairs: ``real``/``counterfactual`` float [N,3,H,W] in [0, 1],
+    ``maps`` normalised [N,C,H,W], ``target`` [N]. ``batch_size`` counts classified images per pass."""
+    n = len(real)
+    t = settings.n_thresholds
+    thresholds = settings.thresholds(real.device)
+    pairs_per_chunk = max(1, batch_size // (t + 1))
+    sizes, changes, predicted, base = [], [], [], []
+    chunks = range(0, n, pairs_per_chunk)
+    for start in tqdm(chunks, desc=progress or "sweep", leave=False, file=sys.stderr, mininterval=2, disable=progress is None):
+        part = slice(start, min(start + pairs_per_chunk, n))
+        x, cf, m, tgt = real[part].float(), counterfactual[part].float(), maps[part].float(), target[part]
+        b = len(x)
+        masks = build_masks(m, thresholds, settings)                        # [b, T, C, H, W]
+        batch = torch.cat([x, hybrids(x, cf, masks).flatten(0, 1)])          # real images first
+        probs = _probabilities(model, batch, mixed_precision)
+        p_real = probs[:b].gather(1, tgt[:, None]).squeeze(1)
+        hybrid_probs = probs[b:].view(b, t, -1)
+        p_hybrid = hybrid_probs.gather(2, tgt.view(b, 1, 1).expand(b, t, 1)).squeeze(2)
+        sizes.append(masks.flatten(2).mean(dim=2))
+        changes.append(p_hybrid - p_real[:, None])
+        predicted.append(hybrid_probs.argmax(dim=2))
+        base.append(p_real)
+    if not sizes:
+        empty = torch.empty(0, t, device=real.device)
+        return SweepResult(empty, empty.clone(), empty.long(), torch.empty(0, device=real.device))
+    return SweepResult(torch.cat(sizes), torch.cat(changes), torch.cat(predicted), torch.cat(base))
+
+
+@torch.no_grad()
+def sweep_loop(model: nn.Module, real: torch.Tensor, counterfactual: torch.Tensor, maps: torch.Tensor,
+               target: torch.Tensor, settings: MaskSettings) -> SweepResult:
+    """The straightforward reference: one pair, one threshold, one image per forward pass."""
+    n, t = len(real), settings.n_thresholds
+    thresholds = settings.thresholds(real.device)
+    sizes = torch.zeros(n, t, device=real.device)
+    changes = torch.zeros(n, t, device=real.device)
+    predicted = torch.zeros(n, t, dtype=torch.long, device=real.device)
+    base = torch.zeros(n, device=real.device)
+    for i in range(n):
+        x, cf, m, tgt = real[i : i + 1].float(), counterfactual[i : i + 1].float(), maps[i : i + 1].float(), int(target[i])
+        p_real = model(x).softmax(dim=1)[0, tgt]
+        base[i] = p_real
+        for k in range(t):
+            mask = (m > thresholds[k]).float()
+            mask = gaussian_blur(closing(mask, settings.closing_size), settings.blur_sigma).clamp(0.0, 1.0)
+            hybrid = cf * mask + x * (1.0 - mask)
+            probs = model(hybrid).softmax(dim=1)[0]
+            sizes[i, k] = mask.mean()
+            changes[i, k] = probs[tgt] - p_real
+            predicted[i, k] = probs.argmax()
+    return SweepResult(sizes, changes, predicted, base)
+
+
+# --------------------------------------------------------------------------------------------
+# Scores
+# --------------------------------------------------------------------------------------------
+def size_grid(n_points: int = 101, device: torch.device | str = "cpu") -> torch.Tensor:
+    return torch.linspace(0.0, 1.0, n_points, device=device)
+
+
+def interpolate_curves(sizes: torch.Tensor, values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Row-wise linear interpolation of ``values`` over ``sizes`` at ``grid`` (like np.interp:
+    constant beyond the ends). ``sizes``/``values`` [B,K], ``grid`` [G] -> [B,G]."""
+    order = sizes.argsort(dim=1, stable=True)
+    x = sizes.gather(1, order).contiguous()
+    y = values.gather(1, order)
+    g = grid.to(x.dtype).expand(len(x), -1).contiguous()
+    upper = torch.searchsorted(x, g, right=True)
+    k = x.shape[1]
+    lo, hi = (upper - 1).clamp(0, k - 1), upper.clamp(0, k - 1)
+    x0, x1, y0, y1 = x.gather(1, lo), x.gather(1, hi), y.gather(1, lo), y.gather(1, hi)
+    span = x1 - x0
+    weight = torch.where(span > 0, (g - x0) / span.clamp_min(1e-12), torch.zeros_like(g))
+    return y0 + weight.clamp(0, 1) * (y1 - y0)
+
+
+def curve_scores(result: SweepResult, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interpolated curves [B,G] and their areas [B] (score change integrated over mask size 0..1)."""
+    curves = interpolate_curves(result.mask_size, result.score_change, grid)
+    if len(curves) == 0:
+        return curves, torch.empty(0, device=curves.device)
+    return curves, torch.trapezoid(curves, grid.to(curves.dtype), dim=1)
+
+
+def optimal_threshold_index(result: SweepResult) -> torch.Tensor:
+    """Per pair, the threshold whose mask minimises (mask size - score change); ties go to the
+    smaller mask (the first along the descending thresholds)."""
+    return (result.mask_size - result.score_change).argmin(dim=1)
+
+
+@dataclass
+class PairScores:
+    """Everything the stage reports per pair for one method."""
+
+    score: torch.Tensor                  # [B]
+    curve: torch.Tensor                  # [B, G]
+    optimal_index: torch.Tensor          # [B]
+    optimal_threshold: torch.Tensor      # [B]
+    optimal_mask_size: torch.Tensor      # [B]
+    optimal_score_change: torch.Tensor   # [B]
+    optimal_predicted: torch.Tensor      # [B]
+
+
+def score_pairs(result: SweepResult, settings: MaskSettings, grid: torch.Tensor) -> PairScores:
+    curves, score = curve_scores(result, grid)
+    index = optimal_threshold_index(result)
+    pick = lambda values: values.gather(1, index[:, None]).squeeze(1)  # noqa: E731
+    thresholds = settings.thresholds(result.mask_size.device)
+    return PairScores(score, curves, index, thresholds[index], pick(result.mask_size), pick(result.score_change),
+                      pick(result.predicted))
+
+
+def optimal_masks(maps: torch.Tensor, thresholds: torch.Tensor, settings: MaskSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """(binary closed mask, soft mask) at one threshold per pair: [B,C,H,W] each."""
+    thresholds = thresholds.to(maps.device, maps.dtype)
+    binary = closing((maps > thresholds.view(-1, 1, 1, 1)).to(maps.dtype), settings.closing_size)
+    soft = gaussian_blur(binary, settings.blur_sigma).clamp(0.0, 1.0)
+    return binary, soft
+
+
+def mask_overlap(binary: torch.Tensor, soft: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """IoU of the binary mask with ``truth`` [B,H,W] (bool) and the share of soft mask mass on it.
+
+    Channel masks count a pixel when any channel is on (binary) or by their channel mean (soft)."""
+    region = binary.amax(dim=1) > 0.5
+    truth = truth.bool()
+    inter = (region & truth).flatten(1).sum(1).float()
+    union = (region | truth).flatten(1).sum(1).float()
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
+    mass = soft.mean(dim=1).flatten(1)
+    total = mass.sum(1)
+    on_truth = (mass * truth.flatten(1).float()).sum(1)
+    share = torch.where(total > 0, on_truth / total.clamp_min(1e-12), torch.zeros_like(total))
+    return iou, share
+
+
+def batched(fn: Callable[[slice], torch.Tensor], n: int, batch_size: int, desc: str | None = None) -> torch.Tensor:
+    """Concatenate ``fn(slice)`` over slices of ``range(n)``, with a progress bar when ``desc``."""
+    parts = [fn(slice(s, min(s + batch_size, n)))
+             for s in tqdm(range(0, n, batch_size), desc=desc, leave=False, file=sys.stderr, mininterval=2, disable=desc is None)]
+    return torch.cat(parts) if parts else torch.empty(0)

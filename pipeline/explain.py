@@ -1,0 +1,401 @@
+"""Stage ``explain@<dataset>``: discriminative attribution on (real, counterfactual) pairs, scored.
+
+For every pair whose counterfactual the classifier assigns to its target, each attribution method
+gives a map; the sweep (:mod:`pipeline.discriminative`) turns it into masks of growing size, copies
+the masked region from the counterfactual into the real image, and records how far the target's
+probability rises. The area under that curve is the method's score for the pair; the mask that
+minimises (size - score change) is its optimal mask. Where the answer is known (the planted
+shortcut, the digit vs. the color) the optimal masks are scored against it.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline import paths
+from pipeline.config import ExplainParams
+from pipeline.data import load_meta, load_prepared, to_float, to_uint8
+from pipeline.discriminative import (DISCRIMINATIVE, MaskSettings, attribution_maps, batched, mask_overlap,
+                                     normalise_maps, optimal_masks, score_pairs, size_grid, sweep)
+from pipeline.inference import predict_probabilities
+from pipeline.models import load_classifier
+from pipeline.runtime import stage
+from pipeline.storage import InputError, load_arrays, save_arrays, save_figure, write_csv, write_json
+
+CONTRACT_KEYS = ("real", "counterfactual", "counterfactual_latent", "image_index", "source", "target",
+                 "predicted", "target_probability", "predicted_latent", "target_probability_latent")
+
+
+def explanations_dir(dataset: str):
+    return paths.DATA / "explanations" / dataset
+
+
+@dataclass
+class Pairs:
+    real: torch.Tensor            # float [N,3,H,W] in [0, 1] on the device
+    counterfactual: torch.Tensor  # float [N,3,H,W]
+    image_index: torch.Tensor     # [N] into the prepared test split
+    source: torch.Tensor          # [N]
+    target: torch.Tensor          # [N]
+    n_pairs: int                  # in the file
+    n_reaching_target: int        # of those, assigned to their target (before max_pairs)
+
+
+def load_pairs(dataset: str, cfg: ExplainParams, device: torch.device, rng: np.random.Generator) -> Pairs:
+    """The counterfactual pairs the classifier assigns to their target (at most ``max_pairs``, seeded)."""
+    path = paths.counterfactuals_path(dataset)
+    arrays = load_arrays(path, made_by=f"counterfactuals@{dataset}")
+    missing = [key for key in CONTRACT_KEYS if key not in arrays]
+    if missing:
+        raise InputError(f"{path} lacks {', '.join(missing)}; re-run `dvc repro counterfactuals@{dataset}`")
+    suffix = "" if cfg.counterfactual == "reference" else "_latent"
+    keep = np.flatnonzero(arrays["predicted" + suffix] == arrays["target"])
+    n_reaching = len(keep)
+    if cfg.max_pairs is not None and len(keep) > cfg.max_pairs:
+        keep = np.sort(rng.choice(keep, size=cfg.max_pairs, replace=False))
+    take = lambda key: torch.from_numpy(np.ascontiguousarray(arrays[key][keep])).to(device)  # noqa: E731
+    return Pairs(to_float(take("real")), to_float(take("counterfactual" + suffix)), take("image_index").long(),
+                 take("source").long(), take("target").long(), len(arrays["target"]), n_reaching)
+
+
+def method_maps(method: str, model, pairs: Pairs, cfg: ExplainParams, generator: torch.Generator) -> torch.Tensor:
+    """Normalised maps of every pair for one method, batched."""
+    across = cfg.mask_channels == "across"
+
+    def one_batch(part: slice) -> torch.Tensor:
+        raw = attribution_maps(method, model, pairs.real[part], pairs.counterfactual[part], pairs.source[part],
+                               ig_steps=cfg.ig_steps, random_sigma=cfg.random_sigma, generator=generator)
+        return normalise_maps(raw, across)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # captum notes that it sets requires_grad on inputs
+        return batched(one_batch, len(pairs.real), cfg.attribution_batch_size, desc=f"{method} maps")
+
+
+def summarise(values: torch.Tensor) -> tuple[float, float]:
+    """Median and interquartile range (NaN when empty)."""
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    q = torch.quantile(values.float().cpu(), torch.tensor([0.25, 0.5, 0.75]))
+    return q[1].item(), (q[2] - q[0]).item()
+
+
+def method_metrics(scores, target: torch.Tensor) -> dict:
+    median, iqr = summarise(scores.score)
+    n = len(scores.score)
+    return {
+        "median_score": median,
+        "iqr_score": iqr,
+        "mean_optimal_mask_size": scores.optimal_mask_size.mean().item() if n else float("nan"),
+        "reached_target_fraction": (scores.optimal_predicted == target).float().mean().item() if n else float("nan"),
+    }
+
+
+def shortcut_truth(test: dict, pairs: Pairs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(selected [N] bool, truth masks [N,H,W]): pairs translated into a shortcut class and its mask."""
+    alpha, labels = test["shortcut_alpha"], test["shortcut_labels"]
+    selected = torch.zeros(len(pairs.target), dtype=torch.bool, device=pairs.target.device)
+    truth = torch.zeros(len(pairs.target), *alpha.shape[1:], dtype=torch.bool, device=pairs.target.device)
+    for k in range(len(labels)):
+        into = pairs.target == labels[k]
+        selected |= into
+        truth[into] |= alpha[k] > 0
+    return selected, truth
+
+
+def best_discriminative(metrics: dict) -> str | None:
+    candidates = [(m, metrics[m]["median_score"]) for m in DISCRIMINATIVE if m in metrics]
+    candidates = [(m, s) for m, s in candidates if s == s]  # drop NaN
+    return max(candidates, key=lambda item: item[1])[0] if candidates else None
+
+
+# --------------------------------------------------------------------------------------------
+# Colored MNIST: which color rule did the classifier learn?
+# --------------------------------------------------------------------------------------------
+def color_rule(model, test: dict, class_names: list[str], batch_size: int) -> tuple[dict, pd.DataFrame]:
+    """The classifier's decision on every test image against its colormap position and color.
+
+    ``nearest_colormap_agreement``: how often the decision equals the colormap whose curve passes
+    closest (in RGB) to the image's color, i.e. how well "nearest colormap" describes the rule."""
+    import matplotlib
+    from matplotlib.colors import rgb_to_hsv
+
+    predicted = predict_probabilities(model, test["images"], batch_size).argmax(1).cpu().numpy()
+    colors = test["colors"].cpu().numpy()
+    labels = test["labels"].cpu().numpy()
+    positions = test["positions"].cpu().numpy()
+    distance = np.stack([  # [N, K]: RGB distance from each image's color to each colormap's curve
+        np.linalg.norm(colors[:, None, :] - matplotlib.colormaps[name](np.linspace(0, 1, 256))[None, :, :3].astype(np.float32),
+                       axis=-1).min(axis=1)
+        for name in class_names], axis=1)
+    nearest = distance.argmin(axis=1)
+    frame = pd.DataFrame({
+        "position": positions, "hue": rgb_to_hsv(np.clip(colors, 0, 1))[:, 0],
+        "red": colors[:, 0], "green": colors[:, 1], "blue": colors[:, 2],
+        "colormap": [class_names[c] for c in labels], "predicted": [class_names[c] for c in predicted],
+        "correct": predicted == labels,
+    })
+    metrics = {
+        "test_accuracy": float((predicted == labels).mean()) if len(labels) else float("nan"),
+        "nearest_colormap_agreement": float((predicted == nearest).mean()) if len(labels) else float("nan"),
+        "accuracy_by_position": {
+            f"{lo:.2f}-{lo + 0.25:.2f}": float((predicted == labels)[(positions >= lo) & (positions < lo + 0.25)].mean())
+            if ((positions >= lo) & (positions < lo + 0.25)).any() else float("nan")
+            for lo in (0.0, 0.25, 0.5, 0.75)
+        },
+    }
+    return metrics, frame
+
+
+def plot_color_rule(frame: pd.DataFrame, class_names: list[str], dataset: str, path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    rows = {name: i for i, name in enumerate(class_names)}
+    palette = plt.get_cmap("tab10")
+    jitter = np.random.default_rng(0).uniform(-0.25, 0.25, len(frame))
+    for name in class_names:
+        chosen = frame["predicted"] == name
+        axes[0].scatter(frame["position"][chosen], frame["colormap"].map(rows)[chosen] + jitter[chosen.to_numpy()],
+                        s=6, color=palette(rows[name]), label=f"predicted {name}")
+    axes[0].set_yticks(range(len(class_names)), class_names)
+    axes[0].set_xlabel("position along the colormap (s)")
+    axes[0].set_ylabel("true colormap (class)")
+    axes[0].set_title("decision vs. colormap position", fontsize=9)
+    axes[0].legend(fontsize=7, markerscale=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes[1].scatter(frame["hue"], frame["position"], s=8, c=frame[["red", "green", "blue"]].to_numpy(),
+                    edgecolors=[palette(rows[p]) for p in frame["predicted"]], linewidths=0.6)
+    axes[1].set_xlabel("hue of the image's color (fill = the color)")
+    axes[1].set_ylabel("position s")
+    axes[1].set_title("edge color = predicted class", fontsize=9)
+    fig.suptitle(f"{dataset}: what the classifier decides from the color", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Pictures
+# --------------------------------------------------------------------------------------------
+def plot_curves(curve_rows: pd.DataFrame, dataset: str, path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, (method, rows) in enumerate(curve_rows.groupby("method", sort=False)):
+        style = "-" if method.startswith("d_") else "--"
+        ax.plot(rows["mask_size"], rows["median_score_change"], style, color=plt.get_cmap("tab10")(i), label=method)
+        ax.fill_between(rows["mask_size"], rows["q25_score_change"], rows["q75_score_change"],
+                        color=plt.get_cmap("tab10")(i), alpha=0.15)
+    ax.set_xlabel("mask size (share of the image)")
+    ax.set_ylabel("score change  p_target(hybrid) - p_target(real)")
+    ax.set_title(f"{dataset}: median curve per method (band: IQR)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_scores(score_rows: pd.DataFrame, dataset: str, path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(score_rows) + 1.2))
+    y = np.arange(len(score_rows))
+    colors = ["tab:blue" if m.startswith("d_") else "tab:gray" for m in score_rows["method"]]
+    ax.barh(y, score_rows["median_score"], xerr=[score_rows["median_score"] - score_rows["q25_score"],
+                                                 score_rows["q75_score"] - score_rows["median_score"]],
+            color=colors, capsize=3)
+    ax.set_yticks(y, score_rows["method"])
+    ax.invert_yaxis()
+    ax.set_xlabel("score: area under score change over mask size (median, IQR)")
+    ax.set_title(f"{dataset}: explanation score per method (blue: discriminative)", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_shortcut_overlap(frame: pd.DataFrame, dataset: str, path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(frame) + 1.2))
+    y = np.arange(len(frame))
+    ax.barh(y - 0.2, frame["shortcut_iou"], height=0.4, label="IoU of the optimal mask with the shortcut")
+    ax.barh(y + 0.2, frame["shortcut_mass_fraction"], height=0.4, label="share of mask mass on the shortcut")
+    ax.set_yticks(y, frame["method"])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(f"{dataset}: pairs translated into a shortcut class", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def heat(maps: np.ndarray) -> np.ndarray:
+    """[N,C,H,W] in [0, 1] -> [N,3,H,W] inferno colors (channel mean)."""
+    import matplotlib
+
+    rgb = matplotlib.colormaps["inferno"](maps.mean(axis=1))[..., :3]
+    return np.transpose(rgb, (0, 3, 1, 2)).astype(np.float32)
+
+
+def save_gallery(model, pairs: Pairs, method: str, maps: torch.Tensor, scores, settings: MaskSettings,
+                 class_names: list[str], top_k: int, folder, dataset: str) -> int:
+    """Per target class one PNG: for each source, the top-k pairs by score, as
+    real | counterfactual | attribution | optimal mask | hybrid, titled with probabilities."""
+    from pipeline.plotting import image_grid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.png"):
+        stale.unlink()
+    source, target = pairs.source.cpu().numpy(), pairs.target.cpu().numpy()
+    score = scores.score.cpu().numpy()
+    written = 0
+    for t in np.unique(target):
+        chosen = []
+        for s in np.unique(source[target == t]):
+            members = np.flatnonzero((source == s) & (target == t))
+            chosen.extend(members[np.argsort(-score[members], kind="stable")[:top_k]])
+        index = torch.as_tensor(np.array(chosen), device=pairs.real.device)
+        real, cf = pairs.real[index], pairs.counterfactual[index]
+        _, soft = optimal_masks(maps[index], scores.optimal_threshold[index], settings)
+        hybrid = torch.lerp(real, cf, soft)
+        p_real, p_cf, p_hybrid = (predict_probabilities(model, x) for x in (real, cf, hybrid))
+        images, titles = [], []
+        for row, i in enumerate(chosen):
+            s, tt = int(source[i]), int(target[i])
+            ps = lambda p: f"p({class_names[s]})={p[row, s]:.2f}\np({class_names[tt]})={p[row, tt]:.2f}"  # noqa: E731
+            images += [real[row].cpu().numpy(), cf[row].cpu().numpy(), heat(maps[index][row : row + 1].cpu().numpy())[0],
+                       soft[row].expand(3, -1, -1).cpu().numpy(), hybrid[row].cpu().numpy()]
+            titles += [f"real {class_names[s]}\n" + ps(p_real), "counterfactual\n" + ps(p_cf),
+                       f"{method}\nscore {score[i]:.2f}", f"mask size\n{scores.optimal_mask_size[i].item():.3f}",
+                       "hybrid\n" + ps(p_hybrid)]
+        fig = image_grid(np.stack(images), titles, ncols=5, cell=1.5,
+                         suptitle=f"{dataset}: {method}, into {class_names[int(t)]} (top {top_k} per source by score)")
+        save_figure(fig, folder / f"into_{int(t)}_{class_names[int(t)]}.png")
+        written += 1
+    return written
+
+
+# --------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    with stage("explain", argv) as ctx:
+        cfg = ctx.params.explain
+        meta = load_meta(ctx.dataset)
+        class_names = meta["class_names"]
+        model = load_classifier(paths.classifier_path(ctx.dataset), ctx.device)
+        test = load_prepared(ctx.dataset, "test", ctx.device)
+        pairs = load_pairs(ctx.dataset, cfg, ctx.device, ctx.rng("pairs"))
+        n_kept = len(pairs.target)
+        settings = MaskSettings(cfg.n_thresholds, cfg.closing_size, cfg.blur_sigma)
+        grid = size_grid(cfg.n_grid, ctx.device)
+        generator = ctx.generator("random-map")
+
+        digit = (to_uint8(pairs.real).amax(dim=1) > 0) if ctx.dataset == "colored_mnist" else None
+        hans = shortcut_truth(test, pairs) if "shortcut_alpha" in test else None
+
+        metrics: dict = {"n_pairs": pairs.n_pairs, "n_pairs_kept": n_kept, "n_pairs_reaching_target": pairs.n_reaching_target,
+                         "counterfactual": cfg.counterfactual}
+        per_method, results, arrays, curve_rows, score_rows = {}, {}, {}, [], []
+        for method in cfg.methods if n_kept else ():
+            maps = method_maps(method, model, pairs, cfg, generator)
+            result = sweep(model, pairs.real, pairs.counterfactual, maps, pairs.target, settings, cfg.batch_size,
+                           cfg.mixed_precision, progress=f"{method} sweep")
+            scores = score_pairs(result, settings, grid)
+            entry = method_metrics(scores, pairs.target)
+            binary, soft = optimal_masks(maps, scores.optimal_threshold, settings)
+            if hans is not None:
+                selected, truth = hans
+                iou, share = mask_overlap(binary[selected], soft[selected], truth[selected])
+                entry["shortcut_iou"] = iou.mean().item() if len(iou) else float("nan")
+                entry["shortcut_mass_fraction"] = share.mean().item() if len(share) else float("nan")
+            if digit is not None:
+                _, share = mask_overlap(binary, soft, digit)
+                entry["digit_mass_fraction"] = share.mean().item() if len(share) else float("nan")
+                entry["background_mass_fraction"] = 1.0 - entry["digit_mass_fraction"]
+            per_method[method] = entry
+            results[method] = (maps, scores)
+            q = torch.quantile(scores.curve.cpu(), torch.tensor([0.25, 0.5, 0.75]), dim=0)
+            curve_rows += [{"method": method, "mask_size": g, "median_score_change": m, "q25_score_change": lo,
+                            "q75_score_change": hi} for g, lo, m, hi in zip(grid.tolist(), *q.tolist())]
+            lo_hi = torch.quantile(scores.score.cpu(), torch.tensor([0.25, 0.75])).tolist()
+            score_rows.append({"method": method, "median_score": entry["median_score"], "q25_score": lo_hi[0], "q75_score": lo_hi[1]})
+            arrays.update({f"{method}_score": scores.score.cpu().numpy(), f"{method}_curve": scores.curve.cpu().numpy(),
+                           f"{method}_optimal_threshold": scores.optimal_threshold.cpu().numpy(),
+                           f"{method}_optimal_mask_size": scores.optimal_mask_size.cpu().numpy(),
+                           f"{method}_optimal_score_change": scores.optimal_score_change.cpu().numpy(),
+                           f"{method}_optimal_predicted": scores.optimal_predicted.cpu().numpy(),
+                           f"{method}_optimal_mask": to_uint8(soft).cpu().numpy()})
+            print(f"[explain@{ctx.dataset}] {method}: median score {entry['median_score']:.3f}, "
+                  f"optimal mask {entry['mean_optimal_mask_size']:.3f}", file=sys.stderr)
+        if not n_kept:  # nothing to explain: keep every key, with null values, so downstream reads still work
+            print(f"[explain@{ctx.dataset}] warning: no counterfactual reaches its target class; nothing to score",
+                  file=sys.stderr)
+            keys = ("median_score", "iqr_score", "mean_optimal_mask_size", "reached_target_fraction")
+            keys += ("shortcut_iou", "shortcut_mass_fraction") if hans is not None else ()
+            keys += ("digit_mass_fraction", "background_mass_fraction") if digit is not None else ()
+            per_method = {method: dict.fromkeys(keys, float("nan")) for method in cfg.methods}
+            curve_rows = [{"method": m, "mask_size": g, "median_score_change": float("nan"), "q25_score_change": float("nan"),
+                           "q75_score_change": float("nan")} for m in cfg.methods for g in grid.tolist()]
+            score_rows = [{"method": m, "median_score": float("nan"), "q25_score": float("nan"), "q75_score": float("nan")}
+                          for m in cfg.methods]
+        metrics["methods"] = per_method
+
+        best = best_discriminative(per_method)
+        metrics["best_discriminative_method"] = best
+        if hans is not None:
+            metrics["n_pairs_into_shortcut_class"] = int(hans[0].sum())
+            metrics["shortcut_iou"] = per_method[best]["shortcut_iou"] if best else float("nan")
+        if digit is not None:
+            metrics["digit_pixel_fraction"] = digit.float().mean().item() if n_kept else float("nan")
+            rule, color_frame = color_rule(model, test, class_names, cfg.batch_size)
+            metrics["color_rule"] = rule
+
+        # per (source, target) class pair
+        source, target = pairs.source.cpu().numpy(), pairs.target.cpu().numpy()
+        per_pair = {}
+        for s, t in sorted(set(zip(source.tolist(), target.tolist()))):
+            members = torch.as_tensor(np.flatnonzero((source == s) & (target == t)))
+            entry = {"n_pairs": len(members)}
+            for method, (_, scores) in results.items():
+                sub_target = pairs.target.cpu()[members]
+                entry[method] = {"median_score": summarise(scores.score.cpu()[members])[0],
+                                 "reached_target_fraction": (scores.optimal_predicted.cpu()[members] == sub_target).float().mean().item()}
+            per_pair[f"{class_names[s]}_to_{class_names[t]}"] = entry
+        metrics["per_class_pair"] = per_pair
+
+        out = paths.plots_dir(ctx.dataset, "explain")
+        curve_frame, score_frame = pd.DataFrame(curve_rows), pd.DataFrame(score_rows)
+        write_csv(out / "curves.csv", curve_frame)
+        write_csv(out / "scores.csv", score_frame)
+        plot_curves(curve_frame, ctx.dataset, out / "curves.png")
+        plot_scores(score_frame, ctx.dataset, out / "scores.png")
+        gallery_method = best or cfg.methods[0]
+        if n_kept:
+            maps, scores = results[gallery_method]
+            save_gallery(model, pairs, gallery_method, maps, scores, settings, class_names, cfg.gallery_top_k,
+                         out / "gallery", ctx.dataset)
+        else:
+            (out / "gallery").mkdir(parents=True, exist_ok=True)
+        # the known answer: colored MNIST, the color rule the classifier learned; Clever Hans, the shortcut
+        if digit is not None:
+            write_csv(out / "known_answer.csv", color_frame)
+            plot_color_rule(color_frame, class_names, ctx.dataset, out / "known_answer.png")
+        else:
+            frame = pd.DataFrame([{"method": m, "shortcut_iou": per_method[m]["shortcut_iou"],
+                                   "shortcut_mass_fraction": per_method[m]["shortcut_mass_fraction"]} for m in cfg.methods])
+            write_csv(out / "known_answer.csv", frame)
+            plot_shortcut_overlap(frame, ctx.dataset, out / "known_answer.png")
+
+        save_arrays(explanations_dir(ctx.dataset) / "explanations.npz", image_index=pairs.image_index.cpu().numpy(),
+                    source=source, target=target, methods=np.array(cfg.methods), size_grid=grid.cpu().numpy(), **arrays)
+        write_json(paths.metrics_path(ctx.dataset, "explain"), metrics)
+        ctx.timer.images = n_kept * len(cfg.methods) * (cfg.n_thresholds + 1)
+        ranking = ", ".join(f"{m} {per_method[m]['median_score']:.3f}" for m in cfg.methods)
+        extra = f"; shortcut IoU ({best}) {metrics['shortcut_iou']:.3f}" if hans is not None and best else ""
+        print(f"[explain@{ctx.dataset}] {n_kept}/{pairs.n_pairs} pairs kept; median scores: {ranking}{extra}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
