@@ -97,8 +97,9 @@ class ClassSampler:
 def ema_update(ema: nn.Module, model: nn.Module, beta: float) -> None:
     """ema <- beta * ema + (1 - beta) * model, for every parameter ``ema`` shares by name with ``model``."""
     params = dict(model.named_parameters())
-    for name, average in ema.named_parameters():
-        average.lerp_(params[name].detach(), 1.0 - beta)
+    averages = list(ema.named_parameters())
+    # one fused kernel per group of tensors instead of one launch per parameter
+    torch._foreach_lerp_([a for _, a in averages], [params[name].detach() for name, _ in averages], 1.0 - beta)
 
 
 def ema_beta_at(iteration: int, beta: float) -> float:
