@@ -30,3 +30,7 @@ def timing_path(dataset: str, stage: str) -> Path:
 
 def plots_dir(dataset: str, stage: str) -> Path:
     return PLOTS / dataset / stage
+
+
+def counterfactuals_path(dataset: str) -> Path:
+    return DATA / "counterfactuals" / dataset / "counterfactuals.npz"
