@@ -72,7 +72,7 @@ def test_each_image_drives_only_its_own_unit():
         p.requires_grad_(False)
     units = build_units(model, 2, channels_per_layer=4)
     short = maximise(model, units, FeatureVizParams(steps=1), torch.Generator().manual_seed(0), progress=False)
-    long = maximise(model, units, FeatureVizParams(steps=30), torch.Generator().manual_seed(0), progress=False)
+    long = maximise(model, units, FeatureVizParams(steps=10), torch.Generator().manual_seed(0), progress=False)
     assert (long["activation"] >= short["activation"] - 1e-4).float().mean() > 0.9
 
 
