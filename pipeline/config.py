@@ -310,6 +310,101 @@ class ExplainParams:
 
 
 @dataclass(frozen=True)
+class FeatureVizParams:
+    """Activation maximisation: synthesise the input each class logit / conv channel responds to most."""
+
+    channels_per_layer: int = 8          # the first k channels of every convolutional layer
+    steps: int = 256
+    learning_rate: float = 0.05          # Adam on the input; re-standardised after every step
+    noise_scale: float = 1.0             # std of the noise start (the other start is all ones)
+    jitter: int = 0                      # regulariser: random shift by up to this many pixels per step (0 = off)
+    total_variation: float = 0.0         # regulariser: weight of the total-variation penalty (0 = off)
+    blur_every: int = 0                  # regulariser: Gaussian blur of the input every k steps (0 = off)
+    blur_sigma: float = 0.5
+    parameterization: Literal["pixel", "fourier"] = "pixel"  # fourier: decorrelated 1/f frequency basis
+    fourier_decay: float = 1.0           # spectrum scale 1/f**decay of the fourier parameterisation
+
+    def check(self, where: str) -> None:
+        for name in ("channels_per_layer", "steps"):
+            if getattr(self, name) < 1:
+                fail(f"{where}.{name}", getattr(self, name), "a positive integer")
+        for name in ("learning_rate", "noise_scale", "blur_sigma"):
+            if getattr(self, name) <= 0:
+                fail(f"{where}.{name}", getattr(self, name), "a positive number")
+        for name in ("jitter", "blur_every"):
+            if getattr(self, name) < 0:
+                fail(f"{where}.{name}", getattr(self, name), "an integer >= 0 (0 switches it off)")
+        if not 0 <= self.jitter < IMAGE_SIZE // 2:
+            fail(f"{where}.jitter", self.jitter, f"an integer in 0..{IMAGE_SIZE // 2 - 1}")
+        if self.total_variation < 0:
+            fail(f"{where}.total_variation", self.total_variation, "a number >= 0 (0 switches it off)")
+        if self.fourier_decay < 0:
+            fail(f"{where}.fourier_decay", self.fourier_decay, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class OptimizeCounterfactualsParams:
+    """Counterfactuals by direct optimisation of the input (no generator)."""
+
+    max_misclassified: int = 512         # misclassified test images (wanted class: the true one), at most
+    n_correct: int = 512                 # correctly classified test images (wanted class: a random other one)
+    max_steps: int = 300
+    learning_rate: float = 0.1           # step size of the gradient step (proximal gradient descent)
+    distance: Literal["l1", "l2"] = "l1"  # penalty on the change: l1 = sum |x'-x|, l2 = sum (x'-x)^2
+    distance_weight: float = 0.05        # lambda in  CE(f(x'), wanted) + lambda * distance(x', x)
+    margin: float = 1.0                  # stop when the wanted logit beats every other by this much
+    change_threshold: float = 0.05       # L0 counts pixels whose largest channel change exceeds this
+    batch_size: int = 4096               # images optimised together
+    n_example_images: int = 12
+
+    def check(self, where: str) -> None:
+        for name in ("max_misclassified", "n_correct"):
+            if getattr(self, name) < 0:
+                fail(f"{where}.{name}", getattr(self, name), "an integer >= 0")
+        if self.max_misclassified + self.n_correct < 1:
+            fail(f"{where}.n_correct", self.n_correct, "at least one image in all (max_misclassified + n_correct >= 1)")
+        for name in ("max_steps", "batch_size", "n_example_images"):
+            if getattr(self, name) < 1:
+                fail(f"{where}.{name}", getattr(self, name), "a positive integer")
+        if self.learning_rate <= 0:
+            fail(f"{where}.learning_rate", self.learning_rate, "a positive number")
+        if self.distance_weight < 0:
+            fail(f"{where}.distance_weight", self.distance_weight, "a number >= 0")
+        if self.margin < 0:
+            fail(f"{where}.margin", self.margin, "a number >= 0")
+        if not 0.0 <= self.change_threshold < 1.0:
+            fail(f"{where}.change_threshold", self.change_threshold, "a number in [0, 1)")
+
+
+@dataclass(frozen=True)
+class SpectraParams:
+    """Can generated images be told from real ones by their log-magnitude spectrum?"""
+
+    generated: Literal["reference", "latent"] = "reference"  # which GAN counterfactuals to test
+    max_images: int = 20000              # per group (real, generated), at most
+    test_fraction: float = 0.3           # share of test-image indices held out for the detector's test
+    epsilon: float = 1e-3                # log(|F| + epsilon)
+    epochs: int = 300                    # full-batch Adam steps of the logistic regression
+    learning_rate: float = 0.01
+    weight_decay: float = 1e-3
+    artifact_threshold: float = 0.75     # detector accuracy above which the metrics flag frequency artifacts
+
+    def check(self, where: str) -> None:
+        for name in ("max_images", "epochs"):
+            if getattr(self, name) < 1:
+                fail(f"{where}.{name}", getattr(self, name), "a positive integer")
+        if not 0.0 < self.test_fraction < 1.0:
+            fail(f"{where}.test_fraction", self.test_fraction, "a number in (0, 1)")
+        for name in ("epsilon", "learning_rate"):
+            if getattr(self, name) <= 0:
+                fail(f"{where}.{name}", getattr(self, name), "a positive number")
+        if self.weight_decay < 0:
+            fail(f"{where}.weight_decay", self.weight_decay, "a number >= 0")
+        if not 0.5 <= self.artifact_threshold <= 1.0:
+            fail(f"{where}.artifact_threshold", self.artifact_threshold, "a number in [0.5, 1]")
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -322,6 +417,9 @@ class Params:
     gan: GanParams = field(default_factory=GanParams)
     counterfactuals: CounterfactualParams = field(default_factory=CounterfactualParams)
     explain: ExplainParams = field(default_factory=ExplainParams)
+    feature_viz: FeatureVizParams = field(default_factory=FeatureVizParams)
+    optimize_counterfactuals: OptimizeCounterfactualsParams = field(default_factory=OptimizeCounterfactualsParams)
+    spectra: SpectraParams = field(default_factory=SpectraParams)
 
     def check(self, where: str) -> None:
         if self.seed < 0:

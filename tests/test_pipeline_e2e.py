@@ -196,3 +196,27 @@ def test_explain_metrics_are_sane(workspace, first_repro):
             assert (workspace / "plots" / dataset / "explain" / picture).stat().st_size > 1000
     shown = dvc("metrics", "show", cwd=workspace)
     assert "median_score" in shown
+
+
+def test_probe_stages_write_their_metrics(workspace, first_repro):
+    ran = stages_run(first_repro)
+    for dataset, n_classes in (("colored_mnist", 4), ("clever_hans", 10)):
+        for name in ("feature_viz", "optimize_counterfactuals", "spectra"):
+            assert f"{name}@{dataset}" in ran
+            timing = json.loads((workspace / "metrics" / dataset / "timing" / f"{name}.json").read_text())
+            assert timing["seconds"] > 0
+        viz = json.loads((workspace / "metrics" / dataset / "feature_viz.json").read_text())
+        assert 0.0 <= viz["mean_class_probability"] <= 1.0 and len(viz["class_probability"]) == n_classes
+        assert (workspace / "plots" / dataset / "feature_viz" / "grids" / "class.png").stat().st_size > 1000
+        optimised = json.loads((workspace / "metrics" / dataset / "optimize_counterfactuals.json").read_text())
+        assert optimised["n"] >= 8 and 0.0 <= optimised["success_rate"] <= 1.0
+        assert optimised["mean_l1"] >= 0 and 0 <= optimised["mean_l0"] <= 28 * 28
+        assert optimised["gan"]["n"] == optimised["matched"]["n"] > 0     # the same (image, target) pairs
+        assert {"success_rate", "mean_l1", "mean_l0", "frechet_distance"} <= set(optimised["gan"])
+        spectra = json.loads((workspace / "metrics" / dataset / "spectra.json").read_text())
+        assert 0.0 <= spectra["spectral_detector_accuracy"] <= 1.0 and spectra["n_test"] > 0
+        for picture in ("optimize_counterfactuals/examples.png", "optimize_counterfactuals/comparison.png",
+                        "spectra/spectra.png", "spectra/detector_weights.png"):
+            assert (workspace / "plots" / dataset / picture).stat().st_size > 1000
+    shown = dvc("metrics", "show", cwd=workspace)
+    assert "spectral_detector_accuracy" in shown and "mean_class_probability" in shown

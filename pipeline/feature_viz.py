@@ -1,0 +1,288 @@
+"""Stage ``feature_viz@<dataset>``: activation maximisation of class logits and convolution channels.
+
+For every output class and the first ``channels_per_layer`` channels of every convolution, an input
+is ascended along the gradient of that unit's activation (a class's logit; a channel's spatial mean
+before its ReLU) and re-standardised (zero mean, unit standard deviation per image) after every
+step. Two starts per unit: a constant image of ones and seeded Gaussian noise. All units and both
+starts are one batch: image ``i`` drives only its own unit, so one backward pass serves them all.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from pipeline import paths
+from pipeline.config import FeatureVizParams
+from pipeline.data import load_meta
+from pipeline.models import INPUT_SHAPE, load_classifier
+from pipeline.plotting import image_grid
+from pipeline.runtime import stage
+from pipeline.storage import save_arrays, save_figure, write_csv, write_json
+
+STARTS = ("ones", "noise")
+CLASS_LAYER = "class"
+
+
+@dataclass
+class Units:
+    """Which unit each image of the batch maximises: ``layer[i]`` names its layer, ``channel[i]`` the channel/class."""
+
+    layer_names: list[str]          # conv layers in forward order, then CLASS_LAYER
+    layer: torch.Tensor             # int64 [U]: index into layer_names
+    channel: torch.Tensor           # int64 [U]
+
+    def __len__(self) -> int:
+        return len(self.layer)
+
+
+def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """The model's convolutions in registration (= forward) order, named conv1, conv2, ..."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return [(f"conv{k + 1}", m) for k, m in enumerate(convs)]
+
+
+def build_units(model: nn.Module, n_classes: int, channels_per_layer: int) -> Units:
+    names, layer, channel = [], [], []
+    for k, (name, conv) in enumerate(conv_layers(model)):
+        n = min(channels_per_layer, conv.out_channels)
+        names.append(name)
+        layer += [k] * n
+        channel += list(range(n))
+    names.append(CLASS_LAYER)
+    layer += [len(names) - 1] * n_classes
+    channel += list(range(n_classes))
+    return Units(names, torch.tensor(layer), torch.tensor(channel))
+
+
+def standardise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Per image: subtract the mean, divide by the standard deviation (over channels and pixels)."""
+    flat = x.flatten(1)
+    mean = flat.mean(1).view(-1, 1, 1, 1)
+    std = flat.std(1, unbiased=False).view(-1, 1, 1, 1)
+    return (x - mean) / (std + eps)
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of neighbouring pixels, per image [N]."""
+    dy = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().flatten(1).mean(1)
+    dx = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().flatten(1).mean(1)
+    return dy + dx
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    from torchvision.transforms.functional import gaussian_blur as blur
+
+    size = 2 * math.ceil(3 * sigma) + 1
+    return blur(x, kernel_size=[size, size], sigma=[sigma, sigma])
+
+
+class Parameterisation:
+    """Maps the optimised tensor to images and back: identity (``pixel``) or a 1/f-scaled spectrum (``fourier``).
+
+    The fourier basis decorrelates neighbouring pixels: a gradient step on its coefficients moves
+    low frequencies more than high ones, which keeps the images smoother than pixel steps do.
+    """
+
+    def __init__(self, kind: str, shape: tuple[int, ...], decay: float, device: torch.device):
+        self.kind, self.shape = kind, shape
+        h, w = shape[-2:]
+        fy = torch.fft.fftfreq(h, device=device)[:, None]
+        fx = torch.fft.rfftfreq(w, device=device)[None, :]
+        frequency = torch.sqrt(fx**2 + fy**2).clamp_min(1.0 / max(h, w))
+        self.scale = frequency.pow(-decay)                      # [H, W//2+1]
+
+    def to_image(self, p: torch.Tensor) -> torch.Tensor:
+        if self.kind == "pixel":
+            return p
+        spectrum = torch.view_as_complex(p) * self.scale
+        return torch.fft.irfft2(spectrum, s=self.shape[-2:], norm="ortho")
+
+    def from_image(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "pixel":
+            return x.clone()
+        return torch.view_as_real(torch.fft.rfft2(x, norm="ortho") / self.scale).contiguous()
+
+
+def unit_activations(model: nn.Module, x: torch.Tensor, units: Units) -> tuple[torch.Tensor, torch.Tensor]:
+    """(activation of each image's own unit [N], logits [N x C]) for a batch laid out as ``units`` repeated."""
+    convs = conv_layers(model)
+    outputs: dict[int, torch.Tensor] = {}
+    hooks = [conv.register_forward_hook(lambda _m, _i, out, k=k: outputs.__setitem__(k, out))
+             for k, (_, conv) in enumerate(convs)]
+    try:
+        logits = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    n_units = len(units)
+    layer = units.layer.to(x.device).repeat(len(x) // n_units)
+    channel = units.channel.to(x.device).repeat(len(x) // n_units)
+    activation = torch.zeros(len(x), device=x.device, dtype=logits.dtype)
+    for k in range(len(units.layer_names)):
+        rows = torch.nonzero(layer == k).squeeze(1)
+        if k < len(convs):
+            value = outputs[k][rows, channel[rows]].flatten(1).mean(1)
+        else:
+            value = logits[rows, channel[rows]]
+        activation = activation.index_put((rows,), value.to(activation.dtype))
+    return activation, logits
+
+
+def maximise(model: nn.Module, units: Units, cfg: FeatureVizParams, generator: torch.Generator,
+             progress: bool = True) -> dict[str, torch.Tensor]:
+    """Activation maximisation of every unit from both starts at once.
+
+    Returns ``images`` [2U x 3 x 28 x 28] (standardised; rows ``start * U + unit``), ``activation`` and
+    ``probability`` (softmax of each image's own class, meaningful for class units) [2U] of the final
+    images, and ``curve`` [steps x 2]: the mean class-unit probability per start before each step.
+    """
+    device = next(model.parameters()).device
+    n_units = len(units)
+    shape = (len(STARTS) * n_units, *INPUT_SHAPE)
+    noise = torch.randn(shape, generator=generator, device=generator.device).to(device) * cfg.noise_scale
+    start = torch.ones(shape, device=device)
+    start[n_units:] = noise[n_units:]
+    param = Parameterisation(cfg.parameterization, shape, cfg.fourier_decay, device)
+    p = param.from_image(start).requires_grad_(True)
+    optimizer = torch.optim.Adam([p], lr=cfg.learning_rate)
+    is_class = (units.layer == len(units.layer_names) - 1).to(device).repeat(len(STARTS))
+    start_of = torch.arange(len(STARTS), device=device).repeat_interleave(n_units)
+    class_rows = [torch.nonzero(is_class & (start_of == s)).squeeze(1) for s in range(len(STARTS))]
+    own_class = torch.where(is_class, units.channel.to(device).repeat(len(STARTS)), 0)  # 0 for conv units
+    curve = torch.zeros(cfg.steps, len(STARTS), device=device)
+    shifts = torch.randint(-cfg.jitter, cfg.jitter + 1, (cfg.steps, 2), generator=generator,
+                           device=generator.device).cpu()
+    bar = tqdm(range(cfg.steps), desc="activation maximisation", leave=False, file=sys.stderr,
+               mininterval=2, disable=not progress)
+    for step in bar:
+        x = param.to_image(p)
+        if cfg.jitter:
+            x = torch.roll(x, shifts=(int(shifts[step, 0]), int(shifts[step, 1])), dims=(2, 3))
+        activation, logits = unit_activations(model, x, units)
+        loss = -activation.sum()
+        if cfg.total_variation:
+            loss = loss + cfg.total_variation * total_variation(x).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            probability = logits.float().softmax(1).gather(1, own_class[:, None]).squeeze(1)
+            for s, rows in enumerate(class_rows):
+                curve[step, s] = probability[rows].mean()
+            image = param.to_image(p)
+            if cfg.blur_every and (step + 1) % cfg.blur_every == 0:
+                image = gaussian_blur(image, cfg.blur_sigma)
+            p.copy_(param.from_image(standardise(image)))
+    with torch.no_grad():
+        images = param.to_image(p).detach()
+        activation, logits = unit_activations(model, images, units)
+        probability = logits.float().softmax(1).gather(1, own_class[:, None]).squeeze(1)
+        shown = display(images)
+        shown_probability = model(shown).float().softmax(1).gather(1, own_class[:, None]).squeeze(1)
+    return {"images": images, "activation": activation.float(), "probability": probability, "curve": curve,
+            "is_class": is_class, "display_probability": shown_probability}
+
+
+def display(images: torch.Tensor) -> torch.Tensor:
+    """Standardised images -> [0, 1] per image (min-max), for pictures."""
+    flat = images.flatten(1)
+    low = flat.min(1).values.view(-1, 1, 1, 1)
+    high = flat.max(1).values.view(-1, 1, 1, 1)
+    return (images - low) / (high - low).clamp_min(1e-8)
+
+
+def summarise(result: dict, units: Units, class_names: list[str], steps: int) -> tuple[dict, pd.DataFrame]:
+    n_units = len(units)
+    activation = result["activation"].cpu().numpy()
+    probability = result["probability"].cpu().numpy()
+    layer = np.tile(units.layer.numpy(), len(STARTS))
+    channel = np.tile(units.channel.numpy(), len(STARTS))
+    start = np.repeat(np.arange(len(STARTS)), n_units)
+    class_layer = len(units.layer_names) - 1
+    rows = pd.DataFrame({
+        "layer": [units.layer_names[k] for k in layer],
+        "unit": [class_names[c] if k == class_layer else str(c) for k, c in zip(layer, channel)],
+        "start": [STARTS[s] for s in start],
+        "final_activation": activation,
+        "class_probability": np.where(layer == class_layer, probability, np.nan),
+    })
+    is_class = layer == class_layer
+    shown = result["display_probability"].cpu().numpy()
+    metrics = {
+        "mean_class_probability": float(probability[is_class].mean()),
+        # the same images min-max scaled into [0, 1], as drawn: inside the range the classifier was trained on
+        "mean_class_probability_display": float(shown[is_class].mean()),
+        **{f"mean_class_probability_{name}": float(probability[is_class & (start == s)].mean())
+           for s, name in enumerate(STARTS)},
+        "steps": steps,
+        "n_units": n_units,
+        "final_activation": {name: float(activation[layer == k].mean()) for k, name in enumerate(units.layer_names)},
+        "class_probability": {class_names[c]: {name: float(probability[is_class & (start == s) & (channel == c)][0])
+                                               for s, name in enumerate(STARTS)}
+                              for c in range(len(class_names))},
+    }
+    return metrics, rows
+
+
+def save_pictures(dataset: str, result: dict, units: Units, class_names: list[str]) -> None:
+    out = paths.plots_dir(dataset, "feature_viz")
+    pictures = display(result["images"]).cpu().numpy()
+    n_units = len(units)
+    layer = units.layer.numpy()
+    channel = units.channel.numpy()
+    probability = result["probability"].cpu().numpy()
+    for k, name in enumerate(units.layer_names):
+        cols = np.flatnonzero(layer == k)
+        index = np.concatenate([cols + s * n_units for s in range(len(STARTS))])
+        if name == CLASS_LAYER:
+            titles = [f"{STARTS[i // n_units]}: {class_names[channel[i % n_units]]}\np={probability[i]:.2f}" for i in index]
+        else:
+            titles = [f"{STARTS[i // n_units]}: ch {channel[i % n_units]}" for i in index]
+        fig = image_grid(pictures[index], titles, ncols=len(cols),
+                         suptitle=f"{dataset}: inputs that maximise {name} units (rows: start from ones, from noise)")
+        save_figure(fig, out / "grids" / f"{name}.png")
+
+
+def main(argv: list[str] | None = None) -> None:
+    with stage("feature_viz", argv) as ctx:
+        cfg = ctx.params.feature_viz
+        meta = load_meta(ctx.dataset)
+        model = load_classifier(paths.classifier_path(ctx.dataset), ctx.device)
+        units = build_units(model, meta["n_classes"], cfg.channels_per_layer)
+        result = maximise(model, units, cfg, ctx.generator())
+        metrics, rows = summarise(result, units, meta["class_names"], cfg.steps)
+        write_json(paths.metrics_path(ctx.dataset, "feature_viz"), metrics)
+        out = paths.plots_dir(ctx.dataset, "feature_viz")
+        write_csv(out / "units.csv", rows)
+        curve = result["curve"].cpu().numpy()
+        write_csv(out / "curve.csv", pd.DataFrame({
+            "step": np.tile(np.arange(1, cfg.steps + 1), len(STARTS)),
+            "start": np.repeat(STARTS, cfg.steps),
+            "mean_class_probability": curve.T.reshape(-1),
+        }))
+        classes = rows[rows["layer"] == CLASS_LAYER]
+        write_csv(out / "class_probability.csv",
+                  pd.DataFrame({"class": classes["unit"] + " (" + classes["start"] + ")",
+                                "class_probability": classes["class_probability"]}))
+        save_pictures(ctx.dataset, result, units, meta["class_names"])
+        save_arrays(paths.DATA / "feature_viz" / ctx.dataset / "feature_viz.npz",
+                    images=result["images"].cpu().numpy(), layer=np.tile(units.layer.numpy(), len(STARTS)),
+                    channel=np.tile(units.channel.numpy(), len(STARTS)),
+                    start=np.repeat(np.arange(len(STARTS)), len(units)),
+                    layer_names=np.array(units.layer_names))
+        ctx.timer.images = len(STARTS) * len(units) * cfg.steps
+        print(f"[feature_viz@{ctx.dataset}] {len(units)} units x {len(STARTS)} starts, {cfg.steps} steps: "
+              f"mean class probability {metrics['mean_class_probability']:.3f} "
+              f"(ones {metrics['mean_class_probability_ones']:.3f}, noise {metrics['mean_class_probability_noise']:.3f})",
+              file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+import torch
+from torch import nn
+
+from pipeline.config import FeatureVizParams
+from pipeline.feature_viz import Units, build_units, maximise, standardise
+from pipeline.models import CNNClassifier
+
+
+def linear_model(n_classes=3, seed=0):
+    """Logits = W x + b with exactly half of each class's weights positive (so sign(W) has mean 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    n = 3 * 28 * 28
+    magnitude = torch.rand(n_classes, n, generator=gen) + 0.1
+    signs = torch.stack([torch.where(torch.randperm(n, generator=gen) < n // 2, 1.0, -1.0) for _ in range(n_classes)])
+    model = nn.Sequential(nn.Flatten(), nn.Linear(n, n_classes))
+    with torch.no_grad():
+        model[1].weight.copy_(magnitude * signs)
+        model[1].bias.zero_()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, signs
+
+
+def test_activation_maximisation_of_a_linear_model_converges_to_the_sign_of_its_weights():
+    model, signs = linear_model()
+    units = build_units(model, n_classes=3, channels_per_layer=4)
+    assert units.layer_names == ["class"]
+    cfg = FeatureVizParams(steps=200, learning_rate=0.1)
+    result = maximise(model, units, cfg, torch.Generator().manual_seed(0), progress=False)
+    images = result["images"].flatten(1)  # rows: ones start (3 classes), then noise start
+    for start in range(2):
+        got = images[3 * start: 3 * start + 3]
+        assert torch.allclose(got, signs, atol=0.05), start   # standardised sign(W) is sign(W) itself
+    assert (result["probability"] > 0.99).all()
+
+
+def test_descent_would_fail_the_same_check():
+    """The check above can fail: minimising the logit lands on -sign(W)."""
+    model, signs = linear_model()
+    flipped = nn.Sequential(model[0], nn.Linear(3 * 28 * 28, 3))
+    with torch.no_grad():
+        flipped[1].weight.copy_(-model[1].weight)
+        flipped[1].bias.zero_()
+    units = build_units(flipped, 3, 1)
+    result = maximise(flipped, units, FeatureVizParams(steps=50, learning_rate=0.1), torch.Generator().manual_seed(0), progress=False)
+    assert torch.allclose(result["images"].flatten(1)[:3], -signs, atol=0.05)
+
+
+def test_cnn_units_cover_classes_and_channels_and_every_option_runs():
+    torch.manual_seed(0)
+    model = CNNClassifier(n_classes=4, width=4).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    units = build_units(model, 4, channels_per_layer=2)
+    assert units.layer_names == ["conv1", "conv2", "conv3", "conv4", "conv5", "class"]
+    assert len(units) == 5 * 2 + 4
+    for cfg in (FeatureVizParams(steps=3),
+                FeatureVizParams(steps=4, jitter=2, total_variation=0.1, blur_every=2, parameterization="fourier")):
+        result = maximise(model, units, cfg, torch.Generator().manual_seed(0), progress=False)
+        assert result["images"].shape == (2 * len(units), 3, 28, 28)
+        assert torch.isfinite(result["images"]).all() and result["curve"].shape == (cfg.steps, 2)
+        flat = result["images"].flatten(1)
+        assert torch.allclose(flat.mean(1), torch.zeros(len(flat)), atol=1e-4)
+        assert torch.allclose(flat.std(1, unbiased=False), torch.ones(len(flat)), atol=1e-3)
+
+
+def test_each_image_drives_only_its_own_unit():
+    """Gradient ascent raises each conv channel's activation from the ones start."""
+    torch.manual_seed(0)
+    model = CNNClassifier(n_classes=2, width=4).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    units = build_units(model, 2, channels_per_layer=4)
+    short = maximise(model, units, FeatureVizParams(steps=1), torch.Generator().manual_seed(0), progress=False)
+    long = maximise(model, units, FeatureVizParams(steps=10), torch.Generator().manual_seed(0), progress=False)
+    assert (long["activation"] >= short["activation"] - 1e-4).float().mean() > 0.9
+
+
+def test_standardise():
+    x = torch.rand(5, 3, 28, 28) * 7 + 3
+    z = standardise(x).flatten(1)
+    assert torch.allclose(z.mean(1), torch.zeros(5), atol=1e-5)
+    assert torch.allclose(z.std(1, unbiased=False), torch.ones(5), atol=1e-5)
