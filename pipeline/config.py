@@ -111,7 +111,8 @@ class ShortcutParams:
 
 @dataclass(frozen=True)
 class CleverHansParams:
-    shortcuts: list[ShortcutParams] = field(default_factory=lambda: [ShortcutParams(label=7, kind="square")])
+    shortcuts: list[ShortcutParams] = field(default_factory=lambda: [
+        ShortcutParams(label=7, kind="square", fraction=0.95, size=10, color=[1.0, 0.0, 0.0])])
 
     def check(self, where: str) -> None:
         if not self.shortcuts:
@@ -204,13 +205,13 @@ class AttributionParams:
 class GanParams:
     """StarGAN v2-style translator (stage ``train_gan``); the GAN never sees the classifier."""
 
-    iterations: int = 3000
-    batch_size: int = 128
+    iterations: int = 2000
+    batch_size: int = 256
     style_dim: int = 32
     latent_dim: int = 16
     width: int = 32
-    learning_rate: float = 2e-4
-    mapping_learning_rate: float = 2e-5
+    learning_rate: float = 4e-4
+    mapping_learning_rate: float = 4e-5
     beta1: float = 0.0
     beta2: float = 0.99
     weight_decay: float = 1e-4
@@ -219,7 +220,7 @@ class GanParams:
     style_weight: float = 1.0
     cycle_weight: float = 1.0
     ema_beta: float = 0.999
-    mixed_precision: bool = True
+    mixed_precision: bool = False
     checkpoint_every: int = 500
     log_every: int = 50
     max_loss: float = 1e4

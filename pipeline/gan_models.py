@@ -2,7 +2,8 @@
 
 - :class:`Generator` — an encoder-decoder: the encoder (instance-normalised, so it keeps shape and
   drops colour statistics) maps the image to a 7 x 7 content map; the decoder is modulated by a style
-  code through AdaIN and returns an image in [0, 1].
+  code through AdaIN and returns a per-pixel change of the input in logit space (zero at start), so
+  the output stays in (0, 1) and an untrained generator is the identity.
 - :class:`MappingNetwork` — random latent + target class -> style code (latent-guided translation).
 - :class:`StyleEncoder` — reference image + its class -> style code (reference-guided translation).
 - :class:`Discriminator` — one real/fake logit per class (multi-task); the logit of the image's
@@ -20,6 +21,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.storage import load_checkpoint, save_checkpoint
+
+
+PIXEL_EPS = 0.01  # input pixels are clamped to [eps, 1 - eps] before the logit
 
 
 def pick_class(outputs: torch.Tensor, classes: torch.Tensor, width: int) -> torch.Tensor:
@@ -102,6 +106,10 @@ class Generator(nn.Module):
             DecoderBlock(2 * w, w, style_dim, upsample=True),       # 28 x 28
         ])
         self.to_image = nn.Sequential(nn.InstanceNorm2d(w, affine=True), nn.LeakyReLU(0.2), nn.Conv2d(w, 3, 1))
+        # The decoder predicts a change of the input in logit space, starting from exactly none:
+        # a fresh generator is the identity, so training spends its steps on what must change.
+        nn.init.zeros_(self.to_image[-1].weight)
+        nn.init.zeros_(self.to_image[-1].bias)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         h = self.stem(x * 2 - 1)
@@ -109,7 +117,8 @@ class Generator(nn.Module):
             h = block(h)
         for block in self.decoder:
             h = block(h, style)
-        return torch.sigmoid(self.to_image(h))
+        change = self.to_image(h).float()
+        return torch.sigmoid(torch.logit(x.float().clamp(PIXEL_EPS, 1 - PIXEL_EPS)) + change)
 
 
 class MappingNetwork(nn.Module):
