@@ -105,7 +105,13 @@ def attribution_findings(run: DatasetRun) -> list[str]:
         lines.append(f"Methods whose strongest pixel falls on the shortcut for at least half of the stamped images "
                      f"(pointing game ≥ 0.5) expose it: {', '.join(exposing) or 'none'}; "
                      f"the others do not: {', '.join(hidden) or 'none'}. "
-                     f"{best} puts the largest share of its positive relevance on the shortcut ({pct(located[best]['relevance_mass'])}).")
+                     f"{best} puts the largest share of its positive relevance on the shortcut ({pct(located[best]['relevance_mass'])}, "
+                     f"against {pct(m.get('localization', {}).get('mask_area_fraction', float('nan')))} for a random map).")
+        flipped = sorted((n for n, s in located.items() if (s.get("pointing_game_flipped") or 0) >= 0.5),
+                         key=lambda n: -located[n]["pointing_game_flipped"])
+        if any(s.get("pointing_game_flipped") is not None for s in located.values()):
+            lines.append(f"On images of other classes that the stamp turned into the shortcut class, the strongest pixel "
+                         f"lies on the shortcut for most images with: {', '.join(flipped) or 'no method'}.")
     ranked = sorted((n for n in methods if methods[n].get("randomization_spearman") is not None),
                     key=lambda n: abs(methods[n]["randomization_spearman"]))
     if ranked:
@@ -131,6 +137,9 @@ def counterfactual_findings(run: DatasetRun) -> list[str]:
     return [text]
 
 
+SAME_SCORE = 0.01  # median scores closer than this are reported as about equal
+
+
 def explain_findings(run: DatasetRun) -> list[str]:
     m = run.metrics.get("explain")
     if not m or "methods" not in m:
@@ -145,8 +154,8 @@ def explain_findings(run: DatasetRun) -> list[str]:
     for disc, vanilla, name in pairs:
         if disc in methods and vanilla in methods:
             d, v = methods[disc]["median_score"], methods[vanilla]["median_score"]
-            verdict = "better" if d > v else "not better"
-            lines.append(f"Discriminative {name} scores {d:.2f} vs. {v:.2f} for vanilla {name}: {verdict}.")
+            verdict = "about equal" if abs(d - v) < SAME_SCORE else "better" if d > v else "worse"
+            lines.append(f"Discriminative {name} scores {d:.3f} vs. {v:.3f} for vanilla {name}: {verdict}.")
     if "random" in methods:
         lines.append(f"A smoothed random map scores {methods['random']['median_score']:.2f}; the residual |real − counterfactual| "
                      f"scores {methods.get('residual', {}).get('median_score', float('nan')):.2f}.")
@@ -164,7 +173,7 @@ def probe_findings(run: DatasetRun) -> list[str]:
     oc = run.metrics.get("optimize_counterfactuals")
     if oc and oc.get("success_rate") is not None:
         text = (f"Optimising the input directly reaches the wanted class for {pct(oc['success_rate'])} of images "
-                f"with a mean L1 change of {oc['mean_l1']:.2f} and {oc['mean_l0']:.0f} pixels changed")
+                f"with a mean L1 change (summed over pixels) of {oc['mean_l1']:.2f} and {oc['mean_l0']:.0f} pixels changed")
         gan = oc.get("gan") or {}
         if gan.get("success_rate") is not None:
             text += f" (the GAN: {pct(gan['success_rate'])}, L1 {gan['mean_l1']:.2f}, {gan['mean_l0']:.0f} pixels)"

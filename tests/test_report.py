@@ -55,7 +55,7 @@ def run_dir(tmp_path, monkeypatch):
 def test_report_states_findings_from_the_metrics(run_dir):
     text = (run_dir / "report" / "README.md").read_text()
     assert "assigns 94.0 % of them to class 7: it relies on the square" in text
-    assert "Discriminative integrated gradients scores 0.83 vs. 0.41 for vanilla integrated gradients: better" in text
+    assert "Discriminative integrated gradients scores 0.830 vs. 0.410 for vanilla integrated gradients: better" in text
     assert "IoU 0.61" in text
     timing = json.loads((run_dir / "metrics" / "timing.json").read_text())
     assert timing["total_seconds"] == 4.0 and set(timing["stages"]) == {"train_classifier@colored_mnist", "train_classifier@clever_hans"}
