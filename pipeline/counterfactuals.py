@@ -17,7 +17,6 @@ class, beside the same distance between two disjoint halves of the real images a
 from __future__ import annotations
 
 import sys
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -27,6 +26,7 @@ from torch import nn
 from pipeline import paths
 from pipeline.config import CounterfactualParams
 from pipeline.data import batch_slices, load_meta, load_prepared, to_float, to_uint8
+from pipeline.frechet import feature_frechet_distance
 from pipeline.inference import embed_images, predict_probabilities
 from pipeline.storage import save_arrays, save_figure, write_csv, write_json
 
@@ -120,32 +120,6 @@ def change_size(real: torch.Tensor, counterfactual: torch.Tensor) -> tuple[float
     return diff.mean().item(), (diff.amax(dim=1) > CHANGE_THRESHOLD).float().mean().item()
 
 
-def frechet_distance_from_moments(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)): the Fréchet distance of two Gaussians."""
-    from scipy import linalg
-
-    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
-    sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
-    with warnings.catch_warnings():  # rank-deficient covariances (few samples) are expected; handled below
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        covmean = linalg.sqrtm(sigma1 @ sigma2)
-        if not np.isfinite(covmean).all():  # singular product: regularise slightly
-            offset = np.eye(len(sigma1)) * 1e-6
-            covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    covmean = np.real(covmean)
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
-
-
-def frechet_distance(features1: torch.Tensor | np.ndarray, features2: torch.Tensor | np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (rows = samples)."""
-    a = features1.double().cpu().numpy() if isinstance(features1, torch.Tensor) else np.asarray(features1, np.float64)
-    b = features2.double().cpu().numpy() if isinstance(features2, torch.Tensor) else np.asarray(features2, np.float64)
-    if len(a) < 2 or len(b) < 2:
-        return float("nan")
-    return frechet_distance_from_moments(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
-
-
 def feature_distances(classifier: nn.Module, test_images: torch.Tensor, test_labels: torch.Tensor,
                       counterfactuals: torch.Tensor, targets: torch.Tensor, n_classes: int, generator: torch.Generator,
                       batch_size: int) -> tuple[dict[str, float], dict[str, float]]:
@@ -157,8 +131,8 @@ def feature_distances(classifier: nn.Module, test_images: torch.Tensor, test_lab
         members = torch.nonzero(test_labels == c).flatten()
         members = members[torch.randperm(len(members), generator=generator, device=members.device)]
         half_a, half_b = members[: len(members) // 2], members[len(members) // 2:]
-        distance[str(c)] = frechet_distance(real_features[half_a], fake_features[targets == c])
-        floor[str(c)] = frechet_distance(real_features[half_a], real_features[half_b])
+        distance[str(c)] = feature_frechet_distance(real_features[half_a], fake_features[targets == c])
+        floor[str(c)] = feature_frechet_distance(real_features[half_a], real_features[half_b])
     return distance, floor
 
 

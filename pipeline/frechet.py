@@ -1,6 +1,8 @@
 """Fréchet distance between Gaussians fitted to feature sets (FID-style, on the classifier's own features)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -20,13 +22,26 @@ def frechet_distance(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, 
     """||mu_a - mu_b||^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)); exact 0 for identical Gaussians."""
     from scipy import linalg
 
-    covmean = linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(covmean).all():  # singular product: nudge both diagonals, as FID implementations do
-        offset = np.eye(len(cov_a)) * 1e-6
-        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    mean_a, mean_b = np.atleast_1d(mean_a).astype(np.float64), np.atleast_1d(mean_b).astype(np.float64)
+    cov_a, cov_b = np.atleast_2d(cov_a).astype(np.float64), np.atleast_2d(cov_b).astype(np.float64)
+    with warnings.catch_warnings():  # rank-deficient covariances (few samples) are expected; handled below
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(cov_a @ cov_b)
+        if not np.isfinite(covmean).all():  # singular product: nudge both diagonals, as FID implementations do
+            offset = np.eye(len(cov_a)) * 1e-6
+            covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
     covmean = np.real(covmean)
     diff = mean_a - mean_b
     return float(max(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean), 0.0))
+
+
+def feature_frechet_distance(features_a: torch.Tensor | np.ndarray, features_b: torch.Tensor | np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted (unbiased covariance) to two feature sets (rows = samples)."""
+    a = features_a.double().cpu().numpy() if isinstance(features_a, torch.Tensor) else np.asarray(features_a, np.float64)
+    b = features_b.double().cpu().numpy() if isinstance(features_b, torch.Tensor) else np.asarray(features_b, np.float64)
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
 
 
 def class_matched_frechet(features: torch.Tensor, classes: torch.Tensor, reference: torch.Tensor,

@@ -5,8 +5,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.config import CounterfactualParams
-from pipeline.counterfactuals import (all_other_targets, change_size, conversion, evaluate, frechet_distance,
-                                      frechet_distance_from_moments, make_counterfactuals)
+from pipeline.counterfactuals import all_other_targets, change_size, conversion, evaluate, make_counterfactuals
+from pipeline.frechet import feature_frechet_distance as frechet_distance
+from pipeline.frechet import frechet_distance as frechet_distance_from_moments
 
 N_CLASSES = 3
 
