@@ -25,14 +25,14 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def run(args: list[str], cwd: Path) -> str:
+def run(args: list[str], cwd: Path, stdout_only: bool = False) -> str:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
                GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com", PYTHONUNBUFFERED="1")
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{output[-6000:]}"
-    return output
+    return result.stdout if stdout_only else output
 
 
 def dvc(*args: str, cwd: Path) -> str:
@@ -220,3 +220,12 @@ def test_probe_stages_write_their_metrics(workspace, first_repro):
             assert (workspace / "plots" / dataset / picture).stat().st_size > 1000
     shown = dvc("metrics", "show", cwd=workspace)
     assert "spectral_detector_accuracy" in shown and "mean_class_probability" in shown
+
+
+def test_every_declared_plot_renders(workspace, first_repro):
+    shown = json.loads(run([sys.executable, "-m", "dvc", "plots", "show", "--json"], workspace, stdout_only=True))
+    assert not shown.get("errors"), shown.get("errors")
+    rendered = set(shown["data"])
+    for dataset in DATASETS:
+        assert f"plots/{dataset}/train_classifier/confusion.csv" in rendered
+        assert any(name.startswith(f"plots/{dataset}/explain/") for name in rendered)
