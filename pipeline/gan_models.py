@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.models import frozen
 from pipeline.storage import load_checkpoint, save_checkpoint
 
 
@@ -169,26 +170,6 @@ class Discriminator(nn.Module):
         return pick_class(self.heads(self.trunk(x * 2 - 1)), classes, 1).squeeze(1)
 
 
-class GanNets(nn.Module):
-    """All networks of the GAN together, so they move, save and load as one.
-
-    ``config``: {"n_classes", "style_dim", "latent_dim", "width"}.
-    """
-
-    def __init__(self, config: dict):
-        super().__init__()
-        self.config = dict(config)
-        c = self.config
-        self.generator = Generator(c["style_dim"], c["width"])
-        self.mapping = MappingNetwork(c["latent_dim"], c["style_dim"], c["n_classes"])
-        self.style_encoder = StyleEncoder(c["style_dim"], c["n_classes"], c["width"])
-        self.discriminator = Discriminator(c["n_classes"], c["width"])
-
-    def translator_modules(self) -> list[nn.Module]:
-        """The networks that the EMA copy averages (everything but the discriminator)."""
-        return [self.generator, self.mapping, self.style_encoder]
-
-
 class Translator(nn.Module):
     """The trained image-to-image translator used downstream (EMA weights, no discriminator)."""
 
@@ -210,6 +191,20 @@ class Translator(nn.Module):
         return self.generator(x, style)
 
 
+class GanNets(Translator):
+    """All networks of the GAN together, so they move, save and load as one: the translator's three
+    networks plus the discriminator. ``config``: {"n_classes", "style_dim", "latent_dim", "width"}.
+    """
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        self.discriminator = Discriminator(self.config["n_classes"], self.config["width"])
+
+    def translator_modules(self) -> list[nn.Module]:
+        """The networks that the EMA copy averages (everything but the discriminator)."""
+        return [self.generator, self.mapping, self.style_encoder]
+
+
 def translator_state(nets: nn.Module) -> dict:
     """State dict of generator, mapping network and style encoder (of ``GanNets`` or ``Translator``)."""
     return {name: tensor.detach().cpu() for name, tensor in nets.state_dict().items()
@@ -225,7 +220,4 @@ def load_translator(path: str | Path, device: torch.device | str = "cpu", made_b
     checkpoint = load_checkpoint(path, made_by=made_by)
     model = Translator(checkpoint["config"])
     model.load_state_dict(checkpoint["state_dict"])
-    model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return frozen(model, device)

@@ -85,6 +85,11 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu", made_b
     checkpoint = load_checkpoint(path, made_by=made_by)
     model = build_classifier(checkpoint["config"])
     model.load_state_dict(checkpoint["state_dict"])
+    return frozen(model, device)
+
+
+def frozen(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """``model`` on ``device``, in eval mode, with every parameter frozen (a model under study only judges)."""
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -104,6 +104,17 @@ class StageContext:
         return np.random.default_rng(stage_seed(self.params.seed, self.timer.stage + salt, self.dataset))
 
 
+def open_live(directory):
+    """A DVCLive logger writing under ``directory``; the stage's outputs are declared in dvc.yaml instead."""
+    from dvclive import Live
+    from scmrepo.exceptions import SCMError
+
+    try:
+        return Live(dir=str(directory), save_dvc_exp=False, dvcyaml=False)
+    except SCMError as err:
+        raise InputError(f"DVCLive cannot read the git repository ({err}); commit once (`git commit`) and re-run") from err
+
+
 @contextlib.contextmanager
 def stage(name: str, argv: list[str] | None = None) -> Iterator[StageContext]:
     """Parse ``<dataset>``, validate params, pick the device, seed, and time the stage.

@@ -16,9 +16,9 @@ from pipeline.data import load_meta, load_prepared, shuffled_batches, to_float
 from pipeline.inference import autocast, predict_probabilities
 from pipeline.models import build_classifier, save_model
 from pipeline.plotting import confusion_heatmap, image_grid
-from pipeline.runtime import stage
+from pipeline.runtime import open_live, stage
 from pipeline.scores import accuracy, confusion_matrix, per_class_accuracy, shortcut_reliance
-from pipeline.storage import InputError, save_figure, write_csv, write_json
+from pipeline.storage import save_figure, write_csv, write_json
 
 
 class NonFiniteLoss(RuntimeError):
@@ -99,17 +99,6 @@ def save_plots(dataset: str, confusion: torch.Tensor, test: dict, predicted: tor
     fig = image_grid(test["images"][index].cpu().numpy(), titles, ncols=8,
                      suptitle=f"{dataset}: test inputs with true and predicted class (✗ = mistake)")
     save_figure(fig, out / "examples.png")
-
-
-def open_live(directory) -> "Live":
-    """DVCLive logger writing under ``directory``; the stage's outputs are declared in dvc.yaml instead."""
-    from dvclive import Live
-    from scmrepo.exceptions import SCMError
-
-    try:
-        return Live(dir=str(directory), save_dvc_exp=False, dvcyaml=False)
-    except SCMError as err:
-        raise InputError(f"DVCLive cannot read the git repository ({err}); commit once (`git commit`) and re-run") from err
 
 
 def main(argv: list[str] | None = None) -> None:

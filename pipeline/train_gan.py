@@ -281,9 +281,9 @@ def train(nets: GanNets, images: torch.Tensor, labels: torch.Tensor, cfg: GanPar
 # --------------------------------------------------------------------------------------------
 def log_history(history: list[dict], live_dir: Path) -> None:
     """Every loss, averaged per log interval, as DVCLive curves (step = iteration)."""
-    from dvclive import Live
+    from pipeline.runtime import open_live
 
-    live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False)
+    live = open_live(live_dir)
     for record in history:
         live.step = record["iteration"]
         for name in LOSS_NAMES:
