@@ -33,6 +33,17 @@ def workload(args: argparse.Namespace) -> dict:
     return params
 
 
+def run_stages(work: Path, params: dict, stages: list[str]) -> None:
+    """Run ``stages`` (in DAG order) for both datasets in folder ``work`` with ``params``."""
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for stage in [s for s in STAGE_ORDER if s in stages]:
+        for dataset in ("colored_mnist", "clever_hans"):
+            print(f"running {stage}@{dataset} ...", file=sys.stderr, flush=True)
+            subprocess.run([sys.executable, "-m", f"pipeline.{stage}", dataset], cwd=work, env=env, check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-size", type=int, default=10_000)
@@ -45,13 +56,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="pipeline-benchmark-") as tmp:
         work = Path(tmp)
-        (work / "params.yaml").write_text(yaml.safe_dump(workload(args), sort_keys=False))
-        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        for stage in [s for s in STAGE_ORDER if s in args.stages]:
-            for dataset in ("colored_mnist", "clever_hans"):
-                print(f"running {stage}@{dataset} ...", file=sys.stderr, flush=True)
-                subprocess.run([sys.executable, "-m", f"pipeline.{stage}", dataset], cwd=work, env=env, check=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run_stages(work, workload(args), args.stages)
         records = [json.loads(p.read_text()) for p in sorted((work / "metrics").glob("*/timing/*.json"))]
     order = {s: i for i, s in enumerate(STAGE_ORDER)}
     records.sort(key=lambda r: (order.get(r["stage"].split("@")[0], 99), r["stage"]))
