@@ -32,6 +32,30 @@ def fail(where: str, value: Any, allowed: str) -> typing.NoReturn:
     raise ConfigError(f"params: {where} = {value!r} is not valid; allowed: {allowed}")
 
 
+def at_least_one(value) -> bool:
+    return value >= 1
+
+
+def positive(value) -> bool:
+    return value > 0
+
+
+def non_negative(value) -> bool:
+    return value >= 0
+
+
+def in_unit_interval(value) -> bool:
+    return 0.0 <= value < 1.0
+
+
+def check_each(section: Any, where: str, is_valid, allowed: str, *names: str) -> None:
+    """Fail on the first of ``names`` whose value in ``section`` is not ``is_valid``; ``allowed`` says what is."""
+    for name in names:
+        value = getattr(section, name)
+        if not is_valid(value):
+            fail(f"{where}.{name}", value, allowed)
+
+
 # --------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------
@@ -97,8 +121,7 @@ class ShortcutParams:
             fail(f"{where}.strength", self.strength, "a number in (0, 1]")
         if len(self.position) != 2 or not all(0 <= p < IMAGE_SIZE for p in self.position):
             fail(f"{where}.position", self.position, f"[row, col] with both in 0..{IMAGE_SIZE - 1}")
-        if self.size < 1:
-            fail(f"{where}.size", self.size, "a positive integer")
+        check_each(self, where, at_least_one, "a positive integer", "size")
         if len(self.color) != 3 or not all(0.0 <= c <= 1.0 for c in self.color):
             fail(f"{where}.color", self.color, "[r, g, b] with each in [0, 1]")
         if self.kind == "text":
@@ -135,13 +158,10 @@ class ClassifierParams:
     n_example_images: int = 32
 
     def check(self, where: str) -> None:
-        for name in ("width", "epochs", "batch_size", "eval_batch_size", "n_example_images"):
-            if getattr(self, name) < 1:
-                fail(f"{where}.{name}", getattr(self, name), "a positive integer")
-        if self.learning_rate <= 0:
-            fail(f"{where}.learning_rate", self.learning_rate, "a positive number")
-        if self.weight_decay < 0:
-            fail(f"{where}.weight_decay", self.weight_decay, "a number >= 0")
+        check_each(self, where, at_least_one, "a positive integer",
+                   "width", "epochs", "batch_size", "eval_batch_size", "n_example_images")
+        check_each(self, where, positive, "a positive number", "learning_rate")
+        check_each(self, where, non_negative, "a number >= 0", "weight_decay")
 
 
 ATTRIBUTION_METHODS = ("ig_zero", "ig_noise", "ig_blur", "saliency", "inputxgrad", "deeplift", "guided_backprop",
@@ -177,12 +197,11 @@ class AttributionParams:
     n_gallery_images: int = 8
 
     def check(self, where: str) -> None:
-        for name in ("n_images", "batch_size", "internal_batch_size", "ig_steps", "occlusion_window", "occlusion_stride",
-                     "smoothgrad_samples", "deletion_steps", "n_faithfulness_images", "infidelity_samples",
-                     "n_sensitivity_images", "sensitivity_samples", "n_localization_images", "n_contrastive_images",
-                     "n_gallery_images"):
-            if getattr(self, name) < 1:
-                fail(f"{where}.{name}", getattr(self, name), "a positive integer")
+        check_each(self, where, at_least_one, "a positive integer",
+                   "n_images", "batch_size", "internal_batch_size", "ig_steps", "occlusion_window",
+                   "occlusion_stride", "smoothgrad_samples", "deletion_steps", "n_faithfulness_images",
+                   "infidelity_samples", "n_sensitivity_images", "sensitivity_samples", "n_localization_images",
+                   "n_contrastive_images", "n_gallery_images")
         for i, name in enumerate(self.methods):
             if name not in ATTRIBUTION_METHODS:
                 fail(f"{where}.methods[{i}]", name, ", ".join(ATTRIBUTION_METHODS))
@@ -192,9 +211,8 @@ class AttributionParams:
             fail(f"{where}.contrastive_method", self.contrastive_method, ", ".join(ATTRIBUTION_METHODS))
         if self.blur_kernel_size < 3 or self.blur_kernel_size % 2 == 0:
             fail(f"{where}.blur_kernel_size", self.blur_kernel_size, "an odd integer >= 3")
-        for name in ("blur_sigma", "smoothgrad_stdev", "infidelity_noise", "sensitivity_radius"):
-            if getattr(self, name) <= 0:
-                fail(f"{where}.{name}", getattr(self, name), "a positive number")
+        check_each(self, where, positive, "a positive number",
+                   "blur_sigma", "smoothgrad_stdev", "infidelity_noise", "sensitivity_radius")
         if self.occlusion_window > IMAGE_SIZE or self.occlusion_stride > IMAGE_SIZE:
             fail(f"{where}.occlusion_window", [self.occlusion_window, self.occlusion_stride], f"window and stride <= {IMAGE_SIZE}")
         if self.segmentation_thresholds < 2:
@@ -227,23 +245,16 @@ class GanParams:
     n_grid_images: int = 8
 
     def check(self, where: str) -> None:
-        for name in ("iterations", "batch_size", "style_dim", "latent_dim", "width", "checkpoint_every",
-                     "log_every", "n_grid_images"):
-            if getattr(self, name) < 1:
-                fail(f"{where}.{name}", getattr(self, name), "a positive integer")
+        check_each(self, where, at_least_one, "a positive integer",
+                   "iterations", "batch_size", "style_dim", "latent_dim", "width", "checkpoint_every", "log_every",
+                   "n_grid_images")
         if self.batch_size < 2:
             fail(f"{where}.batch_size", self.batch_size, "an integer >= 2 (half latent-, half reference-guided)")
-        for name in ("learning_rate", "mapping_learning_rate", "max_loss"):
-            if getattr(self, name) <= 0:
-                fail(f"{where}.{name}", getattr(self, name), "a positive number")
-        for name in ("weight_decay", "adversarial_weight", "r1_weight", "style_weight", "cycle_weight"):
-            if getattr(self, name) < 0:
-                fail(f"{where}.{name}", getattr(self, name), "a number >= 0")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                fail(f"{where}.{name}", getattr(self, name), "a number in [0, 1)")
-        if not 0.0 <= self.ema_beta < 1.0:
-            fail(f"{where}.ema_beta", self.ema_beta, "a number in [0, 1)")
+        check_each(self, where, positive, "a positive number", "learning_rate", "mapping_learning_rate", "max_loss")
+        check_each(self, where, non_negative, "a number >= 0",
+                   "weight_decay", "adversarial_weight", "r1_weight", "style_weight", "cycle_weight")
+        check_each(self, where, in_unit_interval, "a number in [0, 1)", "beta1", "beta2")
+        check_each(self, where, in_unit_interval, "a number in [0, 1)", "ema_beta")
 
 
 @dataclass(frozen=True)
@@ -260,10 +271,9 @@ class CounterfactualParams:
     n_style_points: int = 2000
 
     def check(self, where: str) -> None:
-        for name in ("n_images", "n_reference_images", "batch_size", "n_gallery_images",
-                     "n_interpolation_images", "n_style_points"):
-            if getattr(self, name) < 1:
-                fail(f"{where}.{name}", getattr(self, name), "a positive integer")
+        check_each(self, where, at_least_one, "a positive integer",
+                   "n_images", "n_reference_images", "batch_size", "n_gallery_images", "n_interpolation_images",
+                   "n_style_points")
         if self.interpolation_steps < 2:
             fail(f"{where}.interpolation_steps", self.interpolation_steps, "an integer >= 2")
 EXPLAIN_METHODS = ("d_ig", "d_deeplift", "d_inputxgrad", "ig", "deeplift", "residual", "random")
@@ -298,14 +308,11 @@ class ExplainParams:
             fail(f"{where}.methods", self.methods, "distinct method names")
         if self.n_thresholds < 2:
             fail(f"{where}.n_thresholds", self.n_thresholds, "an integer >= 2")
-        for name in ("closing_size", "ig_steps", "batch_size", "attribution_batch_size", "gallery_top_k"):
-            if getattr(self, name) < 1:
-                fail(f"{where}.{name}", getattr(self, name), "a positive integer (closing_size 1 = no closing)")
+        check_each(self, where, at_least_one, "a positive integer (closing_size 1 = no closing)",
+                   "closing_size", "ig_steps", "batch_size", "attribution_batch_size", "gallery_top_k")
         if self.n_grid < 2:
             fail(f"{where}.n_grid", self.n_grid, "an integer >= 2")
-        for name in ("blur_sigma", "random_sigma"):
-            if getattr(self, name) < 0:
-                fail(f"{where}.{name}", getattr(self, name), "a number >= 0 (0 = no blur)")
+        check_each(self, where, non_negative, "a number >= 0 (0 = no blur)", "blur_sigma", "random_sigma")
         if self.max_pairs is not None and self.max_pairs < 1:
             fail(f"{where}.max_pairs", self.max_pairs, "a positive integer, or null for all pairs")
 
@@ -326,21 +333,13 @@ class FeatureVizParams:
     fourier_decay: float = 1.0           # spectrum scale 1/f**decay of the fourier parameterisation
 
     def check(self, where: str) -> None:
-        for name in ("channels_per_layer", "steps"):
-            if getattr(self, name) < 1:
-                fail(f"{where}.{name}", getattr(self, name), "a positive integer")
-        for name in ("learning_rate", "noise_scale", "blur_sigma"):
-            if getattr(self, name) <= 0:
-                fail(f"{where}.{name}", getattr(self, name), "a positive number")
-        for name in ("jitter", "blur_every"):
-            if getattr(self, name) < 0:
-                fail(f"{where}.{name}", getattr(self, name), "an integer >= 0 (0 switches it off)")
+        check_each(self, where, at_least_one, "a positive integer", "channels_per_layer", "steps")
+        check_each(self, where, positive, "a positive number", "learning_rate", "noise_scale", "blur_sigma")
+        check_each(self, where, non_negative, "an integer >= 0 (0 switches it off)", "jitter", "blur_every")
         if not 0 <= self.jitter < IMAGE_SIZE // 2:
             fail(f"{where}.jitter", self.jitter, f"an integer in 0..{IMAGE_SIZE // 2 - 1}")
-        if self.total_variation < 0:
-            fail(f"{where}.total_variation", self.total_variation, "a number >= 0 (0 switches it off)")
-        if self.fourier_decay < 0:
-            fail(f"{where}.fourier_decay", self.fourier_decay, "a number >= 0")
+        check_each(self, where, non_negative, "a number >= 0 (0 switches it off)", "total_variation")
+        check_each(self, where, non_negative, "a number >= 0", "fourier_decay")
 
 
 @dataclass(frozen=True)
@@ -359,22 +358,14 @@ class OptimizeCounterfactualsParams:
     n_example_images: int = 12
 
     def check(self, where: str) -> None:
-        for name in ("max_misclassified", "n_correct"):
-            if getattr(self, name) < 0:
-                fail(f"{where}.{name}", getattr(self, name), "an integer >= 0")
+        check_each(self, where, non_negative, "an integer >= 0", "max_misclassified", "n_correct")
         if self.max_misclassified + self.n_correct < 1:
             fail(f"{where}.n_correct", self.n_correct, "at least one image in all (max_misclassified + n_correct >= 1)")
-        for name in ("max_steps", "batch_size", "n_example_images"):
-            if getattr(self, name) < 1:
-                fail(f"{where}.{name}", getattr(self, name), "a positive integer")
-        if self.learning_rate <= 0:
-            fail(f"{where}.learning_rate", self.learning_rate, "a positive number")
-        if self.distance_weight < 0:
-            fail(f"{where}.distance_weight", self.distance_weight, "a number >= 0")
-        if self.margin < 0:
-            fail(f"{where}.margin", self.margin, "a number >= 0")
-        if not 0.0 <= self.change_threshold < 1.0:
-            fail(f"{where}.change_threshold", self.change_threshold, "a number in [0, 1)")
+        check_each(self, where, at_least_one, "a positive integer", "max_steps", "batch_size", "n_example_images")
+        check_each(self, where, positive, "a positive number", "learning_rate")
+        check_each(self, where, non_negative, "a number >= 0", "distance_weight")
+        check_each(self, where, non_negative, "a number >= 0", "margin")
+        check_each(self, where, in_unit_interval, "a number in [0, 1)", "change_threshold")
 
 
 @dataclass(frozen=True)
@@ -391,16 +382,11 @@ class SpectraParams:
     artifact_threshold: float = 0.75     # detector accuracy above which the metrics flag frequency artifacts
 
     def check(self, where: str) -> None:
-        for name in ("max_images", "epochs"):
-            if getattr(self, name) < 1:
-                fail(f"{where}.{name}", getattr(self, name), "a positive integer")
+        check_each(self, where, at_least_one, "a positive integer", "max_images", "epochs")
         if not 0.0 < self.test_fraction < 1.0:
             fail(f"{where}.test_fraction", self.test_fraction, "a number in (0, 1)")
-        for name in ("epsilon", "learning_rate"):
-            if getattr(self, name) <= 0:
-                fail(f"{where}.{name}", getattr(self, name), "a positive number")
-        if self.weight_decay < 0:
-            fail(f"{where}.weight_decay", self.weight_decay, "a number >= 0")
+        check_each(self, where, positive, "a positive number", "epsilon", "learning_rate")
+        check_each(self, where, non_negative, "a number >= 0", "weight_decay")
         if not 0.5 <= self.artifact_threshold <= 1.0:
             fail(f"{where}.artifact_threshold", self.artifact_threshold, "a number in [0.5, 1]")
 
