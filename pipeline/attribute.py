@@ -27,7 +27,7 @@ from pipeline.attribution_scores import (CHANNELS, channel_shares, colormap_chan
 from pipeline.config import AttributionParams
 from pipeline.data import batch_slices, load_meta, load_prepared, subsample, to_float
 from pipeline.inference import predict_probabilities
-from pipeline.models import build_classifier, load_classifier
+from pipeline.models import build_classifier, frozen, load_classifier
 from pipeline.runtime import stage
 from pipeline.storage import load_checkpoint, save_arrays, save_figure, write_csv, write_json
 
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         model_path = paths.classifier_path(dataset)
         model = load_classifier(model_path, device)
         random_model = build_classifier(load_checkpoint(model_path, made_by=f"train_classifier@{dataset}")["config"])
-        random_model.to(device).eval().requires_grad_(False)
+        frozen(random_model, device)
 
         methods, skipped = runnable_methods(cfg.methods, model)
         for name, reason in skipped.items():

@@ -9,7 +9,7 @@ from pipeline.attribution_methods import Negated, gradcam_explainer, make_explai
 from pipeline.attribution_scores import (channel_shares, colormap_channel_std, curve_area, deletion_curve, foreground_mask,
                                          pixel_map, pointing_game, rank_correlation, relevance_mass, segmentation_iou)
 from pipeline.config import ATTRIBUTION_METHODS, AttributionParams, ConfigError, Params, build
-from pipeline.models import CNNClassifier, DenseClassifier
+from pipeline.models import CNNClassifier, DenseClassifier, frozen
 
 PIXEL = (0, 5, 17)  # channel, row, col the one-pixel model reads
 
@@ -26,13 +26,6 @@ def square_mask(size=28, top=1, left=1, side=4):
     mask = torch.zeros(size, size, dtype=torch.bool)
     mask[top:top + side, left:left + side] = True
     return mask
-
-
-def frozen(model):
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +166,7 @@ def test_a_model_that_reads_one_pixel_gets_that_pixel(name):
 
 def test_every_method_runs_batched_on_the_cnn_and_conv_methods_skip_the_dense_model():
     torch.manual_seed(0)
-    cnn, dense = frozen(CNNClassifier(4, width=8)), frozen(DenseClassifier(4, width=8))
+    cnn, dense = frozen(CNNClassifier(4, width=8), "cpu"), frozen(DenseClassifier(4, width=8), "cpu")
     cfg = AttributionParams(ig_steps=4, smoothgrad_samples=2, occlusion_window=7, occlusion_stride=7, internal_batch_size=64)
     images, targets = torch.rand(5, 3, 28, 28), torch.tensor([0, 1, 2, 3, 0])
     for name in ATTRIBUTION_METHODS:
@@ -192,7 +185,7 @@ def test_every_method_runs_batched_on_the_cnn_and_conv_methods_skip_the_dense_mo
 
 def test_counterfactual_gradcam_uses_the_negated_model():
     torch.manual_seed(0)
-    cnn = frozen(CNNClassifier(3, width=8))
+    cnn = frozen(CNNClassifier(3, width=8), "cpu")
     images = torch.rand(4, 3, 28, 28)
     assert torch.allclose(Negated(cnn)(images), -cnn(images))
     targets = torch.zeros(4, dtype=torch.long)

@@ -6,7 +6,7 @@ from torch import nn
 from pipeline.discriminative import (METHODS, MaskSettings, SweepResult, attribution_maps, closing, curve_scores,
                                      gaussian_blur, interpolate_curves, mask_overlap, normalise_maps, optimal_masks,
                                      optimal_threshold_index, score_pairs, size_grid, sweep, sweep_loop)
-from pipeline.models import CNNClassifier
+from pipeline.models import CNNClassifier, frozen
 
 EXACT = MaskSettings(n_thresholds=50, closing_size=1, blur_sigma=0.0)  # masks are the thresholded maps
 
@@ -104,8 +104,7 @@ def test_interpolation_and_area_match_numpy():
 def test_vectorised_sweep_gives_the_same_curve_as_the_per_pair_loop(across):
     torch.manual_seed(0)
     model = CNNClassifier(n_classes=4, width=8).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    frozen(model, "cpu")
     gen = torch.Generator().manual_seed(3)
     real, counterfactual = torch.rand(3, 3, 28, 28, generator=gen), torch.rand(3, 3, 28, 28, generator=gen)
     maps = normalise_maps(torch.randn(3, 3, 28, 28, generator=gen), across_channels=across)

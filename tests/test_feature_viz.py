@@ -3,7 +3,7 @@ from torch import nn
 
 from pipeline.config import FeatureVizParams
 from pipeline.feature_viz import Units, build_units, maximise, standardise
-from pipeline.models import CNNClassifier
+from pipeline.models import CNNClassifier, frozen
 
 
 def linear_model(n_classes=3, seed=0):
@@ -16,8 +16,7 @@ def linear_model(n_classes=3, seed=0):
     with torch.no_grad():
         model[1].weight.copy_(magnitude * signs)
         model[1].bias.zero_()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    frozen(model, "cpu")
     return model, signs
 
 
@@ -49,8 +48,7 @@ def test_descent_would_fail_the_same_check():
 def test_cnn_units_cover_classes_and_channels_and_every_option_runs():
     torch.manual_seed(0)
     model = CNNClassifier(n_classes=4, width=4).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    frozen(model, "cpu")
     units = build_units(model, 4, channels_per_layer=2)
     assert units.layer_names == ["conv1", "conv2", "conv3", "conv4", "conv5", "class"]
     assert len(units) == 5 * 2 + 4
@@ -68,8 +66,7 @@ def test_each_image_drives_only_its_own_unit():
     """Gradient ascent raises each conv channel's activation from the ones start."""
     torch.manual_seed(0)
     model = CNNClassifier(n_classes=2, width=4).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    frozen(model, "cpu")
     units = build_units(model, 2, channels_per_layer=4)
     short = maximise(model, units, FeatureVizParams(steps=1), torch.Generator().manual_seed(0), progress=False)
     long = maximise(model, units, FeatureVizParams(steps=10), torch.Generator().manual_seed(0), progress=False)

@@ -4,6 +4,7 @@ from torch import nn
 
 from pipeline.config import OptimizeCounterfactualsParams
 from pipeline.frechet import class_matched_frechet, frechet_distance, gaussian
+from pipeline.models import frozen
 from pipeline.optimize_counterfactuals import change_measures, match_rows, optimize, select_images, target_margin
 
 N_PIXELS = 3 * 28 * 28
@@ -25,8 +26,7 @@ def known_boundary(n_signal=10, distractor=0.05, start_margin=-2.0, seed=0):
     with torch.no_grad():
         model[1].weight.copy_(torch.stack([torch.zeros(N_PIXELS), w]))
         model[1].bias.copy_(torch.tensor([0.0, start_margin - (w * 0.5).sum().item()]))
-    for p in model.parameters():
-        p.requires_grad_(False)
+    frozen(model, "cpu")
     return model, x0, signal
 
 
