@@ -354,14 +354,17 @@ def main(argv: list[str] | None = None) -> None:
 
         # per (source, target) class pair
         source, target = pairs.source.cpu().numpy(), pairs.target.cpu().numpy()
+        target_cpu = pairs.target.cpu()
+        # one copy to the host per method, not one per (pair, method)
+        on_host = {method: (scores.score.cpu(), scores.optimal_predicted.cpu()) for method, (_, scores) in results.items()}
         per_pair = {}
         for s, t in sorted(set(zip(source.tolist(), target.tolist()))):
             members = torch.as_tensor(np.flatnonzero((source == s) & (target == t)))
             entry = {"n_pairs": len(members)}
-            for method, (_, scores) in results.items():
-                sub_target = pairs.target.cpu()[members]
-                entry[method] = {"median_score": summarise(scores.score.cpu()[members])[0],
-                                 "reached_target_fraction": (scores.optimal_predicted.cpu()[members] == sub_target).float().mean().item()}
+            sub_target = target_cpu[members]
+            for method, (score, optimal_predicted) in on_host.items():
+                entry[method] = {"median_score": summarise(score[members])[0],
+                                 "reached_target_fraction": (optimal_predicted[members] == sub_target).float().mean().item()}
             per_pair[f"{class_names[s]}_to_{class_names[t]}"] = entry
         metrics["per_class_pair"] = per_pair
 
