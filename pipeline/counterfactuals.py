@@ -303,7 +303,6 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.gan_models import load_translator
     from pipeline.models import load_classifier
     from pipeline.runtime import stage
-    from pipeline.train_gan import gan_path
 
     with stage("counterfactuals", argv) as ctx:
         cfg = ctx.params.counterfactuals
@@ -312,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
         test = load_prepared(ctx.dataset, "test", ctx.device)
         train_split = load_prepared(ctx.dataset, "train", ctx.device)
         references = {"images": train_split["images"], "labels": train_split["labels"]}
-        translator = load_translator(gan_path(ctx.dataset), ctx.device)
+        translator = load_translator(paths.gan_path(ctx.dataset), ctx.device)
         classifier = load_classifier(paths.classifier_path(ctx.dataset), ctx.device)
 
         result = make_counterfactuals(translator, classifier, test, references, n_classes, cfg, ctx.generator())

@@ -20,6 +20,15 @@ def classifier_path(dataset: str) -> Path:
     return model_dir(dataset) / "classifier.pt"
 
 
+def gan_path(dataset: str) -> Path:
+    """The trained translator (EMA weights) that counterfactuals@<dataset> loads."""
+    return model_dir(dataset) / "gan.pt"
+
+
+def gan_checkpoint_dir(dataset: str) -> Path:
+    return model_dir(dataset) / "gan_checkpoints"
+
+
 def metrics_path(dataset: str, name: str) -> Path:
     return METRICS / dataset / f"{name}.json"
 

@@ -42,14 +42,6 @@ class NonFiniteLoss(RuntimeError):
     """A GAN loss became NaN/inf or exceeded ``gan.max_loss``."""
 
 
-def gan_path(dataset: str) -> Path:
-    return paths.model_dir(dataset) / "gan.pt"
-
-
-def checkpoint_dir(dataset: str) -> Path:
-    return paths.model_dir(dataset) / "gan_checkpoints"
-
-
 # --------------------------------------------------------------------------------------------
 # Losses (module-level so tests can replace one)
 # --------------------------------------------------------------------------------------------
@@ -326,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(ctx.params.seed)
         nets = GanNets(config).to(ctx.device)
         stamp = fingerprint(cfg, config, ctx.params.seed, train_split["images"], train_split["labels"])
-        checkpoint_path = checkpoint_dir(ctx.dataset) / "last.pt"
+        checkpoint_path = paths.gan_checkpoint_dir(ctx.dataset) / "last.pt"
         checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             result = train(nets, train_split["images"], train_split["labels"], cfg, ctx.generator(), checkpoint_path, stamp)
@@ -335,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(1) from err
         ema = result["ema"].eval()
 
-        save_translator(gan_path(ctx.dataset), ema, config, class_names=meta["class_names"], params=to_dict(cfg),
+        save_translator(paths.gan_path(ctx.dataset), ema, config, class_names=meta["class_names"], params=to_dict(cfg),
                         iterations=cfg.iterations)
         out = paths.plots_dir(ctx.dataset, "train_gan")
         log_history(result["history"], out / "live")

@@ -2,7 +2,7 @@ import torch
 from torch import nn
 
 from pipeline.config import FeatureVizParams
-from pipeline.feature_viz import Units, build_units, maximise, standardise
+from pipeline.feature_viz import build_units, maximise, standardise
 from pipeline.models import CNNClassifier, frozen
 
 
