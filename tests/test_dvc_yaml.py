@@ -1,0 +1,68 @@
+"""dvc.yaml stays true to the code: every stage declares the pipeline modules it runs, and every
+param the code reads is set in params.yaml (so code defaults never decide a run behind DVC's back)."""
+import ast
+import dataclasses
+import typing
+
+import pytest
+import yaml
+
+from pipeline.config import Params, load_params
+from tests.conftest import REPO
+
+PIPELINE = REPO / "pipeline"
+# config.py only validates params.yaml and holds defaults that params.yaml overrides (checked below);
+# declaring it would re-run the whole pipeline for every new param.
+NOT_DECLARED = {"pipeline/config.py", "pipeline/__init__.py"}
+
+
+def imported_modules(module: str) -> set[str]:
+    """``pipeline/<name>.py`` files that ``module`` imports, directly or through other pipeline modules."""
+    seen, todo = set(), [module]
+    while todo:
+        path = PIPELINE / f"{todo.pop()}.py"
+        if str(path.relative_to(REPO)) in seen:
+            continue
+        seen.add(str(path.relative_to(REPO)))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "pipeline":
+                todo += [alias.name for alias in node.names if (PIPELINE / f"{alias.name}.py").exists()]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline."):
+                todo.append(node.module.split(".", 1)[1])
+            elif isinstance(node, ast.Import):
+                todo += [a.name.split(".", 1)[1] for a in node.names if a.name.startswith("pipeline.")]
+    return seen
+
+
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_every_stage_declares_the_pipeline_modules_it_imports(name):
+    stage = STAGES[name]
+    module = stage["cmd"].split("python -m pipeline.", 1)[1].split()[0]
+    declared = {dep for dep in stage["deps"] if dep.startswith("pipeline/")}
+    needed = imported_modules(module) - NOT_DECLARED
+    assert needed <= declared, f"{name}: add to deps: {sorted(needed - declared)}"
+    assert declared <= needed, f"{name}: declared but not imported: {sorted(declared - needed)}"
+
+
+def test_params_yaml_sets_every_key_the_code_reads():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def missing(cls, values, where):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            dotted = f"{where}.{f.name}" if where else f.name
+            hint, value = hints[f.name], values.get(f.name)
+            item = (typing.get_args(hint) or [None])[0]
+            if f.name not in values:
+                yield dotted
+            elif dataclasses.is_dataclass(hint) and isinstance(value, dict):
+                yield from missing(hint, value, dotted)
+            elif dataclasses.is_dataclass(item) and isinstance(value, list):
+                for i, entry in enumerate(value):
+                    yield from missing(item, entry, f"{dotted}[{i}]")
+
+    load_params(REPO / "params.yaml")  # valid as a whole
+    assert list(missing(Params, raw, "")) == []
