@@ -296,6 +296,7 @@ class ExplainParams:
     attribution_batch_size: int = 256
     mixed_precision: bool = True
     max_pairs: Optional[int] = None
+    control_pairs: int = 512
     gallery_top_k: int = 2
 
     def check(self, where: str) -> None:
@@ -315,6 +316,7 @@ class ExplainParams:
         check_each(self, where, non_negative, "a number >= 0 (0 = no blur)", "blur_sigma", "random_sigma")
         if self.max_pairs is not None and self.max_pairs < 1:
             fail(f"{where}.max_pairs", self.max_pairs, "a positive integer, or null for all pairs")
+        check_each(self, where, non_negative, "an integer >= 0 (0 = no control)", "control_pairs")
 
 
 @dataclass(frozen=True)

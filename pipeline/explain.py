@@ -108,6 +108,59 @@ def shortcut_truth(test: dict, pairs: Pairs) -> tuple[torch.Tensor, torch.Tensor
     return selected, truth
 
 
+def stamped_control_pairs(model, test: dict, n_pairs: int, rng: np.random.Generator) -> Pairs:
+    """GAN-free control pairs: (clean test image, the same image with a shortcut stamped on it), for
+    images of other classes that the stamp alone moves into the shortcut's class (at most ``n_pairs``,
+    seeded). Their only difference is the stamp, so a method's optimal masks here show how well it
+    can find the shortcut at all, apart from what the GAN changes besides it."""
+    clean, labels = test["clean_images"], test["labels"]
+    device = clean.device
+    chosen = []
+    for k, label in enumerate(test["shortcut_labels"].tolist()):
+        others = torch.nonzero(labels != label).flatten()
+        predicted = predict_probabilities(model, to_float(test["shortcut_images"][k][others])).argmax(1)
+        moved = others[predicted == label].cpu().numpy()
+        chosen += [(k, int(i)) for i in moved]
+    n_moved = len(chosen)
+    if n_moved > n_pairs:
+        chosen = [chosen[i] for i in np.sort(rng.choice(n_moved, size=n_pairs, replace=False))]
+    k = torch.as_tensor([c[0] for c in chosen], dtype=torch.long, device=device)
+    index = torch.as_tensor([c[1] for c in chosen], dtype=torch.long, device=device)
+    return Pairs(to_float(clean[index]), to_float(test["shortcut_images"][k, index]), index, labels[index],
+                 test["shortcut_labels"][k], n_pairs=len(labels), n_reaching_target=n_moved)
+
+
+def explain_pairs(method: str, model, pairs: Pairs, cfg: ExplainParams, settings: MaskSettings, grid: torch.Tensor,
+                  generator: torch.Generator, progress: str | None = None):
+    """One method on a set of pairs: (normalised maps, :class:`PairScores`, binary and soft optimal masks)."""
+    maps = method_maps(method, model, pairs, cfg, generator)
+    result = sweep(model, pairs.real, pairs.counterfactual, maps, pairs.target, settings, cfg.batch_size,
+                   cfg.mixed_precision, progress=progress)
+    scores = score_pairs(result, settings, grid)
+    binary, soft = optimal_masks(maps, scores.optimal_threshold, settings)
+    return maps, scores, binary, soft
+
+
+def shortcut_overlap(binary: torch.Tensor, soft: torch.Tensor, truth: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """Mean IoU and share of mask mass on the shortcut over the pairs ``truth`` selects."""
+    selected, masks = truth
+    iou, share = mask_overlap(binary[selected], soft[selected], masks[selected])
+    return {"shortcut_iou": iou.mean().item() if len(iou) else float("nan"),
+            "shortcut_mass_fraction": share.mean().item() if len(share) else float("nan")}
+
+
+def stamped_control(model, test: dict, cfg: ExplainParams, settings: MaskSettings, grid: torch.Tensor,
+                    generator: torch.Generator, rng: np.random.Generator) -> dict:
+    """Every method on the stamped control pairs: median score, IoU and mass share on the shortcut."""
+    pairs = stamped_control_pairs(model, test, cfg.control_pairs, rng)
+    truth = shortcut_truth(test, pairs)
+    methods = {}
+    for method in cfg.methods if len(pairs.target) else ():
+        _, scores, binary, soft = explain_pairs(method, model, pairs, cfg, settings, grid, generator)
+        methods[method] = {"median_score": summarise(scores.score)[0], **shortcut_overlap(binary, soft, truth)}
+    return {"n_pairs": len(pairs.target), "n_moved_by_stamp": pairs.n_reaching_target, "methods": methods}
+
+
 def best_discriminative(metrics: dict) -> str | None:
     candidates = [(m, metrics[m]["median_score"]) for m in DISCRIMINATIVE if m in metrics]
     candidates = [(m, s) for m, s in candidates if s == s]  # drop NaN
@@ -221,8 +274,10 @@ def plot_shortcut_overlap(frame: pd.DataFrame, dataset: str, path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 0.45 * len(frame) + 1.2))
     y = np.arange(len(frame))
-    ax.barh(y - 0.2, frame["shortcut_iou"], height=0.4, label="IoU of the optimal mask with the shortcut")
-    ax.barh(y + 0.2, frame["shortcut_mass_fraction"], height=0.4, label="share of mask mass on the shortcut")
+    ax.barh(y - 0.27, frame["shortcut_iou"], height=0.27, label="IoU of the optimal mask with the shortcut")
+    ax.barh(y, frame["shortcut_mass_fraction"], height=0.27, label="share of mask mass on the shortcut")
+    ax.barh(y + 0.27, frame["control_shortcut_iou"], height=0.27, color="tab:gray",
+            label="IoU on the control (clean image vs. the same image stamped)")
     ax.set_yticks(y, frame["method"])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
@@ -299,17 +354,11 @@ def main(argv: list[str] | None = None) -> None:
                          "counterfactual": cfg.counterfactual}
         per_method, results, arrays, curve_rows, score_rows = {}, {}, {}, [], []
         for method in cfg.methods if n_kept else ():
-            maps = method_maps(method, model, pairs, cfg, generator)
-            result = sweep(model, pairs.real, pairs.counterfactual, maps, pairs.target, settings, cfg.batch_size,
-                           cfg.mixed_precision, progress=f"{method} sweep")
-            scores = score_pairs(result, settings, grid)
+            maps, scores, binary, soft = explain_pairs(method, model, pairs, cfg, settings, grid, generator,
+                                                       progress=f"{method} sweep")
             entry = method_metrics(scores, pairs.target)
-            binary, soft = optimal_masks(maps, scores.optimal_threshold, settings)
             if hans is not None:
-                selected, truth = hans
-                iou, share = mask_overlap(binary[selected], soft[selected], truth[selected])
-                entry["shortcut_iou"] = iou.mean().item() if len(iou) else float("nan")
-                entry["shortcut_mass_fraction"] = share.mean().item() if len(share) else float("nan")
+                entry.update(shortcut_overlap(binary, soft, hans))
             if digit is not None:
                 _, share = mask_overlap(binary, soft, digit)
                 entry["digit_mass_fraction"] = share.mean().item() if len(share) else float("nan")
@@ -347,6 +396,9 @@ def main(argv: list[str] | None = None) -> None:
         if hans is not None:
             metrics["n_pairs_into_shortcut_class"] = int(hans[0].sum())
             metrics["shortcut_iou"] = per_method[best]["shortcut_iou"] if best else float("nan")
+            if cfg.control_pairs:
+                metrics["stamped_control"] = stamped_control(model, test, cfg, settings, grid, generator,
+                                                             ctx.rng("control-pairs"))
         if digit is not None:
             metrics["digit_pixel_fraction"] = digit.float().mean().item() if n_kept else float("nan")
             rule, color_frame = color_rule(model, test, class_names, cfg.batch_size)
@@ -386,8 +438,11 @@ def main(argv: list[str] | None = None) -> None:
             write_csv(out / "known_answer.csv", color_frame)
             plot_color_rule(color_frame, class_names, ctx.dataset, out / "known_answer.png")
         else:
+            control = metrics.get("stamped_control", {}).get("methods", {})
             frame = pd.DataFrame([{"method": m, "shortcut_iou": per_method[m]["shortcut_iou"],
-                                   "shortcut_mass_fraction": per_method[m]["shortcut_mass_fraction"]} for m in cfg.methods])
+                                   "shortcut_mass_fraction": per_method[m]["shortcut_mass_fraction"],
+                                   "control_shortcut_iou": control.get(m, {}).get("shortcut_iou", float("nan"))}
+                                  for m in cfg.methods])
             write_csv(out / "known_answer.csv", frame)
             plot_shortcut_overlap(frame, ctx.dataset, out / "known_answer.png")
 

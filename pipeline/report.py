@@ -162,6 +162,12 @@ def explain_findings(run: DatasetRun) -> list[str]:
     if m.get("shortcut_iou") is not None:
         lines.append(f"For images translated into the shortcut class, the best discriminative method's optimal mask overlaps "
                      f"the stamped shortcut with IoU {m['shortcut_iou']:.2f}.")
+    control = (m.get("stamped_control") or {}).get("methods") or {}
+    best_control = m.get("best_discriminative_method")
+    if best_control in control and control[best_control].get("shortcut_iou") is not None:
+        lines.append(f"On the GAN-free control ({m['stamped_control']['n_pairs']} clean images vs. the same images stamped, "
+                     f"which the stamp alone moves into the shortcut class) {best_control} reaches IoU "
+                     f"{control[best_control]['shortcut_iou']:.2f}: the gap to the GAN pairs is what the GAN changes besides the stamp.")
     return lines
 
 

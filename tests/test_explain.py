@@ -7,7 +7,9 @@ import torch
 import yaml
 
 from pipeline import paths
-from pipeline.explain import main
+from pipeline.discriminative import MaskSettings, size_grid
+from pipeline.explain import main, stamped_control
+from pipeline.config import ExplainParams
 from pipeline.models import build_classifier, save_model
 from pipeline.storage import save_arrays, write_json
 
@@ -28,7 +30,9 @@ def build_inputs(dataset: str, n_images: int = 8) -> dict:
         names = [str(c) for c in range(10)]
         alpha = np.zeros((1, 28, 28), dtype=np.float32)
         alpha[0, 1:5, 1:5] = 1.0
-        test.update(shortcut_alpha=alpha, shortcut_labels=np.array([7]))
+        stamped = images.copy()
+        stamped[:, :, 1:5, 1:5] = 255
+        test.update(shortcut_alpha=alpha, shortcut_labels=np.array([7]), clean_images=images, shortcut_images=stamped[None])
     save_arrays(paths.prepared_dir(dataset) / "test.npz", **test)
     write_json(paths.prepared_dir(dataset) / "meta.json", {"class_names": names, "n_classes": n_classes})
     torch.manual_seed(0)
@@ -72,6 +76,9 @@ def test_stage_writes_every_metric_key_and_picture(dataset, tmp_path, monkeypatc
     if dataset == "clever_hans":
         assert all("shortcut_iou" in entry for entry in metrics["methods"].values())
         assert "shortcut_iou" in metrics
+        control = metrics["stamped_control"]
+        assert 0 <= control["n_pairs"] <= control["n_moved_by_stamp"] <= 8 - 1  # the one 7 is no source
+        assert set(control["methods"]) in (set(), set(METHODS))
     else:
         assert 0.0 <= metrics["methods"]["d_ig"]["digit_mass_fraction"] <= 1.0
         assert set(metrics["color_rule"]) >= {"test_accuracy", "nearest_colormap_agreement"}
@@ -111,3 +118,52 @@ def test_unknown_method_is_rejected_before_any_work(tmp_path, monkeypatch, capsy
     with pytest.raises(SystemExit):
         main(["clever_hans"])
     assert "explain.methods[1]" in capsys.readouterr().err
+
+
+class SquareDetector(torch.nn.Module):
+    """Says 7 exactly when a red square fills the top-left 4 x 4 pixels: logit 7 rises and every other
+    class's logit falls with the mean (red - green) there."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.tensor(10.0), requires_grad=False)
+
+    def forward(self, x):
+        redness = (x[:, 0, 1:5, 1:5] - x[:, 1, 1:5, 1:5]).mean(dim=(1, 2))
+        logits = (-self.gain * redness)[:, None].repeat(1, 10)
+        logits[:, 7] = 20.0 * redness - 5.0
+        return logits
+
+
+def control_test_split(n_images: int = 12) -> dict:
+    rng = np.random.default_rng(1)
+    images = torch.from_numpy((rng.random((n_images, 3, 28, 28)) < 0.2).astype(np.uint8) * 200)
+    images[:, :, 1:5, 1:5] = 0
+    images[:, 1:] = images[:, :1]  # gray digits: red = green everywhere
+    stamped = images.clone()
+    stamped[:, 0, 1:5, 1:5], stamped[:, 1:, 1:5, 1:5] = 255, 0
+    alpha = torch.zeros(1, 28, 28)
+    alpha[0, 1:5, 1:5] = 1.0
+    return {"clean_images": images, "shortcut_images": stamped[None], "labels": torch.arange(n_images) % 10,
+            "shortcut_alpha": alpha, "shortcut_labels": torch.tensor([7])}
+
+
+def test_stamped_control_finds_the_square_with_discriminative_maps_and_not_with_random_ones():
+    test = control_test_split()
+    cfg = ExplainParams(methods=["d_ig", "d_deeplift", "residual", "random"], n_thresholds=20, ig_steps=8,
+                        closing_size=1, blur_sigma=0.0, control_pairs=50)
+    control = stamped_control(SquareDetector(), test, cfg, MaskSettings(20, 1, 0.0), size_grid(101),
+                              torch.Generator().manual_seed(0), np.random.default_rng(0))
+    assert control["n_pairs"] == control["n_moved_by_stamp"] == 11  # every image but the one 7
+    for method in ("d_ig", "d_deeplift", "residual"):
+        assert control["methods"][method]["shortcut_iou"] == pytest.approx(1.0), method
+        assert control["methods"][method]["median_score"] > 0.9, method
+    assert control["methods"]["random"]["shortcut_iou"] < 0.5
+
+
+def test_stamped_control_keeps_at_most_control_pairs_seeded():
+    test = control_test_split()
+    cfg = ExplainParams(methods=["residual"], n_thresholds=8, control_pairs=4)
+    run = lambda seed: stamped_control(SquareDetector(), test, cfg, MaskSettings(8, 1, 0.0), size_grid(11),  # noqa: E731
+                                       torch.Generator().manual_seed(0), np.random.default_rng(seed))
+    assert run(0) == run(0) and run(0)["n_pairs"] == 4 and run(0)["n_moved_by_stamp"] == 11

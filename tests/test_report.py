@@ -20,7 +20,8 @@ CLASSIFIER = {
     "clever_hans": {"test_accuracy": 0.995, "per_class_accuracy": {str(c): 0.99 for c in range(10)},
                     "clean_accuracy": 0.98, "shortcut_reliance": 0.94, "shortcut_reliance_per_class": {"7_square": 0.94}},
 }
-EXPLAIN = {"n_pairs": 90, "n_pairs_kept": 80, "shortcut_iou": 0.61,
+EXPLAIN = {"n_pairs": 90, "n_pairs_kept": 80, "shortcut_iou": 0.61, "best_discriminative_method": "d_ig",
+           "stamped_control": {"n_pairs": 40, "n_moved_by_stamp": 40, "methods": {"d_ig": {"shortcut_iou": 0.67}}},
            "methods": {"d_ig": {"median_score": 0.83, "iqr_score": 0.1}, "ig": {"median_score": 0.41, "iqr_score": 0.2},
                        "random": {"median_score": 0.2, "iqr_score": 0.1}, "residual": {"median_score": 0.7, "iqr_score": 0.1}}}
 
@@ -57,6 +58,7 @@ def test_report_states_findings_from_the_metrics(run_dir):
     assert "assigns 94.0 % of them to class 7: it relies on the square" in text
     assert "Discriminative integrated gradients scores 0.830 vs. 0.410 for vanilla integrated gradients: better" in text
     assert "IoU 0.61" in text
+    assert "control (40 clean images" in text and "reaches IoU 0.67" in text
     timing = json.loads((run_dir / "metrics" / "timing.json").read_text())
     assert timing["total_seconds"] == 4.0 and set(timing["stages"]) == {"train_classifier@colored_mnist", "train_classifier@clever_hans"}
 
