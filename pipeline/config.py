@@ -239,6 +239,7 @@ class GanParams:
     cycle_weight: float = 1.0
     ema_beta: float = 0.999
     mixed_precision: bool = False
+    cuda_graph: bool = False
     checkpoint_every: int = 500
     log_every: int = 50
     max_loss: float = 1e4

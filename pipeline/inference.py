@@ -11,9 +11,9 @@ from pipeline.data import batch_slices, to_float
 
 
 def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA when enabled; a no-op elsewhere."""
+    """bf16 autocast on CUDA when enabled; a no-op elsewhere. No cast cache, so it is safe in CUDA graphs."""
     if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 

@@ -35,7 +35,7 @@ from pipeline.storage import load_checkpoint, save_checkpoint, save_figure, writ
 
 LOSS_NAMES = ("d_real", "d_fake", "d_r1", "g_adversarial", "g_style", "g_cycle")
 # Settings that may change between an interrupted run and its resumption without invalidating it.
-RESUMABLE_SETTINGS = ("iterations", "checkpoint_every", "log_every", "n_grid_images")
+RESUMABLE_SETTINGS = ("iterations", "checkpoint_every", "log_every", "n_grid_images", "cuda_graph")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -111,15 +111,82 @@ def fingerprint(cfg: GanParams, config: dict, seed: int, images: torch.Tensor, l
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def make_optimizers(nets: GanNets, cfg: GanParams) -> dict[str, torch.optim.Optimizer]:
-    betas = (cfg.beta1, cfg.beta2)
+def make_optimizers(nets: GanNets, cfg: GanParams, graphable: bool = False) -> dict[str, torch.optim.Optimizer]:
+    """Adam for the translator (mapping network at its own rate) and for the discriminator.
+
+    ``graphable``: fused, device-side step counts (``capturable``), so the step can live in a CUDA graph.
+    """
+    options = {"betas": (cfg.beta1, cfg.beta2), "weight_decay": cfg.weight_decay}
+    if graphable:
+        options.update(capturable=True, fused=True)
     translator = torch.optim.Adam([
         {"params": list(nets.generator.parameters()) + list(nets.style_encoder.parameters()), "lr": cfg.learning_rate},
         {"params": nets.mapping.parameters(), "lr": cfg.mapping_learning_rate},
-    ], betas=betas, weight_decay=cfg.weight_decay)
-    discriminator = torch.optim.Adam(nets.discriminator.parameters(), lr=cfg.learning_rate, betas=betas,
-                                     weight_decay=cfg.weight_decay)
+    ], **options)
+    discriminator = torch.optim.Adam(nets.discriminator.parameters(), lr=cfg.learning_rate, **options)
     return {"translator": translator, "discriminator": discriminator}
+
+
+class GraphedStep:
+    """Run ``step()`` eagerly for ``warmup`` calls, then capture it once as a CUDA graph and replay it.
+
+    A training step of these small networks launches thousands of tiny kernels; replaying them as one
+    graph removes the per-kernel launch cost, which dominates on a GPU. The step must keep static
+    shapes and never synchronise with the host (it draws its random numbers from ``generator``, which
+    is registered with the graph so every replay gets fresh ones). If capture fails, training goes on
+    eagerly with a warning. Returns the step's output tensor (overwritten by the next replay).
+    """
+
+    def __init__(self, step, generator: torch.Generator, warmup: int = 3):
+        self.step, self.generator, self.warmup = step, generator, warmup
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.output: torch.Tensor | None = None
+        self.failed = False
+
+    def __call__(self) -> torch.Tensor:
+        self.calls += 1
+        if self.graph is not None:
+            self.graph.replay()
+            return self.output
+        if self.failed:
+            return self.step()
+        if self.calls <= self.warmup:
+            return self._warmup()
+        try:
+            self._capture()
+        except RuntimeError as err:  # e.g. an operation that cannot be captured on this torch/driver
+            self._give_up(f"capture failed: {str(err).splitlines()[0]}")
+            return self.step()
+        before = self.generator.get_state()
+        self.graph.replay()
+        if torch.equal(before, self.generator.get_state()):
+            # replays must draw fresh random numbers (and advance the state a checkpoint saves)
+            self._give_up("replay did not advance the random generator")
+        return self.output
+
+    def _give_up(self, why: str) -> None:
+        """Run every later step eagerly, with a warning saying why."""
+        self.graph, self.failed = None, True
+        print(f"[train_gan] warning: CUDA graph {why}; training continues without it "
+              "(gan.cuda_graph: false skips the attempt)", file=sys.stderr)
+
+    def _warmup(self) -> torch.Tensor:
+        # eager steps on a side stream before capture, as CUDA graphs require
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            output = self.step()
+        torch.cuda.current_stream().wait_stream(side)
+        return output
+
+    def _capture(self) -> None:
+        graph = torch.cuda.CUDAGraph()
+        graph.register_generator_state(self.generator)
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph):
+            self.output = self.step()
+        self.graph = graph
 
 
 def training_step(nets: GanNets, optimizers: dict, images: torch.Tensor, labels: torch.Tensor, sampler: ClassSampler,
@@ -227,7 +294,8 @@ def train(nets: GanNets, images: torch.Tensor, labels: torch.Tensor, cfg: GanPar
     """
     device = images.device
     sampler = ClassSampler(labels, nets.config["n_classes"])
-    optimizers = make_optimizers(nets, cfg)
+    graphed = cfg.cuda_graph and device.type == "cuda"
+    optimizers = make_optimizers(nets, cfg, graphable=graphed)
     ema = Translator(nets.config).to(device)
     ema.load_state_dict(translator_state(nets))
     ema.requires_grad_(False)
@@ -238,11 +306,16 @@ def train(nets: GanNets, images: torch.Tensor, labels: torch.Tensor, cfg: GanPar
     flush_every = math.gcd(cfg.log_every, cfg.checkpoint_every)
     buffer = torch.zeros(flush_every, len(LOSS_NAMES), device=device)
     row = 0
+
+    def step() -> torch.Tensor:
+        return training_step(nets, optimizers, images, labels, sampler, cfg, generator)
+
+    run_step = GraphedStep(step, generator) if graphed else step
     started = time.perf_counter()
     bar = tqdm(range(start, cfg.iterations), total=cfg.iterations, initial=start, desc="train_gan", leave=False,
                file=sys.stderr, mininterval=2)
     for iteration in bar:
-        buffer[row] = training_step(nets, optimizers, images, labels, sampler, cfg, generator)
+        buffer[row] = run_step()
         ema_update(ema, nets, ema_beta_at(iteration, cfg.ema_beta))
         row += 1
         done = iteration + 1
