@@ -23,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 from pipeline.config import GanParams
 from pipeline.gan_models import GanNets
 from pipeline.runtime import device_name, select_device
-from pipeline.train_gan import ClassSampler, make_optimizers, train, training_step
+from pipeline.train_gan import ClassSampler, make_optimizers, net_config, train, training_step
 
 
 def workload(n_images: int, n_classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,8 +36,7 @@ def workload(n_images: int, n_classes: int, device: torch.device) -> tuple[torch
 def iterations_per_second(cfg: GanParams, images, labels, n_classes: int) -> float:
     device = images.device
     torch.manual_seed(0)
-    nets = GanNets({"n_classes": n_classes, "style_dim": cfg.style_dim, "latent_dim": cfg.latent_dim,
-                    "width": cfg.width}).to(device)
+    nets = GanNets(net_config(cfg, n_classes)).to(device)
     generator = torch.Generator(device=device).manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         result = train(nets, images, labels, cfg, generator, Path(tmp) / "last.pt", stamp="benchmark")
@@ -46,8 +45,7 @@ def iterations_per_second(cfg: GanParams, images, labels, n_classes: int) -> flo
 
 def profile_one_step(cfg: GanParams, images, labels, n_classes: int, rows: int) -> None:
     device = images.device
-    nets = GanNets({"n_classes": n_classes, "style_dim": cfg.style_dim, "latent_dim": cfg.latent_dim,
-                    "width": cfg.width}).to(device)
+    nets = GanNets(net_config(cfg, n_classes)).to(device)
     optimizers = make_optimizers(nets, cfg)
     sampler = ClassSampler(labels, n_classes)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -90,7 +88,7 @@ def main() -> None:
     print(f"eager:      {eager:8.1f} it/s   {eager * cfg.batch_size:10.0f} images/s")
     if device.type == "cuda":
         start = time.perf_counter()
-        graphed = iterations_per_second(cfg, images, labels, args.classes)
+        graphed = iterations_per_second(dataclasses.replace(cfg, cuda_graph=True), images, labels, args.classes)
         print(f"CUDA graph: {graphed:8.1f} it/s   {graphed * cfg.batch_size:10.0f} images/s   "
               f"({graphed / eager:.1f}x; run incl. capture {time.perf_counter() - start:.1f} s)")
     if args.profile_rows:
