@@ -254,8 +254,7 @@ class GanParams:
         check_each(self, where, positive, "a positive number", "learning_rate", "mapping_learning_rate", "max_loss")
         check_each(self, where, non_negative, "a number >= 0",
                    "weight_decay", "adversarial_weight", "r1_weight", "style_weight", "cycle_weight")
-        check_each(self, where, in_unit_interval, "a number in [0, 1)", "beta1", "beta2")
-        check_each(self, where, in_unit_interval, "a number in [0, 1)", "ema_beta")
+        check_each(self, where, in_unit_interval, "a number in [0, 1)", "beta1", "beta2", "ema_beta")
 
 
 @dataclass(frozen=True)

@@ -113,21 +113,23 @@ def stamped_control_pairs(model, test: dict, n_pairs: int, rng: np.random.Genera
     images of other classes that the stamp alone moves into the shortcut's class (at most ``n_pairs``,
     seeded). Their only difference is the stamp, so a method's optimal masks here show how well it
     can find the shortcut at all, apart from what the GAN changes besides it."""
-    clean, labels = test["clean_images"], test["labels"]
-    device = clean.device
-    chosen = []
-    for k, label in enumerate(test["shortcut_labels"].tolist()):
+    clean, labels, shortcut_labels = test["clean_images"], test["labels"], test["shortcut_labels"]
+    shortcut, index = [], []  # which shortcut, which test image: every image the stamp moves
+    n_candidates = 0          # (shortcut, image of another class) pairs tried
+    for k, label in enumerate(shortcut_labels.tolist()):
         others = torch.nonzero(labels != label).flatten()
+        n_candidates += len(others)
         predicted = predict_probabilities(model, to_float(test["shortcut_images"][k][others])).argmax(1)
-        moved = others[predicted == label].cpu().numpy()
-        chosen += [(k, int(i)) for i in moved]
-    n_moved = len(chosen)
+        moved = others[predicted == label]
+        shortcut.append(torch.full_like(moved, k))
+        index.append(moved)
+    shortcut, index = torch.cat(shortcut), torch.cat(index)
+    n_moved = len(index)
     if n_moved > n_pairs:
-        chosen = [chosen[i] for i in np.sort(rng.choice(n_moved, size=n_pairs, replace=False))]
-    k = torch.as_tensor([c[0] for c in chosen], dtype=torch.long, device=device)
-    index = torch.as_tensor([c[1] for c in chosen], dtype=torch.long, device=device)
-    return Pairs(to_float(clean[index]), to_float(test["shortcut_images"][k, index]), index, labels[index],
-                 test["shortcut_labels"][k], n_pairs=len(labels), n_reaching_target=n_moved)
+        keep = torch.from_numpy(np.sort(rng.choice(n_moved, size=n_pairs, replace=False))).to(index.device)
+        shortcut, index = shortcut[keep], index[keep]
+    return Pairs(to_float(clean[index]), to_float(test["shortcut_images"][shortcut, index]), index, labels[index],
+                 shortcut_labels[shortcut], n_pairs=n_candidates, n_reaching_target=n_moved)
 
 
 def explain_pairs(method: str, model, pairs: Pairs, cfg: ExplainParams, settings: MaskSettings, grid: torch.Tensor,

@@ -200,10 +200,6 @@ class GanNets(Translator):
         super().__init__(config)
         self.discriminator = Discriminator(self.config["n_classes"], self.config["width"])
 
-    def translator_modules(self) -> list[nn.Module]:
-        """The networks that the EMA copy averages (everything but the discriminator)."""
-        return [self.generator, self.mapping, self.style_encoder]
-
 
 def translator_state(nets: nn.Module) -> dict:
     """State dict of generator, mapping network and style encoder (of ``GanNets`` or ``Translator``)."""

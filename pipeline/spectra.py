@@ -53,7 +53,7 @@ def train_detector(features: torch.Tensor, labels: torch.Tensor, cfg: SpectraPar
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return {"layer": layer, "mean": mean, "std": std, "train_loss": loss.item()}
+    return {"layer": layer, "mean": mean, "std": std}
 
 
 @torch.no_grad()

@@ -111,6 +111,11 @@ def fingerprint(cfg: GanParams, config: dict, seed: int, images: torch.Tensor, l
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def net_config(cfg: GanParams, n_classes: int) -> dict:
+    """The architecture settings :class:`GanNets` and the saved translator are built from."""
+    return {"n_classes": n_classes, "style_dim": cfg.style_dim, "latent_dim": cfg.latent_dim, "width": cfg.width}
+
+
 def make_optimizers(nets: GanNets, cfg: GanParams, graphable: bool = False) -> dict[str, torch.optim.Optimizer]:
     """Adam for the translator (mapping network at its own rate) and for the discriminator.
 
@@ -386,8 +391,7 @@ def main(argv: list[str] | None = None) -> None:
         meta = load_meta(ctx.dataset)
         train_split = load_prepared(ctx.dataset, "train", ctx.device)
         test = load_prepared(ctx.dataset, "test", ctx.device)
-        config = {"n_classes": meta["n_classes"], "style_dim": cfg.style_dim, "latent_dim": cfg.latent_dim,
-                  "width": cfg.width}
+        config = net_config(cfg, meta["n_classes"])
         torch.manual_seed(ctx.params.seed)
         nets = GanNets(config).to(ctx.device)
         stamp = fingerprint(cfg, config, ctx.params.seed, train_split["images"], train_split["labels"])

@@ -34,11 +34,13 @@ def fresh_nets():
     return GanNets(CONFIG)
 
 
-def run(tmp_path, cfg, on_log=None, name="last.pt"):
-    images, labels = toy_data()
-    nets = fresh_nets()
+def run(tmp_path, cfg, on_log=None, name="last.pt", device="cpu", generator=None):
+    """Train fresh nets on the toy data on ``device``; ``generator`` (seeded 1 when None) is left advanced."""
+    images, labels = (t.to(device) for t in toy_data())
+    nets = fresh_nets().to(device)
     stamp = fingerprint(cfg, CONFIG, 0, images, labels)
-    result = train(nets, images, labels, cfg, torch.Generator().manual_seed(1), tmp_path / name, stamp, on_log=on_log)
+    generator = generator if generator is not None else torch.Generator(device=device).manual_seed(1)
+    result = train(nets, images, labels, cfg, generator, tmp_path / name, stamp, on_log=on_log)
     return nets, result
 
 
@@ -145,12 +147,10 @@ def test_translator_round_trips_and_translates_to_valid_images(tmp_path):
     assert torch.allclose(translator.reference_style(x, classes), nets.style_encoder(x, classes), atol=1e-6)
 
 
-def run_on(device, tmp_path, cfg, name, on_log=None):
-    images, labels = (t.to(device) for t in toy_data())
-    nets = fresh_nets().to(device)
-    stamp = fingerprint(cfg, CONFIG, 0, images, labels)
+def run_on(device, tmp_path, cfg, name):
+    """(flat parameters, result, generator state after training) of :func:`run` on ``device``."""
     generator = torch.Generator(device=device).manual_seed(1)
-    result = train(nets, images, labels, cfg, generator, tmp_path / name, stamp, on_log=on_log)
+    nets, result = run(tmp_path, cfg, name=name, device=device, generator=generator)
     return flat(nets), result, generator.get_state()
 
 
