@@ -11,6 +11,7 @@ that a type cannot express live in each section's ``check`` method.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,10 @@ import yaml
 DATASETS = ("colored_mnist", "clever_hans")
 IMAGE_SIZE = 28
 N_SOURCE_CLASSES = 10  # MNIST and Fashion-MNIST both have ten classes
+SPLIT_SIZES = {  # images per split of each source, as published
+    "mnist": {"train": 60_000, "test": 10_000},
+    "fashion-mnist": {"train": 60_000, "test": 10_000},
+}
 
 
 class ConfigError(ValueError):
@@ -68,10 +73,19 @@ class DataParams:
     test_size: Optional[int] = None
 
     def check(self, where: str) -> None:
-        for name in ("train_size", "test_size"):
+        if not self.root.strip():
+            fail(f"{where}.root", self.root, "a folder path (the torchvision root holding MNIST/raw)")
+        for name, split in (("train_size", "train"), ("test_size", "test")):
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                fail(f"{where}.{name}", value, "a positive integer, or null for the whole split")
+            limit = SPLIT_SIZES[self.source][split]
+            if value is not None and not 1 <= value <= limit:
+                fail(f"{where}.{name}", value,
+                     f"an integer in 1..{limit} (the {self.source} {split} split has {limit} images), or null for the whole split")
+
+    def n_images(self, split: str) -> int:
+        """How many images of ``split`` ("train" or "test") the prepared data will hold, at most."""
+        size = self.train_size if split == "train" else self.test_size
+        return SPLIT_SIZES[self.source][split] if size is None else size
 
 
 @dataclass(frozen=True)
@@ -130,6 +144,25 @@ class ShortcutParams:
             bad = sorted(set(self.text) - set(GLYPHS))
             if not self.text or bad:
                 fail(f"{where}.text", self.text, f"a non-empty string of the characters {''.join(sorted(GLYPHS))!r}")
+        self.check_fits_inside_image(where)
+
+    def check_fits_inside_image(self, where: str) -> None:
+        """The stamp must lie wholly inside the image: a clipped stamp is not the shortcut these params describe."""
+        from pipeline.shortcuts import GLYPH_WIDTH, shortcut_pattern
+
+        height, width = shortcut_pattern(self).shape
+        if height > IMAGE_SIZE or width > IMAGE_SIZE:
+            if self.kind == "text" and shortcut_pattern(dataclasses.replace(self, size=1)).shape[1] > IMAGE_SIZE:
+                fail(f"{where}.text", self.text, f"at most {(IMAGE_SIZE + 1) // (GLYPH_WIDTH + 1)} characters, "
+                     f"so that the text fits inside the {IMAGE_SIZE}x{IMAGE_SIZE} image")
+            unit_height, unit_width = shortcut_pattern(dataclasses.replace(self, size=1)).shape
+            largest = IMAGE_SIZE // max(unit_height, unit_width) if self.kind == "text" else IMAGE_SIZE
+            fail(f"{where}.size", self.size, f"an integer in 1..{largest}, so that the {self.kind} fits inside the "
+                 f"{IMAGE_SIZE}x{IMAGE_SIZE} image (this size makes it {height}x{width})")
+        row, col = self.position
+        if row + height > IMAGE_SIZE or col + width > IMAGE_SIZE:
+            fail(f"{where}.position", self.position, f"[row, col] with row in 0..{IMAGE_SIZE - height} and col in "
+                 f"0..{IMAGE_SIZE - width}, so that the {height}x{width} {self.kind} fits inside the {IMAGE_SIZE}x{IMAGE_SIZE} image")
 
 
 @dataclass(frozen=True)
@@ -140,9 +173,13 @@ class CleverHansParams:
     def check(self, where: str) -> None:
         if not self.shortcuts:
             fail(f"{where}.shortcuts", self.shortcuts, "at least one {label, kind} entry")
-        pairs = [(s.label, s.kind) for s in self.shortcuts]
-        if len(set(pairs)) != len(pairs):
-            fail(f"{where}.shortcuts", pairs, "distinct (label, kind) pairs")
+        first_with_label: dict[int, int] = {}
+        for i, shortcut in enumerate(self.shortcuts):
+            if shortcut.label in first_with_label:
+                fail(f"{where}.shortcuts[{i}].label", shortcut.label,
+                     f"a class without a shortcut yet (shortcuts[{first_with_label[shortcut.label]}] already plants one "
+                     f"in class {shortcut.label}): one shortcut per class")
+            first_with_label[shortcut.label] = i
 
 
 @dataclass(frozen=True)
@@ -502,13 +539,46 @@ def build(cls: type, raw: Any, where: str = ""):
     return obj
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error, not "the last one wins"."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key_node.value!r} appears twice in the same mapping", key_node.start_mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse ``path``; a syntax error or a duplicated key becomes a one-line error with the file and line."""
+    if not path.is_file():
+        where = "is a folder, not a file" if path.is_dir() else "not found; run stages from the repository root"
+        raise ConfigError(f"params: {path} {where}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"params: {path} cannot be read as UTF-8 text ({err})") from err
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        problem = " ".join(str(err.problem or err.context or "syntax error").split())
+        place = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"params: {path} is not valid YAML{place} ({problem}); fix it there") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"params: {path} is not valid YAML ({' '.join(str(err).split())})") from err
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate the whole parameter file."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"params: {path} not found; run stages from the repository root")
-    with path.open() as fh:
-        raw = yaml.safe_load(fh)
+    raw = read_yaml(path)
+    if raw is not None and not isinstance(raw, dict):
+        fail(str(path), raw, "a mapping of sections: " + ", ".join(f.name for f in dataclasses.fields(Params)))
     return build(Params, raw)
 
 

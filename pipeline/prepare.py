@@ -6,7 +6,7 @@ import sys
 import numpy as np
 
 from pipeline import paths
-from pipeline.config import Params
+from pipeline.config import CleverHansParams, Params, fail
 from pipeline.data import colorize, load_source, plant_shortcuts, shortcut_test_sets, subsample
 from pipeline.plotting import image_grid
 from pipeline.runtime import stage
@@ -19,9 +19,28 @@ SOURCE_CLASS_NAMES = {
 
 
 def load_split(params: Params, train: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of one split, cut to ``data.train_size`` / ``data.test_size`` (a seeded subset)."""
     gray, labels = load_source(params.data, train=train)
-    keep = subsample(len(gray), params.data.train_size if train else params.data.test_size, rng)
+    key = "train_size" if train else "test_size"
+    size = getattr(params.data, key)
+    if size is not None and size > len(gray):
+        fail(f"data.{key}", size, f"at most {len(gray)}, the number of {'training' if train else 'test'} images "
+             f"under {params.data.root}, or null for all of them")
+    keep = subsample(len(gray), size, rng)
     return gray[keep], labels[keep]
+
+
+def check_every_shortcut_is_planted(labels: np.ndarray, cfg: CleverHansParams) -> None:
+    """A shortcut with a positive ``fraction`` must land on at least one training image of its class."""
+    for k, shortcut in enumerate(cfg.shortcuts):
+        members = int((labels == shortcut.label).sum())
+        if shortcut.fraction > 0 and int(round(shortcut.fraction * members)) == 0:
+            if members == 0:
+                allowed = f"0, since no training image of class {shortcut.label} is loaded (raise data.train_size)"
+            else:
+                allowed = (f"0 or at least {1 / members:.3g}, so that one of the {members} training images of class "
+                           f"{shortcut.label} carries it (or raise data.train_size)")
+            fail(f"clever_hans.shortcuts[{k}].fraction", shortcut.fraction, allowed)
 
 
 def build_colored_mnist(params: Params, rng: np.random.Generator) -> tuple[dict, dict, dict]:
@@ -34,7 +53,9 @@ def build_colored_mnist(params: Params, rng: np.random.Generator) -> tuple[dict,
 
 def build_clever_hans(params: Params, rng: np.random.Generator) -> tuple[dict, dict, dict]:
     cfg = params.clever_hans
-    train = plant_shortcuts(*load_split(params, True, rng), cfg, rng)
+    train_gray, train_labels = load_split(params, True, rng)
+    check_every_shortcut_is_planted(train_labels, cfg)
+    train = plant_shortcuts(train_gray, train_labels, cfg, rng)
     test_gray, test_labels = load_split(params, False, rng)
     test = plant_shortcuts(test_gray, test_labels, cfg, rng)  # same distribution as training
     test.update(shortcut_test_sets(test_gray, cfg))

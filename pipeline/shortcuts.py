@@ -28,6 +28,7 @@ GLYPHS = {
     ".": ("000", "000", "000", "000", "010"),
     " ": ("000", "000", "000", "000", "000"),
 }
+GLYPH_WIDTH = 3  # columns of every glyph; render_text puts one blank column between glyphs
 WATERMARK_PERIOD = 3
 
 
@@ -44,31 +45,39 @@ def render_text(text: str, scale: int = 1) -> np.ndarray:
 
 
 def _place(pattern: np.ndarray, position: list[int]) -> np.ndarray:
-    """Put ``pattern`` with its top-left corner at ``position``, cropped at the image border."""
+    """Put ``pattern`` with its top-left corner at ``position``; it must lie wholly inside the image.
+
+    A cropped stamp would not be the shortcut the params describe (and its mask would not be its
+    pixels), so a pattern that does not fit is refused rather than clipped.
+    """
     alpha = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     row, col = position
-    h = min(pattern.shape[0], IMAGE_SIZE - row)
-    w = min(pattern.shape[1], IMAGE_SIZE - col)
-    alpha[row : row + h, col : col + w] = pattern[:h, :w]
+    height, width = pattern.shape
+    if row < 0 or col < 0 or row + height > IMAGE_SIZE or col + width > IMAGE_SIZE:
+        raise ValueError(f"a {height}x{width} pattern at {list(position)} does not fit inside the "
+                         f"{IMAGE_SIZE}x{IMAGE_SIZE} image")
+    alpha[row : row + height, col : col + width] = pattern
     return alpha
+
+
+def shortcut_pattern(shortcut: ShortcutParams) -> np.ndarray:
+    """The shortcut's opacity pattern at full strength, before placing: its shape is the stamp's extent."""
+    size = shortcut.size
+    if shortcut.kind == "square":
+        return np.ones((size, size), dtype=np.float32)
+    if shortcut.kind == "text":
+        return render_text(shortcut.text, scale=size)
+    rows, cols = np.indices((size, size))
+    if shortcut.kind == "watermark":
+        return ((rows + cols) % WATERMARK_PERIOD == 0).astype(np.float32)
+    if shortcut.kind == "gradient":
+        return ((rows + cols + 1) / (2 * size - 1)).astype(np.float32)
+    raise ValueError(f"unknown shortcut kind {shortcut.kind!r}")  # validated in config; kept for direct calls
 
 
 def shortcut_alpha(shortcut: ShortcutParams) -> np.ndarray:
     """Opacity map (H x W float32 in [0, 1]) of one shortcut."""
-    size = shortcut.size
-    if shortcut.kind == "square":
-        pattern = np.ones((size, size), dtype=np.float32)
-    elif shortcut.kind == "text":
-        pattern = render_text(shortcut.text, scale=size)
-    elif shortcut.kind == "watermark":
-        rows, cols = np.indices((size, size))
-        pattern = ((rows + cols) % WATERMARK_PERIOD == 0).astype(np.float32)
-    elif shortcut.kind == "gradient":
-        rows, cols = np.indices((size, size))
-        pattern = ((rows + cols + 1) / (2 * size - 1)).astype(np.float32)
-    else:  # validated in config; kept for safety when called directly
-        raise ValueError(f"unknown shortcut kind {shortcut.kind!r}")
-    return _place(pattern, shortcut.position) * np.float32(shortcut.strength)
+    return _place(shortcut_pattern(shortcut), shortcut.position) * np.float32(shortcut.strength)
 
 
 def stamp(images: np.ndarray, alpha: np.ndarray, color: list[float]) -> np.ndarray:

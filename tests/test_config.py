@@ -3,7 +3,7 @@ import copy
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, Params, build, load_params
+from pipeline.config import ConfigError, Params, build, load_params, to_dict
 from tests.conftest import REPO
 
 DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -23,10 +23,14 @@ def with_change(path: str, value):
     return raw
 
 
-def test_repository_params_are_valid():
-    params = load_params(REPO / "params.yaml")
-    assert params.n_classes("colored_mnist") == len(params.colored_mnist.colormaps)
-    assert params.n_classes("clever_hans") == 10
+def test_repository_params_load_exactly_as_written():
+    """Every value of params.yaml reaches the loaded params unchanged: none dropped, defaulted or altered."""
+    assert to_dict(load_params(REPO / "params.yaml")) == DEFAULTS
+
+
+def test_n_classes_of_colored_mnist_is_the_number_of_colormaps():
+    params = build(Params, with_change("colored_mnist.colormaps", ["viridis", "magma", "cividis"]))
+    assert params.n_classes("colored_mnist") == 3
 
 
 @pytest.mark.parametrize(
@@ -44,6 +48,13 @@ def test_repository_params_are_valid():
         ("data.train_size", -5, "data.train_size"),
         ("data.train_size", 2.5, "data.train_size"),
         ("classifier.mixed_precision", "yes", "true or false"),
+        ("clever_hans.shortcuts.0.size", 40, "clever_hans.shortcuts[0].size"),
+        ("clever_hans.shortcuts.0.position", [25, 25], "clever_hans.shortcuts[0].position"),
+        ("data.train_size", 60_001, "data.train_size"),
+        ("data.test_size", 10_001, "data.test_size"),
+        ("data.root", "", "data.root"),
+        ("attribution.n_images", 10_001, "attribution.n_images"),
+        ("counterfactuals.n_images", 10_001, "counterfactuals.n_images"),
     ],
 )
 def test_invalid_values_name_key_and_allowed(path, value, must_name):
@@ -83,3 +94,83 @@ def test_cli_reports_config_error_without_traceback(tmp_path, capsys):
         prepare.main(["colored_mnist", "--params", str(bad)])
     assert exit_info.value.code == 2
     assert "classifier.epochs" in capsys.readouterr().err
+
+
+def with_shortcut(**fields):
+    raw = copy.deepcopy(DEFAULTS)
+    raw["clever_hans"]["shortcuts"][0].update(fields)
+    return raw
+
+
+@pytest.mark.parametrize(
+    "fields, key, allowed",
+    [
+        ({"kind": "square", "size": 40}, "size", "an integer in 1..28"),
+        ({"kind": "square", "position": [25, 25], "size": 4}, "position", "row in 0..24 and col in 0..24"),
+        ({"kind": "square", "position": [0, 19], "size": 10}, "position", "col in 0..18"),
+        ({"kind": "text", "text": "09:41:00:00", "size": 1}, "text", "at most 7 characters"),
+        ({"kind": "text", "text": "09:41", "size": 2}, "size", "an integer in 1..1"),
+        ({"kind": "text", "text": "09:41", "size": 1, "position": [24, 0]}, "position", "row in 0..23 and col in 0..9"),
+        ({"kind": "watermark", "position": [20, 0], "size": 10}, "position", "row in 0..18"),
+        ({"kind": "gradient", "position": [0, 0], "size": 29}, "size", "an integer in 1..28"),
+    ],
+)
+def test_a_shortcut_must_fit_inside_the_image(fields, key, allowed):
+    with pytest.raises(ConfigError) as err:
+        build(Params, with_shortcut(**fields))
+    message = str(err.value)
+    assert message.startswith(f"params: clever_hans.shortcuts[0].{key} = ") and allowed in message
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"kind": "square", "position": [18, 18], "size": 10},
+        {"kind": "text", "text": "09:41", "size": 1, "position": [23, 9]},
+        {"kind": "text", "text": "0", "size": 5, "position": [3, 13]},
+        {"kind": "gradient", "position": [0, 0], "size": 28},
+    ],
+)
+def test_a_shortcut_touching_the_border_is_accepted(fields):
+    build(Params, with_shortcut(**fields))
+
+
+def test_two_shortcuts_may_not_share_a_class():
+    raw = copy.deepcopy(DEFAULTS)
+    first = raw["clever_hans"]["shortcuts"][0]
+    raw["clever_hans"]["shortcuts"].append(dict(first, kind="watermark", size=6, position=[20, 20]))
+    with pytest.raises(ConfigError, match=r"clever_hans.shortcuts\[1\].label = 7 .*one shortcut per class"):
+        build(Params, raw)
+
+
+def test_a_smaller_test_split_bounds_the_test_samples():
+    raw = with_change("data.test_size", 300)
+    raw["counterfactuals"]["n_images"] = 300
+    raw["attribution"]["n_images"] = 301
+    with pytest.raises(ConfigError, match=r"attribution.n_images = 301 .*at most 300.*data.test_size"):
+        build(Params, raw)
+    raw["attribution"]["n_images"] = 300
+    build(Params, raw)
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("seed: 0\ndata:\n  root: data/raw\n   source: mnist\n", "line 4, column 10"),  # over-indented key
+        ("seed: 0\ndata: [mnist\n", "line 3"),                                        # unclosed list
+        ("seed: 0\ndata:\n\troot: x\n", "line 3, column 1"),                          # a tab indent
+        ("seed: 0\nseed: 1\n", "line 2, column 1"),                                   # the same key twice
+    ],
+)
+def test_yaml_errors_name_the_file_and_line(tmp_path, text, where):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert message.startswith(f"params: {path} is not valid YAML at {where}") and "\n" not in message
+
+
+def test_a_folder_is_not_a_params_file(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder, not a file"):
+        load_params(tmp_path)

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from pipeline.config import CleverHansParams, ColoredMnistParams, DataParams, ShortcutParams
-from pipeline.data import DatasetUnavailable, colorize, load_source, plant_shortcuts, shortcut_test_sets, subsample
+from pipeline.data import (DatasetUnavailable, check_raw_files, colorize, load_source, plant_shortcuts,
+                           shortcut_test_sets, subsample)
 
 
 def gray_digits(n=40, seed=0):
@@ -61,6 +62,17 @@ def test_missing_source_files_give_a_clear_error(tmp_path):
     assert str(tmp_path / "MNIST" / "raw") in message and "train-images-idx3-ubyte" in message
 
 
+def test_real_mnist_files_match_their_idx_headers(mnist_root):
+    from torchvision.datasets import MNIST
+
+    from pipeline.data import read_idx_shape
+
+    raw_dir = mnist_root / "MNIST" / "raw"
+    check_raw_files(raw_dir, MNIST)
+    assert read_idx_shape(raw_dir / "train-images-idx3-ubyte") == (60_000, 28, 28)
+    assert read_idx_shape(raw_dir / "t10k-labels-idx1-ubyte") == (10_000,)
+
+
 def _prepare_hashes(workdir, params_file):
     import os
 
@@ -81,7 +93,8 @@ def _prepare_hashes(workdir, params_file):
 
 
 def test_generation_is_bit_identical_for_the_same_params(tmp_path, mnist_root):
-    params = {"seed": 5, "device": "cpu", "data": {"root": str(mnist_root), "train_size": 300, "test_size": 100}}
+    params = {"seed": 5, "device": "cpu", "data": {"root": str(mnist_root), "train_size": 300, "test_size": 100},
+              "attribution": {"n_images": 100}, "counterfactuals": {"n_images": 100}}
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()

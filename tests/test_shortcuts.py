@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import ShortcutParams
-from pipeline.shortcuts import render_text, shortcut_alpha, stamp
+from pipeline.shortcuts import render_text, shortcut_alpha, shortcut_pattern, stamp
 
 
 def test_square_alpha_is_the_square():
@@ -12,9 +12,23 @@ def test_square_alpha_is_the_square():
     np.testing.assert_array_equal(alpha, expected)
 
 
-def test_square_is_cropped_at_border():
-    alpha = shortcut_alpha(ShortcutParams(label=1, kind="square", position=[26, 26], size=4))
-    assert alpha.sum() == 4
+def test_square_touching_the_border_is_whole():
+    alpha = shortcut_alpha(ShortcutParams(label=1, kind="square", position=[24, 24], size=4))
+    assert alpha.sum() == 16 and alpha[24:, 24:].all()
+
+
+@pytest.mark.parametrize("kind, position, size", [("square", [26, 26], 4), ("square", [1, 1], 40),
+                                                  ("text", [0, 0], 2), ("watermark", [0, 20], 10),
+                                                  ("gradient", [20, 0], 10)])
+def test_a_pattern_that_does_not_fit_is_refused_not_cropped(kind, position, size):
+    with pytest.raises(ValueError, match="does not fit inside the 28x28 image"):
+        shortcut_alpha(ShortcutParams(label=1, kind=kind, position=position, size=size))
+
+
+@pytest.mark.parametrize("kind, size, text, extent", [("square", 6, "", (6, 6)), ("watermark", 5, "", (5, 5)),
+                                                      ("gradient", 7, "", (7, 7)), ("text", 2, "1:1", (10, 22))])
+def test_pattern_extent_per_kind(kind, size, text, extent):
+    assert shortcut_pattern(ShortcutParams(label=1, kind=kind, size=size, text=text or "0")).shape == extent
 
 
 def test_stamp_blends_toward_color_with_opacity():
@@ -33,7 +47,8 @@ def test_text_renders_glyphs_side_by_side():
 
 @pytest.mark.parametrize("kind", ["text", "watermark", "gradient"])
 def test_every_kind_has_a_nonempty_mask_within_strength(kind):
-    shortcut = ShortcutParams(label=3, kind=kind, position=[0, 0], size=6, strength=0.2)
+    size = 1 if kind == "text" else 6  # text: the glyph scale; "09:41" at scale 1 is 5x19 pixels
+    shortcut = ShortcutParams(label=3, kind=kind, position=[0, 0], size=size, strength=0.2)
     alpha = shortcut_alpha(shortcut)
     assert (alpha > 0).sum() > 3
     assert alpha.max() <= 0.2 + 1e-6
