@@ -5,6 +5,9 @@ scored for faithfulness (deletion curve, infidelity, max-sensitivity), for the m
 sanity check, and against the ground truth: the planted shortcut's pixels (``clever_hans``), the
 digit's pixels, and the RGB channels that carry the colormap (``colored_mnist``). Grad-CAM also
 segments the digit, and mistakes get a contrastive (predicted vs. true class) view.
+
+``metrics/<D>/attribution.json`` holds three headline figures (see ``headline``); every score of
+every method goes to ``plots/<D>/attribute/details.json`` and ``method_scores.csv``.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from tqdm import tqdm
 
 from pipeline import paths
 from pipeline.attribution_methods import (Explainer, as_captum_explanation, gradcam_explainer, make_explainer,
-                                          skip_reason)
+                                          noise_baseline, skip_reason)
 from pipeline.attribution_plots import (contrastive_figure, counterfactual_figure, deletion_figure, ig_baselines_figure,
                                         localization_figure, method_grids, placeholder_figure, segmentation_figure)
 from pipeline.attribution_scores import (CHANNELS, channel_shares, colormap_channel_std, curve_area, deletion_curve,
@@ -27,8 +30,8 @@ from pipeline.attribution_scores import (CHANNELS, channel_shares, colormap_chan
 from pipeline.config import AttributionParams
 from pipeline.data import batch_slices, load_meta, load_prepared, subsample, to_float
 from pipeline.inference import predict_probabilities
-from pipeline.models import build_classifier, frozen, load_classifier
-from pipeline.runtime import stage
+from pipeline.models import build_seeded_classifier, frozen, load_classifier
+from pipeline.runtime import StageContext, stage
 from pipeline.storage import load_checkpoint, save_arrays, save_figure, write_csv, write_json
 
 STAGE = "attribute"
@@ -101,7 +104,7 @@ def runnable_methods(names: list[str], model) -> tuple[list[str], dict[str, str]
     return runnable, skipped
 
 
-def attribute_all(methods: list[str], model, sets: dict, cfg: AttributionParams, seed: int) -> dict:
+def attribute_all(methods: list[str], model, sets: dict, cfg: AttributionParams, noise: torch.Tensor) -> dict:
     """{method: {set name: attributions}}: every image set in one batched pass per method, one progress bar."""
     images = torch.cat([s["images"] for s in sets.values()])
     targets = torch.cat([s["targets"] for s in sets.values()])
@@ -111,9 +114,42 @@ def attribute_all(methods: list[str], model, sets: dict, cfg: AttributionParams,
               mininterval=2, leave=False) as bar:
         for name in methods:
             bar.set_postfix_str(name)
-            maps = attribute_batches(make_explainer(name, model, cfg, seed), images, targets, cfg.batch_size, bar)
+            maps = attribute_batches(make_explainer(name, model, cfg, noise), images, targets, cfg.batch_size, bar)
             result[name] = dict(zip(sets, maps.split(sizes)))
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# Random streams
+# --------------------------------------------------------------------------------------------
+RANDOM_STREAMS = ("noise_baseline", "infidelity", "deletion_order", "randomized_model", "captum")
+
+
+def random_streams(ctx: StageContext) -> dict[str, torch.Generator]:
+    """One CPU generator per random draw of the stage, each from its own named stream of the global seed.
+
+    ``noise_baseline``: the ``ig_noise`` baseline image; ``infidelity``: the perturbations of captum's
+    infidelity; ``deletion_order``: the random-order deletion reference; ``randomized_model``: the
+    weights of the re-initialised model of the randomisation check; ``captum``: the seed of the global
+    generator that captum's NoiseTunnel and sensitivity_max draw from. Drawn on the CPU, so a CPU and a
+    GPU run draw the same numbers (except those captum draws on the data's device).
+    """
+    return {name: ctx.generator(name, device="cpu") for name in RANDOM_STREAMS}
+
+
+def random_deletion_order(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """A uniform-noise "attribution" of ``shape``: deleting pixels in its order is the reference to beat."""
+    return torch.rand(shape, generator=generator, device=generator.device)
+
+
+def gaussian_perturbation(std: float, generator: torch.Generator):
+    """captum's infidelity ``perturb_func``: Gaussian noise of ``std`` drawn by ``generator``, on the inputs' device."""
+
+    def perturb(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = torch.randn(inputs.shape, generator=generator, device=generator.device).to(inputs.device) * std
+        return noise, inputs - noise
+
+    return perturb
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,27 +160,23 @@ def probability_function(model, cfg: AttributionParams):
 
 
 def faithfulness_scores(name: str, model, random_model, images: torch.Tensor, targets: torch.Tensor,
-                        attributions: torch.Tensor, cfg: AttributionParams, seed: int) -> dict:
-    """Infidelity and randomisation check on ``n_faithfulness_images``, max-sensitivity on ``n_sensitivity_images``."""
+                        attributions: torch.Tensor, cfg: AttributionParams, noise: torch.Tensor, perturb) -> dict:
+    """Infidelity and randomisation check on ``n_faithfulness_images``, max-sensitivity on ``n_sensitivity_images``.
+
+    ``noise``: the ``ig_noise`` baseline image; ``perturb``: infidelity's perturbation (``gaussian_perturbation``).
+    """
     from captum.metrics import infidelity, sensitivity_max
 
     x = to_float(images[: cfg.n_faithfulness_images])
     t = targets[: cfg.n_faithfulness_images]
-    generator = torch.Generator(device=x.device)
-    generator.manual_seed(seed)
-
-    def gaussian_perturbation(inputs):
-        noise = torch.randn(inputs.shape, generator=generator, device=inputs.device) * cfg.infidelity_noise
-        return noise, inputs - noise
-
-    infidelities = infidelity(model, gaussian_perturbation, x, attributions[: len(x)], target=t,
+    infidelities = infidelity(model, perturb, x, attributions[: len(x)], target=t,
                               n_perturb_samples=cfg.infidelity_samples, normalize=True,
                               max_examples_per_batch=max(len(x), min(cfg.batch_size * 4, len(x) * cfg.infidelity_samples)))
-    random_maps = attribute_batches(make_explainer(name, random_model, cfg, seed), x, t, cfg.batch_size)
+    random_maps = attribute_batches(make_explainer(name, random_model, cfg, noise), x, t, cfg.batch_size)
     randomization = rank_correlation(pixel_map(attributions[: len(x)]).abs(), pixel_map(random_maps).abs())
 
     xs, ts = x[: cfg.n_sensitivity_images], t[: cfg.n_sensitivity_images]
-    explanation = as_captum_explanation(make_explainer(name, model, cfg, seed))
+    explanation = as_captum_explanation(make_explainer(name, model, cfg, noise))
     sensitivities = sensitivity_max(explanation, xs, perturb_radius=cfg.sensitivity_radius,
                                     n_perturb_samples=cfg.sensitivity_samples, target=ts,
                                     max_examples_per_batch=max(len(xs), min(cfg.batch_size, len(xs) * cfg.sensitivity_samples)))
@@ -152,17 +184,25 @@ def faithfulness_scores(name: str, model, random_model, images: torch.Tensor, ta
             "randomization_spearman": nanmean(randomization)}
 
 
+SHARES_VARY = 1e-4  # channel shares closer together than this are float noise around an even split
+
+
 def color_scores(attributions: torch.Tensor, labels: torch.Tensor, class_names: list[str],
                  channel_std: np.ndarray) -> dict:
-    """Share of |attribution| per RGB channel, overall and per class, and how well it follows the colormap's channels."""
+    """Share of |attribution| per RGB channel, overall and per class, and how well it follows the colormap's channels.
+
+    The alignment is the correlation of the per-class channel shares with each colormap's channel
+    variation; it is undefined (NaN) for a method whose shares do not vary, such as one that spreads
+    every pixel's relevance evenly over the channels (occlusion of all channels at once).
+    """
     shares = channel_shares(attributions)
     per_class = torch.stack([shares[labels == c].nanmean(dim=0) if (labels == c).any()
                              else torch.full((3,), torch.nan, device=shares.device) for c in range(len(class_names))])
     per_class = per_class.cpu().numpy()
     expected = channel_std / np.maximum(channel_std.sum(axis=1, keepdims=True), 1e-12)
     finite = np.isfinite(per_class).all(axis=1)
-    alignment = (float(np.corrcoef(per_class[finite].ravel(), expected[finite].ravel())[0, 1])
-                 if finite.sum() >= 1 and per_class[finite].std() > 0 else float("nan"))
+    varies = finite.sum() >= 1 and per_class[finite].std() > SHARES_VARY
+    alignment = float(np.corrcoef(per_class[finite].ravel(), expected[finite].ravel())[0, 1]) if varies else float("nan")
     return {
         "channel_share": dict(zip(CHANNELS, shares.nanmean(dim=0).tolist())),
         "channel_share_per_class": {name: dict(zip(CHANNELS, row.tolist())) for name, row in zip(class_names, per_class)},
@@ -170,20 +210,85 @@ def color_scores(attributions: torch.Tensor, labels: torch.Tensor, class_names: 
     }
 
 
+def score_methods(methods: list[str], model, random_model, sets: dict, attributions: dict, digit_masks: torch.Tensor,
+                  labels: torch.Tensor, class_names: list[str], channel_std: np.ndarray | None, cfg: AttributionParams,
+                  noise: torch.Tensor, perturb) -> tuple[dict, dict]:
+    """Every score of every method on the sample ({method: {score: value}}), and its mean deletion curve."""
+    sample = sets["sample"]
+    images = to_float(sample["images"])
+    probability = probability_function(model, cfg)
+    results, curves = {}, {}
+    for name in tqdm(methods, desc="scores", file=sys.stderr, leave=False):
+        maps = attributions[name]["sample"]
+        curve = deletion_curve(probability, images, maps, sample["targets"], 0.0, cfg.deletion_steps)
+        curves[name] = curve.mean(dim=0)
+        record = {"deletion_auc": curve_area(curve).mean().item()}
+        record.update(faithfulness_scores(name, model, random_model, sample["images"], sample["targets"], maps, cfg,
+                                          noise, perturb))
+        if "shortcut" in sets:
+            for key, suffix in (("shortcut", ""), ("flipped", "_flipped")):
+                maps_k, masks = attributions[name][key], sets[key]["masks"]
+                record[f"relevance_mass{suffix}"] = nanmean(relevance_mass(maps_k, masks))
+                record[f"pointing_game{suffix}"] = nanmean(pointing_game(maps_k, masks))
+        record["relevance_mass_digit"] = nanmean(relevance_mass(maps, digit_masks))
+        record["pointing_game_digit"] = nanmean(pointing_game(maps, digit_masks))
+        if channel_std is not None and name != "gradcam":  # Grad-CAM has no per-channel relevance
+            record.update(color_scores(maps, labels, class_names, channel_std))
+        results[name] = record
+    return results, curves
+
+
+# --------------------------------------------------------------------------------------------
+# Headline figures
+# --------------------------------------------------------------------------------------------
+BEST_OF = {  # metrics key: (per-method score, True when higher is better)
+    "best_deletion_auc": ("deletion_auc", False),
+    "best_shortcut_relevance_mass_flipped": ("relevance_mass_flipped", True),
+    "best_colormap_alignment": ("colormap_alignment", True),
+}
+
+
+def best_method(results: dict, score: str, higher_is_better: bool) -> str | None:
+    """The method with the best finite ``score`` (None when no method has one)."""
+    finite = {m: r[score] for m, r in results.items() if isinstance(r.get(score), float) and math.isfinite(r[score])}
+    if not finite:
+        return None
+    return (max if higher_is_better else min)(finite, key=finite.get)
+
+
+def headline(details: dict) -> tuple[dict, dict]:
+    """The metrics file (numbers only) and, for details.json, the method behind each ``best_*`` figure.
+
+    ``best_deletion_auc`` (lowest: most faithful) sits beside ``random_order_deletion_auc``, the same
+    area for pixels removed in random order; the known answer adds the best relevance mass on the
+    shortcut of images the stamp turned into the shortcut class (Clever Hans) or the best alignment
+    of the channel shares with the colormaps' channels (colored MNIST). Scores a dataset does not
+    measure are left out.
+    """
+    results = details["methods"]
+    measured = {key: spec for key, spec in BEST_OF.items() if any(spec[0] in r for r in results.values())}
+    methods = {key: best_method(results, score, higher_is_better) for key, (score, higher_is_better) in measured.items()}
+    best = {key: results[method][measured[key][0]] if method else float("nan") for key, method in methods.items()}
+    metrics = {"best_deletion_auc": best.pop("best_deletion_auc"),
+               "random_order_deletion_auc": details["random_order_deletion_auc"], **best}
+    return metrics, methods
+
+
 def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"captum.*")
     warnings.filterwarnings("ignore", message=r".*(require gradients|non-linear activations|requires_grad).*")
     with stage(STAGE, argv) as ctx:
         cfg, dataset, device = ctx.params.attribution, ctx.dataset, ctx.device
-        seed = ctx.rng("seed").integers(2**31 - 1).item()
-        torch.manual_seed(seed)  # captum's NoiseTunnel and sensitivity_max draw from the global generator
+        streams = random_streams(ctx)
+        torch.manual_seed(streams["captum"].initial_seed())  # NoiseTunnel and sensitivity_max draw from the global one
         meta = load_meta(dataset)
         names = meta["class_names"]
         test = load_prepared(dataset, "test", device)
         model_path = paths.classifier_path(dataset)
         model = load_classifier(model_path, device)
-        random_model = build_classifier(load_checkpoint(model_path, made_by=f"train_classifier@{dataset}")["config"])
-        frozen(random_model, device)
+        config = load_checkpoint(model_path, made_by=f"train_classifier@{dataset}")["config"]
+        random_model = frozen(build_seeded_classifier(config, streams["randomized_model"].initial_seed()), device)
+        noise = noise_baseline(tuple(test["images"].shape[1:]), streams["noise_baseline"]).to(device)
 
         methods, skipped = runnable_methods(cfg.methods, model)
         for name, reason in skipped.items():
@@ -192,69 +297,55 @@ def main(argv: list[str] | None = None) -> None:
         sets = image_sets(test, predicted, model, cfg, ctx.rng("images"))
         sample = sets["sample"]
         log(dataset, f"{len(methods)} methods on " + ", ".join(f"{len(s['targets'])} {k}" for k, s in sets.items()) + " images")
-        attributions = attribute_all(methods, model, sets, cfg, seed)
+        attributions = attribute_all(methods, model, sets, cfg, noise)
 
-        images = to_float(sample["images"])
         digit_source = test["clean_images"] if "clean_images" in test else test["images"]
         digit_masks = foreground_mask(digit_source[sample["index"]])
-        probability = probability_function(model, cfg)
-        results, curves = {}, {}
         channel_std = colormap_channel_std(ctx.params.colored_mnist.colormaps) if dataset == "colored_mnist" else None
-        for name in tqdm(methods, desc="scores", file=sys.stderr, leave=False):
-            maps = attributions[name]["sample"]
-            curve = deletion_curve(probability, images, maps, sample["targets"], 0.0, cfg.deletion_steps)
-            curves[name] = curve.mean(dim=0)
-            record = {"deletion_auc": curve_area(curve).mean().item()}
-            record.update(faithfulness_scores(name, model, random_model, sample["images"], sample["targets"], maps, cfg, seed))
-            if "shortcut" in sets:
-                for key, suffix in (("shortcut", ""), ("flipped", "_flipped")):
-                    maps_k, masks = attributions[name][key], sets[key]["masks"]
-                    record[f"relevance_mass{suffix}"] = nanmean(relevance_mass(maps_k, masks))
-                    record[f"pointing_game{suffix}"] = nanmean(pointing_game(maps_k, masks))
-            record["relevance_mass_digit"] = nanmean(relevance_mass(maps, digit_masks))
-            record["pointing_game_digit"] = nanmean(pointing_game(maps, digit_masks))
-            if channel_std is not None and name != "gradcam":  # Grad-CAM has no per-channel relevance
-                record.update(color_scores(maps, test["labels"][sample["index"]], names, channel_std))
-            results[name] = record
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
-        random_order = torch.rand(images.shape, generator=generator, device=device)
-        random_curve = deletion_curve(probability, images, random_order, sample["targets"], 0.0, cfg.deletion_steps)
+        results, curves = score_methods(methods, model, random_model, sets, attributions, digit_masks,
+                                        test["labels"][sample["index"]], names, channel_std, cfg, noise,
+                                        gaussian_perturbation(cfg.infidelity_noise, streams["infidelity"]))
+        images = to_float(sample["images"])
+        random_order = random_deletion_order(tuple(images.shape), streams["deletion_order"]).to(device)
+        random_curve = deletion_curve(probability_function(model, cfg), images, random_order, sample["targets"], 0.0,
+                                      cfg.deletion_steps)
         curves["random order"] = random_curve.mean(dim=0)
 
-        metrics = {"n_images": len(sample["targets"]), "methods": results, "skipped": skipped,
-                   "deletion_auc_random": curve_area(random_curve).mean().item()}
+        details = {"n_images": len(sample["targets"]), "methods": results, "skipped": skipped,
+                   "random_order_deletion_auc": curve_area(random_curve).mean().item()}
         if "shortcut" in sets:
-            metrics["localization"] = {
+            details["localization"] = {
                 "n_shortcut_images": len(sets["shortcut"]["targets"]),
                 "n_flipped_images": len(sets["flipped"]["targets"]),
                 "mask_area_fraction": sets["shortcut"]["masks"].float().mean().item(),
             }
-        metrics["digit_area_fraction"] = digit_masks.float().mean().item()
+        details["digit_area_fraction"] = digit_masks.float().mean().item()
         if channel_std is not None:
-            metrics["colormap_channel_std"] = {n: dict(zip(CHANNELS, row.tolist())) for n, row in zip(names, channel_std)}
+            details["colormap_channel_std"] = {n: dict(zip(CHANNELS, row.tolist())) for n, row in zip(names, channel_std)}
 
         out = paths.plots_dir(dataset, STAGE)
         gallery = gallery_rows(sets, cfg.n_gallery_images)
-        metrics["gradcam_segmentation"] = gradcam_outputs(model, sets, gallery, digit_source, cfg, out, dataset)
-        metrics["contrastive"] = contrastive_outputs(model, test, predicted, cfg, seed, ctx.rng("contrastive"), names,
+        details["gradcam_segmentation"] = gradcam_outputs(model, sets, gallery, digit_source, cfg, out, dataset)
+        details["contrastive"] = contrastive_outputs(model, test, predicted, cfg, noise, ctx.rng("contrastive"), names,
                                                      out, dataset)
+        metrics, details["best_methods"] = headline(details)
         write_json(paths.metrics_path(dataset, "attribution"), metrics)
+        write_json(out / "details.json", details)
         save_attributions(dataset, sets, attributions)
-        save_plots(dataset, sets, attributions, methods, gallery, curves, metrics, names, cfg, seed, out)
+        save_plots(dataset, sets, attributions, methods, gallery, curves, details, names, cfg, noise, out)
         ctx.timer.images = sum(len(s["targets"]) for s in sets.values()) * max(1, len(methods))
-        log(dataset, summary(metrics, "shortcut" in sets))
+        log(dataset, summary(details, "shortcut" in sets))
 
 
-def summary(metrics: dict, localization: bool) -> str:
+def summary(details: dict, localization: bool) -> str:
     key = "relevance_mass" if localization else "deletion_auc"
-    ranked = sorted(((v.get(key, float("nan")), k) for k, v in metrics["methods"].items()), reverse=localization)
+    ranked = sorted(((v.get(key, float("nan")), k) for k, v in details["methods"].items()), reverse=localization)
     best = ", ".join(f"{k} {v:.3f}" for v, k in ranked[:3])
-    seg = metrics["gradcam_segmentation"]
+    seg = details["gradcam_segmentation"]
     text = f"best {key}: {best}"
     if seg.get("best_iou") is not None:
         text += f"; Grad-CAM digit IoU {seg['best_iou']:.3f} at {seg['best_threshold']:.2f}"
-    return text + f"; {metrics['contrastive']['n_misclassified']} mistakes"
+    return text + f"; {details['contrastive']['n_misclassified']} mistakes"
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,7 +391,7 @@ def gradcam_outputs(model, sets: dict, gallery: dict, digit_source: torch.Tensor
     return {"best_threshold": thresholds[best].item(), "best_iou": iou[best].item()}
 
 
-def contrastive_outputs(model, test: dict, predicted: torch.Tensor, cfg: AttributionParams, seed: int,
+def contrastive_outputs(model, test: dict, predicted: torch.Tensor, cfg: AttributionParams, noise: torch.Tensor,
                         rng: np.random.Generator, names: list[str], out, dataset: str) -> dict:
     """Attributions of misclassified images for the predicted and the true class, and how alike they are."""
     wrong = torch.nonzero(predicted != test["labels"]).squeeze(1)
@@ -310,7 +401,7 @@ def contrastive_outputs(model, test: dict, predicted: torch.Tensor, cfg: Attribu
         save_figure(placeholder_figure(reason or "no misclassified test images"), out / "contrastive.png")
         return record | ({"skipped": reason} if reason else {})
     chosen = wrong[torch.as_tensor(subsample(len(wrong), cfg.n_contrastive_images, rng), device=wrong.device)]
-    explain = make_explainer(cfg.contrastive_method, model, cfg, seed)
+    explain = make_explainer(cfg.contrastive_method, model, cfg, noise)
     images = test["images"][chosen]
     for_predicted = pixel_map(attribute_batches(explain, images, predicted[chosen], cfg.batch_size))
     for_true = pixel_map(attribute_batches(explain, images, test["labels"][chosen], cfg.batch_size))
@@ -338,8 +429,17 @@ def save_attributions(dataset: str, sets: dict, attributions: dict) -> None:
     save_arrays(paths.DATA / "attributions" / dataset / "attributions.npz", **arrays)
 
 
+def method_scores_frame(results: dict):
+    """One row per method, one column per number it scored: the per-method detail, for bar charts."""
+    import pandas as pd
+
+    rows = [{"method": method} | {k: v for k, v in scores.items() if isinstance(v, (int, float))}
+            for method, scores in results.items()]
+    return pd.DataFrame(rows)
+
+
 def save_plots(dataset: str, sets: dict, attributions: dict, methods: list[str], gallery: dict, curves: dict,
-               metrics: dict, names: list[str], cfg: AttributionParams, seed: int, out) -> None:
+               details: dict, names: list[str], cfg: AttributionParams, noise: torch.Tensor, out) -> None:
     import pandas as pd
 
     rows = [(sets[k]["images"][s], sets[k]["targets"][s], k) for k, s in gallery.items()]
@@ -349,7 +449,7 @@ def save_plots(dataset: str, sets: dict, attributions: dict, methods: list[str],
     heat, color = method_grids(images, maps, titles, dataset)
     save_figure(heat, out / "methods_heatmap.png")
     save_figure(color, out / "methods_color.png")
-    save_figure(ig_baselines_figure(images[:4], {m: maps[m][:4] for m in methods if m.startswith("ig_")}, cfg, seed, dataset),
+    save_figure(ig_baselines_figure(images[:4], {m: maps[m][:4] for m in methods if m.startswith("ig_")}, cfg, noise, dataset),
                 out / "ig_baselines.png")
 
     deletion_dir = out / "deletion"
@@ -360,16 +460,11 @@ def save_plots(dataset: str, sets: dict, attributions: dict, methods: list[str],
     for name, curve in curves.items():
         write_csv(deletion_dir / f"{name.replace(' ', '_')}.csv",
                   pd.DataFrame({"fraction": fractions, "probability": curve.cpu().numpy()}))
-    save_figure(deletion_figure(fractions, {k: v.cpu().numpy() for k, v in curves.items()}, metrics, dataset),
+    save_figure(deletion_figure(fractions, {k: v.cpu().numpy() for k, v in curves.items()}, details, dataset),
                 out / "deletion.png")
 
-    shortcut = "localization" in metrics
-    suffix = "" if shortcut else "_digit"
-    frame = pd.DataFrame([{"method": m, "relevance_mass": metrics["methods"][m][f"relevance_mass{suffix}"],
-                           "pointing_game": metrics["methods"][m][f"pointing_game{suffix}"],
-                           "region": "shortcut" if shortcut else "digit"} for m in methods])
-    write_csv(out / "localization.csv", frame)
-    save_figure(localization_figure(metrics, methods, dataset), out / "localization.png")
+    write_csv(out / "method_scores.csv", method_scores_frame(details["methods"]))
+    save_figure(localization_figure(details, methods, dataset), out / "localization.png")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Attribution methods as uniform, batched callables built on captum.
 
-``make_explainer(name, model, cfg)`` returns ``explain(images, targets) -> attributions`` with the
-shape of ``images`` (N x 3 x H x W float32). Grad-CAM maps are upsampled to the input size and spread
-evenly over the three channels, so that the channel sum is the Grad-CAM map itself.
+``make_explainer(name, model, cfg, noise)`` returns ``explain(images, targets) -> attributions`` with
+the shape of ``images`` (N x 3 x H x W float32); ``noise`` is the ``ig_noise`` baseline image.
+Grad-CAM maps are upsampled to the input size and spread evenly over the three channels, so that
+the channel sum is the Grad-CAM map itself.
 """
 from __future__ import annotations
 
@@ -37,17 +38,18 @@ def skip_reason(name: str, model: nn.Module) -> str | None:
 
 
 def blurred(images: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
-    """Gaussian-blurred copy of a batch (the ``ig_blur`` baseline)."""
-    from torchvision.transforms.functional import gaussian_blur
+    """Gaussian-blurred copy of a batch (the ``ig_blur`` baseline), borders reflected (:mod:`pipeline.blur`)."""
+    from pipeline.blur import gaussian_blur
 
-    return gaussian_blur(images, [kernel_size, kernel_size], [sigma, sigma])
+    return gaussian_blur(images, sigma, kernel_size)
 
 
-def noise_baseline(shape: tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:
-    """One seeded uniform-noise image (1 x C x H x W), shared by every input: the ``ig_noise`` baseline."""
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-    return torch.rand((1, *shape), generator=generator, device=device)
+def noise_baseline(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """One uniform-noise image (1 x C x H x W) drawn by ``generator``: the ``ig_noise`` baseline of every input.
+
+    Drawn on the generator's device (the CPU for the stage, so a CPU and a GPU run share it).
+    """
+    return torch.rand((1, *shape), generator=generator, device=generator.device)
 
 
 def upsampled_gradcam(layer_gradcam, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -66,8 +68,11 @@ def gradcam_explainer(model: nn.Module, counterfactual: bool = False) -> Explain
     return lambda images, targets: upsampled_gradcam(method, images, targets)
 
 
-def make_explainer(name: str, model: nn.Module, cfg: AttributionParams, seed: int = 0) -> Explainer:
-    """A batched attribution function for method ``name`` (see ``ATTRIBUTION_METHODS``)."""
+def make_explainer(name: str, model: nn.Module, cfg: AttributionParams, noise: torch.Tensor | None = None) -> Explainer:
+    """A batched attribution function for method ``name`` (see ``ATTRIBUTION_METHODS``).
+
+    ``noise``: the 1 x C x H x W baseline image of ``ig_noise`` (see ``noise_baseline``); only that method needs it.
+    """
     from captum import attr
 
     if name not in ATTRIBUTION_METHODS:
@@ -75,6 +80,8 @@ def make_explainer(name: str, model: nn.Module, cfg: AttributionParams, seed: in
     reason = skip_reason(name, model)
     if reason:
         raise ValueError(reason)
+    if name == "ig_noise" and noise is None:
+        raise ValueError("ig_noise needs its baseline image: pass noise=noise_baseline(...)")
 
     def per_eval(images: torch.Tensor, per_image: int) -> int:
         """How many perturbed copies of the batch fit in one forward pass of ``internal_batch_size``."""
@@ -87,7 +94,7 @@ def make_explainer(name: str, model: nn.Module, cfg: AttributionParams, seed: in
             if name == "ig_zero":
                 baselines = torch.zeros_like(images)
             elif name == "ig_noise":
-                baselines = noise_baseline(tuple(images.shape[1:]), seed, images.device).expand_as(images)
+                baselines = noise.to(images.device).expand_as(images)
             else:
                 baselines = blurred(images, cfg.blur_kernel_size, cfg.blur_sigma)
             return ig.attribute(images, baselines=baselines, target=targets, n_steps=cfg.ig_steps,

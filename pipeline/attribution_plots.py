@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.plotting import as_hwc, plt
+from pipeline.plotting import as_hwc, placeholder_figure, plt
 
 
 def heat(attribution: np.ndarray) -> np.ndarray:
@@ -16,13 +16,6 @@ def color_view(attribution: np.ndarray) -> np.ndarray:
     """|attribution| per RGB channel, scaled by the image's largest value: H x W x 3, colour preserved."""
     value = np.abs(attribution.astype(np.float32))
     return np.transpose(value / max(float(value.max()), 1e-12), (1, 2, 0))
-
-
-def placeholder_figure(text: str):
-    fig, ax = plt.subplots(figsize=(4, 1.2))
-    ax.axis("off")
-    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9)
-    return fig
 
 
 def _grid(n_rows: int, n_cols: int, cell: float = 1.25):
@@ -53,17 +46,17 @@ def method_grids(images: np.ndarray, maps: dict[str, np.ndarray], titles: list[s
     return figures
 
 
-def ig_baselines_figure(images: np.ndarray, maps: dict[str, np.ndarray], cfg, seed: int, dataset: str):
-    """Each IG baseline beside the attribution it gives."""
+def ig_baselines_figure(images: np.ndarray, maps: dict[str, np.ndarray], cfg, noise, dataset: str):
+    """Each IG baseline beside the attribution it gives (``noise``: the ``ig_noise`` baseline image)."""
     import torch
 
-    from pipeline.attribution_methods import blurred, noise_baseline
+    from pipeline.attribution_methods import blurred
 
     if not maps:
         return placeholder_figure("no integrated-gradients method in attribution.methods")
     x = torch.from_numpy(images).float() / 255.0
     baselines = {"ig_zero": torch.zeros_like(x),
-                 "ig_noise": noise_baseline(tuple(x.shape[1:]), seed, x.device).expand_as(x),
+                 "ig_noise": noise.cpu().float().expand_as(x),
                  "ig_blur": blurred(x, cfg.blur_kernel_size, cfg.blur_sigma)}
     fig, axes = _grid(len(images), 1 + 2 * len(maps))
     for r, image in enumerate(images):
@@ -139,10 +132,10 @@ def contrastive_figure(images, for_predicted, for_true, predicted_names, true_na
     return fig
 
 
-def deletion_figure(fractions, curves: dict[str, np.ndarray], metrics: dict, dataset: str):
+def deletion_figure(fractions, curves: dict[str, np.ndarray], details: dict, dataset: str):
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, curve in curves.items():
-        auc = metrics["methods"].get(name, {}).get("deletion_auc", metrics.get("deletion_auc_random"))
+        auc = details["methods"].get(name, {}).get("deletion_auc", details.get("random_order_deletion_auc"))
         ax.plot(fractions, curve, label=f"{name} ({auc:.3f})", linestyle=":" if name == "random order" else "-")
     ax.set_xlabel("fraction of pixels removed (most relevant first)")
     ax.set_ylabel("probability of the explained class")
@@ -152,19 +145,19 @@ def deletion_figure(fractions, curves: dict[str, np.ndarray], metrics: dict, dat
     return fig
 
 
-def localization_figure(metrics: dict, methods: list[str], dataset: str):
+def localization_figure(details: dict, methods: list[str], dataset: str):
     """Relevance mass and pointing game per method, against the ground-truth region's area (a random map's score)."""
-    shortcut = "localization" in metrics
+    shortcut = "localization" in details
     panels = [("relevance_mass", "pointing_game")]
     if shortcut:
         panels.append(("relevance_mass_flipped", "pointing_game_flipped"))
     else:
         panels = [("relevance_mass_digit", "pointing_game_digit")]
-    area = metrics["localization"]["mask_area_fraction"] if shortcut else metrics["digit_area_fraction"]
+    area = details["localization"]["mask_area_fraction"] if shortcut else details["digit_area_fraction"]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.35 * len(methods) + 1.5), squeeze=False)
     y = np.arange(len(methods))
     for ax, (mass, point) in zip(axes[0], panels):
-        values = [[metrics["methods"][m].get(key) or 0.0 for m in methods] for key in (mass, point)]
+        values = [[details["methods"][m].get(key) or 0.0 for m in methods] for key in (mass, point)]
         ax.barh(y - 0.2, values[0], height=0.4, label="relevance mass")
         ax.barh(y + 0.2, values[1], height=0.4, label="pointing game")
         ax.axvline(area, color="gray", linestyle=":", label=f"region area ({area:.3f})")

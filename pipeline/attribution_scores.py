@@ -20,14 +20,15 @@ def pixel_map(attributions: torch.Tensor) -> torch.Tensor:
 
 
 def _flat(maps: torch.Tensor) -> torch.Tensor:
-    return maps.reshape(len(maps), -1)
+    """N x P (an empty batch stays N = 0 x P)."""
+    return maps.flatten(1)
 
 
 def _flat_mask(mask: torch.Tensor, n: int) -> torch.Tensor:
     mask = mask.bool()
     if mask.dim() == 2:
         mask = mask.expand(n, *mask.shape)
-    return mask.reshape(n, -1)
+    return mask.flatten(1)
 
 
 def relevance_mass(attributions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

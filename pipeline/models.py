@@ -75,6 +75,17 @@ def build_classifier(config: dict) -> nn.Module:
     return CLASSIFIERS[config["architecture"]](n_classes=config["n_classes"], width=config["width"])
 
 
+def build_seeded_classifier(config: dict, seed: int) -> nn.Module:
+    """``build_classifier(config)`` on the CPU with initial weights drawn from ``seed`` alone.
+
+    The global random state is restored afterwards, so the weights depend neither on what ran
+    before nor on the device the model moves to, and later draws are not shifted by this one.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return build_classifier(config)
+
+
 def save_model(path: str | Path, model: nn.Module, config: dict, **extra) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_checkpoint(path, {"config": config, "state_dict": state, **extra})

@@ -16,6 +16,14 @@ def as_hwc(image: np.ndarray) -> np.ndarray:
     return np.clip(np.transpose(image, (1, 2, 0)), 0.0, 1.0)
 
 
+def placeholder_figure(text: str):
+    """A small figure that only says why there is nothing to draw."""
+    fig, ax = plt.subplots(figsize=(4, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9)
+    return fig
+
+
 def image_grid(images: np.ndarray, titles: list[str] | None = None, ncols: int = 8, cell: float = 1.3, suptitle: str = ""):
     """A grid of CHW images with optional titles; returns the figure."""
     n = len(images)

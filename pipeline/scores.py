@@ -19,7 +19,11 @@ def per_class_accuracy(confusion: torch.Tensor) -> dict[str, float]:
     return {str(c): (confusion[c, c] / totals[c]).item() if totals[c] else float("nan") for c in range(len(confusion))}
 
 
-def shortcut_reliance(predicted_on_stamped: torch.Tensor, labels: torch.Tensor, shortcut_label: int) -> float:
-    """Share of images *not* of the shortcut's class that the model assigns to it once stamped."""
-    others = labels != shortcut_label
-    return (predicted_on_stamped[others] == shortcut_label).float().mean().item() if others.any() else float("nan")
+def share_of_others_assigned(predicted: torch.Tensor, labels: torch.Tensor, label: int) -> float:
+    """Share of images *not* of class ``label`` that are predicted as ``label`` (NaN when there are none).
+
+    On images stamped with a shortcut this is the shortcut reliance; on the same images without the
+    stamp it is the base rate, the share the classifier gives that class anyway.
+    """
+    others = labels != label
+    return (predicted[others] == label).float().mean().item() if others.any() else float("nan")

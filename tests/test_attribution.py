@@ -1,15 +1,24 @@
 """Attribution scores and methods on constructed cases whose answer is known."""
+import json
+
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
-from pipeline.attribute import color_scores, image_sets
-from pipeline.attribution_methods import Negated, gradcam_explainer, make_explainer, skip_reason
+from pipeline import paths
+from pipeline.attribute import (RANDOM_STREAMS, color_scores, gaussian_perturbation, headline, image_sets, main,
+                                random_deletion_order, random_streams)
+from pipeline.attribution_methods import (Negated, blurred, gradcam_explainer, make_explainer, noise_baseline,
+                                          skip_reason)
 from pipeline.attribution_scores import (channel_shares, colormap_channel_std, curve_area, deletion_curve, foreground_mask,
                                          pixel_map, pointing_game, rank_correlation, relevance_mass, segmentation_iou)
 from pipeline.config import ATTRIBUTION_METHODS, AttributionParams, ConfigError, Params, build
-from pipeline.models import CNNClassifier, DenseClassifier, frozen
+from pipeline.models import DenseClassifier, build_seeded_classifier, frozen, save_model
+from pipeline.runtime import StageContext, StageTimer
+from pipeline.storage import save_arrays, write_json
+from tests.conftest import REPO
 
 PIXEL = (0, 5, 17)  # channel, row, col the one-pixel model reads
 
@@ -44,7 +53,7 @@ def test_relevance_mass_of_a_random_map_is_about_the_mask_area():
     mass = relevance_mass(attribution, mask).mean().item()
     assert mass == pytest.approx(49 / 784, abs=0.005)
     hits = pointing_game(attribution, mask).mean().item()
-    assert 0.0 < hits < 0.2  # about 49/784 = 0.0625
+    assert hits == pytest.approx(49 / 784, abs=0.025)  # the top pixel of a random map lands anywhere
 
 
 def test_relevance_mass_counts_only_positive_relevance_and_handles_empty_maps():
@@ -58,6 +67,13 @@ def test_relevance_mass_counts_only_positive_relevance_and_handles_empty_maps():
     assert mass[0].item() == pytest.approx(1.0) and mass[1].item() == pytest.approx(0.25)
     assert torch.isnan(mass[2])       # nothing positive: undefined, not a perfect score
     assert pointing_game(attribution, mask)[:2].tolist() == [1.0, 0.0]
+
+
+def test_localization_scores_of_no_images_are_empty_not_an_error():
+    """A classifier that ignores the shortcut leaves no flipped images to score."""
+    none = torch.zeros(0, 3, 28, 28)
+    for masks in (square_mask(), torch.zeros(0, 28, 28, dtype=torch.bool)):
+        assert relevance_mass(none, masks).shape == (0,) and pointing_game(none, masks).shape == (0,)
 
 
 def test_per_image_masks_are_respected():
@@ -131,6 +147,16 @@ def test_color_scores_credit_the_channel_the_colormap_varies():
     assert color_scores(attribution, torch.tensor([0, 1]), ["autumn", "winter"], std)["colormap_alignment"] < 0
 
 
+def test_colormap_alignment_is_undefined_when_relevance_is_spread_evenly_over_the_channels():
+    """Occlusion of all channels at once gives each channel the same relevance: no channel preference to align."""
+    std = colormap_channel_std(["autumn", "winter"])
+    even = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0)).expand(2, 3, 28, 28)
+    attribution = even * torch.tensor([1.0, 1.0 + 1e-6, 1.0 - 1e-6]).reshape(1, 3, 1, 1)  # float noise, as occlusion leaves
+    scores = color_scores(attribution, torch.tensor([0, 1]), ["autumn", "winter"], std)
+    assert scores["channel_share"]["red"] == pytest.approx(1 / 3)
+    assert np.isnan(scores["colormap_alignment"])
+
+
 def test_segmentation_iou_of_a_map_equal_to_the_digit():
     images = torch.zeros(3, 3, 28, 28, dtype=torch.uint8)
     images[:, :, 8:20, 10:16] = 200
@@ -164,36 +190,162 @@ def test_a_model_that_reads_one_pixel_gets_that_pixel(name):
         assert attribution.sum(dim=(1, 2, 3)).tolist() == pytest.approx(gap.tolist(), rel=1e-3)
 
 
-def test_every_method_runs_batched_on_the_cnn_and_conv_methods_skip_the_dense_model():
+def linear_model(n_classes: int = 2) -> nn.Module:
+    """logit_c = w_c . x + b_c: every gradient method has a closed-form answer on it."""
     torch.manual_seed(0)
-    cnn, dense = frozen(CNNClassifier(4, width=8), "cpu"), frozen(DenseClassifier(4, width=8), "cpu")
-    cfg = AttributionParams(ig_steps=4, smoothgrad_samples=2, occlusion_window=7, occlusion_stride=7, internal_batch_size=64)
-    images, targets = torch.rand(5, 3, 28, 28), torch.tensor([0, 1, 2, 3, 0])
+    return frozen(nn.Sequential(nn.Flatten(), nn.Linear(3 * 28 * 28, n_classes)), "cpu")
+
+
+class RedMinusGreen(nn.Module):
+    """Two feature maps A = ReLU(red), ReLU(green), averaged; logit_0 = mean(A_red - A_green), logit_1 = its negative.
+
+    Grad-CAM on A for class 0 is ReLU(red - green) / (H * W); against class 0 it is ReLU(green - red) / (H * W).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.select = nn.Conv2d(3, 2, 1, bias=False)
+        self.relu = nn.ReLU()
+        self.head = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.select.weight.zero_()
+            self.select.weight[0, 0] = 1.0
+            self.select.weight[1, 1] = 1.0
+            self.head.weight.copy_(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        return self.relu
+
+    def forward(self, x):
+        return self.head(self.relu(self.select(x)).mean(dim=(2, 3)))
+
+
+LINEAR_METHODS = ["ig_zero", "ig_noise", "ig_blur", "saliency", "inputxgrad", "deeplift", "guided_backprop",
+                  "occlusion", "smoothgrad"]
+CONV_METHODS = ["gradcam", "guided_gradcam"]
+
+
+def test_every_method_has_a_known_answer_test():
+    assert sorted(LINEAR_METHODS + CONV_METHODS) == sorted(ATTRIBUTION_METHODS)
+
+
+@pytest.mark.parametrize("name", LINEAR_METHODS)
+def test_every_method_gives_the_closed_form_answer_on_a_linear_model(name):
+    """Batched, with a different target per image: gradient w_t, input x gradient (x - baseline) * w_t."""
+    model = linear_model()
+    w = model[1].weight.reshape(2, 3, 28, 28)
+    cfg = AttributionParams(ig_steps=8, smoothgrad_samples=4, occlusion_window=4, occlusion_stride=4)
+    images = torch.rand(3, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([0, 1, 0])
+    noise = noise_baseline((3, 28, 28), torch.Generator().manual_seed(2))
+    w_t = w[targets]
+    window_sums = (images * w_t).reshape(3, 3, 7, 4, 7, 4).sum(dim=(1, 3, 5), keepdim=True)
+    expected = {
+        "saliency": w_t.abs(), "smoothgrad": w_t.abs(),  # the gradient is the same at every noisy copy
+        "guided_backprop": w_t,                          # no ReLU to guide
+        "inputxgrad": images * w_t, "deeplift": images * w_t, "ig_zero": images * w_t,
+        "ig_noise": (images - noise) * w_t,
+        "ig_blur": (images - blurred(images, cfg.blur_kernel_size, cfg.blur_sigma)) * w_t,
+        "occlusion": window_sums.expand(3, 3, 7, 4, 7, 4).reshape(3, 3, 28, 28),  # each 4x4 window's effect, spread over it
+    }[name]
+    attribution = make_explainer(name, model, cfg, noise)(images, targets)
+    assert torch.allclose(attribution, expected, atol=1e-6), (attribution - expected).abs().max()
+
+
+def test_gradcam_and_guided_gradcam_give_the_closed_form_answer():
+    model = frozen(RedMinusGreen(), "cpu")
+    images = torch.rand(3, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([0, 1, 0])
+    evidence = torch.where(targets == 0, 1.0, -1.0).reshape(3, 1, 1) * (images[:, 0] - images[:, 1])  # red - green for class 0
+    cam = evidence.clamp(min=0) / (28 * 28)
+    cfg = AttributionParams()
+    gradcam = make_explainer("gradcam", model, cfg)(images, targets)
+    assert torch.allclose(gradcam, (cam / 3).unsqueeze(1).expand_as(images), atol=1e-9)  # spread over the 3 channels
+    # guided backprop lets through only the channel of positive evidence (red for class 0, green for class 1)
+    guided = torch.zeros_like(images)
+    guided[targets == 0, 0] = (images[targets == 0, 0] > 0).float() / (28 * 28)
+    guided[targets == 1, 1] = (images[targets == 1, 1] > 0).float() / (28 * 28)
+    guided_gradcam = make_explainer("guided_gradcam", model, cfg)(images, targets)
+    assert torch.allclose(guided_gradcam, guided * cam.unsqueeze(1), atol=1e-9)
+
+
+def test_counterfactual_gradcam_shows_the_evidence_against_the_class():
+    model = frozen(RedMinusGreen(), "cpu")
+    images = torch.rand(4, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(Negated(model)(images), -model(images))
+    targets = torch.zeros(4, dtype=torch.long)
+    against = gradcam_explainer(model, counterfactual=True)(images, targets)
+    expected = (images[:, 1] - images[:, 0]).clamp(min=0) / (28 * 28) / 3  # green over red: evidence against class 0
+    assert torch.allclose(against, expected.unsqueeze(1).expand_as(images), atol=1e-9)
+
+
+def test_conv_methods_are_skipped_for_the_dense_model_with_a_reason():
+    dense = frozen(DenseClassifier(4, width=8), "cpu")
+    cfg = AttributionParams()
     for name in ATTRIBUTION_METHODS:
-        attribution = make_explainer(name, cnn, cfg)(images, targets)
-        assert attribution.shape == images.shape and torch.isfinite(attribution).all(), name
-        if skip_reason(name, dense):
-            assert name in ("gradcam", "guided_gradcam")
+        needs_conv = name in CONV_METHODS
+        assert (skip_reason(name, dense) is not None) == needs_conv, name
+        if needs_conv:
             with pytest.raises(ValueError, match="convolutional"):
                 make_explainer(name, dense, cfg)
-        else:
-            assert make_explainer(name, dense, cfg)(images, targets).shape == images.shape
-    # the noise baseline is seeded: the same seed gives the same attributions
-    one = make_explainer("ig_noise", cnn, cfg, seed=3)(images, targets)
-    assert torch.equal(one, make_explainer("ig_noise", cnn, cfg, seed=3)(images, targets))
+    with pytest.raises(ValueError, match="baseline"):
+        make_explainer("ig_noise", dense, cfg)  # without its noise image
 
 
-def test_counterfactual_gradcam_uses_the_negated_model():
-    torch.manual_seed(0)
-    cnn = frozen(CNNClassifier(3, width=8), "cpu")
-    images = torch.rand(4, 3, 28, 28)
-    assert torch.allclose(Negated(cnn)(images), -cnn(images))
-    targets = torch.zeros(4, dtype=torch.long)
-    normal = gradcam_explainer(cnn)(images, targets)
-    against = gradcam_explainer(cnn, counterfactual=True)(images, targets)
-    assert (normal >= 0).all() and (against >= 0).all()
-    # ReLU(w . A) and ReLU(-w . A) are never both positive at the same place
-    assert ((normal > 1e-7) & (against > 1e-7)).float().mean() < 0.05
+# ---------------------------------------------------------------------------------------------
+# random streams of the stage
+# ---------------------------------------------------------------------------------------------
+def stage_context(dataset: str = "clever_hans", seed: int = 0, device: str = "cpu") -> StageContext:
+    device = torch.device(device)
+    return StageContext(dataset, Params(seed=seed), device, StageTimer("attribute", dataset, device))
+
+
+def stream_draws(ctx: StageContext) -> dict[str, torch.Tensor]:
+    """The first image-sized draw of each random use of the stage."""
+    shape = (3, 28, 28)
+    streams = random_streams(ctx)
+    config = {"architecture": "dense", "n_classes": 2, "width": 1}
+    model = build_seeded_classifier(config, streams["randomized_model"].initial_seed())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(streams["captum"].initial_seed())
+        captum_draw = torch.rand(shape)
+    return {
+        "noise_baseline": noise_baseline(shape, streams["noise_baseline"])[0],
+        "deletion_order": random_deletion_order((2, *shape), streams["deletion_order"])[0],
+        "infidelity": gaussian_perturbation(1.0, streams["infidelity"])(torch.zeros(1, *shape))[0][0],
+        "randomized_model": model.embedding[1].weight[0].reshape(shape),
+        "captum": captum_draw,
+    }
+
+
+def test_every_random_draw_of_the_attribute_stage_has_its_own_stream():
+    ctx = stage_context(device="cuda")  # a GPU run: the streams still live on the CPU
+    streams = random_streams(ctx)
+    assert set(streams) == set(RANDOM_STREAMS)
+    assert all(g.device.type == "cpu" for g in streams.values())
+    assert len({g.initial_seed() for g in streams.values()}) == len(streams)
+    draws = stream_draws(ctx)
+    # the random deletion order is not the ig_noise baseline (as it was when both came from one seed)
+    assert not torch.equal(draws["noise_baseline"], draws["deletion_order"])
+    correlation = torch.corrcoef(torch.stack([draws["noise_baseline"].flatten(), draws["deletion_order"].flatten()]))[0, 1]
+    assert abs(correlation) < 0.1
+    again = stream_draws(stage_context(device="cuda"))
+    assert all(torch.equal(draws[k], again[k]) for k in draws)  # reproducible from the global seed
+    other_seed = stream_draws(stage_context(seed=1))
+    assert not any(torch.equal(draws[k], other_seed[k]) for k in draws)
+
+
+def test_headline_keeps_numbers_only_and_names_the_best_methods():
+    details = {"random_order_deletion_auc": 0.4, "methods": {
+        "a": {"deletion_auc": 0.30, "relevance_mass_flipped": 0.2, "channel_share": {"red": 1.0}},
+        "b": {"deletion_auc": 0.10, "relevance_mass_flipped": float("nan")},
+        "c": {"deletion_auc": 0.20, "relevance_mass_flipped": 0.7},
+    }}
+    metrics, best = headline(details)
+    assert metrics == {"best_deletion_auc": 0.10, "random_order_deletion_auc": 0.4,
+                       "best_shortcut_relevance_mass_flipped": 0.7}
+    assert best == {"best_deletion_auc": "b", "best_shortcut_relevance_mass_flipped": "c"}
 
 
 def test_image_sets_for_clever_hans_pick_the_shortcut_class_and_flipped_images():
@@ -236,3 +388,81 @@ def test_image_sets_for_clever_hans_pick_the_shortcut_class_and_flipped_images()
 def test_invalid_attribution_params_are_named(key, value, must_name):
     with pytest.raises(ConfigError, match=must_name.replace("[", r"\[").replace("]", r"\]")):
         build(Params, {"attribution": {key: value}})
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage: headline metrics, details and declared outputs
+# ---------------------------------------------------------------------------------------------
+HEADLINE_KEYS = {
+    "colored_mnist": {"best_deletion_auc", "random_order_deletion_auc", "best_colormap_alignment"},
+    "clever_hans": {"best_deletion_auc", "random_order_deletion_auc", "best_shortcut_relevance_mass_flipped"},
+}
+STAGE_METHODS = ["ig_noise", "saliency", "gradcam"]
+
+
+def write_stage_inputs(dataset: str, n_images: int = 12) -> None:
+    """A prepared test split, its meta and a CNN classifier under the cwd, as prepare and train_classifier leave them."""
+    rng = np.random.default_rng(0)
+    n_classes = 4 if dataset == "colored_mnist" else 10
+    images = (rng.random((n_images, 3, 28, 28)) < 0.2).astype(np.uint8) * 200
+    labels = (np.arange(n_images) % n_classes).astype(np.int64)
+    test = {"images": images, "labels": labels}
+    meta = {"n_classes": n_classes, "class_names": [str(c) for c in range(n_classes)]}
+    if dataset == "clever_hans":
+        alpha = np.zeros((1, 28, 28), dtype=np.float32)
+        alpha[0, 1:5, 1:5] = 1.0
+        stamped = images.copy()
+        stamped[:, :, 1:5, 1:5] = 255
+        test.update(shortcut_alpha=alpha, shortcut_labels=np.array([7]), clean_images=images, shortcut_images=stamped[None])
+        meta["shortcuts"] = [{"label": 7, "kind": "square"}]
+    save_arrays(paths.prepared_dir(dataset) / "test.npz", **test)
+    write_json(paths.prepared_dir(dataset) / "meta.json", meta)
+    config = {"architecture": "cnn", "n_classes": n_classes, "width": 4}
+    save_model(paths.classifier_path(dataset), build_seeded_classifier(config, 0), config)
+
+
+def declared(stage_name: str, dataset: str) -> tuple[list[str], list[str]]:
+    """The stage's declared outputs and metrics, and every file the top-level ``plots:`` names, for ``dataset``."""
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    stage_spec = spec["stages"][stage_name]
+    outputs = [next(iter(o)) if isinstance(o, dict) else o for o in stage_spec["outs"] + stage_spec.get("metrics", [])]
+    plotted = []
+    for entry in spec["plots"]:
+        name, options = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+        sources = [f for axis in ("x", "y") if isinstance(options.get(axis), dict) for f in options[axis]]
+        plotted += sources or [name]
+    return [o.replace("${item.dataset}", dataset) for o in outputs], plotted
+
+
+@pytest.mark.parametrize("dataset", ["colored_mnist", "clever_hans"])
+def test_stage_writes_three_headline_numbers_and_every_declared_output(dataset, tmp_path, monkeypatch):
+    import pandas as pd
+
+    monkeypatch.chdir(tmp_path)
+    write_stage_inputs(dataset)
+    settings = {"n_images": 6, "methods": STAGE_METHODS, "batch_size": 4, "internal_batch_size": 64, "ig_steps": 2,
+                "deletion_steps": 4, "n_faithfulness_images": 2, "infidelity_samples": 2, "n_sensitivity_images": 1,
+                "sensitivity_samples": 2, "n_localization_images": 2, "segmentation_thresholds": 4,
+                "n_contrastive_images": 2, "contrastive_method": "saliency", "n_gallery_images": 2}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "attribution": settings}))
+    main([dataset])
+
+    metrics = json.loads(paths.metrics_path(dataset, "attribution").read_text())
+    assert set(metrics) == HEADLINE_KEYS[dataset]
+    assert all(value is None or isinstance(value, (int, float)) for value in metrics.values())
+    details = json.loads((paths.plots_dir(dataset, "attribute") / "details.json").read_text())
+    assert list(details["methods"]) == STAGE_METHODS
+    deletion = {m: s["deletion_auc"] for m, s in details["methods"].items()}
+    assert metrics["best_deletion_auc"] == pytest.approx(min(deletion.values()), abs=1e-6)
+    assert deletion[details["best_methods"]["best_deletion_auc"]] == pytest.approx(min(deletion.values()), abs=1e-6)
+    assert metrics["random_order_deletion_auc"] == details["random_order_deletion_auc"]
+    scores = pd.read_csv(paths.plots_dir(dataset, "attribute") / "method_scores.csv")
+    assert scores["method"].tolist() == STAGE_METHODS
+    assert scores["deletion_auc"].tolist() == pytest.approx(list(deletion.values()), abs=1e-5)
+
+    outputs, plotted = declared("attribute", dataset)
+    missing = [o for o in outputs if not (tmp_path / o).exists()]
+    assert not missing, f"declared in dvc.yaml but not written: {missing}"
+    written = [p.relative_to(tmp_path).as_posix() for p in (tmp_path / "plots").rglob("*.csv")]
+    undeclared = [f for f in written if not any(f == p or f.startswith(p + "/") for p in plotted)]
+    assert not undeclared, f"plot data missing from dvc.yaml's plots: {undeclared}"

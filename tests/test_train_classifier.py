@@ -1,27 +1,54 @@
+"""Training the classifier on constructed tasks: seeded streams, DVCLive logging, shortcut scores, declared outputs."""
+import csv
+import json
+
+import numpy as np
+import pytest
 import torch
+import yaml
+from torch import nn
 
-from pipeline.config import ClassifierParams
-from pipeline.models import build_classifier, load_classifier, save_model
-from pipeline.train_classifier import train
+from pipeline import paths
+from pipeline.config import ClassifierParams, Params
+from pipeline.models import build_seeded_classifier, load_classifier, save_model
+from pipeline.runtime import StageContext, StageTimer, open_live
+from pipeline.storage import save_arrays, write_json
+from pipeline.train_classifier import (data_order_generator, evaluate, initial_classifier, live_epoch_logger,
+                                       log_evaluation, main, train)
+from tests.conftest import REPO
 
 
-def color_task(n=512, seed=0):
+def color_task(n=512, seed=0, n_classes=3):
     """Class = which channel is lit: a task any working classifier must learn almost at once."""
     gen = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 3, (n,), generator=gen)
+    labels = torch.randint(0, n_classes, (n,), generator=gen)
     images = torch.zeros(n, 3, 28, 28, dtype=torch.uint8)
     shapes = (torch.rand(n, 1, 28, 28, generator=gen) > 0.7).to(torch.uint8) * 200
-    images[torch.arange(n), labels] = shapes[:, 0]
+    images[torch.arange(n), labels % 3] = shapes[:, 0]
     return images, labels
 
 
+def weights(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def stage_context(dataset: str, seed: int = 0, device: str = "cpu") -> StageContext:
+    device = torch.device(device)
+    return StageContext(dataset, Params(seed=seed), device, StageTimer("train_classifier", dataset, device))
+
+
+CONFIG = {"architecture": "cnn", "n_classes": 3, "width": 4}
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
 def test_cnn_and_dense_learn_a_color_task(tmp_path):
     images, labels = color_task()
     cfg = ClassifierParams(epochs=3, batch_size=32, mixed_precision=False)
     for architecture in ("cnn", "dense"):
         config = {"architecture": architecture, "n_classes": 3, "width": 8}
-        torch.manual_seed(0)
-        model = build_classifier(config)
+        model = build_seeded_classifier(config, 0)
         history = train(model, images, labels, cfg, torch.Generator().manual_seed(0))
         assert history[-1]["train_accuracy"] > 0.9, architecture
         save_model(tmp_path / f"{architecture}.pt", model, config)
@@ -33,10 +60,202 @@ def test_cnn_and_dense_learn_a_color_task(tmp_path):
 def test_training_is_reproducible_with_the_same_seed():
     images, labels = color_task(n=128)
     cfg = ClassifierParams(epochs=1, batch_size=32, mixed_precision=False)
-    weights = []
+    trained = []
     for _ in range(2):
-        torch.manual_seed(1)
-        model = build_classifier({"architecture": "cnn", "n_classes": 3, "width": 4})
+        model = build_seeded_classifier(CONFIG, 1)
         train(model, images, labels, cfg, torch.Generator().manual_seed(1))
-        weights.append(torch.cat([p.flatten() for p in model.parameters()]))
-    assert torch.equal(weights[0], weights[1])
+        trained.append(weights(model))
+    assert torch.equal(trained[0], trained[1])
+
+
+class IndexRecorder(nn.Module):
+    """A linear classifier that notes which images (their index is the red value of pixel 0, 0) it trains on."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3 * 28 * 28, 2)
+        self.seen: list[list[int]] = []
+
+    def forward(self, x):
+        if self.training:
+            self.seen.append((x[:, 0, 0, 0] * 255).round().long().tolist())
+        return self.linear(x.flatten(1))
+
+
+def test_training_visits_the_images_in_the_order_the_generator_draws():
+    n, batch_size = 40, 16
+    images = torch.zeros(n, 3, 28, 28, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.arange(n, dtype=torch.uint8)
+    model = IndexRecorder()
+    cfg = ClassifierParams(epochs=2, batch_size=batch_size, mixed_precision=False)
+    train(model, images, torch.arange(n) % 2, cfg, torch.Generator().manual_seed(5))
+    replay = torch.Generator().manual_seed(5)
+    expected = [batch.tolist() for _ in range(2) for batch in torch.randperm(n, generator=replay).split(batch_size)]
+    assert model.seen == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# random streams of the stage
+# ---------------------------------------------------------------------------------------------
+def test_each_dataset_gets_its_own_initial_weights_from_the_seed():
+    hans = weights(initial_classifier(stage_context("clever_hans"), CONFIG))
+    assert torch.equal(hans, weights(initial_classifier(stage_context("clever_hans"), CONFIG)))
+    assert not torch.allclose(hans, weights(initial_classifier(stage_context("colored_mnist"), CONFIG)))
+    assert not torch.allclose(hans, weights(initial_classifier(stage_context("clever_hans", seed=1), CONFIG)))
+
+
+def test_seeded_initialisation_leaves_the_global_generator_alone():
+    torch.manual_seed(3)
+    expected = torch.rand(5)
+    torch.manual_seed(3)
+    first = weights(build_seeded_classifier(CONFIG, 11))
+    assert torch.equal(torch.rand(5), expected)
+    assert torch.equal(first, weights(build_seeded_classifier(CONFIG, 11)))
+    assert not torch.allclose(first, weights(build_seeded_classifier(CONFIG, 12)))
+
+
+def test_the_data_order_is_drawn_on_the_cpu_for_a_gpu_run_too():
+    on_gpu = data_order_generator(stage_context("clever_hans", device="cuda"))  # a device object; no GPU needed
+    assert on_gpu.device.type == "cpu"
+    on_cpu = data_order_generator(stage_context("clever_hans"))
+    assert torch.equal(torch.randperm(100, generator=on_gpu), torch.randperm(100, generator=on_cpu))
+
+
+# ---------------------------------------------------------------------------------------------
+# shortcut scores
+# ---------------------------------------------------------------------------------------------
+class ReadsTheAnswer(nn.Module):
+    """Predicts the class written in the green value of pixel (0, 0) (class x 20), or 7 wherever pixel (1, 1) is red."""
+
+    def __init__(self, n_classes: int = 10):
+        super().__init__()
+        self.n_classes = n_classes
+        self.unused = nn.Parameter(torch.zeros(1))  # inference helpers find the device from a parameter
+
+    def forward(self, x):
+        written = (x[:, 1, 0, 0] * 255 / 20).round().long()
+        decided = torch.where(x[:, 0, 1, 1] > 0.5, 7, written)
+        return nn.functional.one_hot(decided, self.n_classes).float() * 10
+
+
+def shortcut_test_split() -> dict:
+    """Ten test images: two 7s and eight others, of which the clean 1 and 2 are already called 7 and
+    the stamp reaches the 1 to 6 but not the 8 and 9."""
+    labels = torch.tensor([7, 7, 1, 2, 3, 4, 5, 6, 8, 9])
+    written = torch.where((labels == 1) | (labels == 2), 7, labels)
+    clean = torch.zeros(10, 3, 28, 28, dtype=torch.uint8)
+    clean[:, 1, 0, 0] = (written * 20).to(torch.uint8)
+    stamped = clean.clone()
+    stamped[labels <= 7, 0, 1, 1] = 255
+    return {"images": clean, "labels": labels, "clean_images": clean, "shortcut_images": stamped[None],
+            "shortcut_labels": torch.tensor([7])}
+
+
+def test_shortcut_reliance_is_reported_beside_the_base_rate_without_the_stamp():
+    meta = {"n_classes": 10, "shortcuts": [{"label": 7, "kind": "square"}]}
+    evaluation = evaluate(ReadsTheAnswer(), shortcut_test_split(), meta, ClassifierParams(mixed_precision=False))
+    assert evaluation.metrics == pytest.approx({"test_accuracy": 0.8, "clean_accuracy": 0.8,
+                                                "shortcut_reliance": 0.75,    # 6 of the 8 others say 7 once stamped ...
+                                                "shortcut_base_rate": 0.25})  # ... 2 of them said 7 already
+    assert evaluation.details["shortcut_reliance_per_class"] == {"7_square": 0.75}
+    assert evaluation.details["shortcut_base_rate_per_class"] == {"7_square": 0.25}
+    assert evaluation.details["per_class_accuracy"]["1"] == 0.0 and evaluation.details["per_class_accuracy"]["3"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# DVCLive
+# ---------------------------------------------------------------------------------------------
+def read_tsv(path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def test_training_is_logged_to_dvclive_while_it_runs(tmp_path):
+    images, labels = color_task(n=96)
+    test = {"images": images[:32], "labels": labels[:32]}
+    cfg = ClassifierParams(epochs=3, batch_size=32, eval_batch_size=64, mixed_precision=False)
+    curves = tmp_path / "live" / "plots" / "metrics"
+    rows_on_disk = []
+    with open_live(tmp_path / "live") as live:
+        log_epoch = live_epoch_logger(live, test, cfg, "colored_mnist")
+
+        def on_epoch(record, model):
+            measured = log_epoch(record, model)
+            rows_on_disk.append(len(read_tsv(curves / "test_accuracy.tsv")))
+            return measured
+
+        history = train(build_seeded_classifier(CONFIG, 0), images, labels, cfg, torch.Generator().manual_seed(0), on_epoch)
+    assert rows_on_disk == [1, 2, 3]  # each epoch is on disk before the next one starts
+    for key in ("train_loss", "train_accuracy", "test_accuracy"):
+        logged = read_tsv(curves / f"{key}.tsv")
+        assert [int(row["step"]) for row in logged] == [0, 1, 2]
+        assert [float(row[key]) for row in logged] == pytest.approx([record[key] for record in history])
+
+
+def test_the_confusion_matrix_and_examples_go_through_dvclive(tmp_path):
+    meta = {"n_classes": 10, "shortcuts": [{"label": 7, "kind": "square"}]}
+    split = shortcut_test_split()
+    evaluation = evaluate(ReadsTheAnswer(), split, meta, ClassifierParams(mixed_precision=False))
+    names = [f"digit {c}" for c in range(10)]
+    with open_live(tmp_path / "live") as live:
+        log_evaluation(live, evaluation, split, names, 4, "clever_hans")
+    pairs = json.loads((tmp_path / "live" / "plots" / "sklearn" / "confusion_matrix.json").read_text())
+    assert len(pairs) == 10
+    assert {"actual": "digit 1", "predicted": "digit 7"} in pairs and {"actual": "digit 3", "predicted": "digit 3"} in pairs
+    counts = np.zeros((10, 10), dtype=int)
+    for pair in pairs:
+        counts[names.index(pair["actual"]), names.index(pair["predicted"])] += 1
+    assert counts.tolist() == evaluation.confusion.tolist()
+    assert (tmp_path / "live" / "plots" / "images" / "examples.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+# ---------------------------------------------------------------------------------------------
+HEADLINE_KEYS = {"colored_mnist": {"test_accuracy"},
+                 "clever_hans": {"test_accuracy", "clean_accuracy", "shortcut_reliance", "shortcut_base_rate"}}
+
+
+def write_prepared(dataset: str) -> None:
+    """Prepared splits of the color task under the cwd, as ``prepare`` leaves them."""
+    n_classes = 4 if dataset == "colored_mnist" else 10
+    meta = {"n_classes": n_classes, "class_names": [str(c) for c in range(n_classes)]}
+    for split, n, seed in (("train", 96, 0), ("test", 32, 1)):
+        images, labels = color_task(n, seed, n_classes)
+        arrays = {"images": images.numpy(), "labels": labels.numpy()}
+        if dataset == "clever_hans":
+            stamped = images.clone()
+            stamped[:, 0, 1:5, 1:5] = 255
+            arrays.update(clean_images=images.numpy(), shortcut_images=stamped[None].numpy(), shortcut_labels=np.array([7]))
+            meta["shortcuts"] = [{"label": 7, "kind": "square"}]
+        save_arrays(paths.prepared_dir(dataset) / f"{split}.npz", **arrays)
+    write_json(paths.prepared_dir(dataset) / "meta.json", meta)
+
+
+def declared_outputs(stage_name: str, dataset: str) -> list[str]:
+    stage_spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage_name]
+    outputs = [next(iter(o)) if isinstance(o, dict) else o for o in stage_spec["outs"] + stage_spec.get("metrics", [])]
+    return [o.replace("${item.dataset}", dataset) for o in outputs]
+
+
+@pytest.mark.parametrize("dataset", ["colored_mnist", "clever_hans"])
+def test_stage_writes_the_headline_metrics_details_and_every_declared_output(dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_prepared(dataset)
+    settings = {"epochs": 2, "batch_size": 32, "width": 4, "eval_batch_size": 64, "n_example_images": 4,
+                "mixed_precision": False}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "classifier": settings}))
+    main([dataset])
+
+    metrics = json.loads(paths.metrics_path(dataset, "classifier").read_text())
+    assert set(metrics) == HEADLINE_KEYS[dataset]
+    assert all(isinstance(value, float) for value in metrics.values())
+    details = json.loads((paths.plots_dir(dataset, "train_classifier") / "details.json").read_text())
+    assert len(details["per_class_accuracy"]) == (4 if dataset == "colored_mnist" else 10)
+    if dataset == "clever_hans":
+        assert set(details["shortcut_reliance_per_class"]) == set(details["shortcut_base_rate_per_class"]) == {"7_square"}
+    live = paths.plots_dir(dataset, "train_classifier") / "live"
+    logged = read_tsv(live / "plots" / "metrics" / "test_accuracy.tsv")
+    assert len(logged) == 2 and float(logged[-1]["test_accuracy"]) == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    missing = [o for o in declared_outputs("train_classifier", dataset) if not (tmp_path / o).exists()]
+    assert not missing, f"declared in dvc.yaml but not written: {missing}"
