@@ -22,8 +22,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from pipeline.config import GanParams
 from pipeline.gan_models import GanNets
-from pipeline.runtime import device_name, select_device
-from pipeline.train_gan import ClassSampler, make_optimizers, net_config, train, training_step
+from pipeline.runtime import device_name, select_device, stage_seed, torch_generator
+from pipeline.train_gan import (ClassSampler, GanStreams, StepInputs, draw_indices, make_optimizers, net_config, train,
+                                training_step)
 
 
 def workload(n_images: int, n_classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,27 +34,38 @@ def workload(n_images: int, n_classes: int, device: torch.device) -> tuple[torch
     return images.to(device), labels.to(device)
 
 
+def seeded_streams(device: torch.device) -> GanStreams:
+    """The training's random streams, seeded as a stage would seed them (data on the CPU, latent codes on ``device``)."""
+    return GanStreams.create(lambda name, on: torch_generator(stage_seed(0, f"gan_step/{name}", "benchmark"), on), device)
+
+
 def iterations_per_second(cfg: GanParams, images, labels, n_classes: int) -> float:
     device = images.device
     torch.manual_seed(0)
     nets = GanNets(net_config(cfg, n_classes)).to(device)
-    generator = torch.Generator(device=device).manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        result = train(nets, images, labels, cfg, generator, Path(tmp) / "last.pt", stamp="benchmark")
+        result = train(nets, images, labels, cfg, seeded_streams(device), Path(tmp) / "last.pt", stamp="benchmark")
     return result["iterations_run"] / result["seconds"]
 
 
 def profile_one_step(cfg: GanParams, images, labels, n_classes: int, rows: int) -> None:
+    """Profile one eager iteration as training runs it: the CPU draws, their copy to the device, the step."""
     device = images.device
     nets = GanNets(net_config(cfg, n_classes)).to(device)
     optimizers = make_optimizers(nets, cfg)
-    sampler = ClassSampler(labels, n_classes)
-    generator = torch.Generator(device=device).manual_seed(0)
+    sampler = ClassSampler(labels.cpu(), n_classes)
+    streams = seeded_streams(device)
+    inputs = StepInputs(cfg.batch_size, device)
+
+    def iteration() -> None:
+        inputs.load(draw_indices(streams, sampler, len(images), n_classes, cfg.batch_size))
+        training_step(nets, optimizers, images, labels, inputs, cfg, streams.latent)
+
     for _ in range(3):
-        training_step(nets, optimizers, images, labels, sampler, cfg, generator)
+        iteration()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        training_step(nets, optimizers, images, labels, sampler, cfg, generator)
+        iteration()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     events = prof.key_averages()

@@ -208,6 +208,7 @@ def translator_state(nets: nn.Module) -> dict:
 
 
 def save_translator(path: str | Path, nets: nn.Module, config: dict, **extra) -> None:
+    """Write the translator's file (``storage.save_checkpoint``: the same weights and ``extra`` give the same bytes)."""
     save_checkpoint(path, {"config": dict(config), "state_dict": translator_state(nets), **extra})
 
 

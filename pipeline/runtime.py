@@ -1,12 +1,16 @@
-"""What every stage needs at run time: the dataset argument, the device, seeding, timing."""
+"""What every stage needs at run time: the dataset argument, the device, seeding, timing, the code it runs."""
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
+import importlib.util
+import os
 import random
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -33,15 +37,16 @@ def device_name(device: torch.device) -> str:
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, numpy and torch; optionally ask torch for deterministic kernels."""
+    """Seed Python, numpy and torch, and switch torch's deterministic kernels on or off.
+
+    Both ways are set, so a process that seeds twice gets the mode it asked for last.
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic)
     if deterministic:
-        import os
-
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     elif torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
@@ -64,13 +69,18 @@ def stage_seed(seed: int, stage: str, dataset: str) -> int:
 
 @dataclass
 class StageTimer:
-    """Wall time of a stage and how many images it processed, written to ``metrics/<D>/timing``."""
+    """Wall time of a stage and how many images it processed, written to ``metrics/<D>/timing``.
+
+    ``details``: further figures that change from run to run without the results changing (a training
+    loop's own seconds, iterations run and per second); they belong here, not in the metrics.
+    """
 
     stage: str
     dataset: str
     device: torch.device
     images: int = 0
     started: float = field(default_factory=time.perf_counter)
+    details: dict[str, float] = field(default_factory=dict)
 
     def seconds(self) -> float:
         if self.device.type == "cuda":
@@ -85,6 +95,7 @@ class StageTimer:
             "seconds": seconds,
             "images": int(self.images),
             "images_per_second": self.images / seconds if seconds > 0 else 0.0,
+            **self.details,
         }
         write_json(paths.timing_path(self.dataset, self.stage), record)
         return record
@@ -98,10 +109,65 @@ class StageContext:
     timer: StageTimer
 
     def generator(self, salt: str = "", device: torch.device | str | None = None) -> torch.Generator:
-        return torch_generator(stage_seed(self.params.seed, self.timer.stage + salt, self.dataset), device or self.device)
+        """The seeded random stream ``salt`` of this stage, on the CPU unless ``device`` is given.
+
+        Data order and sampling draw on the CPU and move the drawn indices to the device, so a CPU run
+        and a GPU run see the same images in the same order; pass ``device`` only for noise that must be
+        drawn where it is used (e.g. inside a CUDA graph).
+        """
+        return torch_generator(stage_seed(self.params.seed, self.timer.stage + salt, self.dataset), device or "cpu")
 
     def rng(self, salt: str = "") -> np.random.Generator:
         return np.random.default_rng(stage_seed(self.params.seed, self.timer.stage + salt, self.dataset))
+
+
+def source_files(module: str, leave_out: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Source file of ``module`` and of every module of its package that it imports at import time, transitively.
+
+    Found by reading the code (nothing is imported), so what a checkpoint depends on is derived rather than
+    listed by hand. Imports inside functions are not followed: they serve that function alone (a figure, a
+    logger). Modules named in ``leave_out`` are skipped with what only they import. Returns {module name: path}.
+    """
+    package = module.split(".")[0]
+    root = Path(importlib.util.find_spec(package).origin).parent
+    found: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        path = _module_path(root, name)
+        if name in found or name in leave_out or path is None:
+            continue
+        found[name] = path
+        todo += [m for m in _import_time_imports(path, name) if m.split(".")[0] == package]
+    return dict(sorted(found.items()))
+
+
+def _module_path(root: Path, name: str) -> Path | None:
+    """``<root>/a/b.py`` or ``<root>/a/b/__init__.py`` for module ``<package>.a.b``; None if neither exists."""
+    base = root.joinpath(*name.split(".")[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _import_time_imports(path: Path, name: str) -> list[str]:
+    """Modules that running ``path`` (module ``name``) imports, outside function bodies, with their parent
+    packages; ``from a import b`` yields ``a`` and ``a.b`` (the latter only matters when ``b`` is a module)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    modules = []
+    todo = list(ast.parse(path.read_text(), filename=str(path)).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        if isinstance(node, ast.Import):
+            modules += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) if node.level else node.module
+            modules += [base] + [f"{base}.{alias.name}" for alias in node.names]
+        todo.extend(ast.iter_child_nodes(node))
+    return [".".join(parts[:end]) for parts in (m.split(".") for m in modules) for end in range(1, len(parts) + 1)]
 
 
 def open_live(directory):

@@ -82,8 +82,14 @@ def load_arrays(path: str | Path, made_by: str = "the stage that writes it") -> 
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    """Write ``checkpoint`` atomically; the same content gives the same bytes in every process.
+
+    torch names the archive inside the file after the file name it is given, and the temporary name
+    holds the process id, so it is written through an open handle instead. Stable bytes keep DVC from
+    re-running downstream stages when a model did not change.
+    """
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        torch.save(checkpoint, handle)
 
 
 def load_checkpoint(path: str | Path, made_by: str = "the stage that writes it", map_location: Any = "cpu") -> dict:

@@ -6,19 +6,26 @@ translated with latent-guided styles (mapping network) and second half with refe
 R1 penalty on reals (fp32), style reconstruction and cycle consistency. An exponential moving average
 (EMA) of generator, mapping network and style encoder is kept and is what later stages use.
 
+Random streams (see :class:`GanStreams`): which images form a batch, their target classes and the
+reference images are drawn on the CPU, so a CPU run and a GPU run train on the same images in the same
+order; the latent codes are drawn on the device.
+
 Losses stay on the device; they are copied to the host only every ``gan.log_every`` iterations,
 where they are checked (non-finite or above ``gan.max_loss`` stops the run naming the iteration and
 the loss) and logged. Checkpoints every ``gan.checkpoint_every`` iterations let an interrupted run
-resume; a checkpoint is written only after the losses up to it were checked.
+resume; a checkpoint is written only after the losses up to it were checked, and records what it
+depends on (:func:`fingerprint`) and the device type it was trained on.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import sys
 import time
 from pathlib import Path
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -31,15 +38,30 @@ from pipeline.config import GanParams, to_dict
 from pipeline.data import load_meta, load_prepared, to_float
 from pipeline.gan_models import GanNets, Translator, save_translator, translator_state
 from pipeline.inference import autocast
-from pipeline.storage import load_checkpoint, save_checkpoint, save_figure, write_json
+from pipeline.runtime import open_live, source_files, stage
+from pipeline.storage import InputError, load_checkpoint, save_checkpoint, save_figure, write_json
 
 LOSS_NAMES = ("d_real", "d_fake", "d_r1", "g_adversarial", "g_style", "g_cycle")
-# Settings that may change between an interrupted run and its resumption without invalidating it.
-RESUMABLE_SETTINGS = ("iterations", "checkpoint_every", "log_every", "n_grid_images", "cuda_graph")
+# Settings that change neither the networks nor their training, only what is logged, kept and drawn:
+# left out of gan.pt and of the fingerprint, so changing one leaves gan.pt byte-identical.
+COSMETIC_SETTINGS = ("checkpoint_every", "log_every", "max_loss", "n_grid_images")
+# Settings that may change between an interrupted run and its resumption: how long to train, and
+# whether the same step is replayed as a CUDA graph.
+RESUMABLE_SETTINGS = ("iterations", "cuda_graph")
+# The module whose code, with every pipeline module it imports, the fingerprint covers; config.py is
+# left out because the params' values are fingerprinted, not their schema.
+TRAINING_MODULE = "pipeline.train_gan"
+NOT_FINGERPRINTED_MODULES = ("pipeline.config",)
+# Per-iteration decay of the smoothed losses reported as metrics (an average over about 100 iterations).
+LOSS_SMOOTHING = 0.99
 
 
 class NonFiniteLoss(RuntimeError):
     """A GAN loss became NaN/inf or exceeded ``gan.max_loss``."""
+
+
+class CheckpointMismatch(InputError):
+    """A checkpoint that matches the run in everything but the device it was trained on."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,8 +89,41 @@ def cycle_loss(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Ten
 # --------------------------------------------------------------------------------------------
 # Pieces of the training loop
 # --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class GanStreams:
+    """The named random streams of GAN training, one per kind of draw.
+
+    ``batch`` (which training images form a batch), ``targets`` (their target classes) and ``references``
+    (which image of the target class gives the reference style) live on the CPU: a CPU and a GPU run draw
+    the same indices. ``latent`` (the mapping network's codes) lives on the training device, so a step
+    replayed as a CUDA graph draws fresh codes on every replay.
+    """
+
+    batch: torch.Generator
+    targets: torch.Generator
+    references: torch.Generator
+    latent: torch.Generator
+
+    ON_DEVICE: ClassVar[tuple[str, ...]] = ("latent",)
+
+    @classmethod
+    def create(cls, make: Callable[[str, torch.device], torch.Generator], device: torch.device | str) -> GanStreams:
+        """``make(name, device)`` returns the seeded generator of stream ``name`` on ``device``."""
+        def device_of(name: str) -> torch.device:
+            return torch.device(device) if name in cls.ON_DEVICE else torch.device("cpu")
+
+        return cls(**{f.name: make(f.name, device_of(f.name)) for f in dataclasses.fields(cls)})
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name).get_state() for f in dataclasses.fields(self)}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).set_state(state[f.name])
+
+
 class ClassSampler:
-    """Draw random training indices of given classes on the device, without host syncs."""
+    """Draw random training indices of given classes, on the device of ``classes`` and ``generator``."""
 
     def __init__(self, labels: torch.Tensor, n_classes: int):
         counts = torch.bincount(labels, minlength=n_classes)
@@ -99,15 +154,36 @@ def ema_beta_at(iteration: int, beta: float) -> float:
     return min(beta, (1.0 + iteration) / (10.0 + iteration))
 
 
-def fingerprint(cfg: GanParams, config: dict, seed: int, images: torch.Tensor, labels: torch.Tensor) -> str:
-    """What a checkpoint must agree on to be resumed: params (but not the iteration count), data, code."""
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in RESUMABLE_SETTINGS}
-    code = hashlib.sha256()
-    for module in ("gan_models.py", "train_gan.py"):
-        code.update((Path(__file__).parent / module).read_bytes())
-    data = [len(images), int(images.sum(dtype=torch.int64)), int((labels * torch.arange(len(labels), device=labels.device)).sum())]
-    blob = json.dumps({"settings": settings, "config": config, "seed": seed, "data": data, "code": code.hexdigest()},
-                      sort_keys=True)
+def translator_settings(cfg: GanParams) -> dict:
+    """The GAN params that shape the trained translator (all but :data:`COSMETIC_SETTINGS`); stored in gan.pt."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in COSMETIC_SETTINGS}
+
+
+def code_digest() -> str:
+    """sha256 of the source of the training module and of every pipeline module it imports at import time."""
+    digest = hashlib.sha256()
+    for name, path in source_files(TRAINING_MODULE, leave_out=NOT_FINGERPRINTED_MODULES).items():
+        digest.update(name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def data_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """sha256 of the training images and labels (their shapes, types and bytes)."""
+    digest = hashlib.sha256()
+    for tensor in (images, labels):
+        digest.update(f"{tuple(tensor.shape)} {tensor.dtype}".encode())
+        digest.update(np.ascontiguousarray(tensor.detach().cpu().numpy()))
+    return digest.hexdigest()
+
+
+def fingerprint(cfg: GanParams, config: dict, seed: int, images: torch.Tensor, labels: torch.Tensor,
+                deterministic: bool = False) -> str:
+    """What a checkpoint must agree on to be resumed: the params that change the maths (not how long to
+    train, nor what is logged or drawn), the architecture, the seed, whether kernels are deterministic,
+    the data, and the code of every module training imports. The device is checked on its own."""
+    settings = {k: v for k, v in translator_settings(cfg).items() if k not in RESUMABLE_SETTINGS}
+    blob = json.dumps({"settings": settings, "config": config, "seed": seed, "deterministic": deterministic,
+                       "data": data_digest(images, labels), "code": code_digest()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -137,8 +213,9 @@ class GraphedStep:
 
     A training step of these small networks launches thousands of tiny kernels; replaying them as one
     graph removes the per-kernel launch cost, which dominates on a GPU. The step must keep static
-    shapes and never synchronise with the host (it draws its random numbers from ``generator``, which
-    is registered with the graph so every replay gets fresh ones). If capture fails, training goes on
+    shapes and never synchronise with the host: it reads its indices from a fixed device buffer that is
+    refilled before each call (:class:`StepInputs`) and draws its random numbers from ``generator``, which
+    is registered with the graph so every replay gets fresh ones. If capture fails, training goes on
     eagerly with a warning. Returns the step's output tensor (overwritten by the next replay).
     """
 
@@ -194,17 +271,42 @@ class GraphedStep:
         self.graph = graph
 
 
-def training_step(nets: GanNets, optimizers: dict, images: torch.Tensor, labels: torch.Tensor, sampler: ClassSampler,
-                  cfg: GanParams, generator: torch.Generator) -> torch.Tensor:
-    """One discriminator and one generator update; returns the losses (len(LOSS_NAMES), on the device)."""
+def draw_indices(streams: GanStreams, sampler: ClassSampler, n_images: int, n_classes: int, batch_size: int) -> torch.Tensor:
+    """The CPU draws of one step, packed as one int64 tensor for one copy to the device: the batch's image
+    indices (batch_size), its target classes (batch_size) and the reference images' indices (the second half)."""
+    index = torch.randint(n_images, (batch_size,), generator=streams.batch)
+    targets = torch.randint(n_classes, (batch_size,), generator=streams.targets)
+    references = sampler.sample(targets[batch_size // 2:], streams.references)
+    return torch.cat([index, targets, references])
+
+
+class StepInputs:
+    """A device buffer holding one step's indices from :func:`draw_indices`, and views of its three parts.
+
+    Refilled by one host-to-device copy per step (from pinned memory, without waiting for the GPU); the
+    buffer never moves, so a step captured as a CUDA graph reads each step's new indices.
+    """
+
+    def __init__(self, batch_size: int, device: torch.device):
+        sizes = (batch_size, batch_size, batch_size - batch_size // 2)
+        self.buffer = torch.zeros(sum(sizes), dtype=torch.long, device=device)
+        self.index, self.targets, self.references = self.buffer.split(sizes)
+
+    def load(self, drawn: torch.Tensor) -> None:
+        if self.buffer.device.type == "cuda":
+            drawn = drawn.pin_memory()
+        self.buffer.copy_(drawn, non_blocking=True)
+
+
+def training_step(nets: GanNets, optimizers: dict, images: torch.Tensor, labels: torch.Tensor, inputs: StepInputs,
+                  cfg: GanParams, latent: torch.Generator) -> torch.Tensor:
+    """One discriminator and one generator update on the images ``inputs`` indexes, with latent codes drawn
+    from ``latent``; returns the losses (len(LOSS_NAMES), on the device)."""
     device = images.device
-    n_classes = nets.config["n_classes"]
-    index = torch.randint(len(images), (cfg.batch_size,), generator=generator, device=device)
-    x_real, y_org = to_float(images[index]), labels[index]
-    y_trg = torch.randint(n_classes, (cfg.batch_size,), generator=generator, device=device)
+    x_real, y_org, y_trg = to_float(images[inputs.index]), labels[inputs.index], inputs.targets
     half = cfg.batch_size // 2
-    z = torch.randn(half, nets.config["latent_dim"], generator=generator, device=device)
-    x_ref = to_float(images[sampler.sample(y_trg[half:], generator)])
+    z = torch.randn(half, nets.config["latent_dim"], generator=latent, device=device)
+    x_ref = to_float(images[inputs.references])
 
     def target_styles() -> torch.Tensor:
         return torch.cat([nets.mapping(z, y_trg[:half]), nets.style_encoder(x_ref, y_trg[half:])])
@@ -255,71 +357,107 @@ def check_losses(losses: np.ndarray, first_iteration: int, cfg: GanParams, last_
         f"{last_good}. Try a lower gan.learning_rate or a higher gan.r1_weight.")
 
 
-def save_training_state(path: Path, nets: GanNets, ema: Translator, optimizers: dict, iteration: int,
-                        generator: torch.Generator, history: list[dict], stamp: str) -> None:
+@dataclasses.dataclass
+class Progress:
+    """What training carries besides weights and random streams: iterations done, the logged history (loss
+    means per log interval) and the per-iteration losses' exponential moving average (before bias correction)."""
+
+    iteration: int = 0
+    history: list[dict] = dataclasses.field(default_factory=list)
+    smoothed: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(len(LOSS_NAMES)))
+
+    def add(self, losses: np.ndarray) -> None:
+        """Fold in the checked losses of the next ``len(losses)`` iterations, one row per iteration."""
+        for row in losses.astype(np.float64):
+            self.smoothed = LOSS_SMOOTHING * self.smoothed + (1.0 - LOSS_SMOOTHING) * row
+        self.iteration += len(losses)
+
+    def smoothed_losses(self) -> dict[str, float]:
+        """The moving average of each loss, bias-corrected so a short run is not pulled towards zero."""
+        correction = 1.0 - LOSS_SMOOTHING ** self.iteration if self.iteration else 1.0
+        return {name: float(v / correction) for name, v in zip(LOSS_NAMES, self.smoothed)}
+
+
+def save_training_state(path: Path, nets: GanNets, ema: Translator, optimizers: dict, streams: GanStreams,
+                        progress: Progress, stamp: str, device: torch.device) -> None:
     save_checkpoint(path, {
-        "iteration": iteration,
+        "iteration": progress.iteration,
         "fingerprint": stamp,
+        "device": device.type,
         "nets": {k: v.detach().cpu() for k, v in nets.state_dict().items()},
         "ema": translator_state(ema),
         "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-        "rng": generator.get_state(),
-        "history": json.dumps(history),
+        "rng": streams.state(),
+        "history": json.dumps(progress.history),
+        "smoothed_losses": progress.smoothed.tolist(),
     })
 
 
-def try_resume(path: Path, nets: GanNets, ema: Translator, optimizers: dict, generator: torch.Generator,
-               stamp: str, iterations: int) -> tuple[int, list[dict]]:
-    """Load the checkpoint when it matches ``stamp`` and is not past ``iterations``; (iteration, history)."""
+def try_resume(path: Path, nets: GanNets, ema: Translator, optimizers: dict, streams: GanStreams, stamp: str,
+               iterations: int, device: torch.device) -> Progress:
+    """Load the checkpoint when it matches ``stamp`` and is not past ``iterations``; the progress it holds.
+
+    A checkpoint that matches but was trained on another device type is refused (:class:`CheckpointMismatch`):
+    its random-generator state cannot drive this device's generator, and training there would not continue
+    the same computation.
+    """
     if not path.exists():
-        return 0, []
+        return Progress()
     state = load_checkpoint(path, made_by="train_gan")
     if state.get("fingerprint") != stamp:
         print(f"[train_gan] {path} was made with other params, data or code: starting over", file=sys.stderr)
-        return 0, []
+        return Progress()
     if state["iteration"] > iterations:
         print(f"[train_gan] {path} is at iteration {state['iteration']} > gan.iterations = {iterations}: starting over",
               file=sys.stderr)
-        return 0, []
+        return Progress()
+    if state.get("device") != device.type:
+        raise CheckpointMismatch(
+            f"{path} was trained on {state.get('device')} but this run is on {device.type}: set `device: "
+            f"{state.get('device')}` to resume it, or delete {path.parent} to start fresh on {device.type}")
     nets.load_state_dict(state["nets"])
     ema.load_state_dict(state["ema"])
     for name, opt in optimizers.items():
         opt.load_state_dict(state["optimizers"][name])
-    generator.set_state(state["rng"])
+    streams.load_state(state["rng"])
     print(f"[train_gan] resuming from {path} at iteration {state['iteration']}", file=sys.stderr)
-    return int(state["iteration"]), json.loads(state["history"])
+    return Progress(int(state["iteration"]), json.loads(state["history"]), np.asarray(state["smoothed_losses"]))
 
 
-def train(nets: GanNets, images: torch.Tensor, labels: torch.Tensor, cfg: GanParams, generator: torch.Generator,
+def train(nets: GanNets, images: torch.Tensor, labels: torch.Tensor, cfg: GanParams, streams: GanStreams,
           checkpoint_path: Path, stamp: str, on_log=None) -> dict:
     """Train ``nets`` on device-resident uint8 ``images``, resuming from ``checkpoint_path`` when it matches.
 
-    Returns {"ema": Translator, "history": [...], "iterations_run": int, "seconds": float}. ``on_log(record)``
-    is called at every log point (after the losses were checked).
+    Returns {"ema": Translator, "history": [...], "smoothed_losses": {name: value}, "iterations_run": int,
+    "seconds": float}. ``on_log(record)`` is called at every log point (after the losses were checked).
     """
     device = images.device
-    sampler = ClassSampler(labels, nets.config["n_classes"])
+    n_classes = nets.config["n_classes"]
+    sampler = ClassSampler(labels.cpu(), n_classes)
     graphed = cfg.cuda_graph and device.type == "cuda"
     optimizers = make_optimizers(nets, cfg, graphable=graphed)
     ema = Translator(nets.config).to(device)
     ema.load_state_dict(translator_state(nets))
     ema.requires_grad_(False)
-    start, history = try_resume(checkpoint_path, nets, ema, optimizers, generator, stamp, cfg.iterations)
+    progress = try_resume(checkpoint_path, nets, ema, optimizers, streams, stamp, cfg.iterations, device)
+    start = progress.iteration
     last_good = (f"the last good checkpoint {checkpoint_path} (iteration {start}) is kept" if start
                  else "no checkpoint was written yet")
     nets.train()
     flush_every = math.gcd(cfg.log_every, cfg.checkpoint_every)
     buffer = torch.zeros(flush_every, len(LOSS_NAMES), device=device)
     row = 0
+    inputs = StepInputs(cfg.batch_size, device)
 
     def step() -> torch.Tensor:
-        return training_step(nets, optimizers, images, labels, sampler, cfg, generator)
+        return training_step(nets, optimizers, images, labels, inputs, cfg, streams.latent)
 
-    run_step = GraphedStep(step, generator) if graphed else step
+    run_step = GraphedStep(step, streams.latent) if graphed else step
     started = time.perf_counter()
     bar = tqdm(range(start, cfg.iterations), total=cfg.iterations, initial=start, desc="train_gan", leave=False,
                file=sys.stderr, mininterval=2)
     for iteration in bar:
+        inputs.load(draw_indices(streams, sampler, len(images), n_classes, cfg.batch_size))
         buffer[row] = run_step()
         ema_update(ema, nets, ema_beta_at(iteration, cfg.ema_beta))
         row += 1
@@ -327,15 +465,16 @@ def train(nets: GanNets, images: torch.Tensor, labels: torch.Tensor, cfg: GanPar
         if done % flush_every == 0 or done == cfg.iterations:
             losses = buffer[:row].cpu().numpy()
             check_losses(losses, done - row + 1, cfg, last_good)
+            progress.add(losses)
             record = {"iteration": done, **{name: float(v) for name, v in zip(LOSS_NAMES, losses.mean(0))}}
-            history.append(record)
+            progress.history.append(record)
             row = 0
             bar.set_postfix(d=f"{record['d_real'] + record['d_fake']:.3f}", g=f"{record['g_adversarial']:.3f}",
                             cyc=f"{record['g_cycle']:.3f}", refresh=False)
             if on_log is not None:
                 on_log(record)
             if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-                save_training_state(checkpoint_path, nets, ema, optimizers, done, generator, history, stamp)
+                save_training_state(checkpoint_path, nets, ema, optimizers, streams, progress, stamp, device)
                 last_good = f"the last good checkpoint {checkpoint_path} (iteration {done}) is kept"
     bar.close()
     seconds = time.perf_counter() - started
@@ -343,7 +482,8 @@ def train(nets: GanNets, images: torch.Tensor, labels: torch.Tensor, cfg: GanPar
         torch.cuda.synchronize(device)
         seconds = time.perf_counter() - started
     nets.eval()
-    return {"ema": ema, "history": history, "iterations_run": cfg.iterations - start, "seconds": seconds}
+    return {"ema": ema, "history": progress.history, "smoothed_losses": progress.smoothed_losses(),
+            "iterations_run": cfg.iterations - start, "seconds": seconds}
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,8 +491,6 @@ def train(nets: GanNets, images: torch.Tensor, labels: torch.Tensor, cfg: GanPar
 # --------------------------------------------------------------------------------------------
 def log_history(history: list[dict], live_dir: Path) -> None:
     """Every loss, averaged per log interval, as DVCLive curves (step = iteration)."""
-    from pipeline.runtime import open_live
-
     live = open_live(live_dir)
     for record in history:
         live.step = record["iteration"]
@@ -362,16 +500,20 @@ def log_history(history: list[dict], live_dir: Path) -> None:
 
 
 @torch.no_grad()
-def translation_grid(ema: Translator, test: dict, class_names: list[str], n_rows: int, generator: torch.Generator,
-                     title: str):
-    """Rows: test images; columns: the original, then its latent-guided translation into each class."""
+def translation_grid(ema: Translator, test: dict, class_names: list[str], n_rows: int, pick_generator: torch.Generator,
+                     latent_generator: torch.Generator, title: str):
+    """Rows: test images; columns: the original, then its latent-guided translation into each class.
+
+    The rows are drawn with ``pick_generator`` (CPU: the same images on every device), the latent codes
+    with ``latent_generator`` on its own device.
+    """
     from pipeline.plotting import image_grid
 
     device = test["images"].device
     n_classes = len(class_names)
-    pick = torch.randperm(len(test["images"]), generator=generator, device=device)[:n_rows]
+    pick = torch.randperm(len(test["images"]), generator=pick_generator)[:n_rows].to(device)
     x = to_float(test["images"][pick])
-    z = torch.randn(n_classes, ema.config["latent_dim"], generator=generator, device=device)
+    z = torch.randn(n_classes, ema.config["latent_dim"], generator=latent_generator, device=latent_generator.device).to(device)
     classes = torch.arange(n_classes, device=device)
     styles = ema.latent_style(z, classes)  # one style per class, shared by all rows
     columns = [x] + [ema(x, styles[c].expand(len(x), -1)) for c in range(n_classes)]
@@ -383,9 +525,23 @@ def translation_grid(ema: Translator, test: dict, class_names: list[str], n_rows
     return image_grid(grid, titles, ncols=n_classes + 1, suptitle=title)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from pipeline.runtime import stage
+def headline_metrics(smoothed: dict[str, float], cfg: GanParams, iterations: int) -> dict:
+    """What ``metrics/<D>/train_gan.json`` holds: the iterations trained and the objective each optimiser
+    minimises (weighted sums of the losses), smoothed over about the last 100 iterations."""
+    discriminator = cfg.adversarial_weight * (smoothed["d_real"] + smoothed["d_fake"]) + cfg.r1_weight * smoothed["d_r1"]
+    generator = (cfg.adversarial_weight * smoothed["g_adversarial"] + cfg.style_weight * smoothed["g_style"]
+                 + cfg.cycle_weight * smoothed["g_cycle"])
+    return {"iterations": iterations, "smoothed_discriminator_loss": discriminator, "smoothed_generator_loss": generator}
 
+
+def training_timing(result: dict) -> dict[str, float]:
+    """Wall-clock figures of this run's training loop, for the stage's timing file."""
+    seconds, run = result["seconds"], result["iterations_run"]
+    return {"iterations_run": run, "training_seconds": seconds,
+            "iterations_per_second": run / seconds if seconds > 0 and run else 0.0}
+
+
+def main(argv: list[str] | None = None) -> None:
     with stage("train_gan", argv) as ctx:
         cfg = ctx.params.gan
         meta = load_meta(ctx.dataset)
@@ -394,36 +550,35 @@ def main(argv: list[str] | None = None) -> None:
         config = net_config(cfg, meta["n_classes"])
         torch.manual_seed(ctx.params.seed)
         nets = GanNets(config).to(ctx.device)
-        stamp = fingerprint(cfg, config, ctx.params.seed, train_split["images"], train_split["labels"])
+        stamp = fingerprint(cfg, config, ctx.params.seed, train_split["images"], train_split["labels"],
+                            deterministic=ctx.params.deterministic)
+        streams = GanStreams.create(lambda name, device: ctx.generator(f"/{name}", device), ctx.device)
         checkpoint_path = paths.gan_checkpoint_dir(ctx.dataset) / "last.pt"
         checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            result = train(nets, train_split["images"], train_split["labels"], cfg, ctx.generator(), checkpoint_path, stamp)
+            result = train(nets, train_split["images"], train_split["labels"], cfg, streams, checkpoint_path, stamp)
         except NonFiniteLoss as err:
             print(f"error: [train_gan@{ctx.dataset}] {err}", file=sys.stderr)
             raise SystemExit(1) from err
         ema = result["ema"].eval()
 
-        save_translator(paths.gan_path(ctx.dataset), ema, config, class_names=meta["class_names"], params=to_dict(cfg),
-                        iterations=cfg.iterations)
+        save_translator(paths.gan_path(ctx.dataset), ema, config, class_names=meta["class_names"],
+                        params=translator_settings(cfg), iterations=cfg.iterations)
         out = paths.plots_dir(ctx.dataset, "train_gan")
         log_history(result["history"], out / "live")
-        fig = translation_grid(ema, test, meta["class_names"], cfg.n_grid_images, ctx.generator("grid"),
+        fig = translation_grid(ema, test, meta["class_names"], cfg.n_grid_images, ctx.generator("/grid-images"),
+                               ctx.generator("/grid-latent", ctx.device),
                                f"{ctx.dataset}: latent-guided translations (EMA generator, {cfg.iterations} iterations)")
         save_figure(fig, out / "translations.png")
 
-        rate = result["iterations_run"] / result["seconds"] if result["seconds"] > 0 and result["iterations_run"] else 0.0
-        final = result["history"][-1] if result["history"] else {}
-        write_json(paths.metrics_path(ctx.dataset, "train_gan"), {
-            "iterations": cfg.iterations,
-            "iterations_run": result["iterations_run"],
-            "training_seconds": result["seconds"],
-            "iterations_per_second": rate,
-            **{f"final_{name}": final.get(name) for name in LOSS_NAMES},
-        })
+        metrics = headline_metrics(result["smoothed_losses"], cfg, cfg.iterations)
+        write_json(paths.metrics_path(ctx.dataset, "train_gan"), metrics)
+        timing = training_timing(result)
+        ctx.timer.details.update(timing)
         ctx.timer.images = result["iterations_run"] * cfg.batch_size
         print(f"[train_gan@{ctx.dataset}] {result['iterations_run']} iterations in {result['seconds']:.1f} s "
-              f"({rate:.1f} it/s, batch {cfg.batch_size}); final cycle loss {final.get('g_cycle', float('nan')):.4f}",
+              f"({timing['iterations_per_second']:.1f} it/s, batch {cfg.batch_size}); smoothed losses: "
+              f"discriminator {metrics['smoothed_discriminator_loss']:.4f}, generator {metrics['smoothed_generator_loss']:.4f}",
               file=sys.stderr)
 
 

@@ -1,15 +1,32 @@
+import hashlib
+import json
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from pipeline import train_gan
 from pipeline.config import GanParams
 from pipeline.gan_models import GanNets, Translator, load_translator, save_translator
-from pipeline.train_gan import (LOSS_NAMES, ClassSampler, NonFiniteLoss, check_losses, ema_beta_at, ema_update,
-                                fingerprint, train)
-from pipeline.storage import load_checkpoint
+from pipeline.runtime import stage_seed, torch_generator
+from pipeline.train_gan import (LOSS_NAMES, CheckpointMismatch, ClassSampler, GanStreams, NonFiniteLoss, check_losses,
+                                ema_beta_at, ema_update, fingerprint, train)
+from pipeline.storage import load_checkpoint, save_arrays, save_checkpoint, write_json
 
 CONFIG = {"n_classes": 3, "style_dim": 4, "latent_dim": 2, "width": 4}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_cpu_thread():
+    """The toy networks are far too small to gain from parallel kernels; on a busy machine the threads of one
+    kernel mostly wait for each other (a toy run then takes a minute instead of a second)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def toy_data(n=48, seed=0):
@@ -34,13 +51,17 @@ def fresh_nets():
     return GanNets(CONFIG)
 
 
-def run(tmp_path, cfg, on_log=None, name="last.pt", device="cpu", generator=None):
-    """Train fresh nets on the toy data on ``device``; ``generator`` (seeded 1 when None) is left advanced."""
+def seeded_streams(device="cpu", seed=1):
+    return GanStreams.create(lambda name, on: torch_generator(stage_seed(seed, name, "test"), on), device)
+
+
+def run(tmp_path, cfg, on_log=None, name="last.pt", device="cpu", streams=None):
+    """Train fresh nets on the toy data on ``device``; ``streams`` (seeded 1 when None) are left advanced."""
     images, labels = (t.to(device) for t in toy_data())
     nets = fresh_nets().to(device)
     stamp = fingerprint(cfg, CONFIG, 0, images, labels)
-    generator = generator if generator is not None else torch.Generator(device=device).manual_seed(1)
-    result = train(nets, images, labels, cfg, generator, tmp_path / name, stamp, on_log=on_log)
+    streams = streams if streams is not None else seeded_streams(device)
+    result = train(nets, images, labels, cfg, streams, tmp_path / name, stamp, on_log=on_log)
     return nets, result
 
 
@@ -102,6 +123,7 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path):
     assert torch.equal(flat(resumed_nets), flat(full_nets))
     assert torch.equal(flat(resumed["ema"]), flat(full["ema"]))
     assert [r["iteration"] for r in resumed["history"]] == [2, 4, 6]
+    assert resumed["smoothed_losses"] == full["smoothed_losses"]
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 6
 
     # more iterations continue from the finished checkpoint; other params start over
@@ -147,11 +169,122 @@ def test_translator_round_trips_and_translates_to_valid_images(tmp_path):
     assert torch.allclose(translator.reference_style(x, classes), nets.style_encoder(x, classes), atol=1e-6)
 
 
+@pytest.mark.parametrize("edited, matters", [
+    ("train_gan.py", True), ("gan_models.py", True), ("inference.py", True), ("data.py", True), ("models.py", True),
+    ("storage.py", True), ("runtime.py", True), ("plotting.py", False), ("config.py", False)])
+def test_fingerprint_covers_the_code_of_every_module_training_imports(monkeypatch, edited, matters):
+    """Imported at module level by train_gan (directly or not) counts; figures and the params' schema do not."""
+    images, labels = toy_data()
+    before = fingerprint(tiny_cfg(), CONFIG, 0, images, labels)
+    read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda path: read_bytes(path) + (b"\n# edited\n" if path.name == edited else b""))
+    assert (fingerprint(tiny_cfg(), CONFIG, 0, images, labels) != before) == matters
+
+
+def test_fingerprint_follows_the_maths_not_the_cosmetics():
+    images, labels = toy_data()
+    base = fingerprint(tiny_cfg(), CONFIG, 0, images, labels)
+    for harmless in (dict(n_grid_images=3), dict(log_every=3), dict(checkpoint_every=3), dict(max_loss=5.0),
+                     dict(iterations=60), dict(cuda_graph=True)):
+        assert fingerprint(tiny_cfg(**harmless), CONFIG, 0, images, labels) == base, harmless
+    for maths in (dict(learning_rate=1e-3), dict(r1_weight=2.0), dict(batch_size=6), dict(ema_beta=0.9)):
+        assert fingerprint(tiny_cfg(**maths), CONFIG, 0, images, labels) != base, maths
+    assert fingerprint(tiny_cfg(), CONFIG, 1, images, labels) != base
+    assert fingerprint(tiny_cfg(), CONFIG, 0, images, labels, deterministic=True) != base
+    swapped = images.clone()  # two pixels of different value trade places: same sum, other data
+    pixels = swapped[0, 0].view(-1)
+    lit, dark = int(torch.nonzero(pixels)[0]), int(torch.nonzero(pixels == 0)[0])
+    pixels[lit], pixels[dark] = pixels[dark].clone(), pixels[lit].clone()
+    assert swapped.sum() == images.sum() and not torch.equal(swapped, images)
+    assert fingerprint(tiny_cfg(), CONFIG, 0, swapped, labels) != base
+
+
+def test_resume_refuses_a_checkpoint_trained_on_another_device(tmp_path):
+    cfg = tiny_cfg(iterations=1, checkpoint_every=1, log_every=1)
+    run(tmp_path, cfg)
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["device"] == "cpu"
+    state["device"] = "cuda"
+    save_checkpoint(tmp_path / "last.pt", state)
+    with pytest.raises(CheckpointMismatch, match=r"trained on cuda but this run is on cpu: set `device: cuda` to resume "
+                                                 r"it, or delete .* to start fresh on cpu"):
+        run(tmp_path, cfg)
+    assert load_checkpoint(tmp_path / "last.pt")["device"] == "cuda"  # left as it was
+
+
+def test_streams_draw_data_on_the_cpu_and_latent_codes_on_the_device():
+    requested = {}
+
+    def make(name, device):
+        requested[name] = device.type
+        return torch.Generator()
+
+    GanStreams.create(make, "cuda")
+    assert requested == {"batch": "cpu", "targets": "cpu", "references": "cpu", "latent": "cuda"}
+
+
+def test_translator_file_has_the_same_bytes_in_every_process(tmp_path, monkeypatch):
+    nets = fresh_nets()
+    written = []
+    for pid in (1000, 2000):
+        monkeypatch.setattr(os, "getpid", lambda pid=pid: pid)  # the temporary file is named after the process
+        save_translator(tmp_path / "gan.pt", nets, CONFIG, iterations=3)
+        written.append((tmp_path / "gan.pt").read_bytes())
+    assert written[0] == written[1]
+
+
+def write_prepared(dataset):
+    """A toy prepared dataset under ./data/prepared/<dataset>, as prepare@<dataset> lays it out."""
+    images, labels = toy_data()
+    for split, n in (("train", 48), ("test", 6)):
+        save_arrays(Path("data/prepared") / dataset / f"{split}.npz", images=images[:n].numpy(), labels=labels[:n].numpy())
+    write_json(Path("data/prepared") / dataset / "meta.json", {"n_classes": 3, "class_names": ["red", "green", "blue"]})
+
+
+def test_cosmetic_params_leave_gan_pt_byte_identical_and_metrics_free_of_wall_clock(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_prepared("colored_mnist")
+    gan = dict(iterations=2, batch_size=4, style_dim=4, latent_dim=2, width=4, checkpoint_every=2, log_every=2,
+               n_grid_images=2)
+    runs = []
+    for cosmetic in ({}, dict(n_grid_images=1, log_every=1, checkpoint_every=1, max_loss=500.0)):
+        Path("params.yaml").write_text(yaml.safe_dump({"device": "cpu", "gan": {**gan, **cosmetic}}))
+        train_gan.main(["colored_mnist"])
+        runs.append({
+            "gan.pt": hashlib.sha256(Path("data/models/colored_mnist/gan.pt").read_bytes()).hexdigest(),
+            "metrics": json.loads(Path("metrics/colored_mnist/train_gan.json").read_text()),
+            "timing": json.loads(Path("metrics/colored_mnist/timing/train_gan.json").read_text()),
+        })
+    first, second = runs
+    assert second["gan.pt"] == first["gan.pt"]
+    assert second["metrics"] == first["metrics"]
+    assert set(first["metrics"]) == {"iterations", "smoothed_discriminator_loss", "smoothed_generator_loss"}
+    assert first["metrics"]["iterations"] == 2
+    assert [r["timing"]["iterations_run"] for r in runs] == [2, 0]  # the second run resumed the finished checkpoint
+    assert first["timing"]["training_seconds"] > 0 and first["timing"]["iterations_per_second"] > 0
+
+
 def run_on(device, tmp_path, cfg, name):
-    """(flat parameters, result, generator state after training) of :func:`run` on ``device``."""
-    generator = torch.Generator(device=device).manual_seed(1)
-    nets, result = run(tmp_path, cfg, name=name, device=device, generator=generator)
-    return flat(nets), result, generator.get_state()
+    """(flat parameters, result, random-stream states after training) of :func:`run` on ``device``."""
+    streams = seeded_streams(device)
+    nets, result = run(tmp_path, cfg, name=name, device=device, streams=streams)
+    return flat(nets), result, streams.state()
+
+
+def same_states(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cpu_and_cuda_runs_train_on_the_same_images_in_the_same_order(tmp_path, monkeypatch):
+    cfg = tiny_cfg(iterations=3, checkpoint_every=3, log_every=3)
+    drawn = {"cpu": [], "cuda": []}
+    draw_indices = train_gan.draw_indices
+    for device, seen in drawn.items():
+        monkeypatch.setattr(train_gan, "draw_indices", lambda *args, seen=seen: seen.append(draw_indices(*args)) or seen[-1])
+        run(tmp_path, cfg, name=f"{device}.pt", device=device)
+    assert len(drawn["cpu"]) == len(drawn["cuda"]) == 3
+    assert all(torch.equal(a, b) for a, b in zip(drawn["cpu"], drawn["cuda"]))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
@@ -164,9 +297,9 @@ def test_cuda_graph_training_resumes_exactly_and_matches_eager(tmp_path, capsys)
     run_on(device, tmp_path, tiny_cfg(iterations=6, checkpoint_every=6, log_every=6, cuda_graph=True), "resumed.pt")
     resumed, resumed_result, resumed_rng = run_on(device, tmp_path, cfg, "resumed.pt")
     assert resumed_result["iterations_run"] == 6
-    assert torch.equal(full_rng, resumed_rng)  # replays advanced the generator like eager steps would
+    assert same_states(full_rng, resumed_rng)  # replays advanced the generators like eager steps would
     assert torch.allclose(full, resumed, atol=1e-5)
 
     eager, _, eager_rng = run_on(device, tmp_path, tiny_cfg(iterations=12, checkpoint_every=6, log_every=6), "eager.pt")
-    assert torch.equal(full_rng, eager_rng)
+    assert same_states(full_rng, eager_rng)
     assert torch.allclose(full, eager, atol=1e-3)  # fused vs. foreach Adam: rounding only
