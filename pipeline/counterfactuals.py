@@ -12,10 +12,15 @@ The classifier (never seen by the GAN) then decides: conversion rate (share assi
 the target-vs-predicted confusion matrix, how much the image changed (mean L1, share of pixels
 changed by more than 0.1) and how real the counterfactuals look to the classifier (Fréchet distance
 between penultimate-layer features of real target-class test images and of counterfactuals into that
-class, beside the same distance between two disjoint halves of the real images as the floor).
+class, beside the same distance between two disjoint sets of real images as the floor).
+
+``metrics/<D>/counterfactuals.json`` holds six headline figures; per-pair conversion, the
+latent-guided change sizes and distances, and per-class distances go to
+``plots/<D>/counterfactuals/details.json``.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 
 import numpy as np
@@ -31,6 +36,9 @@ from pipeline.inference import embed_images, predict_probabilities
 from pipeline.storage import save_arrays, save_figure, write_csv, write_json
 
 CHANGE_THRESHOLD = 0.1  # a pixel "changed" when some channel moved by more than this (images in [0, 1])
+MODES = {"reference": "", "latent": "_latent"}  # guidance -> key suffix in counterfactuals.npz
+CONTRACT_KEYS = ("real", "counterfactual", "counterfactual_latent", "image_index", "source", "target",
+                 "predicted", "target_probability", "predicted_latent", "target_probability_latent")
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,7 +64,7 @@ def class_reference_styles(translator: nn.Module, images: torch.Tensor, labels: 
         members = torch.nonzero(labels == c).flatten()
         if len(members) == 0:
             raise ValueError(f"no reference images of class {c}")
-        chosen = members[torch.randperm(len(members), generator=generator, device=members.device)[:count]]
+        chosen = members[torch.randperm(len(members), generator=generator, device=generator.device)[:count].to(members.device)]
         classes = torch.full((len(chosen),), c, device=images.device, dtype=torch.long)
         styles.append(translator.reference_style(to_float(images[chosen]), classes).float().mean(0))
     return torch.stack(styles)
@@ -75,7 +83,7 @@ def make_counterfactuals(translator: nn.Module, classifier: nn.Module, test: dic
                          n_classes: int, cfg: CounterfactualParams, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """All counterfactuals of a seeded sample of test images, in the counterfactuals.npz format (tensors)."""
     device = test["images"].device
-    order = torch.randperm(len(test["images"]), generator=generator, device=device)
+    order = torch.randperm(len(test["images"]), generator=generator, device=generator.device).to(device)
     pick = order[: cfg.n_images].sort().values
     rows, targets = all_other_targets(test["labels"][pick], n_classes)
     image_index = pick[rows]
@@ -83,7 +91,7 @@ def make_counterfactuals(translator: nn.Module, classifier: nn.Module, test: dic
     class_styles = class_reference_styles(translator, references["images"], references["labels"], n_classes,
                                           cfg.reference, cfg.n_reference_images, generator)
     counterfactual = translate(translator, real, class_styles[targets], cfg.batch_size)
-    z = torch.randn(len(targets), translator.config["latent_dim"], generator=generator, device=device)
+    z = torch.randn(len(targets), translator.config["latent_dim"], generator=generator, device=generator.device).to(device)
     latent_styles = torch.cat([translator.latent_style(z[part], targets[part]) for part in batch_slices(len(z), cfg.batch_size)]) \
         if len(z) else z
     counterfactual_latent = translate(translator, real, latent_styles, cfg.batch_size)
@@ -120,20 +128,36 @@ def change_size(real: torch.Tensor, counterfactual: torch.Tensor) -> tuple[float
     return diff.mean().item(), (diff.amax(dim=1) > CHANGE_THRESHOLD).float().mean().item()
 
 
-def feature_distances(classifier: nn.Module, test_images: torch.Tensor, test_labels: torch.Tensor,
-                      counterfactuals: torch.Tensor, targets: torch.Tensor, n_classes: int, generator: torch.Generator,
-                      batch_size: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Per class c: distance(real half A of class c, counterfactuals into c) and floor distance(half A, half B)."""
-    real_features = embed_images(classifier, test_images, batch_size)
-    fake_features = embed_images(classifier, counterfactuals, batch_size)
-    distance, floor = {}, {}
+def shuffled_members(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Positions where ``mask`` is true, in a seeded random order."""
+    members = torch.nonzero(mask).flatten()
+    return members[torch.randperm(len(members), generator=generator, device=generator.device).to(members.device)]
+
+
+def feature_distances(real_features: torch.Tensor, real_labels: torch.Tensor,
+                      counterfactual_features: dict[str, torch.Tensor], targets: torch.Tensor, n_classes: int,
+                      generator: torch.Generator) -> dict:
+    """Per class c, the Fréchet distance of each mode's counterfactuals into c to real images of c, and its floor.
+
+    The real images of c are split once into disjoint halves A and B. Every mode is compared with the
+    same half A, on the same ``m`` counterfactual rows (the same images and targets in every mode).
+    The floor is the distance between A and ``m`` images of B: the same sample sizes as the
+    comparison it is the floor for (the Fréchet distance grows as samples shrink).
+    ``m`` = min(counterfactuals into c, size of B). Returns ``{"distance": {mode: {c: value}},
+    "floor": {c: value}, "n_compared": {c: m}}``; a class with m < 2 gets NaN.
+    """
+    result = {"distance": {mode: {} for mode in counterfactual_features}, "floor": {}, "n_compared": {}}
     for c in range(n_classes):
-        members = torch.nonzero(test_labels == c).flatten()
-        members = members[torch.randperm(len(members), generator=generator, device=members.device)]
+        members = shuffled_members(real_labels == c, generator)
         half_a, half_b = members[: len(members) // 2], members[len(members) // 2:]
-        distance[str(c)] = feature_frechet_distance(real_features[half_a], fake_features[targets == c])
-        floor[str(c)] = feature_frechet_distance(real_features[half_a], real_features[half_b])
-    return distance, floor
+        into_c = shuffled_members(targets == c, generator)
+        m = min(len(into_c), len(half_b))
+        rows = into_c[:m]
+        result["floor"][str(c)] = feature_frechet_distance(real_features[half_a], real_features[half_b[:m]])
+        for mode, features in counterfactual_features.items():
+            result["distance"][mode][str(c)] = feature_frechet_distance(real_features[half_a], features[rows])
+        result["n_compared"][str(c)] = m
+    return result
 
 
 def nanmean(values) -> float:
@@ -142,29 +166,37 @@ def nanmean(values) -> float:
 
 
 def evaluate(result: dict, classifier: nn.Module, test: dict, n_classes: int, generator: torch.Generator,
-             batch_size: int) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The metrics of counterfactuals.json and the target-vs-predicted confusion matrices per mode."""
+             batch_size: int) -> tuple[dict, dict, dict[str, torch.Tensor]]:
+    """(headline metrics of counterfactuals.json, details per mode/pair/class, target-vs-predicted confusion per mode).
+
+    The test images are embedded once; both modes are compared with the same real images.
+    """
     from pipeline.scores import confusion_matrix
 
-    metrics, confusions = {"n_counterfactuals": len(result["target"])}, {}
-    for suffix in ("", "_latent"):
+    real_features = embed_images(classifier, test["images"], batch_size)
+    fake_features = {mode: embed_images(classifier, result[f"counterfactual{suffix}"], batch_size)
+                     for mode, suffix in MODES.items()}
+    distances = feature_distances(real_features, test["labels"], fake_features, result["target"], n_classes, generator)
+    details = {"n_counterfactuals": len(result["target"]), "modes": {},
+               "feature_distance_real_floor": nanmean(distances["floor"].values()),
+               "feature_distance_real_floor_per_class": distances["floor"],
+               "feature_distance_n_compared_per_class": distances["n_compared"]}
+    confusions = {}
+    for mode, suffix in MODES.items():
         rate, per_pair = conversion(result[f"predicted{suffix}"], result["source"], result["target"])
         l1, changed = change_size(result["real"], result[f"counterfactual{suffix}"])
-        distance, floor = feature_distances(classifier, test["images"], test["labels"], result[f"counterfactual{suffix}"],
-                                            result["target"], n_classes, generator, batch_size)
-        metrics.update({f"conversion_rate{suffix}": rate, f"mean_l1{suffix}": l1,
-                        f"changed_pixel_fraction{suffix}": changed, f"feature_distance{suffix}": nanmean(distance.values())})
-        if not suffix:
-            metrics["feature_distance_real_floor"] = nanmean(floor.values())
-            metrics["feature_distance_real_floor_per_class"] = floor
-        metrics[f"feature_distance_per_class{suffix}"] = distance
-        metrics[f"conversion_per_pair{suffix}"] = per_pair
+        details["modes"][mode] = {
+            "conversion_rate": rate, "mean_l1": l1, "changed_pixel_fraction": changed,
+            "feature_distance": nanmean(distances["distance"][mode].values()),
+            "feature_distance_per_class": distances["distance"][mode], "conversion_per_pair": per_pair}
         confusions[suffix] = confusion_matrix(result["target"], result[f"predicted{suffix}"], n_classes)
-    order = ["n_counterfactuals", "conversion_rate", "conversion_rate_latent", "mean_l1", "changed_pixel_fraction",
-             "mean_l1_latent", "changed_pixel_fraction_latent", "feature_distance", "feature_distance_latent",
-             "feature_distance_real_floor", "conversion_per_pair", "conversion_per_pair_latent",
-             "feature_distance_per_class", "feature_distance_per_class_latent", "feature_distance_real_floor_per_class"]
-    return {key: metrics[key] for key in order}, confusions
+    reference = details["modes"]["reference"]
+    metrics = {"conversion_rate": reference["conversion_rate"],
+               "conversion_rate_latent": details["modes"]["latent"]["conversion_rate"],
+               "mean_l1": reference["mean_l1"], "changed_pixel_fraction": reference["changed_pixel_fraction"],
+               "feature_distance": reference["feature_distance"],
+               "feature_distance_real_floor": details["feature_distance_real_floor"]}
+    return metrics, details, confusions
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,9 +225,12 @@ def gallery(translator: nn.Module, classifier: nn.Module, images: torch.Tensor, 
 
 @torch.no_grad()
 def interpolation(classifier: nn.Module, real: torch.Tensor, counterfactual: torch.Tensor, source: torch.Tensor,
-                  target: torch.Tensor, steps: int) -> tuple[np.ndarray, pd.DataFrame]:
+                  target: torch.Tensor, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Pixel-space blends (1 - a) x + a x_cf for a in linspace(0, 1, steps), with the classifier's
-    source and target probabilities at each step. Returns (images n x steps x C x H x W, tidy frame)."""
+    source and target probabilities at each step.
+
+    Returns (blends n x steps x C x H x W, alphas [steps], p_source n x steps, p_target n x steps).
+    """
     n = len(real)
     alphas = torch.linspace(0, 1, steps, device=real.device)
     x, x_cf = to_float(real)[:, None], to_float(counterfactual)[:, None]
@@ -203,20 +238,23 @@ def interpolation(classifier: nn.Module, real: torch.Tensor, counterfactual: tor
     probabilities = predict_probabilities(classifier, blends.flatten(0, 1)).view(n, steps, -1)
     p_source = probabilities.gather(2, source.view(n, 1, 1).expand(n, steps, 1)).squeeze(2).cpu().numpy()
     p_target = probabilities.gather(2, target.view(n, 1, 1).expand(n, steps, 1)).squeeze(2).cpu().numpy()
-    frame = pd.DataFrame([
-        {"example": f"{i}: {int(source[i])}->{int(target[i])}", "step": s, "alpha": float(alphas[s]),
-         "source_probability": float(p_source[i, s]), "target_probability": float(p_target[i, s])}
-        for i in range(n) for s in range(steps)])
-    return blends.cpu().numpy(), frame
+    return blends.cpu().numpy(), alphas.cpu().numpy(), p_source, p_target
 
 
-def interpolation_figure(blends: np.ndarray, frame: pd.DataFrame, title: str):
+def interpolation_figure(blends: np.ndarray, p_source: np.ndarray, p_target: np.ndarray, title: str):
     from pipeline.plotting import image_grid
 
     n, steps = blends.shape[:2]
-    titles = [f"{row.source_probability:.2f}|{row.target_probability:.2f}" for row in frame.itertuples()]
+    titles = [f"{ps:.2f}|{pt:.2f}" for ps, pt in zip(p_source.flat, p_target.flat)]
     return image_grid(blends.reshape(n * steps, *blends.shape[2:]), titles, ncols=steps, cell=1.0,
                       suptitle=title + "  (titles: p(source)|p(target))")
+
+
+def write_series(folder, frames: dict[str, pd.DataFrame]) -> None:
+    """One CSV per series in ``folder`` (emptied first, so no series of an earlier run is left over)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    for name, frame in frames.items():
+        write_csv(folder / f"{name}.csv", frame)
 
 
 def pca_2d(values: torch.Tensor) -> np.ndarray:
@@ -248,24 +286,24 @@ def style_space_figure(points: np.ndarray, labels: np.ndarray, class_names: list
     return fig
 
 
-def save_plots(dataset: str, result: dict, confusions: dict, metrics: dict, translator: nn.Module,
+def save_plots(dataset: str, result: dict, confusions: dict, details: dict, translator: nn.Module,
                classifier: nn.Module, test: dict, class_names: list[str], cfg: CounterfactualParams) -> None:
     from pipeline.plotting import confusion_heatmap
 
     out = paths.plots_dir(dataset, "counterfactuals")
     target = result["target"].cpu().numpy()
-    for suffix, mode in (("", "reference-guided"), ("_latent", "latent-guided")):
+    for mode, suffix in MODES.items():
         predicted = result[f"predicted{suffix}"].cpu().numpy()
         write_csv(out / f"confusion{suffix}.csv", pd.DataFrame({
             "target": [class_names[t] for t in target], "predicted": [class_names[p] for p in predicted]}))
         fig = confusion_heatmap(confusions[suffix].cpu().numpy(), class_names,
-                                f"{dataset}: {mode} counterfactuals (row-normalised colour, counts)")
+                                f"{dataset}: {mode}-guided counterfactuals (row-normalised colour, counts)")
         fig.axes[0].set_ylabel("target")
         save_figure(fig, out / f"confusion{suffix}.png")
-    write_csv(out / "conversion_per_pair.csv", pd.DataFrame([
-        {"pair": pair, "mode": mode, "conversion_rate": value}
-        for key, mode in (("conversion_per_pair", "reference"), ("conversion_per_pair_latent", "latent"))
-        for pair, value in metrics[key].items()]))
+    write_series(out / "conversion_per_pair", {
+        mode: pd.DataFrame({"pair": list(entry["conversion_per_pair"]),
+                            "conversion_rate": list(entry["conversion_per_pair"].values())})
+        for mode, entry in details["modes"].items()})
 
     # gallery: the first images of the sample, one per row
     first = torch.unique(result["image_index"])[: cfg.n_gallery_images]
@@ -276,10 +314,16 @@ def save_plots(dataset: str, result: dict, confusions: dict, metrics: dict, tran
     # interpolation strips: the first rows of distinct images
     _, first_rows = np.unique(result["image_index"].cpu().numpy(), return_index=True)
     rows = torch.from_numpy(np.sort(first_rows)[: cfg.n_interpolation_images]).to(result["target"].device)
-    blends, frame = interpolation(classifier, result["real"][rows], result["counterfactual"][rows], result["source"][rows],
-                                  result["target"][rows], cfg.interpolation_steps)
-    write_csv(out / "interpolation.csv", frame)
-    save_figure(interpolation_figure(blends, frame, f"{dataset}: image → counterfactual"), out / "interpolation.png")
+    strip_pairs = list(zip(result["source"][rows].tolist(), result["target"][rows].tolist()))
+    blends, alphas, p_source, p_target = interpolation(classifier, result["real"][rows], result["counterfactual"][rows],
+                                                       result["source"][rows], result["target"][rows],
+                                                       cfg.interpolation_steps)
+    write_series(out / "interpolation", {
+        f"example{i}_{source}-to-{target}": pd.DataFrame({"alpha": alphas, "source_probability": p_source[i],
+                                                          "target_probability": p_target[i]})
+        for i, (source, target) in enumerate(strip_pairs)})
+    save_figure(interpolation_figure(blends, p_source, p_target, f"{dataset}: image → counterfactual"),
+                out / "interpolation.png")
 
     # style space of real test images (their own class's style)
     n = min(cfg.n_style_points, len(test["images"]))
@@ -315,15 +359,15 @@ def main(argv: list[str] | None = None) -> None:
         classifier = load_classifier(paths.classifier_path(ctx.dataset), ctx.device)
 
         result = make_counterfactuals(translator, classifier, test, references, n_classes, cfg, ctx.generator())
-        save_arrays(paths.counterfactuals_path(ctx.dataset), **{
-            key: result[key].cpu().numpy() for key in (
-                "real", "counterfactual", "counterfactual_latent", "image_index", "source", "target", "predicted",
-                "target_probability", "predicted_latent", "target_probability_latent")})
-        metrics, confusions = evaluate(result, classifier, test, n_classes, ctx.generator("features"), cfg.batch_size)
+        save_arrays(paths.counterfactuals_path(ctx.dataset),
+                    **{key: result[key].cpu().numpy() for key in CONTRACT_KEYS})
+        metrics, details, confusions = evaluate(result, classifier, test, n_classes, ctx.generator("features"),
+                                                cfg.batch_size)
         write_json(paths.metrics_path(ctx.dataset, "counterfactuals"), metrics)
-        save_plots(ctx.dataset, result, confusions, metrics, translator, classifier, test, class_names, cfg)
-        ctx.timer.images = 2 * metrics["n_counterfactuals"]
-        print(f"[counterfactuals@{ctx.dataset}] {metrics['n_counterfactuals']} pairs: conversion "
+        write_json(paths.plots_dir(ctx.dataset, "counterfactuals") / "details.json", details)
+        save_plots(ctx.dataset, result, confusions, details, translator, classifier, test, class_names, cfg)
+        ctx.timer.images = 2 * details["n_counterfactuals"]
+        print(f"[counterfactuals@{ctx.dataset}] {details['n_counterfactuals']} pairs: conversion "
               f"{metrics['conversion_rate']:.4f} (reference), {metrics['conversion_rate_latent']:.4f} (latent); "
               f"L1 {metrics['mean_l1']:.4f}; feature distance {metrics['feature_distance']:.2f} "
               f"(real floor {metrics['feature_distance_real_floor']:.2f})", file=sys.stderr)

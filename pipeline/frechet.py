@@ -1,4 +1,13 @@
-"""Fréchet distance between Gaussians fitted to feature sets (FID-style, on the classifier's own features)."""
+"""Fréchet distance between Gaussians fitted to feature sets (FID-style, on the classifier's own features).
+
+Every distance in the pipeline fits its Gaussians with :func:`gaussian`: the sample mean and the
+unbiased covariance (divided by N - 1, as ``numpy.cov`` and the usual FID code do). With weights,
+the weights are reliability weights and the covariance uses the matching correction
+``1 - sum(w^2)`` for weights normalised to sum 1, which is N - 1 again when all weights are equal.
+
+The distance also depends on the number of samples on each side (the covariance estimate is noisy
+and the noise adds to the distance), so two distances are comparable only at equal sample sizes.
+"""
 from __future__ import annotations
 
 import warnings
@@ -6,42 +15,87 @@ import warnings
 import numpy as np
 import torch
 
+# sqrtm(C_a C_b) of two covariances has real eigenvalues >= 0; an imaginary part on its diagonal
+# above this share of the largest real diagonal value is a numerical failure, not rounding.
+IMAGINARY_TOLERANCE = 1e-3
 
-def gaussian(features: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance (float64 numpy) of ``features`` [N x D], optionally weighted per row."""
-    x = features.double()
-    w = torch.full((len(x),), 1.0 / len(x), dtype=x.dtype, device=x.device) if weights is None else weights.double()
-    w = w / w.sum()
+
+def gaussian(features: torch.Tensor | np.ndarray, weights: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance (float64 numpy) of ``features`` [N x D], optionally with reliability
+    weights per row.
+
+    Fewer than two rows (or weight on fewer than two) give NaN: a covariance needs two samples.
+    """
+    x = torch.as_tensor(features).double()
+    if weights is None:
+        w = torch.full((len(x),), 1.0 / max(len(x), 1), dtype=x.dtype, device=x.device)
+    else:
+        w = torch.as_tensor(weights, device=x.device).double()
+        w = w / w.sum()
+    if int((w > 0).sum()) < 2:
+        nan = np.full(x.shape[1], np.nan)
+        return nan, np.full((x.shape[1], x.shape[1]), np.nan)
     mean = (w[:, None] * x).sum(0)
-    centred = x - mean
-    cov = (w[:, None] * centred).T @ centred
+    cov = torch.atleast_2d(torch.cov(x.T, correction=1, aweights=w))
     return mean.cpu().numpy(), cov.cpu().numpy()
 
 
-def frechet_distance(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, cov_b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)); exact 0 for identical Gaussians."""
+def eigen_trace_sqrt(cov_a: np.ndarray, cov_b: np.ndarray) -> float:
+    """tr((C_a C_b)^(1/2)) as tr((C_a^(1/2) C_b C_a^(1/2))^(1/2)): symmetric matrices only, so always real.
+
+    Eigenvalues below zero (rounding in near-singular covariances) are set to zero.
+    """
     from scipy import linalg
 
-    mean_a, mean_b = np.atleast_1d(mean_a).astype(np.float64), np.atleast_1d(mean_b).astype(np.float64)
-    cov_a, cov_b = np.atleast_2d(cov_a).astype(np.float64), np.atleast_2d(cov_b).astype(np.float64)
+    values, vectors = linalg.eigh(cov_a)
+    root_a = (vectors * np.sqrt(values.clip(min=0.0))) @ vectors.T
+    inner = root_a @ cov_b @ root_a
+    return float(np.sqrt(linalg.eigvalsh((inner + inner.T) / 2.0).clip(min=0.0)).sum())
+
+
+def trace_sqrt_product(cov_a: np.ndarray, cov_b: np.ndarray) -> float:
+    """tr((C_a C_b)^(1/2)) by ``scipy.linalg.sqrtm``, checked.
+
+    A singular product gets both diagonals nudged by 1e-6, as FID implementations do. A large
+    imaginary part on the diagonal means the square root failed numerically (e.g. a covariance that
+    rounding made indefinite): that is reported with a warning and the symmetric eigenvalue form is
+    used instead, rather than silently keeping the real part.
+    """
+    from scipy import linalg
+
     with warnings.catch_warnings():  # rank-deficient covariances (few samples) are expected; handled below
         warnings.simplefilter("ignore", linalg.LinAlgWarning)
         covmean = linalg.sqrtm(cov_a @ cov_b)
-        if not np.isfinite(covmean).all():  # singular product: nudge both diagonals, as FID implementations do
+        if not np.isfinite(covmean).all():
             offset = np.eye(len(cov_a)) * 1e-6
-            covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-    covmean = np.real(covmean)
+            cov_a, cov_b = cov_a + offset, cov_b + offset
+            covmean = linalg.sqrtm(cov_a @ cov_b)
+    diagonal = np.diagonal(covmean)
+    imaginary = float(np.abs(diagonal.imag).max()) if np.iscomplexobj(covmean) and len(diagonal) else 0.0
+    scale = max(float(np.abs(diagonal.real).max()) if len(diagonal) else 0.0, np.finfo(np.float64).tiny)
+    if imaginary > IMAGINARY_TOLERANCE * scale:
+        warnings.warn(f"Fréchet distance: sqrtm(C_a C_b) has an imaginary part of {imaginary:.3g} on its diagonal "
+                      f"(largest real part {scale:.3g}); the covariances are numerically indefinite. Using the "
+                      f"eigenvalue form tr((C_a^1/2 C_b C_a^1/2)^1/2) instead.", RuntimeWarning, stacklevel=3)
+        return eigen_trace_sqrt(cov_a, cov_b)
+    return float(np.trace(covmean).real)
+
+
+def frechet_distance(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, cov_b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)); exact 0 for identical Gaussians, NaN for NaN moments."""
+    mean_a, mean_b = np.atleast_1d(mean_a).astype(np.float64), np.atleast_1d(mean_b).astype(np.float64)
+    cov_a, cov_b = np.atleast_2d(cov_a).astype(np.float64), np.atleast_2d(cov_b).astype(np.float64)
+    if not all(np.isfinite(m).all() for m in (mean_a, cov_a, mean_b, cov_b)):
+        return float("nan")
     diff = mean_a - mean_b
-    return float(max(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean), 0.0))
+    distance = diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * trace_sqrt_product(cov_a, cov_b)
+    return float(max(distance, 0.0))
 
 
 def feature_frechet_distance(features_a: torch.Tensor | np.ndarray, features_b: torch.Tensor | np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted (unbiased covariance) to two feature sets (rows = samples)."""
-    a = features_a.double().cpu().numpy() if isinstance(features_a, torch.Tensor) else np.asarray(features_a, np.float64)
-    b = features_b.double().cpu().numpy() if isinstance(features_b, torch.Tensor) else np.asarray(features_b, np.float64)
-    if len(a) < 2 or len(b) < 2:
-        return float("nan")
-    return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    """Fréchet distance between Gaussians fitted (:func:`gaussian`) to two feature sets (rows = samples);
+    NaN when either has fewer than two rows."""
+    return frechet_distance(*gaussian(features_a), *gaussian(features_b))
 
 
 def class_matched_frechet(features: torch.Tensor, classes: torch.Tensor, reference: torch.Tensor,
@@ -49,15 +103,19 @@ def class_matched_frechet(features: torch.Tensor, classes: torch.Tensor, referen
     """Fréchet distance of ``features`` to ``reference`` re-weighted to the same class mix as ``classes``.
 
     Counterfactuals aimed at class c are compared with real images of class c, in the proportion in
-    which they were asked for: a realism score that does not reward a skewed mix of targets.
+    which they were asked for: a realism score that does not reward a skewed mix of targets. When a
+    wanted class has no reference rows the mix cannot be matched: the result is NaN and a warning
+    names the missing classes.
     """
     if len(features) < 2:
         return float("nan")
     n_classes = int(max(classes.max().item(), reference_classes.max().item())) + 1
     wanted = torch.bincount(classes, minlength=n_classes).double()
     present = torch.bincount(reference_classes, minlength=n_classes).double()
-    share = torch.where(present > 0, wanted / present.clamp_min(1), torch.zeros_like(wanted))
-    weights = share[reference_classes]
-    if weights.sum() <= 0:
+    missing = torch.nonzero((wanted > 0) & (present == 0)).flatten().tolist()
+    if missing:
+        warnings.warn(f"class-matched Fréchet distance: the reference has no rows of wanted classes {missing}; "
+                      f"the class mix cannot be matched, so the distance is NaN", RuntimeWarning, stacklevel=2)
         return float("nan")
+    weights = (wanted / present.clamp_min(1))[reference_classes]
     return frechet_distance(*gaussian(features), *gaussian(reference, weights))

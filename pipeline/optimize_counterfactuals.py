@@ -7,9 +7,14 @@ All images are one batch; an image stops (is frozen) as soon as the wanted logit
 logit by ``margin``. The result is compared, on the same images and wanted classes, with the GAN's
 reference-guided counterfactuals: success rate, L1 and L0 of the change, and the Fréchet distance
 of the classifier's penultimate features to real images of the wanted classes.
+
+``metrics/<D>/optimize_counterfactuals.json`` holds the headline figures (success rate, mean L1,
+Fréchet distance, the GAN's success rate on the same pairs); counts, L0, steps, the share that
+reached the margin and the matched comparison go to ``plots/<D>/optimize_counterfactuals/details.json``.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 
 import numpy as np
@@ -24,10 +29,9 @@ from pipeline.data import batch_slices, load_meta, load_prepared, to_float, to_u
 from pipeline.frechet import class_matched_frechet
 from pipeline.inference import embed_images, predict_probabilities
 from pipeline.models import load_classifier
+from pipeline.plotting import as_hwc, placeholder_figure
 from pipeline.runtime import stage
 from pipeline.storage import load_arrays, save_arrays, save_figure, write_csv, write_json
-
-METHODS = ("optimisation", "gan")
 
 
 def output_path(dataset: str):
@@ -77,7 +81,9 @@ def optimize(model: nn.Module, images: torch.Tensor, target: torch.Tensor, cfg: 
     (soft-thresholding of the change for L1, shrinkage for squared L2, then clipping). Unlike a
     subgradient method, this leaves pixels whose gradient is weaker than lambda exactly unchanged,
     so the L1 solutions are sparse. Returns ``counterfactual`` (float, same shape), ``steps``
-    (gradient steps each image took) and ``reached`` (the margin was reached within ``max_steps``).
+    (gradient steps each image took: ``max_steps`` also for an image that never reached the margin)
+    and ``reached`` (the margin was reached within ``max_steps``); only both together say when an
+    image succeeded.
     """
     device = images.device
     step_size, weight = cfg.learning_rate, cfg.distance_weight
@@ -141,7 +147,6 @@ def difference_figure(originals: np.ndarray, changed: list[tuple[str, np.ndarray
     """Rows of original | (changed | signed difference) per method; differences summed over channels."""
     import matplotlib.pyplot as plt
 
-    from pipeline.plotting import as_hwc
 
     n = len(originals)
     ncols = 1 + 2 * len(changed)
@@ -164,13 +169,50 @@ def difference_figure(originals: np.ndarray, changed: list[tuple[str, np.ndarray
     return fig
 
 
-def placeholder_figure(text: str):
-    import matplotlib.pyplot as plt
+def success_curve(steps: np.ndarray, reached: np.ndarray, max_steps: int) -> pd.DataFrame:
+    """Share of images that have reached the margin after each number of gradient steps (0..max_steps).
 
-    fig, ax = plt.subplots(figsize=(4, 1))
-    ax.axis("off")
-    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=8)
-    return fig
+    An image that never reached it counts at no step, so the curve ends at the share that did.
+    """
+    curve_steps = np.arange(max_steps + 1)
+    if not len(steps):
+        return pd.DataFrame({"step": curve_steps, "share_reached": np.zeros(len(curve_steps))})
+    done_by = reached[None, :] & (steps[None, :] <= curve_steps[:, None])
+    return pd.DataFrame({"step": curve_steps, "share_reached": done_by.mean(1)})
+
+
+def optimize_in_batches(model: nn.Module, real: torch.Tensor, target: torch.Tensor,
+                        cfg: OptimizeCounterfactualsParams) -> dict[str, torch.Tensor]:
+    """:func:`optimize` over uint8 ``real`` in batches of ``cfg.batch_size``; the counterfactuals come back as uint8."""
+    parts = [optimize(model, to_float(real[part]), target[part], cfg)
+             for part in batch_slices(len(real), cfg.batch_size)]
+    if not parts:
+        empty = torch.zeros(0, dtype=torch.int64, device=real.device)
+        return {"counterfactual": real.clone(), "steps": empty, "reached": empty.bool()}
+    return {"counterfactual": to_uint8(torch.cat([p["counterfactual"] for p in parts])),
+            "steps": torch.cat([p["steps"] for p in parts]), "reached": torch.cat([p["reached"] for p in parts])}
+
+
+def gan_pairs(gan: dict[str, np.ndarray], chosen: dict[str, np.ndarray], n_classes: int,
+              device: torch.device) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+    """Rows of ``chosen`` that the GAN also translated (same image, same wanted class), and the GAN's rows for them."""
+    ours_rows, gan_rows = match_rows(chosen["index"], chosen["target"], gan["image_index"], gan["target"], n_classes)
+    theirs = {key: torch.from_numpy(gan[key][gan_rows]).to(device) for key in ("real", "counterfactual", "target")}
+    return ours_rows, theirs
+
+
+def judge_gan(model: nn.Module, theirs: dict[str, torch.Tensor], reference: torch.Tensor,
+              reference_labels: torch.Tensor, cfg: OptimizeCounterfactualsParams) -> tuple[torch.Tensor, dict]:
+    """The classifier's verdict on the GAN's counterfactuals of the shared pairs, and their summary with the
+    class-matched Fréchet distance to ``reference``."""
+    if not len(theirs["target"]):
+        empty = summary(theirs["real"], theirs["counterfactual"], theirs["target"], theirs["target"], cfg.change_threshold)
+        return theirs["target"].clone(), {**empty, "frechet_distance": float("nan")}
+    predicted = predict_probabilities(model, theirs["counterfactual"], cfg.batch_size).argmax(1)
+    result = summary(theirs["real"], theirs["counterfactual"], predicted, theirs["target"], cfg.change_threshold)
+    features = embed_images(model, theirs["counterfactual"], cfg.batch_size)
+    result["frechet_distance"] = class_matched_frechet(features, theirs["target"], reference, reference_labels)
+    return predicted, result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -189,92 +231,111 @@ def main(argv: list[str] | None = None) -> None:
         target = torch.from_numpy(chosen["target"]).to(ctx.device)
         real = test["images"][index]
 
-        parts = [optimize(model, to_float(real[part]), target[part], cfg) for part in batch_slices(len(index), cfg.batch_size)]
-        counterfactual = to_uint8(torch.cat([p["counterfactual"] for p in parts])) if parts else real.clone()
-        steps = torch.cat([p["steps"] for p in parts]) if parts else torch.zeros(0, dtype=torch.int64, device=ctx.device)
+        optimised = optimize_in_batches(model, real, target, cfg)
+        counterfactual, steps, reached = optimised["counterfactual"], optimised["steps"], optimised["reached"]
         probabilities = predict_probabilities(model, counterfactual, cfg.batch_size)  # judged as saved: uint8
         predicted = probabilities.argmax(1)
         target_probability = probabilities.gather(1, target[:, None]).squeeze(1)
 
-        metrics = summary(real, counterfactual, predicted, target, cfg.change_threshold)
+        overall = summary(real, counterfactual, predicted, target, cfg.change_threshold)
         misclassified = torch.from_numpy(chosen["misclassified"]).to(ctx.device)
-        metrics.update({
+        reference = embed_images(model, test["images"], cfg.batch_size)
+        features = embed_images(model, counterfactual, cfg.batch_size)
+        overall["frechet_distance"] = class_matched_frechet(features, target, reference, labels)
+
+        # Side by side with the GAN on the same (image, wanted class) pairs.
+        ours_rows, theirs = gan_pairs(gan, chosen, n_classes, ctx.device)
+        ours = torch.from_numpy(ours_rows).to(ctx.device)
+        matched = summary(real[ours], counterfactual[ours], predicted[ours], target[ours], cfg.change_threshold)
+        matched["frechet_distance"] = class_matched_frechet(features[ours], target[ours], reference, labels)
+        gan_predicted, gan_summary = judge_gan(model, theirs, reference, labels, cfg)
+
+        metrics = {"success_rate": overall["success_rate"], "mean_l1": overall["mean_l1"],
+                   "frechet_distance": overall["frechet_distance"], "gan_success_rate": gan_summary["success_rate"]}
+        details = {
+            **overall,
             "n_misclassified": int(misclassified.sum().item()),
             "n_correct": int((~misclassified).sum().item()),
             "success_rate_misclassified": summary(real[misclassified], counterfactual[misclassified],
-                                                  predicted[misclassified], target[misclassified], cfg.change_threshold)["success_rate"],
+                                                  predicted[misclassified], target[misclassified],
+                                                  cfg.change_threshold)["success_rate"],
+            "margin_reached_rate": reached.float().mean().item() if len(reached) else float("nan"),
             "mean_steps": steps.float().mean().item() if len(steps) else float("nan"),
-        })
-        reference = embed_images(model, test["images"], cfg.batch_size)
-        features = embed_images(model, counterfactual, cfg.batch_size)
-        metrics["frechet_distance"] = class_matched_frechet(features, target, reference, labels)
-
-        # Side by side with the GAN on the same (image, wanted class) pairs.
-        ours_rows, gan_rows = match_rows(chosen["index"], chosen["target"], gan["image_index"], gan["target"], n_classes)
-        ours = torch.from_numpy(ours_rows).to(ctx.device)
-        gan_real = torch.from_numpy(gan["real"][gan_rows]).to(ctx.device)
-        gan_images = torch.from_numpy(gan["counterfactual"][gan_rows]).to(ctx.device)
-        gan_target = torch.from_numpy(gan["target"][gan_rows]).to(ctx.device)
-        gan_predicted = predict_probabilities(model, gan_images, cfg.batch_size).argmax(1) if len(gan_rows) \
-            else gan_target.clone()
-        matched = summary(real[ours], counterfactual[ours], predicted[ours], target[ours], cfg.change_threshold)
-        matched["frechet_distance"] = class_matched_frechet(features[ours], target[ours], reference, labels)
-        gan_summary = summary(gan_real, gan_images, gan_predicted, gan_target, cfg.change_threshold)
-        gan_summary["frechet_distance"] = class_matched_frechet(
-            embed_images(model, gan_images, cfg.batch_size), gan_target, reference, labels) if len(gan_rows) else float("nan")
-        metrics["matched"] = matched
-        metrics["gan"] = gan_summary
+            "matched": matched,
+            "gan": gan_summary,
+        }
         write_json(paths.metrics_path(ctx.dataset, "optimize_counterfactuals"), metrics)
+        out = paths.plots_dir(ctx.dataset, "optimize_counterfactuals")
+        write_json(out / "details.json", details)
 
         save_arrays(output_path(ctx.dataset), real=real.cpu().numpy(), counterfactual=counterfactual.cpu().numpy(),
                     image_index=chosen["index"], source=labels[index].cpu().numpy(), target=chosen["target"],
                     misclassified=chosen["misclassified"], predicted=predicted.cpu().numpy(),
-                    target_probability=target_probability.cpu().numpy(), steps=steps.cpu().numpy())
+                    target_probability=target_probability.cpu().numpy(), steps=steps.cpu().numpy(),
+                    reached=reached.cpu().numpy())
 
-        out = paths.plots_dir(ctx.dataset, "optimize_counterfactuals")
-        l1, l0 = change_measures(real, counterfactual, cfg.change_threshold)
-        rows = [pd.DataFrame({"method": "optimisation", "l1": l1.cpu().numpy(), "l0": l0.cpu().numpy(),
-                              "success": (predicted == target).cpu().numpy()})]
-        if len(gan_rows):
-            gan_l1, gan_l0 = change_measures(gan_real, gan_images, cfg.change_threshold)
-            rows.append(pd.DataFrame({"method": "gan", "l1": gan_l1.cpu().numpy(), "l0": gan_l0.cpu().numpy(),
-                                      "success": (gan_predicted == gan_target).cpu().numpy()}))
-        write_csv(out / "changes.csv", pd.concat(rows, ignore_index=True))
-        table = pd.DataFrame([{"method": "optimisation (same pairs)", **{k: matched[k] for k in ("success_rate", "mean_l1", "mean_l0", "frechet_distance")}},
-                              {"method": "gan (reference-guided)", **{k: gan_summary[k] for k in ("success_rate", "mean_l1", "mean_l0", "frechet_distance")}}])
-        write_csv(out / "comparison.csv", table)
-        reached = steps.cpu().numpy()
-        curve_steps = np.arange(0, cfg.max_steps + 1)
-        write_csv(out / "success_curve.csv", pd.DataFrame({
-            "step": curve_steps,
-            "share_reached": (reached[None, :] <= curve_steps[:, None]).mean(1) if len(reached) else np.zeros(len(curve_steps)),
-        }))
-
-        shown = np.arange(min(cfg.n_example_images, len(index)))
-        if not len(shown):
-            save_figure(placeholder_figure("no test images were selected"), out / "examples.png")
-        else:
-            titles = [f"{names[int(labels[index[i]])]}→{names[int(target[i])]}" + ("" if predicted[i] == target[i] else " ✗")
-                      + (" (wrong)" if chosen["misclassified"][i] else "") for i in shown]
-            fig = difference_figure(real[shown].cpu().numpy(), [("optimised", counterfactual[shown].cpu().numpy())], titles,
-                                    f"{ctx.dataset}: original | optimised | difference (red +, blue -); ✗ = not reached")
-            save_figure(fig, out / "examples.png")
-        both = ours_rows[: cfg.n_example_images]
-        if not len(both):
-            save_figure(placeholder_figure("the GAN has no counterfactual for these (image, wanted class) pairs"),
-                        out / "comparison.png")
-        else:
-            titles = [f"{names[int(labels[index[i]])]}→{names[int(target[i])]}" for i in both]
-            fig = difference_figure(real[both].cpu().numpy(),
-                                    [("optimised", counterfactual[both].cpu().numpy()),
-                                     ("GAN", gan["counterfactual"][gan_rows[: len(both)]])], titles,
-                                    f"{ctx.dataset}: the same images and wanted classes, optimisation vs. GAN")
-            save_figure(fig, out / "comparison.png")
+        write_plot_data(out, cfg, real, counterfactual, predicted, target, theirs, gan_predicted, matched, gan_summary,
+                        steps, reached)
+        write_pictures(out, ctx.dataset, cfg, names, labels[index], chosen, real, counterfactual, predicted, target,
+                       ours_rows, theirs)
         ctx.timer.images = len(index)
-        print(f"[optimize_counterfactuals@{ctx.dataset}] {len(index)} images: success {metrics['success_rate']:.3f}, "
-              f"L1 {metrics['mean_l1']:.2f}, L0 {metrics['mean_l0']:.1f}, {metrics['mean_steps']:.0f} steps; "
+        print(f"[optimize_counterfactuals@{ctx.dataset}] {len(index)} images: success {overall['success_rate']:.3f} "
+              f"(margin reached {details['margin_reached_rate']:.3f}), L1 {overall['mean_l1']:.2f}, "
+              f"L0 {overall['mean_l0']:.1f}, {details['mean_steps']:.0f} steps; "
               f"GAN on {gan_summary['n']} same pairs: success {gan_summary['success_rate']:.3f}, "
               f"L1 {gan_summary['mean_l1']:.2f}, L0 {gan_summary['mean_l0']:.1f}", file=sys.stderr)
+
+
+def write_plot_data(out, cfg: OptimizeCounterfactualsParams, real: torch.Tensor, counterfactual: torch.Tensor,
+                    predicted: torch.Tensor, target: torch.Tensor, theirs: dict[str, torch.Tensor],
+                    gan_predicted: torch.Tensor, matched: dict, gan_summary: dict, steps: torch.Tensor,
+                    reached: torch.Tensor) -> None:
+    """``changes/<method>.csv`` (L1 and L0 per image, one file per method), ``comparison.csv`` (one row per
+    method on the same pairs) and ``success_curve.csv``."""
+    changes = out / "changes"
+    shutil.rmtree(changes, ignore_errors=True)
+    for method, (before, after, hit) in {
+        "optimisation": (real, counterfactual, predicted == target),
+        "gan": (theirs["real"], theirs["counterfactual"], gan_predicted == theirs["target"]),
+    }.items():
+        l1, l0 = change_measures(before, after, cfg.change_threshold)
+        write_csv(changes / f"{method}.csv", pd.DataFrame({"l1": l1.cpu().numpy(), "l0": l0.cpu().numpy(),
+                                                          "success": hit.cpu().numpy()}))
+    columns = ("success_rate", "mean_l1", "mean_l0", "frechet_distance")
+    write_csv(out / "comparison.csv", pd.DataFrame([
+        {"method": "optimisation (same pairs)", **{k: matched[k] for k in columns}},
+        {"method": "gan (reference-guided)", **{k: gan_summary[k] for k in columns}}]))
+    write_csv(out / "success_curve.csv", success_curve(steps.cpu().numpy(), reached.cpu().numpy(), cfg.max_steps))
+
+
+def write_pictures(out, dataset: str, cfg: OptimizeCounterfactualsParams, names: list[str], source: torch.Tensor,
+                   chosen: dict[str, np.ndarray], real: torch.Tensor, counterfactual: torch.Tensor,
+                   predicted: torch.Tensor, target: torch.Tensor, ours_rows: np.ndarray,
+                   theirs: dict[str, torch.Tensor]) -> None:
+    """``examples.png`` (original | optimised | difference) and ``comparison.png`` (the same beside the GAN's)."""
+    def title(i: int) -> str:
+        return f"{names[int(source[i])]}→{names[int(target[i])]}"
+
+    shown = np.arange(min(cfg.n_example_images, len(real)))
+    if not len(shown):
+        save_figure(placeholder_figure("no test images were selected"), out / "examples.png")
+    else:
+        titles = [title(i) + ("" if predicted[i] == target[i] else " ✗")
+                  + (" (wrong)" if chosen["misclassified"][i] else "") for i in shown]
+        fig = difference_figure(real[shown].cpu().numpy(), [("optimised", counterfactual[shown].cpu().numpy())], titles,
+                                f"{dataset}: original | optimised | difference (red +, blue -); ✗ = not reached")
+        save_figure(fig, out / "examples.png")
+    both = ours_rows[: cfg.n_example_images]
+    if not len(both):
+        save_figure(placeholder_figure("the GAN has no counterfactual for these (image, wanted class) pairs"),
+                    out / "comparison.png")
+    else:
+        fig = difference_figure(real[both].cpu().numpy(),
+                                [("optimised", counterfactual[both].cpu().numpy()),
+                                 ("GAN", theirs["counterfactual"][: len(both)].cpu().numpy())],
+                                [title(i) for i in both],
+                                f"{dataset}: the same images and wanted classes, optimisation vs. GAN")
+        save_figure(fig, out / "comparison.png")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.config import CounterfactualParams
-from pipeline.counterfactuals import all_other_targets, change_size, conversion, evaluate, make_counterfactuals
-from pipeline.frechet import feature_frechet_distance as frechet_distance
-from pipeline.frechet import frechet_distance as frechet_distance_from_moments
+from pipeline.counterfactuals import (all_other_targets, change_size, conversion, evaluate, feature_distances,
+                                      make_counterfactuals)
 
 N_CLASSES = 3
 
@@ -72,15 +71,22 @@ def run_chain(translator, n_images=12):
     cfg = CounterfactualParams(n_images=n_images, n_reference_images=5, batch_size=7)
     result = make_counterfactuals(translator, ChannelClassifier(), test, references, N_CLASSES, cfg,
                                   torch.Generator().manual_seed(0))
-    metrics, confusions = evaluate(result, ChannelClassifier(), test, N_CLASSES, torch.Generator().manual_seed(0), 16)
-    return result, metrics, confusions
+    metrics, details, confusions = evaluate(result, ChannelClassifier(), test, N_CLASSES,
+                                            torch.Generator().manual_seed(0), 16)
+    return result, metrics, details, confusions
+
+
+HEADLINE_KEYS = {"conversion_rate", "conversion_rate_latent", "mean_l1", "changed_pixel_fraction", "feature_distance",
+                 "feature_distance_real_floor"}
 
 
 def test_prototype_generator_converts_everything():
-    result, metrics, confusions = run_chain(PrototypeTranslator())
+    result, metrics, details, confusions = run_chain(PrototypeTranslator())
+    assert set(metrics) == HEADLINE_KEYS and all(isinstance(v, float) for v in metrics.values())
     assert metrics["conversion_rate"] == 1.0 and metrics["conversion_rate_latent"] == 1.0
-    assert set(metrics["conversion_per_pair"]) == {f"{s}->{t}" for s in range(3) for t in range(3) if s != t}
-    assert all(v == 1.0 for v in metrics["conversion_per_pair"].values())
+    per_pair = details["modes"]["reference"]["conversion_per_pair"]
+    assert set(per_pair) == {f"{s}->{t}" for s in range(3) for t in range(3) if s != t}
+    assert all(v == 1.0 for v in per_pair.values())
     assert torch.equal(confusions[""], torch.diag(torch.bincount(result["target"], minlength=3)))
     assert metrics["mean_l1"] > 0.05 and metrics["changed_pixel_fraction"] > 0.1
     # the contract of counterfactuals.npz: one row per (image, target != source), uint8 images
@@ -95,7 +101,7 @@ def test_prototype_generator_converts_everything():
 
 
 def test_identity_generator_converts_nothing_and_changes_nothing():
-    result, metrics, _ = run_chain(IdentityTranslator())
+    result, metrics, _, _ = run_chain(IdentityTranslator())
     assert metrics["conversion_rate"] == 0.0 and metrics["conversion_rate_latent"] == 0.0
     assert metrics["mean_l1"] == 0.0 and metrics["changed_pixel_fraction"] == 0.0
     assert torch.equal(result["predicted"], result["source"])
@@ -126,19 +132,97 @@ def test_change_size_counts_pixels_over_threshold():
     assert l1 == pytest.approx(0.2 * 14 * 28 / (2 * 3 * 28 * 28), rel=1e-5)
 
 
-def test_frechet_distance_of_gaussians_matches_closed_form():
-    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
-    var1, var2 = np.array([1.0, 4.0, 0.25]), np.array([4.0, 1.0, 0.25])
-    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(var1) - np.sqrt(var2)) ** 2)  # 5 + 1 + 1 + 0
-    assert frechet_distance_from_moments(mu1, np.diag(var1), mu2, np.diag(var2)) == pytest.approx(expected)
-    assert frechet_distance_from_moments(mu1, np.diag(var1), mu1, np.diag(var1)) == pytest.approx(0.0, abs=1e-9)
-    # a rotated (non-diagonal) covariance against itself shifted: only the means count
-    rotation = np.array([[np.cos(0.3), -np.sin(0.3), 0], [np.sin(0.3), np.cos(0.3), 0], [0, 0, 1]])
-    sigma = rotation @ np.diag(var1) @ rotation.T
-    assert frechet_distance_from_moments(mu1, sigma, mu2, sigma) == pytest.approx(5.0)
-    # from samples: close to the closed form
-    rng = np.random.default_rng(0)
-    a = rng.normal(mu1, np.sqrt(var1), size=(40_000, 3))
-    b = rng.normal(mu2, np.sqrt(var2), size=(40_000, 3))
-    assert frechet_distance(a, b) == pytest.approx(expected, rel=0.03)
-    assert frechet_distance(torch.from_numpy(a[:20_000]), torch.from_numpy(a[20_000:])) < 0.01
+def test_both_modes_are_compared_with_the_same_real_images():
+    """The prototype translator makes identical reference- and latent-guided images: identical distances."""
+    _, metrics, details, _ = run_chain(PrototypeTranslator(), n_images=30)
+    reference, latent = details["modes"]["reference"], details["modes"]["latent"]
+    assert reference["feature_distance_per_class"] == latent["feature_distance_per_class"]
+    assert metrics["feature_distance"] == latent["feature_distance"] > metrics["feature_distance_real_floor"]
+
+
+def test_the_real_floor_is_computed_at_the_sample_size_it_is_the_floor_for():
+    """Counterfactual features drawn from the real distribution sit at the floor, not far above it.
+
+    Few counterfactuals per class (60) against many real images (1000 per half): at unequal sample
+    sizes the floor between the two real halves is far below what equally real "counterfactuals" score.
+    """
+    gen = torch.Generator().manual_seed(0)
+    n_classes, dim = 4, 16
+    labels = torch.arange(2000 * n_classes) % n_classes
+    real = torch.randn(len(labels), dim, generator=gen) + labels[:, None].float()
+    targets = torch.arange(60 * n_classes) % n_classes
+    fake = torch.randn(len(targets), dim, generator=gen) + targets[:, None].float()
+    result = feature_distances(real, labels, {"reference": fake}, targets, n_classes, torch.Generator().manual_seed(1))
+    assert set(result["n_compared"].values()) == {60}
+    distance = np.mean(list(result["distance"]["reference"].values()))
+    floor = np.mean(list(result["floor"].values()))
+    assert 0.75 < floor / distance < 1.33, (floor, distance)
+
+
+class BrightnessStyleTranslator(PrototypeTranslator):
+    """Style = the reference image's mean brightness; the output is a flat image of that brightness."""
+
+    def reference_style(self, x, classes):
+        return x.mean((1, 2, 3))[:, None]
+
+    def latent_style(self, z, classes):
+        return torch.zeros(len(z), 1)
+
+    def forward(self, x, style):
+        return style.view(-1, 1, 1, 1).expand(len(x), 3, 28, 28)
+
+
+def brightness_references(per_class=6, seed=3):
+    """Training images of flat, distinct brightness: each image's style is unique."""
+    labels = torch.arange(per_class * N_CLASSES) % N_CLASSES
+    levels = torch.randperm(200, generator=torch.Generator().manual_seed(seed))[: len(labels)] + 20
+    return {"images": levels.view(-1, 1, 1, 1).expand(-1, 3, 28, 28).to(torch.uint8).contiguous(), "labels": labels}
+
+
+@pytest.mark.parametrize("reference", ["fixed_image", "mean_style"])
+def test_reference_styles_come_from_one_training_image_or_the_class_mean(reference):
+    references = brightness_references()
+    image_styles = references["images"][:, 0, 0, 0].double() / 255.0
+    cfg = CounterfactualParams(n_images=9, reference=reference, n_reference_images=100, batch_size=5)
+    result = make_counterfactuals(BrightnessStyleTranslator(), ChannelClassifier(), data(30, 0), references, N_CLASSES,
+                                  cfg, torch.Generator().manual_seed(0))
+    for c in range(N_CLASSES):
+        members = image_styles[references["labels"] == c]
+        style = result["class_styles"][c, 0].double()
+        one_image = torch.isclose(members, style, atol=1e-6)
+        if reference == "fixed_image":
+            assert one_image.sum() == 1        # the style of exactly one training image of the class
+        else:
+            assert not one_image.any() and torch.isclose(style, members.mean(), atol=1e-6)
+        into_c = result["counterfactual"][result["target"] == c]
+        assert (into_c == torch.round(style * 255).to(torch.uint8)).all()   # every counterfactual into c uses it
+
+
+def test_plot_data_has_one_file_per_series(tmp_path, monkeypatch):
+    """Per-pair conversion: one file per guidance mode; interpolation: one file per example, so that
+    `dvc plots show` draws each series on its own instead of stacking or joining them."""
+    import pandas as pd
+
+    from pipeline import paths
+    from pipeline.counterfactuals import save_plots
+
+    monkeypatch.chdir(tmp_path)
+    test = data(30, 0)
+    cfg = CounterfactualParams(n_images=6, n_reference_images=5, batch_size=7, n_gallery_images=2,
+                               n_interpolation_images=3, interpolation_steps=4, n_style_points=20)
+    translator, classifier = PrototypeTranslator(), ChannelClassifier()
+    result = make_counterfactuals(translator, classifier, test, data(30, 1), N_CLASSES, cfg,
+                                  torch.Generator().manual_seed(0))
+    _, details, confusions = evaluate(result, classifier, test, N_CLASSES, torch.Generator().manual_seed(0), 16)
+    save_plots("colored_mnist", result, confusions, details, translator, classifier, test, ["a", "b", "c"], cfg)
+    out = paths.plots_dir("colored_mnist", "counterfactuals")
+    for mode in ("reference", "latent"):
+        frame = pd.read_csv(out / "conversion_per_pair" / f"{mode}.csv", dtype={"pair": str})
+        assert list(frame.columns) == ["pair", "conversion_rate"] and frame["pair"].is_unique
+        assert dict(zip(frame["pair"], frame["conversion_rate"])) == details["modes"][mode]["conversion_per_pair"]
+    strips = sorted((out / "interpolation").glob("*.csv"))
+    assert len(strips) == 3
+    for path in strips:
+        frame = pd.read_csv(path)
+        assert list(frame.columns) == ["alpha", "source_probability", "target_probability"]
+        assert frame["alpha"].tolist() == pytest.approx([0, 1 / 3, 2 / 3, 1])

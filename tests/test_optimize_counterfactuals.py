@@ -1,11 +1,18 @@
+import json
+
 import numpy as np
+import pandas as pd
+import pytest
 import torch
+import yaml
 from torch import nn
 
+from pipeline import paths
 from pipeline.config import OptimizeCounterfactualsParams
-from pipeline.frechet import class_matched_frechet, frechet_distance, gaussian
-from pipeline.models import frozen
-from pipeline.optimize_counterfactuals import change_measures, match_rows, optimize, select_images, target_margin
+from pipeline.models import DenseClassifier, frozen, save_model
+from pipeline.optimize_counterfactuals import (change_measures, main, match_rows, optimize, output_path, select_images,
+                                               success_curve, target_margin)
+from pipeline.storage import load_arrays, save_arrays, write_json
 
 N_PIXELS = 3 * 28 * 28
 
@@ -103,21 +110,103 @@ def test_change_measures():
     assert torch.allclose(l1, torch.tensor([1.04, 0.0])) and l0.tolist() == [1.0, 0.0]
 
 
-def test_frechet_distance_of_gaussians():
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(4000, 3, generator=gen)
-    b = torch.randn(4000, 3, generator=gen) * 2 + 1
-    assert frechet_distance(*gaussian(a), *gaussian(a)) < 1e-6
-    # exact value for N(0, I) vs N(1, 4I) in 3-d: 3 * 1 + 3 * (1 + 4 - 2 * 2) = 6
-    assert abs(frechet_distance(*gaussian(a), *gaussian(b)) - 6.0) < 0.3
+def test_an_unreachable_margin_is_not_reached():
+    model, x0, _ = known_boundary()
+    cfg = OptimizeCounterfactualsParams(max_steps=8, learning_rate=0.05, margin=1e6)
+    result = optimize(model, torch.cat([x0, x0]), torch.tensor([1, 0]), cfg, progress=False)
+    assert not result["reached"].any() and result["steps"].tolist() == [8, 8]
 
 
-def test_class_matched_frechet_reweights_the_reference():
-    gen = torch.Generator().manual_seed(0)
-    reference_classes = torch.arange(3000) % 3
-    reference = torch.randn(3000, 2, generator=gen) + reference_classes[:, None].float() * 5
-    wanted = torch.full((500,), 2)
-    same = torch.randn(500, 2, generator=gen) + 10
-    other = torch.randn(500, 2, generator=gen)
-    assert class_matched_frechet(same, wanted, reference, reference_classes) < 0.2
-    assert class_matched_frechet(other, wanted, reference, reference_classes) > 50
+def test_success_curve_counts_only_images_that_reached_the_margin():
+    steps = np.array([0, 3, 5, 5])                  # the last two took every step; only the third reached at 5
+    reached = np.array([True, True, True, False])
+    curve = success_curve(steps, reached, max_steps=5)
+    assert curve["step"].tolist() == [0, 1, 2, 3, 4, 5]
+    assert curve["share_reached"].tolist() == [0.25, 0.25, 0.25, 0.5, 0.5, 0.75]
+
+
+# --------------------------------------------------------------------------------------------
+# The stage on a constructed workspace
+# --------------------------------------------------------------------------------------------
+DATASET = "colored_mnist"
+LOGIT_SCALE = (20.0, 20.0, 0.5)   # class k's logit = scale_k * mean of channel k: class 2 never leads by 1
+
+
+def channel_mean_classifier() -> nn.Module:
+    """A dense classifier whose logit for class k is LOGIT_SCALE[k] times the mean of channel k.
+
+    Hidden unit k is the channel mean plus an offset that keeps its ReLU open (a gradient even on a
+    black channel); the head subtracts the offset again.
+    """
+    model = DenseClassifier(n_classes=3, width=1)
+    first, second, head = model.embedding[1], model.embedding[3], model.head
+    offset = 0.01
+    with torch.no_grad():
+        for layer in (first, second, head):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        for k, scale in enumerate(LOGIT_SCALE):
+            first.weight[k, k * 28 * 28:(k + 1) * 28 * 28] = 1.0 / (28 * 28)
+            first.bias[k] = offset
+            second.weight[k, k] = 1.0
+            head.weight[k, k] = scale
+            head.bias[k] = -scale * offset
+    return model
+
+
+def lit(channels: list[int]) -> np.ndarray:
+    """uint8 images with a 10 x 10 patch of 200 in the given channel each (-1: a black image)."""
+    images = np.zeros((len(channels), 3, 28, 28), dtype=np.uint8)
+    for i, channel in enumerate(channels):
+        if channel >= 0:
+            images[i, channel, 9:19, 9:19] = 200
+    return images
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """Test split: images 0-2 misclassified (true classes 0, 1, 2), 3-5 correct. The GAN translated
+    image 0 into class 0 (judged class 0), image 1 into class 1 (a black image, judged class 0) and
+    image 3 into class 1 (not selected)."""
+    monkeypatch.chdir(tmp_path)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    images = lit([1, 0, 0, 0, 1, 2])
+    save_arrays(paths.prepared_dir(DATASET) / "test.npz", images=images, labels=labels)
+    write_json(paths.prepared_dir(DATASET) / "meta.json", {"class_names": ["zero", "one", "two"], "n_classes": 3})
+    save_model(paths.classifier_path(DATASET), channel_mean_classifier(),
+               {"architecture": "dense", "n_classes": 3, "width": 1})
+    image_index, target = np.array([0, 1, 3]), np.array([0, 1, 1])
+    save_arrays(paths.counterfactuals_path(DATASET), real=images[image_index], counterfactual=lit([0, -1, 1]),
+                image_index=image_index, source=labels[image_index], target=target)
+    params = {"seed": 0, "device": "cpu", "optimize_counterfactuals": {
+        "max_misclassified": 10, "n_correct": 0, "max_steps": 30, "learning_rate": 5.0, "distance": "l1",
+        "distance_weight": 0.001, "margin": 1.0, "change_threshold": 0.05, "batch_size": 2, "n_example_images": 3}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path
+
+
+def test_stage_counts_images_that_cannot_reach_the_margin_as_not_reached(workspace):
+    main([DATASET, "--params", str(workspace / "params.yaml")])
+    saved = load_arrays(output_path(DATASET))
+    assert saved["image_index"].tolist() == [0, 1, 2] and saved["target"].tolist() == [0, 1, 2]
+    assert saved["reached"].tolist() == [True, True, False]       # class 2 can never lead by the margin
+    assert saved["steps"][2] == 30 and (saved["steps"][:2] < 30).all()
+
+    out = paths.plots_dir(DATASET, "optimize_counterfactuals")
+    curve = pd.read_csv(out / "success_curve.csv")
+    assert len(curve) == 31 and curve["share_reached"].iloc[0] == 0.0
+    assert curve["share_reached"].is_monotonic_increasing
+    assert curve["share_reached"].iloc[-1] == pytest.approx(2 / 3)
+
+    metrics = json.loads(paths.metrics_path(DATASET, "optimize_counterfactuals").read_text())
+    assert set(metrics) == {"success_rate", "mean_l1", "frechet_distance", "gan_success_rate"}
+    assert metrics["success_rate"] == pytest.approx(float((saved["predicted"] == saved["target"]).mean()), abs=1e-6)
+    l1 = np.abs(saved["counterfactual"].astype(np.float64) - saved["real"].astype(np.float64)).sum((1, 2, 3)) / 255
+    assert metrics["mean_l1"] == pytest.approx(l1.mean(), rel=1e-5)
+    assert metrics["gan_success_rate"] == 0.5                     # of the two shared pairs, one judged right
+    details = json.loads((out / "details.json").read_text())
+    assert details["margin_reached_rate"] == pytest.approx(2 / 3, abs=1e-6)
+    assert details["gan"]["n"] == details["matched"]["n"] == 2 and details["n_misclassified"] == 3
+    assert len(pd.read_csv(out / "changes" / "optimisation.csv")) == 3
+    assert len(pd.read_csv(out / "changes" / "gan.csv")) == 2
+    assert (out / "examples.png").stat().st_size > 1000 and (out / "comparison.png").stat().st_size > 1000
