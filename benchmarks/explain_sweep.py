@@ -7,6 +7,7 @@ forward pass), on the same classifier and device. Prints pairs per second for bo
 
     python -m benchmarks.explain_sweep                     # CPU or the GPU when present
     python -m benchmarks.explain_sweep --pairs 4096 --loop-pairs 16 --mixed-precision
+    python -m benchmarks.explain_sweep --convention quac   # QuAC's thresholds and mask sizes
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import time
 
 import torch
 
-from pipeline.discriminative import MaskSettings, normalise_maps, sweep, sweep_loop
+from pipeline.discriminative import CONVENTIONS, MaskSettings, normalise_maps, sweep, sweep_loop
 from pipeline.models import CNNClassifier, frozen
 from pipeline.runtime import device_name, select_device
 
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16384, help="images per forward pass (vectorised)")
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--mixed-precision", action="store_true", help="bf16 autocast in the vectorised sweep (CUDA)")
+    parser.add_argument("--convention", default="pipeline", choices=CONVENTIONS, help="score convention of the sweep")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args()
 
@@ -53,11 +55,11 @@ def main() -> None:
     counterfactual = torch.rand(n, 3, 28, 28, generator=gen).to(device)
     maps = normalise_maps(torch.rand(n, 1, 28, 28, generator=gen), across_channels=True).to(device)
     target = torch.randint(0, 10, (n,), generator=gen).to(device)
-    settings = MaskSettings(n_thresholds=args.thresholds, closing_size=3, blur_sigma=1.0)
+    settings = MaskSettings(n_thresholds=args.thresholds, closing_size=3, blur_sigma=1.0, convention=args.convention)
 
     # warm-up (kernel selection, allocator)
     sweep(model, real[:2], counterfactual[:2], maps[:2], target[:2], settings, args.batch_size, args.mixed_precision)
-    sweep_loop(model, real[:1], counterfactual[:1], maps[:1], target[:1], MaskSettings(4, 3, 1.0))
+    sweep_loop(model, real[:1], counterfactual[:1], maps[:1], target[:1], MaskSettings(4, 3, 1.0, args.convention))
 
     part = slice(0, args.pairs)
     fast, fast_s = timed(lambda: sweep(model, real[part], counterfactual[part], maps[part], target[part], settings,
@@ -69,7 +71,7 @@ def main() -> None:
     deviation = (fast.score_change[:compared] - slow.score_change[:compared]).abs().max().item()
     fast_rate, slow_rate = args.pairs / fast_s, args.loop_pairs / slow_s
     print(f"device: {device_name(device)}; {args.thresholds} thresholds; CNN width {args.width}; "
-          f"bf16 autocast: {args.mixed_precision and device.type == 'cuda'}")
+          f"bf16 autocast: {args.mixed_precision and device.type == 'cuda'}; {args.convention} convention")
     print(f"vectorised sweep : {args.pairs:6d} pairs in {fast_s:8.3f} s = {fast_rate:10.2f} pairs/s "
           f"({fast_rate * (args.thresholds + 1):.0f} images/s)")
     print(f"per-pair loop    : {args.loop_pairs:6d} pairs in {slow_s:8.3f} s = {slow_rate:10.2f} pairs/s "

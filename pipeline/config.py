@@ -329,6 +329,7 @@ class ExplainParams:
     ig_steps: int = 32
     random_sigma: float = 2.0
     n_grid: int = 101
+    score_convention: Literal["pipeline", "quac"] = "pipeline"  # quac: QuAC's evaluator (thresholds, mask size, curve ends)
     batch_size: int = 16384
     attribution_batch_size: int = 256
     mixed_precision: bool = True
@@ -351,6 +352,8 @@ class ExplainParams:
         if self.n_grid < 2:
             fail(f"{where}.n_grid", self.n_grid, "an integer >= 2")
         check_each(self, where, non_negative, "a number >= 0 (0 = no blur)", "blur_sigma", "random_sigma")
+        check_each(self, where, lambda sigma: sigma <= (IMAGE_SIZE - 1) / 3,
+                   f"at most {(IMAGE_SIZE - 1) / 3:g} (a blur kernel of 3 sigma must fit in the image)", "blur_sigma", "random_sigma")
         if self.max_pairs is not None and self.max_pairs < 1:
             fail(f"{where}.max_pairs", self.max_pairs, "a positive integer, or null for all pairs")
         check_each(self, where, non_negative, "an integer >= 0 (0 = no control)", "control_pairs")
@@ -374,6 +377,8 @@ class FeatureVizParams:
     def check(self, where: str) -> None:
         check_each(self, where, at_least_one, "a positive integer", "channels_per_layer", "steps")
         check_each(self, where, positive, "a positive number", "learning_rate", "noise_scale", "blur_sigma")
+        check_each(self, where, lambda sigma: sigma <= (IMAGE_SIZE - 1) / 3,
+                   f"at most {(IMAGE_SIZE - 1) / 3:g} (a blur kernel of 3 sigma must fit in the image)", "blur_sigma")
         check_each(self, where, non_negative, "an integer >= 0 (0 switches it off)", "jitter", "blur_every")
         if not 0 <= self.jitter < IMAGE_SIZE // 2:
             fail(f"{where}.jitter", self.jitter, f"an integer in 0..{IMAGE_SIZE // 2 - 1}")

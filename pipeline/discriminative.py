@@ -7,13 +7,23 @@ counterfactual into the real image (the *hybrid* ``x' * m + x * (1 - m)``) and r
 the classifier's probability of ``t`` rises. A good explanation flips the decision with a small
 mask; its score is the area under score change over mask size on [0, 1].
 
+Two score conventions (:class:`MaskSettings` ``convention``), both with a pixel entering the mask
+when its map value is strictly above the threshold:
+
+- ``pipeline``: thresholds from 1 (the empty mask) down to 0 on the [0, 1] map; the mask size is the
+  mean of the blurred mask, i.e. of what the hybrid really copies; a curve stays flat beyond its
+  largest mask, so pixels that a map gives no attribution at all earn it nothing.
+- ``quac``: the conventions of QuAC's reference evaluator: thresholds ``-1 + 2k/T`` (k = 0..T-1, so
+  every negative one gives the full mask and the largest is below 1); the mask size is counted on
+  the closed mask before the blur; the curve is anchored at (0, 0) and at (1, the score change of
+  the lowest threshold) and linear in between.
+
 Everything here is batched on the device: all thresholds of a chunk of pairs are built as one
 tensor and classified in large forward passes. :func:`sweep_loop` is the plain per-pair,
 per-threshold version, kept as the reference the vectorised one is tested (and benchmarked) against.
 """
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -23,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from pipeline.blur import gaussian_blur
 from pipeline.inference import autocast
 
 DISCRIMINATIVE = ("d_ig", "d_deeplift", "d_inputxgrad")
@@ -33,29 +44,6 @@ METHODS = DISCRIMINATIVE + CONTROLS
 # --------------------------------------------------------------------------------------------
 # Attribution maps
 # --------------------------------------------------------------------------------------------
-def gaussian_kernel1d(sigma: float, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Normalised 1-d Gaussian of radius ceil(3 sigma) (a single 1 when sigma is 0)."""
-    if sigma <= 0:
-        return torch.ones(1, device=device)
-    radius = max(1, math.ceil(3 * sigma))
-    x = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    return kernel / kernel.sum()
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of NCHW ``x`` per channel, borders replicated."""
-    if sigma <= 0:
-        return x
-    kernel = gaussian_kernel1d(sigma, x.device).to(x.dtype)
-    radius = len(kernel) // 2
-    channels = x.shape[1]
-    horizontal = kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
-    vertical = kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), horizontal, groups=channels)
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), vertical, groups=channels)
-
-
 def closing(x: torch.Tensor, size: int) -> torch.Tensor:
     """Morphological closing (dilation, then erosion) with a ``size`` x ``size`` square; 1 = off."""
     if size <= 1:
@@ -114,21 +102,47 @@ def attribution_maps(method: str, model: nn.Module, real: torch.Tensor, counterf
 # --------------------------------------------------------------------------------------------
 # The sweep
 # --------------------------------------------------------------------------------------------
+CONVENTIONS = ("pipeline", "quac")
+
+
 @dataclass(frozen=True)
 class MaskSettings:
+    """How maps become masks (threshold, closing, blur) and which score convention measures them."""
+
     n_thresholds: int = 200
     closing_size: int = 3
     blur_sigma: float = 1.0
+    convention: str = "pipeline"  # pipeline | quac: see the module docstring
+
+    def __post_init__(self):
+        if self.convention not in CONVENTIONS:
+            raise ValueError(f"unknown score convention {self.convention!r}; known: {', '.join(CONVENTIONS)}")
 
     def thresholds(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Descending from 1 (empty mask: the real image) to 0, so masks grow along the sweep."""
+        """Descending, so that masks grow along the sweep. ``pipeline``: from 1 (the empty mask, the
+        real image) to 0. ``quac``: QuAC's ``-1 + 2k/T``, k = T-1..0."""
+        if self.convention == "quac":
+            k = torch.arange(self.n_thresholds - 1, -1, -1, device=device, dtype=torch.float32)
+            return -1.0 + 2.0 * k / self.n_thresholds
         return torch.linspace(1.0, 0.0, self.n_thresholds, device=device)
 
 
-def build_masks(maps: torch.Tensor, thresholds: torch.Tensor, settings: MaskSettings) -> torch.Tensor:
+def closed_and_blurred(binary: torch.Tensor, settings: MaskSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """(closed binary mask, soft mask in [0, 1]) of thresholded masks [N,C,H,W]."""
+    closed = closing(binary, settings.closing_size)
+    return closed, gaussian_blur(closed, settings.blur_sigma).clamp(0.0, 1.0)
+
+
+def mask_sizes(closed: torch.Tensor, soft: torch.Tensor, convention: str) -> torch.Tensor:
+    """Share of the image each mask [N,C,H,W] covers: the soft mask's mean (``pipeline``: what the
+    hybrid copies) or the closed mask's before the blur (``quac``)."""
+    return (closed if convention == "quac" else soft).flatten(1).mean(dim=1)
+
+
+def build_masks(maps: torch.Tensor, thresholds: torch.Tensor, settings: MaskSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """Masks for every (pair, threshold): ``maps`` [B,C,H,W] in [0, 1], ``thresholds`` [T] or [B,T].
 
-    Returns [B, T, C, H, W] soft masks in [0, 1] (threshold, closing, blur).
+    Returns soft masks [B,T,C,H,W] in [0, 1] (threshold, closing, blur) and their sizes [B,T].
     """
     b, c, h, w = maps.shape
     thresholds = thresholds.to(maps.device, maps.dtype)
@@ -136,9 +150,8 @@ def build_masks(maps: torch.Tensor, thresholds: torch.Tensor, settings: MaskSett
         thresholds = thresholds.expand(b, -1)
     t = thresholds.shape[1]
     binary = (maps[:, None] > thresholds.view(b, t, 1, 1, 1)).to(maps.dtype)
-    flat = binary.reshape(b * t, c, h, w)
-    flat = gaussian_blur(closing(flat, settings.closing_size), settings.blur_sigma)
-    return flat.clamp_(0.0, 1.0).reshape(b, t, c, h, w)
+    closed, soft = closed_and_blurred(binary.reshape(b * t, c, h, w), settings)
+    return soft.reshape(b, t, c, h, w), mask_sizes(closed, soft, settings.convention).reshape(b, t)
 
 
 def hybrids(real: torch.Tensor, counterfactual: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -150,7 +163,7 @@ def hybrids(real: torch.Tensor, counterfactual: torch.Tensor, masks: torch.Tenso
 class SweepResult:
     """Per pair and threshold (thresholds descending): mask size, score change, predicted class."""
 
-    mask_size: torch.Tensor     # [B, T] float32, share of mask mass in the image
+    mask_size: torch.Tensor     # [B, T] float32, share of the image the mask covers (per the convention)
     score_change: torch.Tensor  # [B, T] float32, p_target(hybrid) - p_target(real)
     predicted: torch.Tensor     # [B, T] int64, the classifier's decision on the hybrid
     real_probability: torch.Tensor  # [B] float32, p_target(real)
@@ -177,13 +190,13 @@ def sweep(model: nn.Module, real: torch.Tensor, counterfactual: torch.Tensor, ma
         part = slice(start, min(start + pairs_per_chunk, n))
         x, cf, m, tgt = real[part].float(), counterfactual[part].float(), maps[part].float(), target[part]
         b = len(x)
-        masks = build_masks(m, thresholds, settings)                        # [b, T, C, H, W]
+        masks, size = build_masks(m, thresholds, settings)                  # [b, T, C, H, W], [b, T]
         batch = torch.cat([x, hybrids(x, cf, masks).flatten(0, 1)])          # real images first
         probs = _probabilities(model, batch, mixed_precision)
         p_real = probs[:b].gather(1, tgt[:, None]).squeeze(1)
         hybrid_probs = probs[b:].view(b, t, -1)
         p_hybrid = hybrid_probs.gather(2, tgt.view(b, 1, 1).expand(b, t, 1)).squeeze(2)
-        sizes.append(masks.flatten(2).mean(dim=2))
+        sizes.append(size)
         changes.append(p_hybrid - p_real[:, None])
         predicted.append(hybrid_probs.argmax(dim=2))
         base.append(p_real)
@@ -208,11 +221,10 @@ def sweep_loop(model: nn.Module, real: torch.Tensor, counterfactual: torch.Tenso
         p_real = model(x).softmax(dim=1)[0, tgt]
         base[i] = p_real
         for k in range(t):
-            mask = (m > thresholds[k]).float()
-            mask = gaussian_blur(closing(mask, settings.closing_size), settings.blur_sigma).clamp(0.0, 1.0)
+            closed, mask = closed_and_blurred((m > thresholds[k]).float(), settings)
             hybrid = cf * mask + x * (1.0 - mask)
             probs = model(hybrid).softmax(dim=1)[0]
-            sizes[i, k] = mask.mean()
+            sizes[i, k] = mask_sizes(closed, mask, settings.convention)[0]
             changes[i, k] = probs[tgt] - p_real
             predicted[i, k] = probs.argmax()
     return SweepResult(sizes, changes, predicted, base)
@@ -241,9 +253,20 @@ def interpolate_curves(sizes: torch.Tensor, values: torch.Tensor, grid: torch.Te
     return y0 + weight.clamp(0, 1) * (y1 - y0)
 
 
-def curve_scores(result: SweepResult, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Interpolated curves [B,G] and their areas [B] (score change integrated over mask size 0..1)."""
-    curves = interpolate_curves(result.mask_size, result.score_change, grid)
+def quac_anchored(sizes: torch.Tensor, changes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """QuAC's curve ends: (0, 0) and (1, the change at the lowest threshold, the last column) added."""
+    zeros, ones = sizes.new_zeros(len(sizes), 1), sizes.new_ones(len(sizes), 1)
+    return torch.cat([zeros, sizes, ones], dim=1), torch.cat([zeros, changes, changes[:, -1:]], dim=1)
+
+
+def curve_scores(result: SweepResult, grid: torch.Tensor, convention: str = "pipeline") -> tuple[torch.Tensor, torch.Tensor]:
+    """Interpolated curves [B,G] and their areas [B] (score change integrated over mask size 0..1).
+
+    ``pipeline``: flat beyond the measured sizes; ``quac``: linear to QuAC's anchors at sizes 0 and 1."""
+    sizes, changes = result.mask_size, result.score_change
+    if convention == "quac":
+        sizes, changes = quac_anchored(sizes, changes)
+    curves = interpolate_curves(sizes, changes, grid)
     if len(curves) == 0:
         return curves, torch.empty(0, device=curves.device)
     return curves, torch.trapezoid(curves, grid.to(curves.dtype), dim=1)
@@ -269,7 +292,7 @@ class PairScores:
 
 
 def score_pairs(result: SweepResult, settings: MaskSettings, grid: torch.Tensor) -> PairScores:
-    curves, score = curve_scores(result, grid)
+    curves, score = curve_scores(result, grid, settings.convention)
     index = optimal_threshold_index(result)
     pick = lambda values: values.gather(1, index[:, None]).squeeze(1)  # noqa: E731
     thresholds = settings.thresholds(result.mask_size.device)
@@ -280,9 +303,7 @@ def score_pairs(result: SweepResult, settings: MaskSettings, grid: torch.Tensor)
 def optimal_masks(maps: torch.Tensor, thresholds: torch.Tensor, settings: MaskSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """(binary closed mask, soft mask) at one threshold per pair: [B,C,H,W] each."""
     thresholds = thresholds.to(maps.device, maps.dtype)
-    binary = closing((maps > thresholds.view(-1, 1, 1, 1)).to(maps.dtype), settings.closing_size)
-    soft = gaussian_blur(binary, settings.blur_sigma).clamp(0.0, 1.0)
-    return binary, soft
+    return closed_and_blurred((maps > thresholds.view(-1, 1, 1, 1)).to(maps.dtype), settings)
 
 
 def mask_overlap(binary: torch.Tensor, soft: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,6 +6,10 @@ the masked region from the counterfactual into the real image, and records how f
 probability rises. The area under that curve is the method's score for the pair; the mask that
 minimises (size - score change) is its optimal mask. Where the answer is known (the planted
 shortcut, the digit vs. the color) the optimal masks are scored against it.
+
+``metrics/<D>/explain.json`` holds the headline figures only (:func:`headline_metrics`); every
+figure per method, per class pair, of the control pairs and of the color rule goes to
+``plots/<D>/explain/details.json``.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import torch
 from pipeline import paths
 from pipeline.config import ExplainParams
 from pipeline.data import load_meta, load_prepared, to_float, to_uint8
-from pipeline.discriminative import (DISCRIMINATIVE, MaskSettings, attribution_maps, batched, mask_overlap,
+from pipeline.discriminative import (DISCRIMINATIVE, METHODS, MaskSettings, attribution_maps, batched, mask_overlap,
                                      normalise_maps, optimal_masks, score_pairs, size_grid, sweep)
 from pipeline.inference import predict_probabilities
 from pipeline.models import load_classifier
@@ -164,9 +168,50 @@ def stamped_control(model, test: dict, cfg: ExplainParams, settings: MaskSetting
 
 
 def best_discriminative(metrics: dict) -> str | None:
+    """The discriminative method with the highest median score in ``metrics`` (method -> entry)."""
     candidates = [(m, metrics[m]["median_score"]) for m in DISCRIMINATIVE if m in metrics]
     candidates = [(m, s) for m, s in candidates if s == s]  # drop NaN
     return max(candidates, key=lambda item: item[1])[0] if candidates else None
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics: the headline figures, and the details beside them
+# --------------------------------------------------------------------------------------------
+HEADLINE_METHODS = ("d_ig", "d_deeplift", "ig", "deeplift", "residual", "random")
+NAN = float("nan")
+
+
+def headline_metrics(n_kept: int, per_method: dict, best: str | None, control: dict | None) -> dict:
+    """What ``metrics/<D>/explain.json`` holds: the pairs explained, the median score of each headline
+    method (discriminative, vanilla and the two controls; NaN when not run) and, where a shortcut is
+    planted (``control`` given, possibly empty), the shortcut IoU of the best discriminative method on
+    GAN pairs into the shortcut class and on the stamped control pairs."""
+    metrics = {"n_pairs_kept": n_kept}
+    metrics.update({f"median_score_{m}": per_method.get(m, {}).get("median_score", NAN) for m in HEADLINE_METHODS})
+    if control is not None:
+        control_methods = control.get("methods", {})
+        control_best = best or best_discriminative(control_methods)
+        metrics["shortcut_iou"] = per_method.get(best, {}).get("shortcut_iou", NAN)
+        metrics["stamped_control_shortcut_iou"] = control_methods.get(control_best, {}).get("shortcut_iou", NAN)
+    return metrics
+
+
+def class_pair_details(pairs: Pairs, results: dict, class_names: list[str]) -> dict:
+    """Per (source, target) class pair: how many pairs, and each method's median score and
+    share of optimal masks whose hybrid the classifier assigns to the target."""
+    source, target = pairs.source.cpu().numpy(), pairs.target.cpu().numpy()
+    target_cpu = pairs.target.cpu()
+    on_host = {method: (scores.score.cpu(), scores.optimal_predicted.cpu()) for method, (_, scores) in results.items()}
+    per_pair = {}
+    for s, t in sorted(set(zip(source.tolist(), target.tolist()))):
+        members = torch.as_tensor(np.flatnonzero((source == s) & (target == t)))
+        entry = {"n_pairs": len(members)}
+        sub_target = target_cpu[members]
+        for method, (score, optimal_predicted) in on_host.items():
+            entry[method] = {"median_score": summarise(score[members])[0],
+                             "reached_target_fraction": (optimal_predicted[members] == sub_target).float().mean().item()}
+        per_pair[f"{class_names[s]}_to_{class_names[t]}"] = entry
+    return per_pair
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,18 +238,32 @@ def color_rule(model, test: dict, class_names: list[str], batch_size: int) -> tu
         "position": positions, "hue": rgb_to_hsv(np.clip(colors, 0, 1))[:, 0],
         "red": colors[:, 0], "green": colors[:, 1], "blue": colors[:, 2],
         "colormap": [class_names[c] for c in labels], "predicted": [class_names[c] for c in predicted],
+        "nearest_colormap": [class_names[c] for c in nearest],
         "correct": predicted == labels,
     })
     metrics = {
-        "test_accuracy": float((predicted == labels).mean()) if len(labels) else float("nan"),
-        "nearest_colormap_agreement": float((predicted == nearest).mean()) if len(labels) else float("nan"),
+        "test_accuracy": float((predicted == labels).mean()) if len(labels) else NAN,
+        "nearest_colormap_agreement": float((predicted == nearest).mean()) if len(labels) else NAN,
         "accuracy_by_position": {
             f"{lo:.2f}-{lo + 0.25:.2f}": float((predicted == labels)[(positions >= lo) & (positions < lo + 0.25)].mean())
-            if ((positions >= lo) & (positions < lo + 0.25)).any() else float("nan")
+            if ((positions >= lo) & (positions < lo + 0.25)).any() else NAN
             for lo in (0.0, 0.25, 0.5, 0.75)
         },
     }
     return metrics, frame
+
+
+def color_rule_table(frame: pd.DataFrame, n_bins: int = 10) -> pd.DataFrame:
+    """Per bin of colormap position (its centre): the share of test images the classifier assigns to
+    their colormap (``accuracy``) and to the colormap nearest their color (``nearest_colormap_agreement``).
+    Wide: one column per series, so `dvc plots` draws two lines."""
+    bins = np.minimum((frame["position"].to_numpy() * n_bins).astype(int), n_bins - 1)
+    agrees = frame["predicted"] == frame["nearest_colormap"]
+    return pd.DataFrame({
+        "position": (np.arange(n_bins) + 0.5) / n_bins,
+        "accuracy": [frame["correct"][bins == b].mean() if (bins == b).any() else NAN for b in range(n_bins)],
+        "nearest_colormap_agreement": [agrees[bins == b].mean() if (bins == b).any() else NAN for b in range(n_bins)],
+    })
 
 
 def plot_color_rule(frame: pd.DataFrame, class_names: list[str], dataset: str, path) -> None:
@@ -234,17 +293,41 @@ def plot_color_rule(frame: pd.DataFrame, class_names: list[str], dataset: str, p
 
 
 # --------------------------------------------------------------------------------------------
-# Pictures
+# Plot data and pictures
 # --------------------------------------------------------------------------------------------
-def plot_curves(curve_rows: pd.DataFrame, dataset: str, path) -> None:
+def curve_quartiles(curves: torch.Tensor) -> np.ndarray:
+    """[3, G]: 25th, 50th and 75th percentile over the pairs' curves at each mask size."""
+    return torch.quantile(curves.float().cpu(), torch.tensor([0.25, 0.5, 0.75]), dim=0).numpy()
+
+
+def curve_table(grid: np.ndarray, quartiles: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Median score change at each mask size, one column per method of METHODS (empty for a method
+    not run, so the columns dvc.yaml names are always there). Wide: `dvc plots` draws one line each."""
+    frame = pd.DataFrame({"mask_size": grid})
+    for method in METHODS:
+        frame[method] = quartiles[method][1] if method in quartiles else NAN
+    return frame
+
+
+def shortcut_table(methods: list[str], per_method: dict, control: dict) -> pd.DataFrame:
+    """One bar per (method, pair set): IoU of the optimal masks with the shortcut on GAN pairs into
+    the shortcut class and on the stamped control pairs (one series: the bars' labels carry both)."""
+    control_methods = control.get("methods", {})
+    rows = []
+    for method in methods:
+        rows.append({"pairs": f"{method}: GAN pairs", "shortcut_iou": per_method[method].get("shortcut_iou", NAN)})
+        rows.append({"pairs": f"{method}: stamped control", "shortcut_iou": control_methods.get(method, {}).get("shortcut_iou", NAN)})
+    return pd.DataFrame(rows)
+
+
+def plot_curves(grid: np.ndarray, quartiles: dict[str, np.ndarray], dataset: str, path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for i, (method, rows) in enumerate(curve_rows.groupby("method", sort=False)):
+    for i, (method, (q25, median, q75)) in enumerate(quartiles.items()):
         style = "-" if method.startswith("d_") else "--"
-        ax.plot(rows["mask_size"], rows["median_score_change"], style, color=plt.get_cmap("tab10")(i), label=method)
-        ax.fill_between(rows["mask_size"], rows["q25_score_change"], rows["q75_score_change"],
-                        color=plt.get_cmap("tab10")(i), alpha=0.15)
+        ax.plot(grid, median, style, color=plt.get_cmap("tab10")(i), label=method)
+        ax.fill_between(grid, q25, q75, color=plt.get_cmap("tab10")(i), alpha=0.15)
     ax.set_xlabel("mask size (share of the image)")
     ax.set_ylabel("score change  p_target(hybrid) - p_target(real)")
     ax.set_title(f"{dataset}: median curve per method (band: IQR)", fontsize=10)
@@ -335,7 +418,65 @@ def save_gallery(model, pairs: Pairs, method: str, maps: torch.Tensor, scores, s
     return written
 
 
+def write_color_rule(frame: pd.DataFrame, class_names: list[str], dataset: str, out) -> None:
+    """Colored MNIST's known answer: the color rule the classifier learned (plot data and picture)."""
+    write_csv(out / "known_answer" / "color_rule.csv", color_rule_table(frame))
+    plot_color_rule(frame, class_names, dataset, out / "known_answer.png")
+
+
+def write_shortcut_overlap(methods: list[str], per_method: dict, control: dict, dataset: str, out) -> None:
+    """Clever Hans's known answer: how well each method's optimal masks find the shortcut."""
+    write_csv(out / "known_answer" / "shortcut_iou.csv", shortcut_table(methods, per_method, control))
+    control_methods = control.get("methods", {})
+    frame = pd.DataFrame([{"method": m, "shortcut_iou": per_method[m]["shortcut_iou"],
+                           "shortcut_mass_fraction": per_method[m]["shortcut_mass_fraction"],
+                           "control_shortcut_iou": control_methods.get(m, {}).get("shortcut_iou", NAN)}
+                          for m in methods])
+    plot_shortcut_overlap(frame, dataset, out / "known_answer.png")
+
+
 # --------------------------------------------------------------------------------------------
+def explain_every_method(model, pairs: Pairs, cfg: ExplainParams, settings: MaskSettings, grid: torch.Tensor,
+                         generator: torch.Generator, truth: dict, dataset: str) -> tuple[dict, dict, dict]:
+    """Every configured method on the pairs: (per-method details, method -> (maps, scores), arrays
+    for the explanations file). ``truth`` may hold ``shortcut`` (selected, masks) and ``digit`` masks."""
+    per_method, results, arrays = {}, {}, {}
+    for method in cfg.methods:
+        maps, scores, binary, soft = explain_pairs(method, model, pairs, cfg, settings, grid, generator,
+                                                   progress=f"{method} sweep")
+        entry = method_metrics(scores, pairs.target)
+        if "shortcut" in truth:
+            entry.update(shortcut_overlap(binary, soft, truth["shortcut"]))
+        if "digit" in truth:
+            _, share = mask_overlap(binary, soft, truth["digit"])
+            entry["digit_mass_fraction"] = share.mean().item() if len(share) else NAN
+            entry["background_mass_fraction"] = 1.0 - entry["digit_mass_fraction"]
+        per_method[method] = entry
+        results[method] = (maps, scores)
+        arrays.update({f"{method}_score": scores.score.cpu().numpy(), f"{method}_curve": scores.curve.cpu().numpy(),
+                       f"{method}_optimal_threshold": scores.optimal_threshold.cpu().numpy(),
+                       f"{method}_optimal_mask_size": scores.optimal_mask_size.cpu().numpy(),
+                       f"{method}_optimal_score_change": scores.optimal_score_change.cpu().numpy(),
+                       f"{method}_optimal_predicted": scores.optimal_predicted.cpu().numpy(),
+                       f"{method}_optimal_mask": to_uint8(soft).cpu().numpy()})
+        print(f"[explain@{dataset}] {method}: median score {entry['median_score']:.3f}, "
+              f"optimal mask {entry['mean_optimal_mask_size']:.3f}", file=sys.stderr)
+    return per_method, results, arrays
+
+
+def empty_method_entries(methods: list[str], truth: dict) -> dict:
+    """Every per-method key with NaN values, for a run where no pair reaches its target."""
+    keys = ("median_score", "iqr_score", "mean_optimal_mask_size", "reached_target_fraction")
+    keys += ("shortcut_iou", "shortcut_mass_fraction") if "shortcut" in truth else ()
+    keys += ("digit_mass_fraction", "background_mass_fraction") if "digit" in truth else ()
+    return {method: dict.fromkeys(keys, NAN) for method in methods}
+
+
+def score_row(method: str, scores) -> dict:
+    q25, median, q75 = torch.quantile(scores.score.float().cpu(), torch.tensor([0.25, 0.5, 0.75])).tolist()
+    return {"method": method, "median_score": median, "q25_score": q25, "q75_score": q75}
+
+
 def main(argv: list[str] | None = None) -> None:
     with stage("explain", argv) as ctx:
         cfg = ctx.params.explain
@@ -345,88 +486,53 @@ def main(argv: list[str] | None = None) -> None:
         test = load_prepared(ctx.dataset, "test", ctx.device)
         pairs = load_pairs(ctx.dataset, cfg, ctx.device, ctx.rng("pairs"))
         n_kept = len(pairs.target)
-        settings = MaskSettings(cfg.n_thresholds, cfg.closing_size, cfg.blur_sigma)
+        settings = MaskSettings(cfg.n_thresholds, cfg.closing_size, cfg.blur_sigma, cfg.score_convention)
         grid = size_grid(cfg.n_grid, ctx.device)
         generator = ctx.generator("random-map")
 
-        digit = (to_uint8(pairs.real).amax(dim=1) > 0) if ctx.dataset == "colored_mnist" else None
-        hans = shortcut_truth(test, pairs) if "shortcut_alpha" in test else None
+        truth: dict = {}
+        if ctx.dataset == "colored_mnist":
+            truth["digit"] = to_uint8(pairs.real).amax(dim=1) > 0
+        if "shortcut_alpha" in test:
+            truth["shortcut"] = shortcut_truth(test, pairs)
 
-        metrics: dict = {"n_pairs": pairs.n_pairs, "n_pairs_kept": n_kept, "n_pairs_reaching_target": pairs.n_reaching_target,
-                         "counterfactual": cfg.counterfactual}
-        per_method, results, arrays, curve_rows, score_rows = {}, {}, {}, [], []
-        for method in cfg.methods if n_kept else ():
-            maps, scores, binary, soft = explain_pairs(method, model, pairs, cfg, settings, grid, generator,
-                                                       progress=f"{method} sweep")
-            entry = method_metrics(scores, pairs.target)
-            if hans is not None:
-                entry.update(shortcut_overlap(binary, soft, hans))
-            if digit is not None:
-                _, share = mask_overlap(binary, soft, digit)
-                entry["digit_mass_fraction"] = share.mean().item() if len(share) else float("nan")
-                entry["background_mass_fraction"] = 1.0 - entry["digit_mass_fraction"]
-            per_method[method] = entry
-            results[method] = (maps, scores)
-            q = torch.quantile(scores.curve.cpu(), torch.tensor([0.25, 0.5, 0.75]), dim=0)
-            curve_rows += [{"method": method, "mask_size": g, "median_score_change": m, "q25_score_change": lo,
-                            "q75_score_change": hi} for g, lo, m, hi in zip(grid.tolist(), *q.tolist())]
-            lo_hi = torch.quantile(scores.score.cpu(), torch.tensor([0.25, 0.75])).tolist()
-            score_rows.append({"method": method, "median_score": entry["median_score"], "q25_score": lo_hi[0], "q75_score": lo_hi[1]})
-            arrays.update({f"{method}_score": scores.score.cpu().numpy(), f"{method}_curve": scores.curve.cpu().numpy(),
-                           f"{method}_optimal_threshold": scores.optimal_threshold.cpu().numpy(),
-                           f"{method}_optimal_mask_size": scores.optimal_mask_size.cpu().numpy(),
-                           f"{method}_optimal_score_change": scores.optimal_score_change.cpu().numpy(),
-                           f"{method}_optimal_predicted": scores.optimal_predicted.cpu().numpy(),
-                           f"{method}_optimal_mask": to_uint8(soft).cpu().numpy()})
-            print(f"[explain@{ctx.dataset}] {method}: median score {entry['median_score']:.3f}, "
-                  f"optimal mask {entry['mean_optimal_mask_size']:.3f}", file=sys.stderr)
-        if not n_kept:  # nothing to explain: keep every key, with null values, so downstream reads still work
+        if n_kept:
+            per_method, results, arrays = explain_every_method(model, pairs, cfg, settings, grid, generator, truth,
+                                                               ctx.dataset)
+        else:  # nothing to explain: keep every key, with null values, so downstream reads still work
             print(f"[explain@{ctx.dataset}] warning: no counterfactual reaches its target class; nothing to score",
                   file=sys.stderr)
-            keys = ("median_score", "iqr_score", "mean_optimal_mask_size", "reached_target_fraction")
-            keys += ("shortcut_iou", "shortcut_mass_fraction") if hans is not None else ()
-            keys += ("digit_mass_fraction", "background_mass_fraction") if digit is not None else ()
-            per_method = {method: dict.fromkeys(keys, float("nan")) for method in cfg.methods}
-            curve_rows = [{"method": m, "mask_size": g, "median_score_change": float("nan"), "q25_score_change": float("nan"),
-                           "q75_score_change": float("nan")} for m in cfg.methods for g in grid.tolist()]
-            score_rows = [{"method": m, "median_score": float("nan"), "q25_score": float("nan"), "q75_score": float("nan")}
-                          for m in cfg.methods]
-        metrics["methods"] = per_method
-
+            per_method, results, arrays = empty_method_entries(cfg.methods, truth), {}, {}
         best = best_discriminative(per_method)
-        metrics["best_discriminative_method"] = best
-        if hans is not None:
-            metrics["n_pairs_into_shortcut_class"] = int(hans[0].sum())
-            metrics["shortcut_iou"] = per_method[best]["shortcut_iou"] if best else float("nan")
-            if cfg.control_pairs:
-                metrics["stamped_control"] = stamped_control(model, test, cfg, settings, grid, generator,
-                                                             ctx.rng("control-pairs"))
-        if digit is not None:
-            metrics["digit_pixel_fraction"] = digit.float().mean().item() if n_kept else float("nan")
-            rule, color_frame = color_rule(model, test, class_names, cfg.batch_size)
-            metrics["color_rule"] = rule
 
-        # per (source, target) class pair
-        source, target = pairs.source.cpu().numpy(), pairs.target.cpu().numpy()
-        target_cpu = pairs.target.cpu()
-        # one copy to the host per method, not one per (pair, method)
-        on_host = {method: (scores.score.cpu(), scores.optimal_predicted.cpu()) for method, (_, scores) in results.items()}
-        per_pair = {}
-        for s, t in sorted(set(zip(source.tolist(), target.tolist()))):
-            members = torch.as_tensor(np.flatnonzero((source == s) & (target == t)))
-            entry = {"n_pairs": len(members)}
-            sub_target = target_cpu[members]
-            for method, (score, optimal_predicted) in on_host.items():
-                entry[method] = {"median_score": summarise(score[members])[0],
-                                 "reached_target_fraction": (optimal_predicted[members] == sub_target).float().mean().item()}
-            per_pair[f"{class_names[s]}_to_{class_names[t]}"] = entry
-        metrics["per_class_pair"] = per_pair
+        details: dict = {"n_pairs": pairs.n_pairs, "n_pairs_reaching_target": pairs.n_reaching_target, "n_pairs_kept": n_kept,
+                         "counterfactual": cfg.counterfactual, "score_convention": cfg.score_convention,
+                         "best_discriminative_method": best, "methods": per_method}
+        control = None
+        if "shortcut" in truth:
+            control = (stamped_control(model, test, cfg, settings, grid, generator, ctx.rng("control-pairs"))
+                       if cfg.control_pairs else {})
+            details["n_pairs_into_shortcut_class"] = int(truth["shortcut"][0].sum())
+            details["stamped_control"] = control
+        if "digit" in truth:
+            details["digit_pixel_fraction"] = truth["digit"].float().mean().item() if n_kept else NAN
+            rule, color_frame = color_rule(model, test, class_names, cfg.batch_size)
+            details["color_rule"] = rule
+        details["per_class_pair"] = class_pair_details(pairs, results, class_names)
+        metrics = headline_metrics(n_kept, per_method, best, control)
 
         out = paths.plots_dir(ctx.dataset, "explain")
-        curve_frame, score_frame = pd.DataFrame(curve_rows), pd.DataFrame(score_rows)
-        write_csv(out / "curves.csv", curve_frame)
+        grid_host = grid.cpu().numpy()
+        if n_kept:
+            quartiles = {m: curve_quartiles(results[m][1].curve) for m in cfg.methods}
+            score_frame = pd.DataFrame([score_row(m, results[m][1]) for m in cfg.methods])
+        else:
+            quartiles = {m: np.full((3, len(grid_host)), NAN) for m in cfg.methods}
+            score_frame = pd.DataFrame([{"method": m, "median_score": NAN, "q25_score": NAN, "q75_score": NAN}
+                                        for m in cfg.methods])
+        write_csv(out / "curves.csv", curve_table(grid_host, quartiles))
         write_csv(out / "scores.csv", score_frame)
-        plot_curves(curve_frame, ctx.dataset, out / "curves.png")
+        plot_curves(grid_host, quartiles, ctx.dataset, out / "curves.png")
         plot_scores(score_frame, ctx.dataset, out / "scores.png")
         gallery_method = best or cfg.methods[0]
         if n_kept:
@@ -435,25 +541,19 @@ def main(argv: list[str] | None = None) -> None:
                          out / "gallery", ctx.dataset)
         else:
             (out / "gallery").mkdir(parents=True, exist_ok=True)
-        # the known answer: colored MNIST, the color rule the classifier learned; Clever Hans, the shortcut
-        if digit is not None:
-            write_csv(out / "known_answer.csv", color_frame)
-            plot_color_rule(color_frame, class_names, ctx.dataset, out / "known_answer.png")
-        else:
-            control = metrics.get("stamped_control", {}).get("methods", {})
-            frame = pd.DataFrame([{"method": m, "shortcut_iou": per_method[m]["shortcut_iou"],
-                                   "shortcut_mass_fraction": per_method[m]["shortcut_mass_fraction"],
-                                   "control_shortcut_iou": control.get(m, {}).get("shortcut_iou", float("nan"))}
-                                  for m in cfg.methods])
-            write_csv(out / "known_answer.csv", frame)
-            plot_shortcut_overlap(frame, ctx.dataset, out / "known_answer.png")
+        if "digit" in truth:
+            write_color_rule(color_frame, class_names, ctx.dataset, out)
+        elif control is not None:
+            write_shortcut_overlap(cfg.methods, per_method, control, ctx.dataset, out)
 
+        source, target = pairs.source.cpu().numpy(), pairs.target.cpu().numpy()
         save_arrays(explanations_dir(ctx.dataset) / "explanations.npz", image_index=pairs.image_index.cpu().numpy(),
-                    source=source, target=target, methods=np.array(cfg.methods), size_grid=grid.cpu().numpy(), **arrays)
+                    source=source, target=target, methods=np.array(cfg.methods), size_grid=grid_host, **arrays)
+        write_json(out / "details.json", details)
         write_json(paths.metrics_path(ctx.dataset, "explain"), metrics)
         ctx.timer.images = n_kept * len(cfg.methods) * (cfg.n_thresholds + 1)
         ranking = ", ".join(f"{m} {per_method[m]['median_score']:.3f}" for m in cfg.methods)
-        extra = f"; shortcut IoU ({best}) {metrics['shortcut_iou']:.3f}" if hans is not None and best else ""
+        extra = f"; shortcut IoU ({best}) {metrics['shortcut_iou']:.3f}" if control is not None and best else ""
         print(f"[explain@{ctx.dataset}] {n_kept}/{pairs.n_pairs} pairs kept; median scores: {ranking}{extra}", file=sys.stderr)
 
 

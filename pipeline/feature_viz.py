@@ -8,7 +8,6 @@ starts are one batch: image ``i`` drives only its own unit, so one backward pass
 """
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline import paths
+from pipeline.blur import gaussian_blur
 from pipeline.config import FeatureVizParams
 from pipeline.data import load_meta
 from pipeline.models import INPUT_SHAPE, load_classifier
@@ -74,13 +74,6 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     dy = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().flatten(1).mean(1)
     dx = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().flatten(1).mean(1)
     return dy + dx
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    from torchvision.transforms.functional import gaussian_blur as blur
-
-    size = 2 * math.ceil(3 * sigma) + 1
-    return blur(x, kernel_size=[size, size], sigma=[sigma, sigma])
 
 
 class Parameterisation:
@@ -198,7 +191,12 @@ def display(images: torch.Tensor) -> torch.Tensor:
     return (images - low) / (high - low).clamp_min(1e-8)
 
 
-def summarise(result: dict, units: Units, class_names: list[str], steps: int) -> tuple[dict, pd.DataFrame]:
+def summarise(result: dict, units: Units, class_names: list[str], steps: int) -> tuple[dict, dict, pd.DataFrame]:
+    """(headline metrics, details, one row per unit and start).
+
+    The metrics are the two figures a run is compared by: the mean class probability of the class
+    images as optimised and as drawn (min-max scaled into [0, 1], the range the classifier was trained
+    on). Per start, per layer and per class figures go to the details."""
     n_units = len(units)
     activation = result["activation"].cpu().numpy()
     probability = result["probability"].cpu().numpy()
@@ -217,8 +215,9 @@ def summarise(result: dict, units: Units, class_names: list[str], steps: int) ->
     shown = result["display_probability"].cpu().numpy()
     metrics = {
         "mean_class_probability": float(probability[is_class].mean()),
-        # the same images min-max scaled into [0, 1], as drawn: inside the range the classifier was trained on
         "mean_class_probability_display": float(shown[is_class].mean()),
+    }
+    details = {
         **{f"mean_class_probability_{name}": float(probability[is_class & (start == s)].mean())
            for s, name in enumerate(STARTS)},
         "steps": steps,
@@ -228,7 +227,21 @@ def summarise(result: dict, units: Units, class_names: list[str], steps: int) ->
                                                for s, name in enumerate(STARTS)}
                               for c in range(len(class_names))},
     }
-    return metrics, rows
+    return metrics, details, rows
+
+
+def unit_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per unit (``layer/unit``), its final activation from each start side by side (wide)."""
+    wide = rows.pivot_table(index=["layer", "unit"], columns="start", values="final_activation", sort=False)
+    wide = wide[list(STARTS)].add_prefix("final_activation_").reset_index()
+    wide.insert(0, "unit_name", wide["layer"] + "/" + wide["unit"])
+    return wide.drop(columns=["layer", "unit"])
+
+
+def curve_table(curve: np.ndarray) -> pd.DataFrame:
+    """``curve`` [steps x starts] as one row per step, one column per start (wide)."""
+    return pd.DataFrame({"step": np.arange(1, len(curve) + 1),
+                         **{f"mean_class_probability_{name}": curve[:, s] for s, name in enumerate(STARTS)}})
 
 
 def save_pictures(dataset: str, result: dict, units: Units, class_names: list[str]) -> None:
@@ -257,16 +270,12 @@ def main(argv: list[str] | None = None) -> None:
         model = load_classifier(paths.classifier_path(ctx.dataset), ctx.device)
         units = build_units(model, meta["n_classes"], cfg.channels_per_layer)
         result = maximise(model, units, cfg, ctx.generator())
-        metrics, rows = summarise(result, units, meta["class_names"], cfg.steps)
+        metrics, details, rows = summarise(result, units, meta["class_names"], cfg.steps)
         write_json(paths.metrics_path(ctx.dataset, "feature_viz"), metrics)
         out = paths.plots_dir(ctx.dataset, "feature_viz")
-        write_csv(out / "units.csv", rows)
-        curve = result["curve"].cpu().numpy()
-        write_csv(out / "curve.csv", pd.DataFrame({
-            "step": np.tile(np.arange(1, cfg.steps + 1), len(STARTS)),
-            "start": np.repeat(STARTS, cfg.steps),
-            "mean_class_probability": curve.T.reshape(-1),
-        }))
+        write_json(out / "details.json", details)
+        write_csv(out / "units.csv", unit_table(rows))
+        write_csv(out / "curve.csv", curve_table(result["curve"].cpu().numpy()))
         classes = rows[rows["layer"] == CLASS_LAYER]
         write_csv(out / "class_probability.csv",
                   pd.DataFrame({"class": classes["unit"] + " (" + classes["start"] + ")",
@@ -280,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         ctx.timer.images = len(STARTS) * len(units) * cfg.steps
         print(f"[feature_viz@{ctx.dataset}] {len(units)} units x {len(STARTS)} starts, {cfg.steps} steps: "
               f"mean class probability {metrics['mean_class_probability']:.3f} "
-              f"(ones {metrics['mean_class_probability_ones']:.3f}, noise {metrics['mean_class_probability_noise']:.3f})",
+              f"(ones {details['mean_class_probability_ones']:.3f}, noise {details['mean_class_probability_noise']:.3f})",
               file=sys.stderr)
 
 

@@ -1,14 +1,19 @@
+import math
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from pipeline.discriminative import (METHODS, MaskSettings, SweepResult, attribution_maps, closing, curve_scores,
-                                     gaussian_blur, interpolate_curves, mask_overlap, normalise_maps, optimal_masks,
+from pipeline.blur import gaussian_blur, kernel_size_for
+from pipeline.discriminative import (MaskSettings, SweepResult, attribution_maps, closing, curve_scores,
+                                     interpolate_curves, mask_overlap, normalise_maps, optimal_masks,
                                      optimal_threshold_index, score_pairs, size_grid, sweep, sweep_loop)
 from pipeline.models import CNNClassifier, frozen
 
 EXACT = MaskSettings(n_thresholds=50, closing_size=1, blur_sigma=0.0)  # masks are the thresholded maps
+EXACT_QUAC = MaskSettings(n_thresholds=50, closing_size=1, blur_sigma=0.0, convention="quac")
+PIXELS = 28 * 28
 
 
 class PixelSwitch(nn.Module):
@@ -46,6 +51,7 @@ def test_a_mask_that_flips_the_class_at_size_zero_scores_one():
     result = sweep(PixelSwitch(), real, counterfactual, maps, target, EXACT)
     scores = score_pairs(result, EXACT, size_grid(1001))
     assert scores.score.min().item() == pytest.approx(1.0, abs=2e-3)
+    assert scores.score.max().item() == pytest.approx(1.0 - 0.5 / PIXELS, abs=2e-4)  # the curve rises over one pixel
     assert torch.allclose(scores.optimal_mask_size, torch.full((4,), 1 / 784))
     assert (scores.optimal_predicted == target).all()
     assert scores.optimal_score_change.min().item() > 0.99
@@ -149,16 +155,35 @@ def test_discriminative_attributions_on_a_linear_model():
         assert maps[:, :, :14].abs().max() < 1e-6  # nothing changed there, so nothing discriminates
     residual = attribution_maps("residual", model, real, counterfactual, source)
     assert torch.equal(residual, (real - counterfactual).abs())
-    gen_a, gen_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    a = attribution_maps("random", model, real, counterfactual, source, generator=gen_a)
-    assert torch.equal(a, attribution_maps("random", model, real, counterfactual, source, generator=gen_b))
-    assert set(METHODS) == {"d_ig", "d_deeplift", "d_inputxgrad", "ig", "deeplift", "residual", "random"}
 
 
-def test_normalised_maps_lie_in_unit_interval():
-    maps = normalise_maps(torch.randn(3, 3, 28, 28), across_channels=True)
-    assert maps.shape == (3, 1, 28, 28) and maps.min() >= 0
-    assert torch.allclose(maps.flatten(1).amax(1), torch.ones(3))
+def test_the_random_map_is_seeded_noise_with_the_correlation_of_its_blur():
+    """White noise blurred with a Gaussian of width s correlates exp(-d^2 / (4 s^2)) at distance d:
+    0.94 for neighbours at s = 2, where unblurred noise gives 0."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 28 * 28, 2)).eval()
+    real = torch.zeros(64, 3, 28, 28)
+    draw = lambda seed: attribution_maps("random", model, real, real, torch.zeros(64, dtype=torch.long),  # noqa: E731
+                                         random_sigma=2.0, generator=torch.Generator().manual_seed(seed))
+    maps = draw(5)
+    assert torch.equal(maps, draw(5)) and not torch.equal(maps, draw(6))
+    assert torch.equal(maps[:, 0], maps[:, 2])  # one spatial map for every channel
+    inner = maps[:, 0, 6:-6, 6:-6]  # away from the border, where the blur sees only noise
+    left, right = inner[:, :, :-1].flatten(), inner[:, :, 1:].flatten()
+    correlation = torch.corrcoef(torch.stack([left, right]))[0, 1].item()
+    assert correlation == pytest.approx(math.exp(-1 / 16), abs=0.03)
+
+
+def test_normalised_maps_are_absolute_values_over_the_peak():
+    raw = torch.zeros(2, 3, 28, 28)
+    raw[0, 0, 0, 0], raw[0, 1, 0, 0], raw[0, 2, 3, 3] = -2.0, 1.0, 0.5   # channel sum of |.| at (0, 0): 3
+    raw[1, 1, 4, 4] = 0.25
+    across = normalise_maps(raw, across_channels=True)
+    assert across.shape == (2, 1, 28, 28)
+    assert across[0, 0, 0, 0] == 1.0 and across[0, 0, 3, 3] == pytest.approx(0.5 / 3) and across[1, 0, 4, 4] == 1.0
+    assert across.sum().item() == pytest.approx(1.0 + 0.5 / 3 + 1.0)
+    per_channel = normalise_maps(raw, across_channels=False)
+    assert per_channel.shape == (2, 3, 28, 28)
+    assert per_channel[0, :, 0, 0].tolist() == pytest.approx([1.0, 0.5, 0.0]) and per_channel[0, 2, 3, 3] == 0.25
     assert normalise_maps(torch.zeros(1, 3, 28, 28), across_channels=False).eq(0).all()
 
 
@@ -172,3 +197,127 @@ def test_mask_overlap_with_a_known_square():
     iou, share = mask_overlap(binary, soft, truth)
     assert iou.tolist() == pytest.approx([1.0, 0.5])
     assert share.tolist() == pytest.approx([1.0, 0.5])
+
+
+# --------------------------------------------------------------------------------------------
+# The shared Gaussian blur
+# --------------------------------------------------------------------------------------------
+def gaussian_weights(sigma: float) -> torch.Tensor:
+    radius = math.ceil(3 * sigma)
+    weights = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float64) / sigma) ** 2)
+    return weights / weights.sum()
+
+
+def test_the_blur_keeps_an_inner_pixel_whole_and_reflects_at_the_border():
+    """Reflected borders: a corner pixel keeps (w0 + 1) / 2 of its mass per axis (w0: the kernel's
+    centre weight), the rest falls outside; replicated borders would add mass instead."""
+    w0 = gaussian_weights(1.0)[3].item()
+    image = torch.zeros(1, 1, 28, 28)
+    image[..., 14, 14] = 1.0
+    image[..., 0, 0] = 1.0
+    blurred = gaussian_blur(image, 1.0)
+    assert blurred[..., 8:21, 8:21].sum().item() == pytest.approx(1.0, abs=1e-6)
+    assert blurred[..., :8, :8].sum().item() == pytest.approx(((w0 + 1) / 2) ** 2, abs=1e-6)
+    assert blurred[0, 0, 14, 14].item() == pytest.approx(w0**2, abs=1e-6)
+    assert torch.equal(gaussian_blur(image, 0.0), image)
+    assert gaussian_blur(torch.ones(2, 3, 28, 28), 2.0).sub(1).abs().max() < 1e-6  # a full mask stays full
+
+
+def test_the_blur_kernel_covers_three_sigma_and_must_fit_in_the_image():
+    assert [kernel_size_for(s) for s in (0.1, 0.5, 1.0, 2.0, 3.0)] == [3, 5, 7, 13, 19]
+    image = torch.rand(1, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    narrow = gaussian_blur(image, 3.0, kernel_size=11)   # the ig_blur baseline's settings
+    assert not torch.allclose(narrow, gaussian_blur(image, 3.0))
+    with pytest.raises(ValueError, match="kernel size 57"):
+        gaussian_blur(image, 3.0, kernel_size=57)
+    with pytest.raises(ValueError, match="odd"):
+        gaussian_blur(image, 1.0, kernel_size=4)
+
+
+# --------------------------------------------------------------------------------------------
+# Known answers: a classifier that reads one region, and the two score conventions
+# --------------------------------------------------------------------------------------------
+class RegionSwitch(nn.Module):
+    """Class 1 when the mean red of the 4 x 4 region at rows/cols 10..13 is above 0.5, else class 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(200.0), requires_grad=False)
+
+    def forward(self, x):
+        on = (x[:, 0, 10:14, 10:14].mean(dim=(1, 2)) - 0.5) * self.scale
+        return torch.stack([-on, on], dim=1)
+
+
+def test_the_optimal_mask_of_the_residual_is_exactly_the_region_the_classifier_reads():
+    real = torch.zeros(3, 3, 28, 28)
+    counterfactual = real.clone()
+    counterfactual[:, :, 10:14, 10:14] = 1.0      # the change the classifier reads
+    counterfactual[:, :, 20:24, 2:6] = 0.7         # a change it ignores
+    target = torch.ones(3, dtype=torch.long)
+    model = RegionSwitch()
+    maps = normalise_maps(attribution_maps("residual", model, real, counterfactual, target), across_channels=True)
+    scores = score_pairs(sweep(model, real, counterfactual, maps, target, EXACT), EXACT, size_grid(1001))
+    binary, _ = optimal_masks(maps, scores.optimal_threshold, EXACT)
+    region = torch.zeros(28, 28, dtype=torch.bool)
+    region[10:14, 10:14] = True
+    assert torch.equal(binary[:, 0] > 0.5, region.expand(3, -1, -1))
+    assert scores.optimal_mask_size.tolist() == pytest.approx([16 / PIXELS] * 3)
+    assert scores.score.tolist() == pytest.approx([1.0 - 8 / PIXELS] * 3, abs=2e-4)  # rises over the region, then flat
+
+
+def test_the_two_conventions_on_a_map_that_never_points_at_the_switch():
+    """The map covers 16 pixels that the classifier ignores and gives the switch pixel nothing.
+    Ours: no threshold ever copies the switch, so the score is 0. QuAC's: its negative thresholds
+    copy the whole counterfactual (size 1, change 1), and the curve runs linearly from the map's
+    16 pixels (change 0) to there: area (1 - 16/784) / 2."""
+    real, counterfactual, target = switch_pair()
+    maps = torch.zeros(len(real), 1, 28, 28)
+    maps[:, :, 20:24, 20:24] = 1.0
+    ours = score_pairs(sweep(PixelSwitch(), real, counterfactual, maps, target, EXACT), EXACT, size_grid(1001))
+    quac_result = sweep(PixelSwitch(), real, counterfactual, maps, target, EXACT_QUAC)
+    quac = score_pairs(quac_result, EXACT_QUAC, size_grid(1001))
+    assert ours.score.abs().max().item() < 1e-6
+    assert quac.score.tolist() == pytest.approx([(1 - 16 / PIXELS) / 2] * 4, abs=1e-4)
+    thresholds = EXACT_QUAC.thresholds()
+    assert thresholds.tolist() == pytest.approx((np.arange(-1, 1, 2 / 50)[::-1]).tolist(), abs=1e-6)
+    assert quac_result.mask_size[0, thresholds < 0].eq(1).all()          # below every map value: the full mask
+    assert quac_result.mask_size[0, thresholds >= 0].eq(16 / PIXELS).all()  # never empty: the largest is below 1
+    # optimal: ours keeps the real image (size 0, change 0), QuAC's copies everything (size 1, change 1)
+    assert (ours.optimal_mask_size == 0).all() and (quac.optimal_mask_size == 1).all()
+
+
+def test_the_two_conventions_measure_the_mask_before_and_after_the_blur():
+    """A corner pixel, blurred with sigma 1: the hybrid copies ((w0 + 1) / 2)^2 of a pixel (the rest
+    of the blur falls outside the image); ours counts that, QuAC's counts the pixel before the blur."""
+    w0 = gaussian_weights(1.0)[3].item()
+    gen = torch.Generator().manual_seed(0)
+    real, counterfactual = torch.rand(2, 3, 28, 28, generator=gen), torch.rand(2, 3, 28, 28, generator=gen)
+    maps = torch.zeros(2, 1, 28, 28)
+    maps[:, :, 0, 0] = 1.0
+    sizes = {}
+    for convention in ("pipeline", "quac"):
+        settings = MaskSettings(n_thresholds=10, closing_size=1, blur_sigma=1.0, convention=convention)
+        result = sweep(Constant(), real, counterfactual, maps, torch.tensor([0, 2]), settings)
+        sizes[convention] = result.mask_size[:, settings.thresholds() >= 0][:, 1:]  # one pixel on (0 < threshold < 1)
+        assert torch.allclose(result.mask_size, sweep_loop(Constant(), real, counterfactual, maps, torch.tensor([0, 2]),
+                                                           settings).mask_size)
+    assert sizes["pipeline"].sub(((w0 + 1) / 2) ** 2 / PIXELS).abs().max() < 1e-7
+    assert sizes["quac"].eq(1 / PIXELS).all()
+
+
+def test_curves_stay_flat_below_the_smallest_mask_in_ours_and_start_at_zero_in_quac():
+    """Sizes 0.1, 0.2, 0.5 (thresholds descending). Ours: constant beyond both ends. QuAC's: anchored
+    at (0, 0) and at (1, the change of the lowest threshold, the last column), which is flat too."""
+    result = SweepResult(torch.tensor([[0.1, 0.2, 0.5]]), torch.tensor([[0.3, 0.6, 0.4]]),
+                         torch.zeros(1, 3, dtype=torch.long), torch.zeros(1))
+    _, ours = curve_scores(result, size_grid(1001), "pipeline")
+    _, quac = curve_scores(result, size_grid(1001), "quac")
+    shared = 0.1 * (0.3 + 0.6) / 2 + 0.3 * (0.6 + 0.4) / 2 + 0.5 * 0.4
+    assert ours.item() == pytest.approx(0.1 * 0.3 + shared, abs=1e-6)
+    assert quac.item() == pytest.approx(0.1 * 0.3 / 2 + shared, abs=1e-6)
+
+
+def test_an_unknown_convention_is_refused():
+    with pytest.raises(ValueError, match="quac"):
+        MaskSettings(convention="QuAC")

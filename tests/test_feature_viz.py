@@ -1,9 +1,17 @@
+import json
+
+import pandas as pd
+import pytest
 import torch
+import yaml
 from torch import nn
 
+from pipeline import paths
 from pipeline.config import FeatureVizParams
-from pipeline.feature_viz import build_units, maximise, standardise
-from pipeline.models import CNNClassifier, frozen
+from pipeline.feature_viz import build_units, main, maximise, standardise
+from pipeline.models import CNNClassifier, frozen, save_model
+from pipeline.storage import write_json
+from tests.conftest import REPO
 
 
 def linear_model(n_classes=3, seed=0):
@@ -78,3 +86,39 @@ def test_standardise():
     z = standardise(x).flatten(1)
     assert torch.allclose(z.mean(1), torch.zeros(5), atol=1e-5)
     assert torch.allclose(z.std(1, unbiased=False), torch.ones(5), atol=1e-5)
+
+
+def test_the_stage_writes_two_headline_metrics_and_wide_plot_data(tmp_path, monkeypatch):
+    """metrics/<D>/feature_viz.json holds the two figures runs are compared by; the rest is in
+    details.json; curve.csv and units.csv have one column per start, as dvc.yaml declares them."""
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    config = {"architecture": "cnn", "n_classes": 4, "width": 4}
+    save_model(paths.classifier_path("colored_mnist"), CNNClassifier(n_classes=4, width=4), config)
+    write_json(paths.prepared_dir("colored_mnist") / "meta.json",
+               {"class_names": ["spring", "summer", "autumn", "winter"], "n_classes": 4})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "feature_viz": {"steps": 3, "channels_per_layer": 2}}))
+    main(["colored_mnist"])
+
+    metrics = json.loads(paths.metrics_path("colored_mnist", "feature_viz").read_text())
+    assert list(metrics) == ["mean_class_probability", "mean_class_probability_display"]
+    out = paths.plots_dir("colored_mnist", "feature_viz")
+    details = json.loads((out / "details.json").read_text())
+    assert details["steps"] == 3 and details["n_units"] == 5 * 2 + 4
+    ones, noise = details["mean_class_probability_ones"], details["mean_class_probability_noise"]
+    assert metrics["mean_class_probability"] == pytest.approx((ones + noise) / 2, abs=1e-6)
+    curve = pd.read_csv(out / "curve.csv")
+    assert list(curve.columns) == ["step", "mean_class_probability_ones", "mean_class_probability_noise"]
+    assert curve["step"].tolist() == [1, 2, 3]
+    units = pd.read_csv(out / "units.csv")
+    assert list(units.columns) == ["unit_name", "final_activation_ones", "final_activation_noise"]
+    assert units["unit_name"].tolist()[:2] == ["conv1/0", "conv1/1"] and units["unit_name"].iloc[-1] == "class/winter"
+
+    plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+    declared = {path: spec for entry in plots if isinstance(entry, dict) for path, spec in entry.items()
+                if path.startswith("plots/colored_mnist/feature_viz/") and path.endswith(".csv")}
+    assert {"plots/colored_mnist/feature_viz/curve.csv", "plots/colored_mnist/feature_viz/units.csv"} <= set(declared)
+    for path, spec in declared.items():
+        if (tmp_path / path).exists():
+            fields = [spec["x"], *(spec["y"] if isinstance(spec["y"], list) else [spec["y"]])]
+            assert set(fields) <= set(pd.read_csv(tmp_path / path).columns) and "template" in spec, path
