@@ -417,22 +417,51 @@ class SpectraParams:
     """Can generated images be told from real ones by their log-magnitude spectrum?"""
 
     generated: Literal["reference", "latent"] = "reference"  # which GAN counterfactuals to test
-    max_images: int = 20000              # per group (real, generated), at most
-    test_fraction: float = 0.3           # share of test-image indices held out for the detector's test
+    max_images: int = 20000              # per group (real, generated; each control half), at most
     epsilon: float = 1e-3                # log(|F| + epsilon)
-    epochs: int = 300                    # full-batch Adam steps of the logistic regression
-    learning_rate: float = 0.01
-    weight_decay: float = 1e-3
-    artifact_threshold: float = 0.75     # detector accuracy above which the metrics flag frequency artifacts
+    C: float = 0.1                       # inverse L2 strength of the logistic regression (scikit-learn's C)
+    folds: int = 5                       # cross-validation folds, grouped by test-image index
+    artifact_threshold: float = 0.75     # detector accuracy must exceed this ...
+    control_margin: float = 0.05         # ... and the real-vs-real control accuracy by this much
 
     def check(self, where: str) -> None:
-        check_each(self, where, at_least_one, "a positive integer", "max_images", "epochs")
-        if not 0.0 < self.test_fraction < 1.0:
-            fail(f"{where}.test_fraction", self.test_fraction, "a number in (0, 1)")
-        check_each(self, where, positive, "a positive number", "epsilon", "learning_rate")
-        check_each(self, where, non_negative, "a number >= 0", "weight_decay")
+        check_each(self, where, at_least_one, "a positive integer", "max_images")
+        if self.folds < 2:
+            fail(f"{where}.folds", self.folds, "an integer >= 2")
+        check_each(self, where, positive, "a positive number", "epsilon", "C")
         if not 0.5 <= self.artifact_threshold <= 1.0:
             fail(f"{where}.artifact_threshold", self.artifact_threshold, "a number in [0.5, 1]")
+        if not 0.0 <= self.control_margin <= 0.5:
+            fail(f"{where}.control_margin", self.control_margin, "a number in [0, 0.5]")
+
+
+@dataclass(frozen=True)
+class DiscoverParams:
+    """Stage ``discover``: regions that the explanations of one class share, found without the known answer."""
+
+    method: str = "auto"                 # explain method whose optimal masks are searched; auto = best discriminative by median score
+    min_pairs: int = 20                  # classes with fewer explained pairs are not judged
+    min_enrichment: float = 0.25         # share of the class's pairs using a region minus the share of other classes' pairs
+    min_area: int = 4                    # pixels; smaller connected regions are ignored
+    max_regions: int = 3                 # per class
+    coverage: float = 0.5                # a pair uses a region when its mask covers at least this share of it
+    n_permutations: int = 200            # label permutations for the null distribution
+    alpha: float = 0.01                  # significance level (family-wise over pixels, and per region)
+
+    def check(self, where: str) -> None:
+        allowed = ("auto",) + EXPLAIN_METHODS
+        if self.method not in allowed:
+            fail(f"{where}.method", self.method, ", ".join(allowed))
+        check_each(self, where, at_least_one, "a positive integer", "min_pairs", "min_area", "max_regions", "n_permutations")
+        if not 0.0 < self.min_enrichment <= 1.0:
+            fail(f"{where}.min_enrichment", self.min_enrichment, "a number in (0, 1]")
+        if not 0.0 < self.coverage <= 1.0:
+            fail(f"{where}.coverage", self.coverage, "a number in (0, 1]")
+        if not 0.0 < self.alpha < 1.0:
+            fail(f"{where}.alpha", self.alpha, "a number in (0, 1)")
+        if self.n_permutations + 1 < 1.0 / self.alpha:
+            fail(f"{where}.n_permutations", self.n_permutations,
+                 f"at least {math.ceil(1.0 / self.alpha - 1e-9) - 1} for alpha = {self.alpha} (the smallest p-value is 1 / (n_permutations + 1))")
 
 
 @dataclass(frozen=True)
@@ -451,10 +480,25 @@ class Params:
     feature_viz: FeatureVizParams = field(default_factory=FeatureVizParams)
     optimize_counterfactuals: OptimizeCounterfactualsParams = field(default_factory=OptimizeCounterfactualsParams)
     spectra: SpectraParams = field(default_factory=SpectraParams)
+    discover: DiscoverParams = field(default_factory=DiscoverParams)
 
     def check(self, where: str) -> None:
         if self.seed < 0:
             fail("seed", self.seed, "an integer >= 0")
+        self.check_test_samples_exist()
+
+    def check_test_samples_exist(self) -> None:
+        """A seeded sample of test images cannot hold more images than the test split (``data``) will have.
+
+        Counts that are caps on a subset known only later (``max_misclassified``, ``n_correct``,
+        ``max_pairs``, ``max_images``) are left to the stages, which take what there is.
+        """
+        n_test = self.data.n_images("test")
+        source = "data.test_size" if self.data.test_size is not None else f"the {self.data.source} test split"
+        for key, value in (("attribution.n_images", self.attribution.n_images),
+                           ("counterfactuals.n_images", self.counterfactuals.n_images)):
+            if value > n_test:
+                fail(key, value, f"at most {n_test}, the number of test images ({source})")
 
     def n_classes(self, dataset: str) -> int:
         """Number of classes the classifier of ``dataset`` separates."""

@@ -1,0 +1,209 @@
+"""Discovery: recurring evidence for a class, found from explanations alone, without the answer.
+
+Input: one binary mask per explained (real, counterfactual) pair (for example the optimal masks of
+the explain stage: the smallest region that, copied from the counterfactual, flips the decision) and
+the class each pair was translated into. For every class the question is: *is there a region that
+the masks of pairs into this class cover far more often than the masks of pairs into other classes?*
+What every class shares, such as the centre where digits sit, is no evidence for one class, so each
+class is compared with the pairs into all other classes, never with an absolute level.
+
+1. Per class c and pixel p: ``frequency[c, p]`` = share of pairs into c whose mask covers p, and
+   ``enrichment[c, p] = frequency[c, p] - frequency[not c, p]``.
+2. Null: the class labels of the pairs are permuted (seeded); the largest enrichment over all pixels
+   of each permutation gives a threshold that controls the family-wise error over pixels. Pixels above
+   both that threshold and ``min_enrichment`` are candidate evidence.
+3. Candidates are grouped into 8-connected regions (at most ``max_regions`` per class, the largest
+   first, at least ``min_area`` pixels). Per region: ``consistency`` = share of pairs into c whose mask
+   covers at least ``coverage`` of the region, ``background`` = the same share among pairs into other
+   classes, and a permutation p-value of their difference.
+4. A class is flagged when one of its regions is significant (p <= ``alpha``) and its consistency
+   exceeds its background by at least ``min_enrichment``.
+
+Everything here takes tensors and returns plain results, so it runs on anyone's masks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class DiscoverySettings:
+    min_pairs: int = 20            # classes with fewer explained pairs are not judged
+    min_enrichment: float = 0.25   # pixel and region: share into the class minus share into the others
+    min_area: int = 4              # pixels; smaller connected regions are ignored
+    max_regions: int = 3           # per class, the largest first
+    coverage: float = 0.5          # a pair "uses" a region when its mask covers at least this share of it
+    n_permutations: int = 200
+    alpha: float = 0.01            # family-wise error over pixels, and the region's significance level
+
+    def __post_init__(self) -> None:
+        if self.n_permutations + 1 < 1 / self.alpha:
+            raise ValueError(f"n_permutations = {self.n_permutations} cannot reach p <= alpha = {self.alpha}: "
+                             f"the smallest permutation p-value is 1 / (n_permutations + 1); use at least {int(np.ceil(1 / self.alpha)) - 1}")
+
+
+@dataclass
+class Region:
+    """One connected region of recurring evidence for ``target``."""
+
+    target: int
+    mask: torch.Tensor             # [H, W] bool
+    area: int
+    top: int
+    left: int
+    bottom: int                    # inclusive
+    right: int                     # inclusive
+    consistency: float             # share of pairs into target that use the region
+    background: float              # share of pairs into other classes that use it
+    p_value: float
+    significant: bool
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top + 1
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left + 1
+
+
+@dataclass
+class ClassDiscovery:
+    target: int
+    n_pairs: int
+    judged: bool                   # False: too few pairs to judge
+    pixel_threshold: float         # enrichment a pixel must exceed (permutation max statistic)
+    regions: list[Region]
+
+    @property
+    def flagged(self) -> bool:
+        return any(r.significant for r in self.regions)
+
+
+@dataclass
+class Discovery:
+    frequency: torch.Tensor        # [K, H, W] share of pairs into each class covering each pixel
+    enrichment: torch.Tensor       # [K, H, W] frequency minus the frequency among pairs into other classes
+    classes: list[ClassDiscovery]
+
+    @property
+    def flagged_classes(self) -> list[int]:
+        return [c.target for c in self.classes if c.flagged]
+
+
+def class_frequencies(masks: torch.Tensor, targets: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(frequency [K, H*W], counts [K]) of flattened binary ``masks`` [N, H*W] grouped by ``targets``."""
+    one_hot = torch.nn.functional.one_hot(targets.long(), n_classes).float()   # [N, K]
+    counts = one_hot.sum(0)
+    sums = one_hot.T @ masks.float()
+    return sums / counts.clamp_min(1)[:, None], counts
+
+
+def enrichment_of(masks: torch.Tensor, targets: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(enrichment [K, P], frequency [K, P], counts [K]): each class against the pairs into all others."""
+    frequency, counts = class_frequencies(masks, targets, n_classes)
+    totals = frequency * counts[:, None]
+    others = (totals.sum(0, keepdim=True) - totals) / (counts.sum() - counts).clamp_min(1)[:, None]
+    return frequency - others, frequency, counts
+
+
+def permutation_max_enrichment(masks: torch.Tensor, targets: torch.Tensor, n_classes: int, n_permutations: int,
+                               generator: torch.Generator) -> torch.Tensor:
+    """[n_permutations, K]: the largest pixel enrichment per class under randomly permuted class labels."""
+    out = torch.empty(n_permutations, n_classes)
+    for i in range(n_permutations):
+        order = torch.randperm(len(targets), generator=generator).to(targets.device)
+        enrichment, _, _ = enrichment_of(masks, targets[order], n_classes)
+        out[i] = enrichment.amax(1).cpu()
+    return out
+
+
+def connected_regions(candidates: np.ndarray, min_area: int, max_regions: int) -> list[np.ndarray]:
+    """8-connected components of a bool [H, W] map with at least ``min_area`` pixels, largest first."""
+    from scipy import ndimage
+
+    labelled, n = ndimage.label(candidates, structure=np.ones((3, 3), dtype=bool))
+    components = [labelled == k for k in range(1, n + 1)]
+    components = [c for c in components if c.sum() >= min_area]
+    components.sort(key=lambda c: -int(c.sum()))
+    return components[:max_regions]
+
+
+def region_use(masks: torch.Tensor, region: torch.Tensor, coverage: float) -> torch.Tensor:
+    """[N] bool: which pairs' masks cover at least ``coverage`` of ``region`` (both flattened)."""
+    covered = (masks.float() @ region.float()) / region.float().sum().clamp_min(1)
+    return covered >= coverage
+
+
+def region_p_value(used: torch.Tensor, into: torch.Tensor, n_permutations: int, generator: torch.Generator) -> tuple[float, float, float]:
+    """(consistency, background, p-value) of ``used`` [N] bool among pairs ``into`` the class vs. the rest."""
+    def difference(labels: torch.Tensor) -> float:
+        inside, outside = used[labels], used[~labels]
+        return (inside.float().mean() if len(inside) else torch.tensor(0.0)).item() - \
+            (outside.float().mean() if len(outside) else torch.tensor(0.0)).item()
+
+    consistency = used[into].float().mean().item() if into.any() else float("nan")
+    background = used[~into].float().mean().item() if (~into).any() else 0.0
+    observed = consistency - background
+    exceed = sum(difference(into[torch.randperm(len(into), generator=generator).to(into.device)]) >= observed
+                 for _ in range(n_permutations))
+    return consistency, background, (1 + exceed) / (1 + n_permutations)
+
+
+def discover(masks: torch.Tensor, targets: torch.Tensor, n_classes: int, settings: DiscoverySettings = DiscoverySettings(),
+             generator: torch.Generator | None = None) -> Discovery:
+    """Recurring regions per class in binary ``masks`` [N, H, W] of pairs translated into ``targets`` [N]."""
+    if masks.ndim != 3 or len(masks) != len(targets):
+        raise ValueError(f"masks must be [N, H, W] with one target per mask; got {tuple(masks.shape)} and {len(targets)} targets")
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    n, height, width = masks.shape
+    flat = masks.reshape(n, -1).bool()
+    enrichment, frequency, counts = enrichment_of(flat, targets, n_classes)
+    null = permutation_max_enrichment(flat, targets, n_classes, settings.n_permutations, generator) if n else \
+        torch.zeros(settings.n_permutations, n_classes)
+    classes = []
+    for c in range(n_classes):
+        n_c = int(counts[c].item())
+        threshold = float(torch.quantile(null[:, c], 1.0 - settings.alpha).item()) if settings.n_permutations else 0.0
+        judged = n_c >= settings.min_pairs and n - n_c >= settings.min_pairs
+        regions = []
+        if judged:
+            candidates = (enrichment[c] > max(threshold, settings.min_enrichment)).reshape(height, width).cpu().numpy()
+            into = targets == c
+            for component in connected_regions(candidates, settings.min_area, settings.max_regions):
+                region = torch.from_numpy(component).to(flat.device)
+                consistency, background, p_value = region_p_value(
+                    region_use(flat, region.flatten(), settings.coverage), into, settings.n_permutations, generator)
+                rows, cols = np.nonzero(component)
+                regions.append(Region(c, region, int(component.sum()), int(rows.min()), int(cols.min()), int(rows.max()),
+                                      int(cols.max()), consistency, background, p_value,
+                                      significant=p_value <= settings.alpha and consistency - background >= settings.min_enrichment))
+        classes.append(ClassDiscovery(c, n_c, judged, threshold, regions))
+    return Discovery(frequency.reshape(n_classes, height, width), enrichment.reshape(n_classes, height, width), classes)
+
+
+def region_iou(region: torch.Tensor, truth: torch.Tensor) -> float:
+    """Intersection over union of two bool [H, W] masks."""
+    union = (region | truth).sum().item()
+    return (region & truth).sum().item() / union if union else float("nan")
+
+
+def where_in_image(region: Region, height: int, width: int) -> str:
+    """'top-left', 'centre', 'bottom-right', ... from the region's centre in a 3 x 3 division of the image."""
+    row = (region.top + region.bottom) / 2 / max(height - 1, 1)
+    col = (region.left + region.right) / 2 / max(width - 1, 1)
+    vertical = "top" if row < 1 / 3 else "bottom" if row > 2 / 3 else "middle"
+    horizontal = "left" if col < 1 / 3 else "right" if col > 2 / 3 else "centre"
+    if vertical == "middle":
+        return "centre" if horizontal == "centre" else horizontal
+    return f"{vertical}-{horizontal}" if horizontal != "centre" else vertical
+
+
+def describe(region: Region, class_name: str, height: int, width: int) -> str:
+    """One plain sentence: what the decisions for a class hinge on, where, and how often."""
+    return (f"Decisions for class {class_name} hinge on a region of about {region.height}×{region.width} pixels "
+            f"at the {where_in_image(region, height, width)} in {100 * region.consistency:.0f} % of pairs "
+            f"(pairs into other classes: {100 * region.background:.0f} %; permutation p = {region.p_value:.3g}).")

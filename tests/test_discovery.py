@@ -1,0 +1,116 @@
+"""Discovery on constructed masks: a planted recurring region is found where it is, noise and shared regions are not."""
+from __future__ import annotations
+
+import torch
+
+from pipeline.discovery import DiscoverySettings, describe, discover, region_iou, where_in_image
+
+H = W = 28
+
+
+def random_squares(n: int, generator: torch.Generator, side: int = 5) -> torch.Tensor:
+    """[n, H, W] bool: one square of ``side`` pixels at a random place per mask (evidence that does not recur)."""
+    masks = torch.zeros(n, H, W, dtype=torch.bool)
+    rows = torch.randint(0, H - side + 1, (n,), generator=generator)
+    cols = torch.randint(0, W - side + 1, (n,), generator=generator)
+    for i in range(n):
+        masks[i, rows[i]:rows[i] + side, cols[i]:cols[i] + side] = True
+    return masks
+
+
+def square(top: int, left: int, side: int) -> torch.Tensor:
+    mask = torch.zeros(H, W, dtype=torch.bool)
+    mask[top:top + side, left:left + side] = True
+    return mask
+
+
+def case(n_per_class: int = 100, n_classes: int = 4, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    targets = torch.arange(n_classes).repeat_interleave(n_per_class)
+    return random_squares(len(targets), generator), targets, generator
+
+
+def test_a_planted_recurring_region_is_flagged_at_its_place():
+    masks, targets, generator = case()
+    planted = square(1, 1, 8)
+    carriers = (targets == 2) & (torch.rand(len(targets), generator=generator) < 0.9)
+    masks[carriers] |= planted
+    found = discover(masks, targets, 4, DiscoverySettings(), torch.Generator().manual_seed(1))
+    assert found.flagged_classes == [2]
+    region = next(r for r in found.classes[2].regions if r.significant)
+    assert region_iou(region.mask, planted) >= 0.8
+    assert abs(region.consistency - carriers[targets == 2].float().mean().item()) < 0.05
+    assert region.background < 0.05 and region.p_value <= 0.01
+    assert where_in_image(region, H, W) == "top-left"
+    assert describe(region, "7", H, W).startswith("Decisions for class 7 hinge on a region of about 8×8 pixels at the top-left in 9")
+
+
+def test_random_regions_are_not_flagged():
+    masks, targets, _ = case(seed=3)
+    found = discover(masks, targets, 4, DiscoverySettings(), torch.Generator().manual_seed(4))
+    assert found.flagged_classes == []
+    assert all(abs(e) < 0.25 for e in found.enrichment.amax(dim=(1, 2)).tolist())
+
+
+def test_a_region_every_class_shares_is_no_evidence_for_one_class():
+    masks, targets, _ = case(seed=5)
+    masks |= square(10, 10, 8)  # the centre, where every digit sits
+    found = discover(masks, targets, 4, DiscoverySettings(), torch.Generator().manual_seed(6))
+    assert found.flagged_classes == []
+    assert found.frequency[:, 14, 14].min().item() == 1.0   # frequent in every class, yet not enriched
+
+
+def test_a_weak_region_below_the_enrichment_floor_is_not_flagged():
+    masks, targets, generator = case(seed=7)
+    carriers = (targets == 1) & (torch.rand(len(targets), generator=generator) < 0.15)
+    masks[carriers] |= square(20, 20, 6)
+    found = discover(masks, targets, 4, DiscoverySettings(min_enrichment=0.25), torch.Generator().manual_seed(8))
+    assert 1 not in found.flagged_classes
+
+
+def test_classes_with_too_few_pairs_are_not_judged():
+    masks, targets, _ = case(n_per_class=10)
+    masks[targets == 0] |= square(0, 0, 6)
+    found = discover(masks, targets, 4, DiscoverySettings(min_pairs=20), torch.Generator().manual_seed(0))
+    assert not any(c.judged for c in found.classes) and found.flagged_classes == []
+
+
+def test_the_result_is_the_same_for_the_same_seed():
+    masks, targets, generator = case(seed=9)
+    masks[(targets == 3) & (torch.rand(len(targets), generator=generator) < 0.6)] |= square(2, 18, 7)
+    runs = [discover(masks, targets, 4, DiscoverySettings(n_permutations=120), torch.Generator().manual_seed(2)) for _ in range(2)]
+    assert runs[0].flagged_classes == runs[1].flagged_classes == [3]
+    assert [r.p_value for r in runs[0].classes[3].regions] == [r.p_value for r in runs[1].classes[3].regions]
+    assert where_in_image(runs[0].classes[3].regions[0], H, W) == "top-right"
+
+
+def test_too_few_permutations_for_alpha_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="at least 99"):
+        DiscoverySettings(n_permutations=50, alpha=0.01)
+
+
+def test_auto_method_is_the_discriminative_one_with_the_best_median_score():
+    import numpy as np
+
+    from pipeline.discover import chosen_method
+
+    arrays = {"methods": np.array(["d_ig", "d_deeplift", "residual"]), "d_ig_score": np.array([0.2, 0.3, 0.4]),
+              "d_deeplift_score": np.array([0.5, 0.6, 0.1]), "residual_score": np.array([0.9, 0.9, 0.9])}
+    assert chosen_method(arrays, "auto") == "d_deeplift"      # the residual scores higher but is no attribution
+    assert chosen_method(arrays, "d_ig") == "d_ig"
+
+
+def test_flagged_regions_are_scored_against_the_planted_shortcut():
+    from pipeline.discover import score_against_truth
+
+    masks, targets, generator = case(n_classes=4)
+    planted = square(1, 1, 8)
+    masks[(targets == 3) & (torch.rand(len(targets), generator=generator) < 0.9)] |= planted
+    masks[(targets == 0) & (torch.rand(len(targets), generator=generator) < 0.9)] |= square(18, 18, 6)
+    found = discover(masks, targets, 4, DiscoverySettings(), torch.Generator().manual_seed(1))
+    assert found.flagged_classes == [0, 3]
+    scores = score_against_truth(found, {3: planted})
+    assert scores["false_alarms"] == 1 and scores["shortcut_region_iou"] >= 0.8
+    assert score_against_truth(found, {})["false_alarms"] == 2      # no planted answer: every flag is a false alarm
