@@ -22,7 +22,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_ORDER = ["prepare", "train_classifier", "attribute", "feature_viz", "train_gan", "counterfactuals",
-               "explain", "optimize_counterfactuals", "spectra"]
+               "explain", "discover", "optimize_counterfactuals", "spectra"]
 
 
 def workload(args: argparse.Namespace) -> dict:

@@ -23,13 +23,15 @@ SECTIONS = [  # (stage folder under plots/<D>/, metrics file name or None, headi
     ("prepare", None, "The data"),
     ("train_classifier", "classifier", "The classifier"),
     ("attribute", "attribution", "Attributions: what does it look at?"),
-    ("train_gan", None, "The counterfactual GAN"),
+    ("train_gan", "train_gan", "The counterfactual GAN"),
     ("counterfactuals", "counterfactuals", "Counterfactuals judged by the classifier"),
     ("explain", "explain", "Discriminative attribution: which small change flips the decision?"),
+    ("discover", "discover", "Discovery: evidence that recurs for one class, found without the answer"),
     ("feature_viz", "feature_viz", "Activation maximisation"),
     ("optimize_counterfactuals", "optimize_counterfactuals", "Optimisation-based counterfactuals"),
     ("spectra", "spectra", "Spectral detection of generated images"),
 ]
+MAX_PICTURES = 12  # per stage; the rest stay in plots/<D>/<stage>/
 
 
 # --------------------------------------------------------------------------------------------
@@ -38,8 +40,21 @@ SECTIONS = [  # (stage folder under plots/<D>/, metrics file name or None, headi
 @dataclass
 class DatasetRun:
     dataset: str
-    metrics: dict[str, dict] = field(default_factory=dict)  # metrics file name -> content
+    metrics: dict[str, dict] = field(default_factory=dict)   # metrics file name -> headline figures
+    details: dict[str, dict] = field(default_factory=dict)   # stage -> plots/<D>/<stage>/details.json
     pictures: dict[str, list[Path]] = field(default_factory=dict)  # stage -> PNG files
+    more_pictures: dict[str, int] = field(default_factory=dict)    # stage -> PNGs left out of the page
+
+    def metric(self, name: str) -> dict:
+        return self.metrics.get(name) or {}
+
+    def detail(self, stage: str) -> dict:
+        return self.details.get(stage) or {}
+
+
+def stage_pictures(folder: Path) -> list[Path]:
+    """Every PNG under a stage's plot folder, subfolders included (grids, galleries, DVCLive images)."""
+    return sorted(folder.rglob("*.png"), key=lambda p: (len(p.relative_to(folder).parts), p.as_posix()))
 
 
 def read_run(dataset: str) -> DatasetRun:
@@ -49,7 +64,12 @@ def read_run(dataset: str) -> DatasetRun:
             path = paths.metrics_path(dataset, metrics_name)
             if path.exists():
                 run.metrics[metrics_name] = read_json(path, made_by=f"{stage}@{dataset}")
-        run.pictures[stage] = sorted(paths.plots_dir(dataset, stage).glob("*.png"))
+        detail = paths.plots_dir(dataset, stage) / "details.json"
+        if detail.exists():
+            run.details[stage] = read_json(detail, made_by=f"{stage}@{dataset}")
+        pictures = stage_pictures(paths.plots_dir(dataset, stage))
+        run.pictures[stage] = pictures[:MAX_PICTURES]
+        run.more_pictures[stage] = max(0, len(pictures) - MAX_PICTURES)
     if "classifier" not in run.metrics:
         raise InputError(f"{paths.metrics_path(dataset, 'classifier')} is missing; run `dvc repro train_classifier@{dataset}` first")
     return run
@@ -70,34 +90,87 @@ def collect_timing() -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# Sentences built from the metrics
+# Sentences built from the metrics and details
 # --------------------------------------------------------------------------------------------
-def pct(value: float) -> str:
-    return f"{100 * value:.1f} %"
+def pct(value: float | None) -> str:
+    return "–" if value is None or value != value else f"{100 * value:.1f} %"
+
+
+def known(value) -> bool:
+    """A number that was measured (not null, not NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+RELIES = 0.5        # reliance minus base rate from which the classifier is said to rely on a shortcut
+PARTLY = 0.1
+
+
+def reliance_verdict(reliance: float, base_rate: float, kind: str) -> str:
+    effect = reliance - (base_rate if known(base_rate) else 0.0)
+    return (f"relies on the {kind}" if effect >= RELIES else f"partly relies on the {kind}" if effect >= PARTLY
+            else f"hardly uses the {kind}")
+
+
+def verdict(run: DatasetRun, meta: dict) -> list[str]:
+    """The answer first: what the classifier relies on, how sure the pipeline is, how that scores against the truth."""
+    classifier, discover = run.metric("classifier"), run.metric("discover")
+    flagged = run.detail("discover").get("flagged_classes")
+    lines = []
+    if run.dataset == "clever_hans":
+        reliance, base = classifier.get("shortcut_reliance"), classifier.get("shortcut_base_rate")
+        if known(reliance):
+            lines.append(f"The classifier {reliance_verdict(reliance, base, 'planted shortcut')}: stamped on digits of other "
+                         f"classes it moves {pct(reliance)} of them into the shortcut's class (without the stamp: {pct(base)}).")
+        if flagged is not None:
+            iou = discover.get("shortcut_region_iou")
+            found = [c for c in flagged if c in shortcut_classes(run)]
+            if found:
+                lines.append(f"Found without being told: the discovery stage flags class {', '.join(found)} for a recurring region "
+                             f"whose overlap with the planted shortcut is IoU {iou:.2f}"
+                             + (f", with {discover['false_alarms']} false alarm(s)." if discover.get("false_alarms") else ", with no false alarm."))
+            else:
+                lines.append("Not found without being told: the discovery stage flags no region in the shortcut's class"
+                             + (f" (false alarms: {', '.join(flagged)})." if flagged else "."))
+    else:
+        rule = run.detail("explain").get("color_rule") or {}
+        text = f"The classifier tells the colormaps apart ({pct(classifier.get('test_accuracy'))} test accuracy)"
+        if known(rule.get("nearest_colormap_agreement")):
+            text += (f"; \"the nearest colormap to the digit's colour\" describes its decision on {pct(rule['nearest_colormap_agreement'])} "
+                     f"of test images")
+        lines.append(text + ".")
+        if flagged is not None:
+            lines.append("As expected where the evidence (colour) is spread over the whole digit, the discovery stage flags no "
+                         "single region for any class." if not flagged else
+                         f"The discovery stage flags a recurring region for {', '.join(flagged)}: with colour spread over the digit "
+                         f"these are false alarms ({discover.get('false_alarms')}).")
+    return lines
+
+
+def shortcut_classes(run: DatasetRun) -> set[str]:
+    return {str(key).split("_", 1)[0] for key in run.detail("train_classifier").get("shortcut_reliance_per_class", {})}
 
 
 def classifier_findings(run: DatasetRun, meta: dict) -> list[str]:
-    m = run.metrics["classifier"]
+    m, d = run.metric("classifier"), run.detail("train_classifier")
     if run.dataset == "colored_mnist":
         return [f"The classifier tells the {len(meta['class_names'])} colormaps ({', '.join(meta['class_names'])}) apart "
                 f"with {pct(m['test_accuracy'])} test accuracy; the digit shape carries no information about the class."]
     lines = [f"On test images drawn like the training set the classifier is right {pct(m['test_accuracy'])} of the time; "
-             f"on clean test images (no shortcut anywhere) {pct(m['clean_accuracy'])}."]
-    for key, reliance in m.get("shortcut_reliance_per_class", {}).items():
+             f"on clean test images (no shortcut anywhere) {pct(m.get('clean_accuracy'))}."]
+    base_rates = d.get("shortcut_base_rate_per_class", {})
+    for key, reliance in d.get("shortcut_reliance_per_class", {}).items():
         label, kind = key.split("_", 1)
-        verdict = ("it relies on the " + kind) if reliance >= 0.5 else ("it partly relies on the " + kind) if reliance >= 0.1 else ("it hardly uses the " + kind)
+        base = base_rates.get(key)
         lines.append(f"Once the {kind} is stamped on test images of other classes, the classifier assigns {pct(reliance)} "
-                     f"of them to class {label}: {verdict}.")
+                     f"of them to class {label} (without the stamp: {pct(base)}): it {reliance_verdict(reliance, base, kind)}.")
     return lines
 
 
 def attribution_findings(run: DatasetRun) -> list[str]:
-    m = run.metrics.get("attribution")
-    if not m or "methods" not in m:
-        return []
-    methods = m["methods"]
+    d = run.detail("attribute")
+    methods = d.get("methods") or {}
     lines = []
-    located = {name: s for name, s in methods.items() if s.get("pointing_game") is not None}
+    located = {name: s for name, s in methods.items() if known(s.get("pointing_game"))}
     if located:
         exposing = sorted((n for n, s in located.items() if s["pointing_game"] >= 0.5), key=lambda n: -located[n]["pointing_game"])
         hidden = sorted(n for n in located if n not in exposing)
@@ -105,35 +178,35 @@ def attribution_findings(run: DatasetRun) -> list[str]:
         lines.append(f"Methods whose strongest pixel falls on the shortcut for at least half of the stamped images "
                      f"(pointing game ≥ 0.5) expose it: {', '.join(exposing) or 'none'}; "
                      f"the others do not: {', '.join(hidden) or 'none'}. "
-                     f"{best} puts the largest share of its positive relevance on the shortcut ({pct(located[best]['relevance_mass'])}, "
-                     f"against {pct(m.get('localization', {}).get('mask_area_fraction', float('nan')))} for a random map).")
+                     f"{best} puts the largest share of its positive relevance on the shortcut ({pct(located[best].get('relevance_mass'))}, "
+                     f"against {pct((d.get('localization') or {}).get('mask_area_fraction'))} for a random map).")
         flipped = sorted((n for n, s in located.items() if (s.get("pointing_game_flipped") or 0) >= 0.5),
                          key=lambda n: -located[n]["pointing_game_flipped"])
-        if any(s.get("pointing_game_flipped") is not None for s in located.values()):
+        if any(known(s.get("pointing_game_flipped")) for s in located.values()):
             lines.append(f"On images of other classes that the stamp turned into the shortcut class, the strongest pixel "
                          f"lies on the shortcut for most images with: {', '.join(flipped) or 'no method'}.")
-    ranked = sorted((n for n in methods if methods[n].get("randomization_spearman") is not None),
+    ranked = sorted((n for n in methods if known(methods[n].get("randomization_spearman"))),
                     key=lambda n: abs(methods[n]["randomization_spearman"]))
     if ranked:
         lines.append(f"Model-randomisation check: {ranked[0]} changes most when the weights are re-initialised "
                      f"(rank correlation {methods[ranked[0]]['randomization_spearman']:.2f}), {ranked[-1]} least "
                      f"({methods[ranked[-1]]['randomization_spearman']:.2f}): a map that survives randomisation explains the input, not the model.")
-    seg = m.get("gradcam_segmentation")
-    if seg and seg.get("best_iou") is not None:
+    seg = d.get("gradcam_segmentation") or {}
+    if known(seg.get("best_iou")):
         lines.append(f"Thresholding Grad-CAM at {seg['best_threshold']:.2f} segments the digit with IoU {seg['best_iou']:.2f}.")
     return lines
 
 
 def counterfactual_findings(run: DatasetRun) -> list[str]:
-    m = run.metrics.get("counterfactuals")
+    m = run.metric("counterfactuals")
     if not m:
         return []
     text = (f"The GAN's counterfactuals are assigned to their target class by the classifier {pct(m['conversion_rate'])} of the time "
-            f"(reference-guided; latent-guided {pct(m['conversion_rate_latent'])}). A translation changes "
+            f"(reference-guided; latent-guided {pct(m.get('conversion_rate_latent'))}). A translation changes "
             f"{pct(m['changed_pixel_fraction'])} of the pixels by more than 0.1 (mean L1 {m['mean_l1']:.3f}).")
-    if m.get("feature_distance") is not None:
+    if known(m.get("feature_distance")) and known(m.get("feature_distance_real_floor")):
         text += (f" Their Fréchet distance to real target-class images in the classifier's feature space is "
-                 f"{m['feature_distance']:.2f}, against {m['feature_distance_real_floor']:.2f} between two halves of the real test set.")
+                 f"{m['feature_distance']:.2f}, against {m['feature_distance_real_floor']:.2f} between real images at the same sample sizes.")
     return [text]
 
 
@@ -141,93 +214,165 @@ SAME_SCORE = 0.01  # median scores closer than this are reported as about equal
 
 
 def explain_findings(run: DatasetRun) -> list[str]:
-    m = run.metrics.get("explain")
-    if not m or "methods" not in m:
+    m, d = run.metric("explain"), run.detail("explain")
+    scores = {key.removeprefix("median_score_"): v for key, v in m.items() if key.startswith("median_score_") and known(v)}
+    if not scores:
         return []
-    methods = {n: s for n, s in m["methods"].items() if s.get("median_score") is not None}
-    if not methods:
-        return []
-    best = max(methods, key=lambda n: methods[n]["median_score"])
-    lines = [f"{m['n_pairs_kept']} of {m['n_pairs']} image/counterfactual pairs were converted and explained. "
-             f"The best explanation is {best} (median score {methods[best]['median_score']:.2f}: area under score change vs. mask size)."]
-    pairs = [("d_ig", "ig", "integrated gradients"), ("d_deeplift", "deeplift", "DeepLift")]
-    for disc, vanilla, name in pairs:
-        if disc in methods and vanilla in methods:
-            d, v = methods[disc]["median_score"], methods[vanilla]["median_score"]
-            verdict = "about equal" if abs(d - v) < SAME_SCORE else "better" if d > v else "worse"
-            lines.append(f"Discriminative {name} scores {d:.3f} vs. {v:.3f} for vanilla {name}: {verdict}.")
-    if "random" in methods:
-        lines.append(f"A smoothed random map scores {methods['random']['median_score']:.2f}; the residual |real − counterfactual| "
-                     f"scores {methods.get('residual', {}).get('median_score', float('nan')):.2f}.")
-    if m.get("shortcut_iou") is not None:
+    best = max(scores, key=scores.get)
+    lines = [f"{m['n_pairs_kept']} of {d.get('n_pairs', m['n_pairs_kept'])} image/counterfactual pairs were converted and explained. "
+             f"The best explanation is {best} (median score {scores[best]:.2f}: area under score change vs. mask size)."]
+    for disc, vanilla, name in (("d_ig", "ig", "integrated gradients"), ("d_deeplift", "deeplift", "DeepLift")):
+        if disc in scores and vanilla in scores:
+            a, b = scores[disc], scores[vanilla]
+            relation = "about equal" if abs(a - b) < SAME_SCORE else "better" if a > b else "worse"
+            lines.append(f"Discriminative {name} scores {a:.3f} vs. {b:.3f} for vanilla {name}: {relation}.")
+    if "random" in scores:
+        lines.append(f"A smoothed random map scores {scores['random']:.2f}; the residual |real − counterfactual| "
+                     f"scores {scores.get('residual', float('nan')):.2f}.")
+    if known(m.get("shortcut_iou")):
         lines.append(f"For images translated into the shortcut class, the best discriminative method's optimal mask overlaps "
                      f"the stamped shortcut with IoU {m['shortcut_iou']:.2f}.")
-    control = (m.get("stamped_control") or {}).get("methods") or {}
-    best_control = m.get("best_discriminative_method")
-    if best_control in control and control[best_control].get("shortcut_iou") is not None:
-        lines.append(f"On the GAN-free control ({m['stamped_control']['n_pairs']} clean images vs. the same images stamped, "
-                     f"which the stamp alone moves into the shortcut class) {best_control} reaches IoU "
-                     f"{control[best_control]['shortcut_iou']:.2f}: the gap to the GAN pairs is what the GAN changes besides the stamp.")
+    control = d.get("stamped_control") or {}
+    if known(m.get("stamped_control_shortcut_iou")):
+        lines.append(f"On the GAN-free control ({control.get('n_pairs', '?')} clean images vs. the same images stamped, "
+                     f"which the stamp alone moves into the shortcut class) it reaches IoU "
+                     f"{m['stamped_control_shortcut_iou']:.2f}: the gap to the GAN pairs is what the GAN changes besides the stamp.")
     return lines
+
+
+def discover_findings(run: DatasetRun) -> list[str]:
+    d = run.detail("discover")
+    if not d:
+        return []
+    sentences = list(d.get("sentences") or [])
+    if not sentences:
+        sentences.append(f"Across the {d.get('n_pairs', 0)} explained pairs, no class has a region of its own that its "
+                         f"{d.get('method', '')} optimal masks use significantly more often than those of other classes.")
+    return sentences
 
 
 def probe_findings(run: DatasetRun) -> list[str]:
     lines = []
-    fv = run.metrics.get("feature_viz")
-    if fv and fv.get("mean_class_probability") is not None:
+    fv = run.metric("feature_viz")
+    if known(fv.get("mean_class_probability")):
         lines.append(f"Inputs synthesised by activation maximisation reach a mean class probability of {fv['mean_class_probability']:.2f}.")
-    oc = run.metrics.get("optimize_counterfactuals")
-    if oc and oc.get("success_rate") is not None:
+    oc = run.metric("optimize_counterfactuals")
+    if known(oc.get("success_rate")):
         text = (f"Optimising the input directly reaches the wanted class for {pct(oc['success_rate'])} of images "
-                f"with a mean L1 change (summed over pixels) of {oc['mean_l1']:.2f} and {oc['mean_l0']:.0f} pixels changed")
-        gan = oc.get("gan") or {}
-        if gan.get("success_rate") is not None:
-            text += f" (the GAN: {pct(gan['success_rate'])}, L1 {gan['mean_l1']:.2f}, {gan['mean_l0']:.0f} pixels)"
+                f"with a mean L1 change (summed over pixels) of {oc['mean_l1']:.2f}")
+        if known(oc.get("gan_success_rate")):
+            text += f" (the GAN on the same image and wanted-class pairs: {pct(oc['gan_success_rate'])})"
         lines.append(text + ".")
-    sp = run.metrics.get("spectra")
-    if sp and sp.get("spectral_detector_accuracy") is not None:
-        acc = sp["spectral_detector_accuracy"]
-        verdict = ("the generator leaves frequency artifacts that the classifier could react to" if acc >= 0.8
-                   else "the spectra of generated and real images are hard to tell apart" if acc <= 0.6 else "some frequency artifacts remain")
-        lines.append(f"A linear detector on log-magnitude spectra tells counterfactuals from real images with {pct(acc)} accuracy: {verdict}.")
+    lines += spectra_findings(run)
     return lines
+
+
+def spectra_findings(run: DatasetRun) -> list[str]:
+    sp, threshold = run.metric("spectra"), run.detail("spectra").get("artifact_threshold")
+    accuracy, control, detected = sp.get("spectral_detector_accuracy"), sp.get("control_accuracy"), sp.get("frequency_artifacts_detected")
+    if not known(accuracy):
+        return []
+    text = (f"A linear detector on radially averaged log-magnitude spectra, with real images clamped to the generator's "
+            f"pixel range like its output, tells counterfactuals from real test images with {pct(accuracy)} cross-validated accuracy")
+    text += f"; on two halves of the real test images the same detector scores {pct(control)} (chance: 50 %)." if known(control) else "."
+    limit = f"the {threshold:.2f} threshold" if known(threshold) else "the threshold"
+    if detected is True:
+        text += f" That is above {limit} and clearly above the control: the generator leaves frequency artifacts that the classifier could react to."
+    elif known(threshold) and accuracy <= threshold:
+        text += f" That is not above {limit}: no clear frequency artifacts."
+    elif detected is False:
+        text += " The control is almost as high, so the detector is not measuring the generator: no clear frequency artifacts."
+    return [text]
 
 
 def findings(run: DatasetRun, meta: dict) -> list[str]:
     return (classifier_findings(run, meta) + attribution_findings(run) + counterfactual_findings(run)
-            + explain_findings(run) + probe_findings(run))
+            + explain_findings(run) + discover_findings(run) + probe_findings(run))
 
 
 # --------------------------------------------------------------------------------------------
 # Tables
 # --------------------------------------------------------------------------------------------
+MAX_TABLE_ROWS = 12  # larger detail tables (per class pair ...) stay in details.json
+
+
 def fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "–" if value is None else str(value)
 
 
+def scalar(value) -> bool:
+    return not isinstance(value, (dict, list))
+
+
 def metric_tables(metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """Flat scalars as one key/value table; each nested map of maps (e.g. ``methods``) as a grid."""
     tables = []
-    scalars = [[k, fmt(v)] for k, v in metrics.items() if not isinstance(v, (dict, list))]
+    scalars = [[k, fmt(v)] for k, v in metrics.items() if scalar(v)]
     if scalars:
         tables.append(("", ["metric", "value"], scalars))
     for key, value in metrics.items():
-        if not isinstance(value, dict) or not value:
+        if not isinstance(value, dict) or not value or len(value) > MAX_TABLE_ROWS:
             continue
         if all(isinstance(v, dict) for v in value.values()):
-            columns = sorted({c for v in value.values() for c in v if not isinstance(v[c], (dict, list))})
-            rows = [[name] + [fmt(v.get(c)) for c in columns] for name, v in value.items()]
-            tables.append((key, [""] + columns, rows))
-        else:
-            tables.append((key, ["key", "value"], [[k, fmt(v)] for k, v in value.items() if not isinstance(v, (dict, list))]))
+            columns = sorted({c for v in value.values() for c in v if scalar(v[c])})
+            if columns:
+                rows = [[name] + [fmt(v.get(c)) for c in columns] for name, v in value.items()]
+                tables.append((key, [""] + columns, rows))
+        elif any(scalar(v) for v in value.values()):
+            tables.append((key, ["key", "value"], [[k, fmt(v)] for k, v in value.items() if scalar(v)]))
     return tables
 
 
+def detail_tables(details: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The grids of a stage's details (per method, per class ...), small ones only; scalars stay in the file."""
+    return [table for table in metric_tables(details) if table[0]]
+
+
+def timing_rows(timing: dict) -> list[list[str]]:
+    return [[name, f"{s['seconds']:.1f}", str(s["images"]), f"{s['images_per_second']:.0f}"] for name, s in timing["stages"].items()]
+
+
 # --------------------------------------------------------------------------------------------
-# Rendering
+# The document: one list of blocks, rendered as HTML and as Markdown
 # --------------------------------------------------------------------------------------------
+@dataclass
+class Block:
+    kind: str                 # heading | list | table | picture | note
+    text: str = ""
+    level: int = 2
+    anchor: str = ""
+    items: list[str] = field(default_factory=list)
+    header: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    path: Path | None = None
+
+
+def document(runs: list[DatasetRun], metas: dict, timing: dict) -> list[Block]:
+    blocks = [Block("heading", "What has the classifier learned?", level=1)]
+    for run in runs:
+        meta = metas[run.dataset]
+        blocks.append(Block("heading", TITLES[run.dataset], level=2, anchor=run.dataset))
+        blocks.append(Block("list", "Verdict", items=verdict(run, meta)))
+        blocks.append(Block("list", "What this run found", items=findings(run, meta)))
+        for stage, metrics_name, heading in SECTIONS:
+            metrics = run.metrics.get(metrics_name) if metrics_name else None
+            tables = metric_tables(metrics or {}) + detail_tables(run.detail(stage))
+            pictures = run.pictures.get(stage, [])
+            if not tables and not pictures:
+                continue
+            blocks.append(Block("heading", heading, level=3))
+            blocks += [Block("table", title, header=header, rows=rows) for title, header, rows in tables]
+            blocks += [Block("picture", path=p) for p in pictures]
+            if run.more_pictures.get(stage):
+                blocks.append(Block("note", f"{run.more_pictures[stage]} more pictures in "
+                                            f"{paths.plots_dir(run.dataset, stage).as_posix()}/"))
+    blocks.append(Block("heading", f"Timing ({timing['device']}, {timing['total_seconds']:.0f} s in all)", level=2, anchor="timing"))
+    blocks.append(Block("table", header=["stage", "seconds", "images", "images/s"], rows=timing_rows(timing)))
+    return blocks
+
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.7em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em} h3{margin-top:1.4em}
@@ -235,7 +380,8 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.85em} td,th{border:1px s
 td:first-child,th:first-child{text-align:left} caption{text-align:left;font-weight:600;padding:.2em 0}
 figure{margin:.8em 0} figure img{max-width:100%;border:1px solid #eee} figcaption{font-size:.85em;color:#555}
 .findings{background:#f5f8ff;border-left:4px solid #4a7bd0;padding:.6em 1em} .findings li{margin:.3em 0}
-nav a{margin-right:1em}
+.verdict{background:#fff7e6;border-left:4px solid #d08a1a;padding:.6em 1em;font-size:1.05em}
+nav a{margin-right:1em} .note{font-size:.85em;color:#555}
 """
 CHECK_IMAGES = """
 <script>
@@ -252,68 +398,51 @@ def caption(path: Path) -> str:
     return path.stem.replace("_", " ")
 
 
-def embed_png(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption(path))}"><figcaption>{html.escape(caption(path))}</figcaption></figure>'
+def html_block(block: Block) -> str:
+    esc = html.escape
+    if block.kind == "heading":
+        anchor = f' id="{esc(block.anchor)}"' if block.anchor else ""
+        return f"<h{block.level}{anchor}>{esc(block.text)}</h{block.level}>"
+    if block.kind == "list":
+        style = "verdict" if block.text == "Verdict" else "findings"
+        return (f'<div class="{style}"><b>{esc(block.text)}</b><ul>' + "".join(f"<li>{esc(s)}</li>" for s in block.items)
+                + "</ul></div>")
+    if block.kind == "table":
+        head = "".join(f"<th>{esc(h)}</th>" for h in block.header)
+        body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in block.rows)
+        cap = f"<caption>{esc(block.text)}</caption>" if block.text else ""
+        return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    if block.kind == "picture":
+        data = base64.b64encode(block.path.read_bytes()).decode("ascii")
+        return (f'<figure><img src="data:image/png;base64,{data}" alt="{esc(caption(block.path))}">'
+                f"<figcaption>{esc(caption(block.path))}</figcaption></figure>")
+    return f'<p class="note">{esc(block.text)}</p>'
 
 
-def html_table(title: str, header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    cap = f"<caption>{html.escape(title)}</caption>" if title else ""
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def md_table(title: str, header: list[str], rows: list[list[str]]) -> str:
-    lines = [f"**{title}**", ""] if title else []
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def timing_rows(timing: dict) -> list[list[str]]:
-    return [[name, f"{s['seconds']:.1f}", str(s["images"]), f"{s['images_per_second']:.0f}"] for name, s in timing["stages"].items()]
+def markdown_block(block: Block) -> str:
+    if block.kind == "heading":
+        return "#" * block.level + " " + block.text + "\n"
+    if block.kind == "list":
+        return f"**{block.text}:**\n\n" + "".join(f"- {s}\n" for s in block.items)
+    if block.kind == "table":
+        lines = [f"**{block.text}**", ""] if block.text else []
+        lines += ["| " + " | ".join(block.header) + " |", "|" + "---|" * len(block.header)]
+        lines += ["| " + " | ".join(row) + " |" for row in block.rows]
+        return "\n".join(lines) + "\n"
+    if block.kind == "picture":
+        return f"![{caption(block.path)}](../{block.path.as_posix()})\n"
+    return f"_{block.text}_\n"
 
 
 def render_html(runs: list[DatasetRun], metas: dict, timing: dict) -> str:
-    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>What has the classifier learned?</title><style>{CSS}</style></head><body>",
-             "<h1>What has the classifier learned?</h1>",
-             "<nav>" + "".join(f'<a href="#{r.dataset}">{html.escape(TITLES[r.dataset])}</a>' for r in runs) + '<a href="#timing">Timing</a></nav>']
-    for run in runs:
-        parts.append(f'<h2 id="{run.dataset}">{html.escape(TITLES[run.dataset])}</h2>')
-        parts.append('<div class="findings"><b>What this run found</b><ul>'
-                     + "".join(f"<li>{html.escape(s)}</li>" for s in findings(run, metas[run.dataset])) + "</ul></div>")
-        for stage, metrics_name, heading in SECTIONS:
-            metrics = run.metrics.get(metrics_name) if metrics_name else None
-            pictures = run.pictures.get(stage, [])
-            if not metrics and not pictures:
-                continue
-            parts.append(f"<h3>{html.escape(heading)}</h3>")
-            for title, header, rows in metric_tables(metrics or {}):
-                parts.append(html_table(title, header, rows))
-            parts.extend(embed_png(p) for p in pictures)
-    parts.append(f'<h2 id="timing">Timing ({html.escape(timing["device"])}, {timing["total_seconds"]:.0f} s in all)</h2>')
-    parts.append(html_table("", ["stage", "seconds", "images", "images/s"], timing_rows(timing)))
-    parts.append(CHECK_IMAGES + "</body></html>")
-    return "\n".join(parts)
+    nav = "<nav>" + "".join(f'<a href="#{r.dataset}">{html.escape(TITLES[r.dataset])}</a>' for r in runs) + '<a href="#timing">Timing</a></nav>'
+    body = [html_block(b) for b in document(runs, metas, timing)]
+    return "\n".join([f"<!doctype html><html lang=en><head><meta charset=utf-8><title>What has the classifier learned?</title>"
+                      f"<style>{CSS}</style></head><body>", body[0], nav, *body[1:], CHECK_IMAGES + "</body></html>"])
 
 
 def render_markdown(runs: list[DatasetRun], metas: dict, timing: dict) -> str:
-    lines = ["# What has the classifier learned?", ""]
-    for run in runs:
-        lines += [f"## {TITLES[run.dataset]}", "", "What this run found:", ""]
-        lines += [f"- {s}" for s in findings(run, metas[run.dataset])] + [""]
-        for stage, metrics_name, heading in SECTIONS:
-            metrics = run.metrics.get(metrics_name) if metrics_name else None
-            pictures = run.pictures.get(stage, [])
-            if not metrics and not pictures:
-                continue
-            lines += [f"### {heading}", ""]
-            lines += [md_table(*table) for table in metric_tables(metrics or {})]
-            lines += [f"![{caption(p)}](../{p.as_posix()})" for p in pictures] + [""]
-    lines += [f"## Timing ({timing['device']}, {timing['total_seconds']:.0f} s in all)", ""]
-    lines.append(md_table("", ["stage", "seconds", "images", "images/s"], timing_rows(timing)))
-    return "\n".join(lines)
+    return "\n".join(markdown_block(b) for b in document(runs, metas, timing))
 
 
 def write_text(path: Path, text: str) -> None:

@@ -1,6 +1,8 @@
 """The real `dvc repro` on a tiny configuration, in a temporary copy of the repository."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -79,18 +81,64 @@ def test_repro_runs_every_stage_for_both_datasets(workspace, first_repro):
     assert "up to date" in status
 
 
-def test_classifier_metrics_are_sane(workspace, first_repro):
-    for dataset, n_classes in (("colored_mnist", 4), ("clever_hans", 10)):
-        metrics = json.loads((workspace / "metrics" / dataset / "classifier.json").read_text())
-        assert 1.0 / n_classes < metrics["test_accuracy"] <= 1.0, (dataset, metrics)
-        assert set(metrics["per_class_accuracy"]) == {str(c) for c in range(n_classes)}
-    hans = json.loads((workspace / "metrics" / "clever_hans" / "classifier.json").read_text())
-    assert 0.0 <= hans["shortcut_reliance"] <= 1.0 and "7_square" in hans["shortcut_reliance_per_class"]
-    assert 0.1 < hans["clean_accuracy"] <= 1.0
-    shown = dvc("metrics", "show", cwd=workspace)
-    assert "test_accuracy" in shown
+def read(workspace: Path, *parts: str) -> dict:
+    return json.loads(workspace.joinpath(*parts).read_text())
+
+
+def flat_keys(obj, prefix: str = "") -> dict:
+    """Every leaf of a JSON object as ``a.b.c`` -> value, as `dvc metrics show` lists them."""
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            out.update(flat_keys(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: obj}
+
+
+MAX_METRIC_KEYS = 40  # per dataset, over all its metrics files
+
+
+def declared_metrics(workspace: Path, dataset: str) -> list[Path]:
+    """The metrics files that dvc.yaml declares for ``dataset`` (what `dvc metrics show` lists)."""
+    stages = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]
+    files = []
+    for stage in stages.values():
+        for entry in stage.get("metrics", []):
+            name = next(iter(entry)) if isinstance(entry, dict) else entry
+            if "${item.dataset}" in name and dataset in stage.get("matrix", {}).get("dataset", []):
+                files.append(workspace / name.replace("${item.dataset}", dataset))
+    return files
+
+
+def test_metrics_hold_only_headline_numbers_at_most_40_keys_per_dataset(workspace, first_repro):
     for dataset in DATASETS:
-        for picture in ("prepare/examples.png", "train_classifier/confusion.png", "train_classifier/examples.png"):
+        files = declared_metrics(workspace, dataset)
+        assert len(files) >= 9, files
+        keys = {}
+        for path in files:
+            for key, value in flat_keys(json.loads(path.read_text())).items():
+                assert value is None or isinstance(value, (bool, int, float)), (path.name, key, value)
+                assert "second" not in key and "time" not in key, (path.name, key)   # wall clock lives in timing files
+                keys[f"{path.stem}.{key}"] = value
+        assert len(keys) <= MAX_METRIC_KEYS, (dataset, len(keys), sorted(keys))
+        shown = dvc("metrics", "show", "--json", cwd=workspace)
+        assert f"metrics/{dataset}/classifier.json" in shown and "live/metrics.json" not in shown
+
+
+def test_classifier_metrics_and_details(workspace, first_repro):
+    for dataset, n_classes in (("colored_mnist", 4), ("clever_hans", 10)):
+        metrics = read(workspace, "metrics", dataset, "classifier.json")
+        assert 1.0 / n_classes < metrics["test_accuracy"] <= 1.0, (dataset, metrics)
+        details = read(workspace, "plots", dataset, "train_classifier", "details.json")
+        assert set(details["per_class_accuracy"]) == {str(c) for c in range(n_classes)}
+    hans = read(workspace, "metrics", "clever_hans", "classifier.json")
+    assert set(hans) == {"test_accuracy", "clean_accuracy", "shortcut_reliance", "shortcut_base_rate"}
+    hans_details = read(workspace, "plots", "clever_hans", "train_classifier", "details.json")
+    assert hans_details["shortcut_reliance_per_class"]["7_square"] == pytest.approx(hans["shortcut_reliance"])
+    live = workspace / "plots" / "clever_hans" / "train_classifier" / "live"
+    assert (live / "plots" / "sklearn" / "confusion_matrix.json").exists()
+    for dataset in DATASETS:
+        for picture in ("prepare/examples.png", "train_classifier/confusion.png", "train_classifier/live/plots/images/examples.png"):
             assert (workspace / "plots" / dataset / picture).stat().st_size > 1000
 
 
@@ -101,51 +149,61 @@ def test_changing_classifier_params_reruns_only_downstream_stages(workspace, fir
     assert not any(name.startswith(("prepare@", "train_gan@")) for name in ran), ran
     shown = dvc("exp", "show", "--no-pager", "--csv", cwd=workspace)
     assert "classifier.epochs" in shown
+    changed = run([sys.executable, "-m", "dvc", "exp", "show", "--no-pager", "--only-changed", "--csv"], workspace, stdout_only=True)
+    rows = list(csv.reader(io.StringIO(changed)))
+    header = rows[0]
+    assert "classifier.epochs" in header
+    assert not any(name.endswith(("seconds", "images_per_second")) for name in header), header   # no wall clock
+    # The changed stage's columns (its param and both datasets' classifier.json keys) fit in 200 columns.
+    stage_keys = {"classifier.epochs"} | {key for d in DATASETS for key in read(workspace, "metrics", d, "classifier.json")}
+    columns = [i for i, name in enumerate(header) if name.rsplit(":", 1)[-1] in stage_keys or name == "Experiment"]
+    width = sum(max(len(header[i].rsplit(":", 1)[-1]), *(len(row[i]) for row in rows[1:] if i < len(row))) + 3 for i in columns)
+    assert len(columns) <= 8 and width <= 200, (len(columns), width)
+
+
+def test_cosmetic_gan_param_reruns_only_train_gan(workspace, first_repro):
+    output = dvc("exp", "run", "-S", "gan.n_grid_images=3", cwd=workspace)
+    ran = stages_run(output)
+    assert ran - {"report"} == {f"train_gan@{d}" for d in DATASETS}, ran   # gan.pt unchanged: nothing downstream re-runs
+    for dataset in DATASETS:   # it resumed the finished checkpoint: no iteration was trained again
+        assert read(workspace, "metrics", dataset, "timing", "train_gan.json")["iterations_run"] == 0
 
 
 def test_attribution_metrics_and_plots(workspace, first_repro):
-    import math
-
     methods = ("ig_zero", "ig_noise", "ig_blur", "saliency", "inputxgrad", "deeplift", "guided_backprop",
                "occlusion", "smoothgrad", "gradcam", "guided_gradcam")
     for dataset in DATASETS:
         assert f"attribute@{dataset}" in stages_run(first_repro)
-        metrics = json.loads((workspace / "metrics" / dataset / "attribution.json").read_text())
-        assert set(metrics["methods"]) == set(methods)
-        for name, scores in metrics["methods"].items():
+        metrics = read(workspace, "metrics", dataset, "attribution.json")
+        details = read(workspace, "plots", dataset, "attribute", "details.json")
+        assert set(details["methods"]) == set(methods)
+        auc = [scores["deletion_auc"] for scores in details["methods"].values() if scores["deletion_auc"] is not None]
+        assert metrics["best_deletion_auc"] == pytest.approx(min(auc))
+        assert metrics["random_order_deletion_auc"] == pytest.approx(details["random_order_deletion_auc"])
+        for name, scores in details["methods"].items():
             for key in ("deletion_auc", "infidelity", "sensitivity_max", "randomization_spearman"):
                 assert key in scores, (dataset, name, key)
-            assert 0.0 <= scores["deletion_auc"] <= 1.0 and scores["sensitivity_max"] >= 0.0
-            if dataset == "clever_hans":
-                assert 0.0 <= scores["relevance_mass"] <= 1.0 and 0.0 <= scores["pointing_game"] <= 1.0
-            else:
-                assert "relevance_mass" not in scores
-                if name != "gradcam":
-                    assert sum(scores["channel_share"].values()) == pytest.approx(1.0, abs=1e-4)
-        segmentation = metrics["gradcam_segmentation"]
-        assert 0.0 <= segmentation["best_threshold"] < 1.0 and 0.0 < segmentation["best_iou"] <= 1.0
-        contrastive = metrics["contrastive"]
-        assert contrastive["n_misclassified"] >= 0
-        rho = contrastive["mean_rank_correlation"]
-        assert rho is None or -1.0 <= rho <= 1.0 or math.isnan(rho)
         attributions = dict(__import__("numpy").load(workspace / "data" / "attributions" / dataset / "attributions.npz"))
         assert attributions["sample_ig_zero"].shape == (len(attributions["sample_index"]), 3, 28, 28)
         for picture in ("methods_heatmap", "methods_color", "ig_baselines", "gradcam_segmentation",
                         "gradcam_counterfactual", "contrastive", "deletion", "localization"):
             assert (workspace / "plots" / dataset / "attribute" / f"{picture}.png").stat().st_size > 1000, picture
         assert (workspace / "plots" / dataset / "attribute" / "deletion" / "random_order.csv").exists()
-    timing = json.loads((workspace / "metrics" / "clever_hans" / "timing" / "attribute.json").read_text())
-    assert timing["images"] > 0
-    assert "deletion_auc" in dvc("metrics", "show", cwd=workspace)
+    hans = read(workspace, "metrics", "clever_hans", "attribution.json")
+    assert "best_shortcut_relevance_mass_flipped" in hans
+    assert read(workspace, "metrics", "clever_hans", "timing", "attribute.json")["images"] > 0
 
 
 def test_report_collects_every_stage(workspace, first_repro):
     assert "report" in stages_run(first_repro)
     page = (workspace / "report" / "index.html").read_text()
-    assert "What this run found" in page and page.count("data:image/png;base64,") >= 6
-    timing = json.loads((workspace / "metrics" / "timing.json").read_text())
-    assert {f"train_classifier@{d}" for d in DATASETS} <= set(timing["stages"])
+    assert "Verdict" in page and "What this run found" in page and page.count("data:image/png;base64,") >= 6
+    timing = read(workspace, "metrics", "timing.json")
+    stages = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]
+    expected = {f"{name}@{d}" for name, stage in stages.items() if "matrix" in stage for d in DATASETS}
+    assert expected <= set(timing["stages"]), expected - set(timing["stages"])
     assert timing["total_seconds"] > 0 and timing["device"] == "cpu"
+
 
 def test_gan_and_counterfactual_outputs(workspace, first_repro):
     import numpy as np
@@ -154,16 +212,18 @@ def test_gan_and_counterfactual_outputs(workspace, first_repro):
     ran = stages_run(first_repro)
     for dataset, n_classes in (("colored_mnist", 4), ("clever_hans", 10)):
         assert f"train_gan@{dataset}" in ran and f"counterfactuals@{dataset}" in ran
-        gan = json.loads((workspace / "metrics" / dataset / "train_gan.json").read_text())
-        assert gan["iterations_run"] == gan["iterations"] == 4 and gan["iterations_per_second"] > 0
+        gan = read(workspace, "metrics", dataset, "train_gan.json")
+        assert set(gan) == {"iterations", "smoothed_discriminator_loss", "smoothed_generator_loss"} and gan["iterations"] == 4
+        timing = read(workspace, "metrics", dataset, "timing", "train_gan.json")
+        assert timing["iterations_run"] in (0, 4)   # 0 once a cosmetic change resumed the finished run
         checkpoint = torch.load(workspace / "data" / "models" / dataset / "gan_checkpoints" / "last.pt", weights_only=True)
         assert checkpoint["iteration"] == 4
-        metrics = json.loads((workspace / "metrics" / dataset / "counterfactuals.json").read_text())
-        for key in ("conversion_rate", "conversion_rate_latent", "changed_pixel_fraction"):
-            assert 0.0 <= metrics[key] <= 1.0, (dataset, key, metrics[key])
-        assert metrics["mean_l1"] >= 0 and metrics["feature_distance_real_floor"] >= 0
-        assert metrics["feature_distance"] is not None
-        assert set(metrics["conversion_per_pair"]) <= {f"{s}->{t}" for s in range(n_classes) for t in range(n_classes) if s != t}
+        metrics = read(workspace, "metrics", dataset, "counterfactuals.json")
+        assert set(metrics) == {"conversion_rate", "conversion_rate_latent", "mean_l1", "changed_pixel_fraction",
+                                "feature_distance", "feature_distance_real_floor"}
+        details = read(workspace, "plots", dataset, "counterfactuals", "details.json")
+        per_pair = details["modes"]["reference"]["conversion_per_pair"]
+        assert set(per_pair) <= {f"{s}->{t}" for s in range(n_classes) for t in range(n_classes) if s != t}
         with np.load(workspace / "data" / "counterfactuals" / dataset / "counterfactuals.npz") as npz:
             assert npz["counterfactual"].dtype == np.uint8 and npz["counterfactual"].shape == (20 * (n_classes - 1), 3, 28, 28)
             assert (npz["source"] != npz["target"]).all()
@@ -172,54 +232,47 @@ def test_gan_and_counterfactual_outputs(workspace, first_repro):
                         "counterfactuals/style_space.png", "counterfactuals/confusion.png"):
             assert (workspace / "plots" / dataset / picture).stat().st_size > 1000
 
-def test_explain_metrics_are_sane(workspace, first_repro):
+
+def test_explain_and_discover_outputs(workspace, first_repro):
     ran = stages_run(first_repro)
     methods = ["d_ig", "d_deeplift", "d_inputxgrad", "ig", "deeplift", "residual", "random"]
     for dataset in DATASETS:
-        assert f"explain@{dataset}" in ran
-        metrics = json.loads((workspace / "metrics" / dataset / "explain.json").read_text())
-        assert 0 <= metrics["n_pairs_kept"] <= metrics["n_pairs_reaching_target"] <= metrics["n_pairs"]
-        assert metrics["n_pairs"] > 0
-        assert list(metrics["methods"]) == methods
-        for entry in metrics["methods"].values():
-            keys = {"median_score", "iqr_score", "mean_optimal_mask_size", "reached_target_fraction"}
-            assert keys <= set(entry)
-            if metrics["n_pairs_kept"]:  # a tiny GAN may not reach any target; then the values are null
-                assert -1.0 <= entry["median_score"] <= 1.0
-                assert 0.0 <= entry["mean_optimal_mask_size"] <= 1.0
-                assert 0.0 <= entry["reached_target_fraction"] <= 1.0
-        if dataset == "clever_hans":
-            assert "shortcut_iou" in metrics and all("shortcut_iou" in e for e in metrics["methods"].values())
-        else:
-            assert "color_rule" in metrics and all("digit_mass_fraction" in e for e in metrics["methods"].values())
+        assert f"explain@{dataset}" in ran and f"discover@{dataset}" in ran
+        metrics = read(workspace, "metrics", dataset, "explain.json")
+        details = read(workspace, "plots", dataset, "explain", "details.json")
+        assert 0 <= metrics["n_pairs_kept"] <= details["n_pairs_reaching_target"] <= details["n_pairs"]
+        assert list(details["methods"]) == methods
+        for method in ("d_ig", "d_deeplift", "ig", "deeplift", "residual", "random"):
+            assert metrics[f"median_score_{method}"] == details["methods"][method]["median_score"]
+        assert ("shortcut_iou" in metrics) == (dataset == "clever_hans")
         for picture in ("curves.png", "scores.png", "known_answer.png"):
             assert (workspace / "plots" / dataset / "explain" / picture).stat().st_size > 1000
-    shown = dvc("metrics", "show", cwd=workspace)
-    assert "median_score" in shown
+        discovered = read(workspace, "metrics", dataset, "discover.json")
+        found = read(workspace, "plots", dataset, "discover", "details.json")
+        assert discovered["n_flagged_classes"] == len(found["flagged_classes"])
+        assert ("shortcut_region_iou" in discovered) == (dataset == "clever_hans")
+        assert (workspace / "plots" / dataset / "discover" / "regions.png").stat().st_size > 1000
 
 
 def test_probe_stages_write_their_metrics(workspace, first_repro):
     ran = stages_run(first_repro)
-    for dataset, n_classes in (("colored_mnist", 4), ("clever_hans", 10)):
+    for dataset in DATASETS:
         for name in ("feature_viz", "optimize_counterfactuals", "spectra"):
             assert f"{name}@{dataset}" in ran
-            timing = json.loads((workspace / "metrics" / dataset / "timing" / f"{name}.json").read_text())
-            assert timing["seconds"] > 0
-        viz = json.loads((workspace / "metrics" / dataset / "feature_viz.json").read_text())
-        assert 0.0 <= viz["mean_class_probability"] <= 1.0 and len(viz["class_probability"]) == n_classes
+            assert read(workspace, "metrics", dataset, "timing", f"{name}.json")["seconds"] > 0
+        viz = read(workspace, "metrics", dataset, "feature_viz.json")
+        assert set(viz) == {"mean_class_probability", "mean_class_probability_display"}
         assert (workspace / "plots" / dataset / "feature_viz" / "grids" / "class.png").stat().st_size > 1000
-        optimised = json.loads((workspace / "metrics" / dataset / "optimize_counterfactuals.json").read_text())
-        assert optimised["n"] >= 8 and 0.0 <= optimised["success_rate"] <= 1.0
-        assert optimised["mean_l1"] >= 0 and 0 <= optimised["mean_l0"] <= 28 * 28
-        assert optimised["gan"]["n"] == optimised["matched"]["n"] > 0     # the same (image, target) pairs
-        assert {"success_rate", "mean_l1", "mean_l0", "frechet_distance"} <= set(optimised["gan"])
-        spectra = json.loads((workspace / "metrics" / dataset / "spectra.json").read_text())
-        assert 0.0 <= spectra["spectral_detector_accuracy"] <= 1.0 and spectra["n_test"] > 0
+        optimised = read(workspace, "metrics", dataset, "optimize_counterfactuals.json")
+        assert set(optimised) == {"success_rate", "mean_l1", "frechet_distance", "gan_success_rate"}
+        detail = read(workspace, "plots", dataset, "optimize_counterfactuals", "details.json")
+        assert detail["gan"]["n"] == detail["matched"]["n"] > 0     # the same (image, target) pairs
+        assert optimised["gan_success_rate"] == pytest.approx(detail["gan"]["success_rate"])
+        spectra = read(workspace, "metrics", dataset, "spectra.json")
+        assert {"spectral_detector_accuracy", "control_accuracy", "frequency_artifacts_detected"} <= set(spectra)
         for picture in ("optimize_counterfactuals/examples.png", "optimize_counterfactuals/comparison.png",
                         "spectra/spectra.png", "spectra/detector_weights.png"):
             assert (workspace / "plots" / dataset / picture).stat().st_size > 1000
-    shown = dvc("metrics", "show", cwd=workspace)
-    assert "spectral_detector_accuracy" in shown and "mean_class_probability" in shown
 
 
 def test_every_declared_plot_renders(workspace, first_repro):
@@ -227,5 +280,5 @@ def test_every_declared_plot_renders(workspace, first_repro):
     assert not shown.get("errors"), shown.get("errors")
     rendered = set(shown["data"])
     for dataset in DATASETS:
-        assert f"plots/{dataset}/train_classifier/confusion.csv" in rendered
+        assert any(name.startswith(f"plots/{dataset}/train_classifier/") for name in rendered)
         assert any(name.startswith(f"plots/{dataset}/explain/") for name in rendered)

@@ -16,14 +16,28 @@ import matplotlib.pyplot as plt  # noqa: E402
 from pipeline import report  # noqa: E402
 
 CLASSIFIER = {
-    "colored_mnist": {"test_accuracy": 0.999, "per_class_accuracy": {"0": 1.0, "1": 0.998, "2": 1.0, "3": 0.999}},
-    "clever_hans": {"test_accuracy": 0.995, "per_class_accuracy": {str(c): 0.99 for c in range(10)},
-                    "clean_accuracy": 0.98, "shortcut_reliance": 0.94, "shortcut_reliance_per_class": {"7_square": 0.94}},
+    "colored_mnist": {"test_accuracy": 0.999},
+    "clever_hans": {"test_accuracy": 0.995, "clean_accuracy": 0.98, "shortcut_reliance": 0.94, "shortcut_base_rate": 0.01},
 }
-EXPLAIN = {"n_pairs": 90, "n_pairs_kept": 80, "shortcut_iou": 0.61, "best_discriminative_method": "d_ig",
-           "stamped_control": {"n_pairs": 40, "n_moved_by_stamp": 40, "methods": {"d_ig": {"shortcut_iou": 0.67}}},
-           "methods": {"d_ig": {"median_score": 0.83, "iqr_score": 0.1}, "ig": {"median_score": 0.41, "iqr_score": 0.2},
-                       "random": {"median_score": 0.2, "iqr_score": 0.1}, "residual": {"median_score": 0.7, "iqr_score": 0.1}}}
+CLASSIFIER_DETAILS = {
+    "colored_mnist": {"per_class_accuracy": {"0": 1.0, "1": 0.998, "2": 1.0, "3": 0.999}},
+    "clever_hans": {"per_class_accuracy": {str(c): 0.99 for c in range(10)}, "shortcut_reliance_per_class": {"7_square": 0.94},
+                    "shortcut_base_rate_per_class": {"7_square": 0.01}},
+}
+EXPLAIN = {"n_pairs_kept": 80, "median_score_d_ig": 0.83, "median_score_ig": 0.41, "median_score_random": 0.2,
+           "median_score_residual": 0.7, "median_score_d_deeplift": None, "shortcut_iou": 0.61, "stamped_control_shortcut_iou": 0.67}
+EXPLAIN_DETAILS = {"n_pairs": 90, "best_discriminative_method": "d_ig",
+                   "stamped_control": {"n_pairs": 40, "n_moved_by_stamp": 40, "methods": {"d_ig": {"shortcut_iou": 0.67}}},
+                   "color_rule": {"nearest_colormap_agreement": 0.97},
+                   "methods": {"d_ig": {"median_score": 0.83, "iqr_score": 0.1}, "ig": {"median_score": 0.41, "iqr_score": 0.2}}}
+DISCOVER = {
+    "colored_mnist": ({"n_flagged_classes": 0, "false_alarms": 0}, {"n_pairs": 50, "method": "d_ig", "flagged_classes": [], "sentences": []}),
+    "clever_hans": ({"n_flagged_classes": 1, "false_alarms": 0, "shortcut_region_iou": 0.81},
+                    {"n_pairs": 90, "method": "d_ig", "flagged_classes": ["7"],
+                     "sentences": ["Decisions for class 7 hinge on a region of about 10×10 pixels at the top-left in 92 % of pairs."]}),
+}
+SPECTRA = ({"spectral_detector_accuracy": 0.91, "control_accuracy": 0.51, "frequency_artifacts_detected": True},
+           {"artifact_threshold": 0.75})
 
 
 def picture(path):
@@ -34,33 +48,79 @@ def picture(path):
     plt.close(fig)
 
 
+def write(path, content):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content))
+
+
 @pytest.fixture
 def run_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("seed: 0\n")
     for dataset, n_classes in (("colored_mnist", 4), ("clever_hans", 10)):
-        (tmp_path / "metrics" / dataset / "timing").mkdir(parents=True)
-        (tmp_path / "metrics" / dataset / "classifier.json").write_text(json.dumps(CLASSIFIER[dataset]))
-        (tmp_path / "metrics" / dataset / "explain.json").write_text(json.dumps(EXPLAIN))
-        (tmp_path / "metrics" / dataset / "timing" / "train_classifier.json").write_text(json.dumps(
-            {"stage": f"train_classifier@{dataset}", "device": "cpu", "seconds": 2.0, "images": 100, "images_per_second": 50.0}))
+        metrics, plots = tmp_path / "metrics" / dataset, tmp_path / "plots" / dataset
+        write(metrics / "classifier.json", CLASSIFIER[dataset])
+        write(plots / "train_classifier" / "details.json", CLASSIFIER_DETAILS[dataset])
+        write(metrics / "explain.json", EXPLAIN)
+        write(plots / "explain" / "details.json", EXPLAIN_DETAILS)
+        write(metrics / "discover.json", DISCOVER[dataset][0])
+        write(plots / "discover" / "details.json", DISCOVER[dataset][1])
+        write(metrics / "spectra.json", SPECTRA[0])
+        write(plots / "spectra" / "details.json", SPECTRA[1])
+        write(metrics / "timing" / "train_classifier.json",
+              {"stage": f"train_classifier@{dataset}", "device": "cpu", "seconds": 2.0, "images": 100, "images_per_second": 50.0})
         names = ["spring", "summer", "autumn", "winter"] if n_classes == 4 else [str(c) for c in range(10)]
-        (tmp_path / "data" / "prepared" / dataset).mkdir(parents=True)
-        (tmp_path / "data" / "prepared" / dataset / "meta.json").write_text(json.dumps({"class_names": names, "n_classes": n_classes}))
-        picture(tmp_path / "plots" / dataset / "prepare" / "examples.png")
-        picture(tmp_path / "plots" / dataset / "train_classifier" / "confusion.png")
+        write(tmp_path / "data" / "prepared" / dataset / "meta.json", {"class_names": names, "n_classes": n_classes})
+        picture(plots / "prepare" / "examples.png")
+        picture(plots / "train_classifier" / "live" / "plots" / "images" / "examples.png")  # pictures in subfolders count
     report.main(["--params", "params.yaml"])
     return tmp_path
 
 
+def test_report_leads_with_a_verdict_per_dataset(run_dir):
+    text = (run_dir / "report" / "README.md").read_text()
+    hans = text[text.index("## Clever Hans"):]
+    assert hans.index("**Verdict:**") < hans.index("**What this run found:**")
+    assert ("The classifier relies on the planted shortcut: stamped on digits of other classes it moves 94.0 % of them "
+            "into the shortcut's class (without the stamp: 1.0 %)" in hans)
+    assert "the discovery stage flags class 7 for a recurring region whose overlap with the planted shortcut is IoU 0.81, with no false alarm" in hans
+    colored = text[:text.index("## Clever Hans")]
+    assert "describes its decision on 97.0 % of test images" in colored and "flags no single region for any class" in colored
+
+
 def test_report_states_findings_from_the_metrics(run_dir):
     text = (run_dir / "report" / "README.md").read_text()
-    assert "assigns 94.0 % of them to class 7: it relies on the square" in text
+    assert "assigns 94.0 % of them to class 7 (without the stamp: 1.0 %): it relies on the square" in text
     assert "Discriminative integrated gradients scores 0.830 vs. 0.410 for vanilla integrated gradients: better" in text
-    assert "IoU 0.61" in text
+    assert "DeepLift" not in text.split("What this run found")[1].split("###")[0]   # not run: no sentence about it
+    assert "80 of 90 image/counterfactual pairs" in text and "IoU 0.61" in text
     assert "control (40 clean images" in text and "reaches IoU 0.67" in text
+    assert "hinge on a region of about 10×10 pixels at the top-left in 92 % of pairs" in text
     timing = json.loads((run_dir / "metrics" / "timing.json").read_text())
     assert timing["total_seconds"] == 4.0 and set(timing["stages"]) == {"train_classifier@colored_mnist", "train_classifier@clever_hans"}
+
+
+def spectra_sentence(metrics: dict, details: dict) -> str:
+    run = report.DatasetRun("clever_hans", metrics={"spectra": metrics}, details={"spectra": details})
+    return " ".join(report.spectra_findings(run))
+
+
+def test_the_spectra_sentence_says_what_the_metric_says():
+    detected = spectra_sentence(*SPECTRA)
+    assert "91.0 % cross-validated accuracy; on two halves of the real test images the same detector scores 51.0 %" in detected
+    assert "above the 0.75 threshold and clearly above the control: the generator leaves frequency artifacts" in detected
+    below = spectra_sentence({"spectral_detector_accuracy": 0.6, "control_accuracy": 0.5, "frequency_artifacts_detected": False},
+                             {"artifact_threshold": 0.75})
+    assert "not above the 0.75 threshold: no clear frequency artifacts" in below and "leaves frequency artifacts" not in below
+    control_high = spectra_sentence({"spectral_detector_accuracy": 0.9, "control_accuracy": 0.88, "frequency_artifacts_detected": False},
+                                    {"artifact_threshold": 0.75})
+    assert "The control is almost as high" in control_high and "leaves frequency artifacts" not in control_high
+
+
+def test_reliance_is_judged_net_of_the_base_rate():
+    assert report.reliance_verdict(0.94, 0.01, "square") == "relies on the square"
+    assert report.reliance_verdict(0.60, 0.55, "square") == "hardly uses the square"   # the stamp itself adds 5 points
+    assert report.reliance_verdict(0.30, 0.05, "square") == "partly relies on the square"
 
 
 def test_report_html_is_self_contained(run_dir):
