@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchmarks.reproducibility import flatten  # every leaf as a.b.c, as `dvc metrics show` lists them
 from tests.conftest import REPO
 
 COPIED = ["pipeline", "dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".gitignore"]
@@ -85,16 +86,6 @@ def read(workspace: Path, *parts: str) -> dict:
     return json.loads(workspace.joinpath(*parts).read_text())
 
 
-def flat_keys(obj, prefix: str = "") -> dict:
-    """Every leaf of a JSON object as ``a.b.c`` -> value, as `dvc metrics show` lists them."""
-    if isinstance(obj, dict):
-        out = {}
-        for key, value in obj.items():
-            out.update(flat_keys(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: obj}
-
-
 MAX_METRIC_KEYS = 40  # per dataset, over all its metrics files
 
 
@@ -116,7 +107,7 @@ def test_metrics_hold_only_headline_numbers_at_most_40_keys_per_dataset(workspac
         assert len(files) >= 9, files
         keys = {}
         for path in files:
-            for key, value in flat_keys(json.loads(path.read_text())).items():
+            for key, value in flatten(json.loads(path.read_text())).items():
                 assert value is None or isinstance(value, (bool, int, float)), (path.name, key, value)
                 assert "second" not in key and "time" not in key, (path.name, key)   # wall clock lives in timing files
                 keys[f"{path.stem}.{key}"] = value
