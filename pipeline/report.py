@@ -115,6 +115,9 @@ def verdict(run: DatasetRun, meta: dict) -> list[str]:
     """The answer first: what the classifier relies on, how sure the pipeline is, how that scores against the truth."""
     classifier, discover = run.metric("classifier"), run.metric("discover")
     flagged = run.detail("discover").get("flagged_classes")
+    judged = [name for name, c in (run.detail("discover").get("classes") or {}).items() if c.get("judged", True)]
+    if flagged is not None and not flagged and not judged and run.detail("discover").get("classes"):
+        flagged = None  # nothing could be judged: no verdict from discovery, said below instead
     lines = []
     if run.dataset == "clever_hans":
         reliance, base = classifier.get("shortcut_reliance"), classifier.get("shortcut_base_rate")
@@ -143,6 +146,9 @@ def verdict(run: DatasetRun, meta: dict) -> list[str]:
                          "single region for any class." if not flagged else
                          f"The discovery stage flags a recurring region for {', '.join(flagged)}: with colour spread over the digit "
                          f"these are false alarms ({discover.get('false_alarms')}).")
+    if run.detail("discover").get("classes") and not judged:
+        lines.append("The discovery stage had too few explained pairs per class to judge any class "
+                     "(raise counterfactuals.n_images or explain.max_pairs, or lower discover.min_pairs).")
     return lines
 
 

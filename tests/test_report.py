@@ -151,3 +151,10 @@ def test_report_renders_in_a_headless_browser_with_every_image_loaded(run_dir, t
     loaded, total = map(int, match.groups())
     assert total == 4 and loaded == total
     assert "What has the classifier learned?" in dom
+
+
+def test_the_verdict_says_when_discovery_could_not_judge_any_class():
+    run = report.DatasetRun("colored_mnist", metrics={"classifier": {"test_accuracy": 0.9}, "discover": {"n_flagged_classes": 0}},
+                            details={"discover": {"flagged_classes": [], "classes": {"spring": {"judged": False}}}})
+    text = " ".join(report.verdict(run, {"class_names": ["spring"]}))
+    assert "too few explained pairs per class to judge any class" in text and "flags no single region" not in text
