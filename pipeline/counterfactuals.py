@@ -199,6 +199,27 @@ def evaluate(result: dict, classifier: nn.Module, test: dict, n_classes: int, ge
     return metrics, details, confusions
 
 
+def mean_abs_error(images: torch.Tensor, truth: torch.Tensor) -> float:
+    """Mean absolute per-pixel, per-channel difference of two uint8 image sets, on the [0, 1] scale."""
+    if not len(images):
+        return float("nan")
+    return (images.float() - truth.float()).abs().mean().item() / 255.0
+
+
+def exact_error(result: dict, test: dict, colormaps: list[str]) -> dict:
+    """Colored MNIST: the GAN's error against the exact counterfactual (the same digit, recolored with the
+    target colormap at the same position), per guidance mode, beside the error of changing nothing."""
+    from pipeline.data import exact_counterfactuals
+
+    index = result["image_index"].cpu()
+    exact = exact_counterfactuals(test["gray"].cpu().numpy()[index], test["positions"].cpu().numpy()[index],
+                                  result["target"].cpu().numpy(), colormaps)
+    exact = torch.from_numpy(exact).to(result["real"].device)
+    errors = {mode: mean_abs_error(result[f"counterfactual{suffix}"], exact) for mode, suffix in MODES.items()}
+    errors["unchanged_image"] = mean_abs_error(result["real"], exact)
+    return errors
+
+
 # --------------------------------------------------------------------------------------------
 # Pictures
 # --------------------------------------------------------------------------------------------
@@ -363,6 +384,10 @@ def main(argv: list[str] | None = None) -> None:
                     **{key: result[key].cpu().numpy() for key in CONTRACT_KEYS})
         metrics, details, confusions = evaluate(result, classifier, test, n_classes, ctx.generator("features"),
                                                 cfg.batch_size)
+        if "gray" in test and "positions" in test:  # colored MNIST: the exact counterfactual is known
+            exact = exact_error(result, test, class_names)
+            metrics["exact_counterfactual_error"] = exact["reference"]
+            details["exact_counterfactual_error"] = exact
         write_json(paths.metrics_path(ctx.dataset, "counterfactuals"), metrics)
         write_json(paths.plots_dir(ctx.dataset, "counterfactuals") / "details.json", details)
         save_plots(ctx.dataset, result, confusions, details, translator, classifier, test, class_names, cfg)

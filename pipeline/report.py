@@ -213,6 +213,12 @@ def counterfactual_findings(run: DatasetRun) -> list[str]:
     if known(m.get("feature_distance")) and known(m.get("feature_distance_real_floor")):
         text += (f" Their Fréchet distance to real target-class images in the classifier's feature space is "
                  f"{m['feature_distance']:.2f}, against {m['feature_distance_real_floor']:.2f} between real images at the same sample sizes.")
+    exact = run.detail("counterfactuals").get("exact_counterfactual_error") or {}
+    if known(m.get("exact_counterfactual_error")):
+        text += (f" Against the exact counterfactual (the same digit recolored with the target colormap at the same "
+                 f"position) they are off by {m['exact_counterfactual_error']:.3f} per pixel and channel on average")
+        text += (f", against {exact['unchanged_image']:.3f} for leaving the image unchanged." if known(exact.get("unchanged_image"))
+                 else ".")
     return [text]
 
 

@@ -226,3 +226,27 @@ def test_plot_data_has_one_file_per_series(tmp_path, monkeypatch):
         frame = pd.read_csv(path)
         assert list(frame.columns) == ["alpha", "source_probability", "target_probability"]
         assert frame["alpha"].tolist() == pytest.approx([0, 1 / 3, 2 / 3, 1])
+
+
+def test_exact_counterfactual_error_is_zero_for_the_exact_answer_and_known_for_no_change():
+    import numpy as np
+
+    from pipeline.counterfactuals import exact_error
+    from pipeline.data import exact_counterfactuals
+
+    colormaps = ["spring", "summer", "autumn", "winter"]
+    rng = np.random.default_rng(1)
+    gray = rng.integers(0, 256, size=(5, 28, 28)).astype(np.uint8)
+    positions = rng.random(5).astype(np.float32)
+    labels = np.array([0, 1, 2, 3, 0])
+    targets = np.array([1, 2, 3, 0, 2])
+    real = exact_counterfactuals(gray, positions, labels, colormaps)
+    exact = exact_counterfactuals(gray, positions, targets, colormaps)
+    test = {"gray": torch.from_numpy(gray), "positions": torch.from_numpy(positions)}
+    result = {"image_index": torch.arange(5), "target": torch.from_numpy(targets), "real": torch.from_numpy(real),
+              "counterfactual": torch.from_numpy(exact), "counterfactual_latent": torch.from_numpy(real)}
+    errors = exact_error(result, test, colormaps)
+    assert errors["reference"] == 0.0
+    no_change = np.abs(real.astype(np.float64) - exact.astype(np.float64)).mean() / 255
+    assert no_change > 0.01
+    assert errors["latent"] == pytest.approx(no_change) and errors["unchanged_image"] == pytest.approx(no_change)

@@ -103,3 +103,22 @@ def test_generation_is_bit_identical_for_the_same_params(tmp_path, mnist_root):
     params["seed"] = 6
     params_file.write_text(yaml.safe_dump(params))
     assert first != _prepare_hashes(tmp_path / "c", params_file)
+
+
+def test_an_image_is_its_own_exact_counterfactual_and_recoloring_keeps_the_digit():
+    import matplotlib
+
+    from pipeline.config import ColoredMnistParams
+    from pipeline.data import colorize, exact_counterfactuals
+
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, size=(6, 28, 28)).astype(np.uint8)
+    cfg = ColoredMnistParams()
+    colored = colorize(gray, np.arange(6), cfg, rng)
+    same = exact_counterfactuals(colored["gray"], colored["positions"], colored["labels"], cfg.colormaps)
+    assert np.array_equal(same, colored["images"])          # into its own class: error 0 against itself
+    targets = (colored["labels"] + 1) % len(cfg.colormaps)
+    moved = exact_counterfactuals(colored["gray"], colored["positions"], targets, cfg.colormaps)
+    color = matplotlib.colormaps[cfg.colormaps[targets[0]]](colored["positions"][0])[:3]
+    expected = np.clip(np.rint(gray[0].astype(np.float32)[None] * np.float32(color)[:, None, None]), 0, 255)
+    assert np.array_equal(moved[0], expected.astype(np.uint8))   # the same digit, the target colormap, the same position
