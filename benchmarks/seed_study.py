@@ -1,0 +1,105 @@
+"""How much does the known answer wobble? Train the Clever Hans classifier for several seeds.
+
+For each seed, ``prepare@clever_hans`` and ``train_classifier@clever_hans`` run in a temporary folder
+with ``params.yaml`` (everything else as committed) and the seed changed; the classifier's metrics are
+collected into ``metrics/seed_study.json``: ``seeds``, ``shortcut_reliance`` and ``clean_accuracy`` (one
+value per seed), ``shortcut_base_rate``, and ``shortcut_reliance_min`` / ``mean`` / ``std``. A finding that
+holds for one seed only is luck; this says how far the planted shortcut's pull varies.
+
+    python -m benchmarks.seed_study                           # seeds 0 1 2, full data, the GPU when present
+    python -m benchmarks.seed_study --seeds 0 1 2 3 --device cpu
+    python -m benchmarks.seed_study --set classifier.epochs=2 --set clever_hans.shortcuts.0.fraction=0.99
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DATASET = "clever_hans"
+
+
+def with_setting(params: dict, assignment: str) -> dict:
+    """Apply ``a.b.0.c=value`` (YAML value; list items by index) to a params dict, as `dvc exp run -S` does."""
+    key, _, raw = assignment.partition("=")
+    *path, last = key.split(".")
+    node = params
+    for part in path:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    value = yaml.safe_load(raw)
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return params
+
+
+def study_params(seed: int, args: argparse.Namespace) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["seed"] = seed
+    params["device"] = args.device
+    params["data"]["root"] = str(Path(args.data_root).resolve())
+    for assignment in args.set:
+        with_setting(params, assignment)
+    return params
+
+
+def train_one(seed: int, args: argparse.Namespace) -> dict:
+    """The classifier metrics of one seed, from a fresh temporary folder."""
+    with tempfile.TemporaryDirectory(prefix=f"seed-study-{seed}-") as tmp:
+        work = Path(tmp)
+        (work / "params.yaml").write_text(yaml.safe_dump(study_params(seed, args), sort_keys=False))
+        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        for stage in ("prepare", "train_classifier"):
+            subprocess.run([sys.executable, "-m", f"pipeline.{stage}", DATASET], cwd=work, env=env, check=True,
+                           stdout=subprocess.DEVNULL)
+        return json.loads((work / "metrics" / DATASET / "classifier.json").read_text())
+
+
+def summary(seeds: list[int], runs: list[dict], settings: list[str]) -> dict:
+    reliance = np.array([r["shortcut_reliance"] for r in runs])
+    return {
+        "seeds": seeds,
+        "settings": settings,
+        "shortcut_reliance": [round(float(v), 6) for v in reliance],
+        "shortcut_base_rate": [round(float(r["shortcut_base_rate"]), 6) for r in runs],
+        "clean_accuracy": [round(float(r["clean_accuracy"]), 6) for r in runs],
+        "test_accuracy": [round(float(r["test_accuracy"]), 6) for r in runs],
+        "shortcut_reliance_min": round(float(reliance.min()), 6),
+        "shortcut_reliance_mean": round(float(reliance.mean()), 6),
+        "shortcut_reliance_std": round(float(reliance.std(ddof=1)) if len(reliance) > 1 else 0.0, 6),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--data-root", default=str(REPO / "data" / "raw"), help="torchvision root holding MNIST/raw")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param (repeatable)")
+    parser.add_argument("--out", default=str(REPO / "metrics" / "seed_study.json"))
+    args = parser.parse_args()
+
+    runs = []
+    for seed in args.seeds:
+        print(f"seed {seed}: training the {DATASET} classifier ...", file=sys.stderr, flush=True)
+        runs.append(train_one(seed, args))
+        r = runs[-1]
+        print(f"seed {seed}: reliance {r['shortcut_reliance']:.3f} (base rate {r['shortcut_base_rate']:.3f}), "
+              f"clean accuracy {r['clean_accuracy']:.4f}", file=sys.stderr, flush=True)
+    result = summary(args.seeds, runs, args.set)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""The seed study's own arithmetic: overrides as `dvc exp run -S` writes them, and the summary across seeds."""
+import pytest
+
+from benchmarks.seed_study import summary, with_setting
+
+
+def test_settings_reach_list_items_by_index_and_parse_yaml_values():
+    params = {"classifier": {"epochs": 4}, "clever_hans": {"shortcuts": [{"fraction": 0.95, "color": [1, 0, 0]}]}}
+    with_setting(params, "classifier.epochs=2")
+    with_setting(params, "clever_hans.shortcuts.0.fraction=0.99")
+    with_setting(params, "clever_hans.shortcuts.0.color=[0, 1, 0]")
+    assert params == {"classifier": {"epochs": 2}, "clever_hans": {"shortcuts": [{"fraction": 0.99, "color": [0, 1, 0]}]}}
+
+
+def test_summary_reports_each_seed_and_the_spread():
+    runs = [{"shortcut_reliance": r, "shortcut_base_rate": 0.01, "clean_accuracy": 0.99, "test_accuracy": 0.995}
+            for r in (0.9, 0.6, 0.75)]
+    result = summary([0, 1, 2], runs, [])
+    assert result["shortcut_reliance"] == [0.9, 0.6, 0.75] and result["shortcut_reliance_min"] == 0.6
+    assert result["shortcut_reliance_mean"] == pytest.approx(0.75) and result["shortcut_reliance_std"] == pytest.approx(0.15)
