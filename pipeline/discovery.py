@@ -110,15 +110,19 @@ def enrichment_of(masks: torch.Tensor, targets: torch.Tensor, n_classes: int) ->
     return frequency - others, frequency, counts
 
 
+def permutations(n: int, n_permutations: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """[n_permutations, n] seeded permutations, drawn on the generator's device and moved to ``device`` once."""
+    if n_permutations == 0:
+        return torch.empty(0, n, dtype=torch.long, device=device)
+    return torch.stack([torch.randperm(n, generator=generator) for _ in range(n_permutations)]).to(device)
+
+
 def permutation_max_enrichment(masks: torch.Tensor, targets: torch.Tensor, n_classes: int, n_permutations: int,
                                generator: torch.Generator) -> torch.Tensor:
     """[n_permutations, K]: the largest pixel enrichment per class under randomly permuted class labels."""
-    out = torch.empty(n_permutations, n_classes)
-    for i in range(n_permutations):
-        order = torch.randperm(len(targets), generator=generator).to(targets.device)
-        enrichment, _, _ = enrichment_of(masks, targets[order], n_classes)
-        out[i] = enrichment.amax(1).cpu()
-    return out
+    orders = permutations(len(targets), n_permutations, generator, targets.device)
+    maxima = [enrichment_of(masks, targets[order], n_classes)[0].amax(1) for order in orders]
+    return torch.stack(maxima).cpu() if maxima else torch.empty(0, n_classes)
 
 
 def connected_regions(candidates: np.ndarray, min_area: int, max_regions: int) -> list[np.ndarray]:
@@ -138,18 +142,21 @@ def region_use(masks: torch.Tensor, region: torch.Tensor, coverage: float) -> to
     return covered >= coverage
 
 
+def share_used(used: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """Per row of ``members`` [P, N] bool: the share of its members that use the region (0 for none), float32."""
+    counts = members.sum(-1)
+    shares = (used & members).sum(-1).float() / counts.clamp_min(1).float()
+    return torch.where(counts > 0, shares, torch.zeros_like(shares))
+
+
 def region_p_value(used: torch.Tensor, into: torch.Tensor, n_permutations: int, generator: torch.Generator) -> tuple[float, float, float]:
     """(consistency, background, p-value) of ``used`` [N] bool among pairs ``into`` the class vs. the rest."""
-    def difference(labels: torch.Tensor) -> float:
-        inside, outside = used[labels], used[~labels]
-        return (inside.float().mean() if len(inside) else torch.tensor(0.0)).item() - \
-            (outside.float().mean() if len(outside) else torch.tensor(0.0)).item()
-
     consistency = used[into].float().mean().item() if into.any() else float("nan")
     background = used[~into].float().mean().item() if (~into).any() else 0.0
     observed = consistency - background
-    exceed = sum(difference(into[torch.randperm(len(into), generator=generator).to(into.device)]) >= observed
-                 for _ in range(n_permutations))
+    labels = into[permutations(len(into), n_permutations, generator, into.device)]      # [P, N]
+    differences = share_used(used, labels).double() - share_used(used, ~labels).double()
+    exceed = int((differences >= observed).sum().item())
     return consistency, background, (1 + exceed) / (1 + n_permutations)
 
 
