@@ -325,7 +325,8 @@ class ExplainParams:
     n_thresholds: int = 200
     closing_size: int = 3
     blur_sigma: float = 1.0
-    mask_channels: Literal["across", "per_channel"] = "across"
+    mask_channels: Literal["sum", "max", "per_channel"] = "sum"
+    attributed: Literal["real", "counterfactual", "logit_gap"] = "real"
     ig_steps: int = 32
     random_sigma: float = 2.0
     n_grid: int = 101
@@ -447,12 +448,17 @@ class DiscoverParams:
     coverage: float = 0.5                # a pair uses a region when its mask covers at least this share of it
     n_permutations: int = 200            # label permutations for the null distribution
     alpha: float = 0.01                  # significance level (family-wise over pixels, and per region)
+    min_trigger_rate: float = 0.5        # a recurring region flags its class when, pasted alone, it moves this share of other images
+    n_trigger_images: int = 1000         # test images of other classes the region is pasted into
 
     def check(self, where: str) -> None:
         allowed = ("auto",) + EXPLAIN_METHODS
         if self.method not in allowed:
             fail(f"{where}.method", self.method, ", ".join(allowed))
-        check_each(self, where, at_least_one, "a positive integer", "min_pairs", "min_area", "max_regions", "n_permutations")
+        check_each(self, where, at_least_one, "a positive integer", "min_pairs", "min_area", "max_regions", "n_permutations",
+                   "n_trigger_images")
+        if not 0.0 < self.min_trigger_rate <= 1.0:
+            fail(f"{where}.min_trigger_rate", self.min_trigger_rate, "a number in (0, 1]")
         if not 0.0 < self.min_enrichment <= 1.0:
             fail(f"{where}.min_enrichment", self.min_enrichment, "a number in (0, 1]")
         if not 0.0 < self.coverage <= 1.0:

@@ -3,10 +3,13 @@
 Reads the optimal masks that ``explain@<dataset>`` found for every (real, counterfactual) pair, takes
 those of the best discriminative method (chosen by median score, never by the known answer), and asks
 ``pipeline.discovery`` for regions that pairs into one class use far more often than pairs into the
-others. The known answer is used only afterwards, to score: for Clever Hans the planted shortcut's
-pixels (IoU of the flagged region of its class) and the classes flagged without a planted shortcut
-(false alarms); for colored MNIST, where the colour is spread over the digit, every flagged class is
-a false alarm.
+others. Each such region is then tested on its own: its content, taken from counterfactuals into the
+class, is pasted into test images of other classes, and the classifier's decisions are counted. A
+class is flagged when one of its regions moves at least ``discover.min_trigger_rate`` of them.
+The known answer is used only afterwards, to score: for Clever Hans the planted shortcut's pixels
+(IoU of the flagged region of its class) and the classes flagged without a planted shortcut (false
+alarms); for colored MNIST, where the colour is spread over the digit, every flagged class is a
+false alarm.
 """
 from __future__ import annotations
 
@@ -16,9 +19,11 @@ import numpy as np
 import torch
 
 from pipeline import paths
-from pipeline.data import load_meta, load_prepared
-from pipeline.discovery import Discovery, DiscoverySettings, describe, discover, region_iou
-from pipeline.runtime import stage
+from pipeline.data import load_meta, load_prepared, to_float
+from pipeline.discovery import Discovery, DiscoverySettings, Trigger, describe, discover, region_iou, trigger_rate
+from pipeline.inference import predict_probabilities
+from pipeline.models import load_classifier
+from pipeline.runtime import StageContext, stage
 from pipeline.storage import InputError, load_arrays, save_figure, write_json
 
 
@@ -63,6 +68,36 @@ def shortcut_truth(test: dict) -> dict[int, torch.Tensor]:
     return truth
 
 
+def counterfactual_donors(dataset: str, translation: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(counterfactuals [N,C,H,W] uint8, their classes [N]) of the translation explain used (``reference`` or
+    ``latent``), only those the classifier assigns to their target: the content a region is pasted from."""
+    arrays = load_arrays(paths.counterfactuals_path(dataset), made_by=f"counterfactuals@{dataset}")
+    suffix = "" if translation == "reference" else "_latent"
+    keep = np.flatnonzero(arrays["predicted" + suffix] == arrays["target"])
+    return (torch.from_numpy(arrays["counterfactual" + suffix][keep]).to(device),
+            torch.from_numpy(arrays["target"][keep]).long().to(device))
+
+
+def region_trigger(ctx: StageContext, test: dict) -> Trigger:
+    """``trigger(class, region)``: the trigger rate of a region on at most ``discover.n_trigger_images``
+    test images (seeded) of other classes that the classifier does not already assign to the class."""
+    cfg = ctx.params.discover
+    model = load_classifier(paths.classifier_path(ctx.dataset), ctx.device)
+    classify = lambda x: predict_probabilities(model, to_float(x)).argmax(1)  # noqa: E731
+    images, labels = test["images"].to(ctx.device), test["labels"].to(ctx.device)
+    predicted = classify(images)
+    donors, donor_class = counterfactual_donors(ctx.dataset, ctx.params.explain.counterfactual, ctx.device)
+    rng, generator = ctx.rng("trigger-images"), ctx.generator("trigger-donors")
+
+    def trigger(target: int, region: torch.Tensor) -> float:
+        others = torch.nonzero((labels != target) & (predicted != target)).flatten().cpu().numpy()
+        chosen = np.sort(rng.choice(others, size=min(cfg.n_trigger_images, len(others)), replace=False))
+        recipients = to_float(images[torch.from_numpy(chosen).to(ctx.device)])
+        return trigger_rate(classify, recipients, to_float(donors[donor_class == target]), region, target, generator)
+
+    return trigger
+
+
 def score_against_truth(found: Discovery, truth: dict[int, torch.Tensor]) -> dict:
     """false alarms (flagged classes without a planted shortcut) and, per shortcut class, the region IoU."""
     flagged = found.flagged_classes
@@ -70,7 +105,7 @@ def score_against_truth(found: Discovery, truth: dict[int, torch.Tensor]) -> dic
     if truth:
         ious = []
         for label, mask in truth.items():
-            significant = [r.mask.cpu() for r in found.classes[label].regions if r.significant] if label < len(found.classes) else []
+            significant = [r.mask.cpu() for r in found.classes[label].regions if r.shortcut] if label < len(found.classes) else []
             union = torch.stack(significant).any(0) if significant else torch.zeros_like(mask)
             ious.append(region_iou(union, mask))
         scores["shortcut_region_iou"] = float(np.mean(ious))
@@ -90,7 +125,8 @@ def details(found: Discovery, class_names: list[str], method: str, n_pairs: int)
             "max_enrichment": found.enrichment[c.target].max().item(),
             "regions": [{"top": r.top, "left": r.left, "height": r.height, "width": r.width, "area": r.area,
                          "consistency": r.consistency, "background": r.background, "p_value": r.p_value,
-                         "significant": r.significant} for r in c.regions],
+                         "significant": r.significant, "trigger_rate": r.trigger_rate, "shortcut": r.shortcut}
+                        for r in c.regions],
         } for c in found.classes},
     }
 
@@ -106,8 +142,8 @@ def discovery_figure(found: Discovery, class_names: list[str], truth: dict[int, 
         shown = ax.imshow(found.enrichment[c].cpu().numpy(), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
         for region in found.classes[c].regions:
             ax.add_patch(Rectangle((region.left - 0.5, region.top - 0.5), region.width, region.height, fill=False,
-                                   edgecolor="black" if region.significant else "gray", linewidth=1.5,
-                                   linestyle="-" if region.significant else ":"))
+                                   edgecolor="black" if region.shortcut else "gray", linewidth=1.5,
+                                   linestyle="-" if region.shortcut else "--" if region.significant else ":"))
         if c in truth:
             ax.contour(truth[c].float().numpy(), levels=[0.5], colors="lime", linewidths=0.8)
         state = "FLAGGED" if found.classes[c].flagged else ("not judged" if not found.classes[c].judged else "")
@@ -115,7 +151,7 @@ def discovery_figure(found: Discovery, class_names: list[str], truth: dict[int, 
         ax.axis("off")
     fig.colorbar(shown, ax=axes[0].tolist(), fraction=0.02)
     fig.suptitle(f"{dataset}: where the {method} optimal masks of pairs into each class recur more than in other classes "
-                 f"(boxes: regions, solid = significant; green: planted shortcut)", fontsize=7)
+                 f"(boxes: regions; solid black: recurs and works alone = shortcut, dashed: recurs only; green: planted shortcut)", fontsize=7)
     return fig
 
 
@@ -128,11 +164,12 @@ def main(argv: list[str] | None = None) -> None:
         masks = binary_masks(arrays, method)
         targets = torch.from_numpy(arrays["target"]).long()
         settings = DiscoverySettings(cfg.min_pairs, cfg.min_enrichment, cfg.min_area, cfg.max_regions, cfg.coverage,
-                                     cfg.n_permutations, cfg.alpha)
+                                     cfg.n_permutations, cfg.alpha, cfg.min_trigger_rate)
         test = load_prepared(ctx.dataset, "test")
         if len(masks) == 0:
             masks = torch.zeros(0, *test["images"].shape[-2:], dtype=torch.bool)
-        found = discover(masks.to(ctx.device), targets.to(ctx.device), len(class_names), settings, ctx.generator("permutations"))
+        found = discover(masks.to(ctx.device), targets.to(ctx.device), len(class_names), settings, ctx.generator("permutations"),
+                         trigger=region_trigger(ctx, test))
         truth = shortcut_truth(test)
         metrics = {"n_flagged_classes": len(found.flagged_classes), **score_against_truth(found, truth)}
         write_json(paths.metrics_path(ctx.dataset, "discover"), metrics)

@@ -16,14 +16,21 @@ class is compared with the pairs into all other classes, never with an absolute 
    first, at least ``min_area`` pixels). Per region: ``consistency`` = share of pairs into c whose mask
    covers at least ``coverage`` of the region, ``background`` = the same share among pairs into other
    classes, and a permutation p-value of their difference.
-4. A class is flagged when one of its regions is significant (p <= ``alpha``) and its consistency
-   exceeds its background by at least ``min_enrichment``.
+4. A region is *recurring* when it is significant (p <= ``alpha``) and its consistency exceeds its
+   background by at least ``min_enrichment``. Recurring regions are also the parts of a class's own
+   shape (the stem of a 1), so a fifth step asks what a shortcut is: evidence that works on its own.
+5. Trigger test (when a ``trigger`` function is given): the region's content, taken from images of
+   the class (for example counterfactuals into it), is pasted into images of other classes; the
+   ``trigger_rate`` is the share the classifier then assigns to the class. A class is flagged when a
+   recurring region reaches ``min_trigger_rate``: a small region that moves decisions whatever the
+   rest of the image shows. Without a trigger function every recurring region flags its class.
 
 Everything here takes tensors and returns plain results, so it runs on anyone's masks.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -38,6 +45,7 @@ class DiscoverySettings:
     coverage: float = 0.5          # a pair "uses" a region when its mask covers at least this share of it
     n_permutations: int = 200
     alpha: float = 0.01            # family-wise error over pixels, and the region's significance level
+    min_trigger_rate: float = 0.5  # share of other classes' images the pasted region must move into the class
 
     def __post_init__(self) -> None:
         if self.n_permutations + 1 < 1 / self.alpha:
@@ -59,7 +67,9 @@ class Region:
     consistency: float             # share of pairs into target that use the region
     background: float              # share of pairs into other classes that use it
     p_value: float
-    significant: bool
+    significant: bool              # recurring: p <= alpha and consistency - background >= min_enrichment
+    trigger_rate: float = float("nan")  # share of other classes' images moved into target by the pasted region
+    shortcut: bool = False         # recurring, and its trigger rate reaches min_trigger_rate (or no trigger test)
 
     @property
     def height(self) -> int:
@@ -80,7 +90,7 @@ class ClassDiscovery:
 
     @property
     def flagged(self) -> bool:
-        return any(r.significant for r in self.regions)
+        return any(r.shortcut for r in self.regions)
 
 
 @dataclass
@@ -160,9 +170,15 @@ def region_p_value(used: torch.Tensor, into: torch.Tensor, n_permutations: int, 
     return consistency, background, (1 + exceed) / (1 + n_permutations)
 
 
+Trigger = Callable[[int, torch.Tensor], float]
+
+
 def discover(masks: torch.Tensor, targets: torch.Tensor, n_classes: int, settings: DiscoverySettings = DiscoverySettings(),
-             generator: torch.Generator | None = None) -> Discovery:
-    """Recurring regions per class in binary ``masks`` [N, H, W] of pairs translated into ``targets`` [N]."""
+             generator: torch.Generator | None = None, trigger: Trigger | None = None) -> Discovery:
+    """Recurring regions per class in binary ``masks`` [N, H, W] of pairs translated into ``targets`` [N].
+
+    ``trigger(class, region [H, W] bool)`` gives a recurring region's trigger rate (see
+    :func:`trigger_rate`); without it every recurring region counts as a shortcut."""
     if masks.ndim != 3 or len(masks) != len(targets):
         raise ValueError(f"masks must be [N, H, W] with one target per mask; got {tuple(masks.shape)} and {len(targets)} targets")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -185,11 +201,36 @@ def discover(masks: torch.Tensor, targets: torch.Tensor, n_classes: int, setting
                 consistency, background, p_value = region_p_value(
                     region_use(flat, region.flatten(), settings.coverage), into, settings.n_permutations, generator)
                 rows, cols = np.nonzero(component)
+                recurring = p_value <= settings.alpha and consistency - background >= settings.min_enrichment
+                rate = trigger(c, region) if recurring and trigger is not None else float("nan")
                 regions.append(Region(c, region, int(component.sum()), int(rows.min()), int(cols.min()), int(rows.max()),
-                                      int(cols.max()), consistency, background, p_value,
-                                      significant=p_value <= settings.alpha and consistency - background >= settings.min_enrichment))
+                                      int(cols.max()), consistency, background, p_value, significant=recurring,
+                                      trigger_rate=rate,
+                                      shortcut=recurring and (trigger is None or rate >= settings.min_trigger_rate)))
         classes.append(ClassDiscovery(c, n_c, judged, threshold, regions))
     return Discovery(frequency.reshape(n_classes, height, width), enrichment.reshape(n_classes, height, width), classes)
+
+
+def pasted(recipients: torch.Tensor, donors: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """``recipients`` [N,C,H,W] with the ``region`` [H, W] (bool) replaced by the same pixels of ``donors`` [N,C,H,W]."""
+    keep = region.to(recipients.device, recipients.dtype)
+    return torch.lerp(recipients, donors.to(recipients.dtype), keep)
+
+
+def trigger_rate(classify: Callable[[torch.Tensor], torch.Tensor], recipients: torch.Tensor, donors: torch.Tensor,
+                 region: torch.Tensor, target: int, generator: torch.Generator, batch_size: int = 1024) -> float:
+    """Share of ``recipients`` (images of other classes, [N,C,H,W]) that ``classify`` (images -> predicted
+    classes) assigns to ``target`` once ``region`` holds the content of a donor image drawn at random
+    (seeded) from ``donors`` (images of the target class, [M,C,H,W]) for each recipient."""
+    if len(recipients) == 0 or len(donors) == 0:
+        return float("nan")
+    chosen = torch.randint(len(donors), (len(recipients),), generator=generator).to(donors.device)
+    hits = 0
+    for start in range(0, len(recipients), batch_size):
+        part = slice(start, start + batch_size)
+        predicted = classify(pasted(recipients[part], donors[chosen[part]], region))
+        hits += int((predicted == target).sum().item())
+    return hits / len(recipients)
 
 
 def region_iou(region: torch.Tensor, truth: torch.Tensor) -> float:
@@ -210,7 +251,13 @@ def where_in_image(region: Region, height: int, width: int) -> str:
 
 
 def describe(region: Region, class_name: str, height: int, width: int) -> str:
-    """One plain sentence: what the decisions for a class hinge on, where, and how often."""
-    return (f"Decisions for class {class_name} hinge on a region of about {region.height}×{region.width} pixels "
+    """Plain sentences: what the decisions for a class hinge on, where, how often, and whether it works alone."""
+    text = (f"Decisions for class {class_name} hinge on a region of about {region.height}×{region.width} pixels "
             f"at the {where_in_image(region, height, width)} in {100 * region.consistency:.0f} % of pairs "
             f"(pairs into other classes: {100 * region.background:.0f} %; permutation p = {region.p_value:.3g}).")
+    if region.trigger_rate == region.trigger_rate:  # tested
+        verdict = ("a shortcut: it works on its own" if region.shortcut
+                   else "part of the class's own evidence, not a shortcut on its own")
+        text += (f" Pasted alone into images of other classes it moves {100 * region.trigger_rate:.0f} % of them into "
+                 f"{class_name}: {verdict}.")
+    return text

@@ -58,45 +58,77 @@ def closing(x: torch.Tensor, size: int) -> torch.Tensor:
     return eroded[..., pad : pad + h, pad : pad + w]
 
 
-def normalise_maps(maps: torch.Tensor, across_channels: bool) -> torch.Tensor:
-    """|map| scaled to [0, 1] per pair; summed over channels first when ``across_channels``."""
+CHANNEL_AGGREGATIONS = ("sum", "max", "per_channel")
+
+
+def normalise_maps(maps: torch.Tensor, across_channels: bool | str) -> torch.Tensor:
+    """|map| scaled to [0, 1] per pair. ``across_channels``: ``"sum"`` (or True) sums |map| over the
+    channels into one spatial map, ``"max"`` takes the largest channel, ``"per_channel"`` (or False)
+    keeps one map per channel, so that a mask may take some channels of a pixel and not others."""
+    how = {True: "sum", False: "per_channel"}.get(across_channels, across_channels)
+    if how not in CHANNEL_AGGREGATIONS:
+        raise ValueError(f"unknown channel aggregation {how!r}; known: {', '.join(CHANNEL_AGGREGATIONS)}")
     maps = maps.detach().float().abs()
-    if across_channels:
+    if how == "sum":
         maps = maps.sum(dim=1, keepdim=True)
+    elif how == "max":
+        maps = maps.amax(dim=1, keepdim=True)
     peak = maps.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
     return maps / peak
 
 
-def attribution_maps(method: str, model: nn.Module, real: torch.Tensor, counterfactual: torch.Tensor,
-                     source: torch.Tensor, ig_steps: int = 32, random_sigma: float = 2.0,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """Raw (signed, per-channel) attribution maps of one batch of pairs, float32 NCHW.
+ATTRIBUTED = ("real", "counterfactual", "logit_gap")
 
-    Discriminative methods use the counterfactual as the reference; the target is the real class.
-    """
+
+def class_attribution(method: str, model: nn.Module, real: torch.Tensor, counterfactual: torch.Tensor,
+                      target: torch.Tensor, ig_steps: int) -> torch.Tensor:
+    """A gradient-based method's map of the logit of class ``target`` [N] (one class per pair)."""
     from captum.attr import DeepLift, IntegratedGradients, Saliency
 
-    real, counterfactual = real.float(), counterfactual.float()
-    target = source.long()
-    if method == "d_ig":
-        return IntegratedGradients(model).attribute(real, baselines=counterfactual, target=target, n_steps=ig_steps)
-    if method == "ig":
-        return IntegratedGradients(model).attribute(real, baselines=torch.zeros_like(real), target=target, n_steps=ig_steps)
-    if method == "d_deeplift":
-        return DeepLift(model).attribute(real, baselines=counterfactual, target=target)
-    if method == "deeplift":
-        return DeepLift(model).attribute(real, baselines=torch.zeros_like(real), target=target)
+    if method in ("d_ig", "ig"):
+        baseline = counterfactual if method == "d_ig" else torch.zeros_like(real)
+        return IntegratedGradients(model).attribute(real, baselines=baseline, target=target, n_steps=ig_steps)
+    if method in ("d_deeplift", "deeplift"):
+        baseline = counterfactual if method == "d_deeplift" else torch.zeros_like(real)
+        return DeepLift(model).attribute(real, baselines=baseline, target=target)
     if method == "d_inputxgrad":
         # gradient at the real image times the change to the counterfactual, signed like IG and
         # DeepLift (f(real) - f(counterfactual) to first order); the normalised map takes |.|
         gradient = Saliency(model).attribute(real, target=target, abs=False)
         return gradient * (real - counterfactual)
+    raise ValueError(f"{method!r} attributes no class")
+
+
+def attribution_maps(method: str, model: nn.Module, real: torch.Tensor, counterfactual: torch.Tensor,
+                     source: torch.Tensor, ig_steps: int = 32, random_sigma: float = 2.0,
+                     generator: torch.Generator | None = None, target: torch.Tensor | None = None,
+                     attributed: str = "real") -> torch.Tensor:
+    """Raw (signed, per-channel) attribution maps of one batch of pairs, float32 NCHW.
+
+    Discriminative methods use the counterfactual as the reference. ``attributed`` says which output
+    the gradient methods explain: the logit of the real class ``source`` (``real``, as QuAC does), of
+    the counterfactual's class ``target`` (``counterfactual``), or their difference, target minus
+    source (``logit_gap``; every method here is linear in the explained output, so this is the
+    difference of the two maps).
+    """
     if method == "residual":
-        return (real - counterfactual).abs()
+        return (real.float() - counterfactual.float()).abs()
     if method == "random":
         noise = torch.rand(real.shape[0], 1, *real.shape[2:], generator=generator, device=generator.device if generator else real.device)
         return gaussian_blur(noise.to(real.device), random_sigma).expand_as(real).contiguous()
-    raise ValueError(f"unknown attribution method {method!r}; known: {', '.join(METHODS)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; known: {', '.join(METHODS)}")
+    if attributed not in ATTRIBUTED:
+        raise ValueError(f"unknown attributed output {attributed!r}; known: {', '.join(ATTRIBUTED)}")
+    if attributed != "real" and target is None:
+        raise ValueError(f"attributed={attributed!r} needs the counterfactuals' classes (target)")
+    real, counterfactual = real.float(), counterfactual.float()
+    explain = lambda cls: class_attribution(method, model, real, counterfactual, cls.long(), ig_steps)  # noqa: E731
+    if attributed == "real":
+        return explain(source)
+    if attributed == "counterfactual":
+        return explain(target)
+    return explain(target) - explain(source)
 
 
 # --------------------------------------------------------------------------------------------

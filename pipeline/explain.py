@@ -69,12 +69,11 @@ def load_pairs(dataset: str, cfg: ExplainParams, device: torch.device, rng: np.r
 
 def method_maps(method: str, model, pairs: Pairs, cfg: ExplainParams, generator: torch.Generator) -> torch.Tensor:
     """Normalised maps of every pair for one method, batched."""
-    across = cfg.mask_channels == "across"
-
     def one_batch(part: slice) -> torch.Tensor:
         raw = attribution_maps(method, model, pairs.real[part], pairs.counterfactual[part], pairs.source[part],
-                               ig_steps=cfg.ig_steps, random_sigma=cfg.random_sigma, generator=generator)
-        return normalise_maps(raw, across)
+                               ig_steps=cfg.ig_steps, random_sigma=cfg.random_sigma, generator=generator,
+                               target=pairs.target[part], attributed=cfg.attributed)
+        return normalise_maps(raw, cfg.mask_channels)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # captum notes that it sets requires_grad on inputs

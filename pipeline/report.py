@@ -128,8 +128,9 @@ def verdict(run: DatasetRun, meta: dict) -> list[str]:
             iou = discover.get("shortcut_region_iou")
             found = [c for c in flagged if c in shortcut_classes(run)]
             if found:
-                lines.append(f"Found without being told: the discovery stage flags class {', '.join(found)} for a recurring region "
-                             f"whose overlap with the planted shortcut is IoU {iou:.2f}"
+                lines.append(f"Found without being told: the discovery stage flags class {', '.join(found)} for a region that recurs "
+                             f"in its explanations and, pasted alone into images of other classes, moves them into it; its "
+                             f"overlap with the planted shortcut is IoU {iou:.2f}"
                              + (f", with {discover['false_alarms']} false alarm(s)." if discover.get("false_alarms") else ", with no false alarm."))
             else:
                 lines.append("Not found without being told: the discovery stage flags no region in the shortcut's class"
@@ -142,8 +143,8 @@ def verdict(run: DatasetRun, meta: dict) -> list[str]:
                      f"of test images")
         lines.append(text + ".")
         if flagged is not None:
-            lines.append("As expected where the evidence (colour) is spread over the whole digit, the discovery stage flags no "
-                         "single region for any class." if not flagged else
+            lines.append("As expected where the evidence (colour) is spread over the whole digit, the discovery stage finds no "
+                         "region that works on its own (a shortcut) for any class." if not flagged else
                          f"The discovery stage flags a recurring region for {', '.join(flagged)}: with colour spread over the digit "
                          f"these are false alarms ({discover.get('false_alarms')}).")
     if run.detail("discover").get("classes") and not judged:

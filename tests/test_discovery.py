@@ -114,3 +114,50 @@ def test_flagged_regions_are_scored_against_the_planted_shortcut():
     scores = score_against_truth(found, {3: planted})
     assert scores["false_alarms"] == 1 and scores["shortcut_region_iou"] >= 0.8
     assert score_against_truth(found, {})["false_alarms"] == 2      # no planted answer: every flag is a false alarm
+
+
+def red_square_classifier(x: torch.Tensor) -> torch.Tensor:
+    """Class 3 when the top-left 8x8 is red (a shortcut that works on its own), else class 0."""
+    red = (x[:, 0, 1:9, 1:9].mean(dim=(1, 2)) > 0.9) & (x[:, 1, 1:9, 1:9].mean(dim=(1, 2)) < 0.1)
+    return torch.where(red, 3, 0)
+
+
+def test_a_recurring_region_is_a_shortcut_only_when_it_moves_decisions_on_its_own():
+    """Class 3's masks recur on a red square that alone decides; class 1's on a stroke that recurs
+    (part of its shape) but moves nothing when pasted elsewhere. Only class 3 is flagged."""
+    from pipeline.discovery import trigger_rate
+
+    masks, targets, generator = case(n_classes=4)
+    planted, stroke = square(1, 1, 8), square(18, 12, 6)
+    masks[(targets == 3) & (torch.rand(len(targets), generator=generator) < 0.9)] |= planted
+    masks[(targets == 1) & (torch.rand(len(targets), generator=generator) < 0.9)] |= stroke
+    donors = {3: torch.zeros(20, 3, H, W), 1: torch.zeros(20, 3, H, W)}
+    donors[3][:, 0, 1:9, 1:9] = 1.0
+    donors[1][:, :, 18:24, 12:18] = 1.0
+    recipients = torch.rand(50, 3, H, W, generator=generator) * 0.5
+    trigger = lambda c, region: trigger_rate(red_square_classifier, recipients, donors[c], region, c,  # noqa: E731
+                                             torch.Generator().manual_seed(0), batch_size=16)
+    found = discover(masks, targets, 4, DiscoverySettings(), torch.Generator().manual_seed(1), trigger=trigger)
+    assert found.flagged_classes == [3]
+    shortcut = next(r for r in found.classes[3].regions if r.significant)
+    shape = next(r for r in found.classes[1].regions if r.significant)
+    assert shortcut.shortcut and shortcut.trigger_rate == 1.0 and region_iou(shortcut.mask, planted) >= 0.8
+    assert not shape.shortcut and shape.trigger_rate == 0.0
+    assert describe(shortcut, "3", H, W).endswith("moves 100 % of them into 3: a shortcut: it works on its own.")
+    assert "not a shortcut on its own" in describe(shape, "1", H, W)
+    assert discover(masks, targets, 4, DiscoverySettings(), torch.Generator().manual_seed(1)).flagged_classes == [1, 3]
+
+
+def test_the_trigger_rate_counts_recipients_moved_by_the_pasted_region():
+    from pipeline.discovery import pasted, trigger_rate
+
+    region = square(1, 1, 8)
+    donors = torch.zeros(4, 3, H, W)
+    donors[:2, 0, 1:9, 1:9] = 1.0   # half the donors carry the red square, half do not
+    recipients = torch.full((400, 3, H, W), 0.3)
+    hybrid = pasted(recipients[:1], donors[:1], region)
+    assert torch.equal(hybrid[0, :, ~region], recipients[0, :, ~region]) and hybrid[0, 0, 1:9, 1:9].eq(1).all()
+    rate = trigger_rate(red_square_classifier, recipients, donors, region, 3, torch.Generator().manual_seed(0), batch_size=64)
+    assert abs(rate - 0.5) < 0.1
+    assert trigger_rate(red_square_classifier, recipients[:0], donors, region, 3, torch.Generator()) != \
+        trigger_rate(red_square_classifier, recipients[:0], donors, region, 3, torch.Generator())  # NaN: nothing to move

@@ -157,6 +157,37 @@ def test_discriminative_attributions_on_a_linear_model():
     assert torch.equal(residual, (real - counterfactual).abs())
 
 
+class TwoRegions(nn.Module):
+    """Class 0 reads the top half of the red channel, class 1 the bottom half (linear logits)."""
+
+    def forward(self, x):
+        return torch.stack([x[:, 0, :14].flatten(1).sum(1), x[:, 0, 14:].flatten(1).sum(1)], dim=1)
+
+
+@pytest.mark.parametrize("method", ["d_ig", "d_deeplift", "d_inputxgrad"])
+def test_the_attributed_output_decides_which_change_the_map_shows(method):
+    """Real class 0, counterfactual class 1; the counterfactual dims the top (class 0's evidence) and
+    brightens the bottom (class 1's). Explaining the real class shows only the top, the
+    counterfactual's class only the bottom, the logit gap both, with completeness in each case."""
+    model = TwoRegions().eval()
+    real = torch.full((2, 3, 28, 28), 0.5)
+    counterfactual = real.clone()
+    counterfactual[:, 0, :14] = 0.1
+    counterfactual[:, 0, 14:] = 0.9
+    source, target = torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.long)
+    maps = {a: attribution_maps(method, model, real, counterfactual, source, ig_steps=8, target=target, attributed=a)
+            for a in ("real", "counterfactual", "logit_gap")}
+    top, bottom = (slice(None), 0, slice(0, 14)), (slice(None), 0, slice(14, 28))
+    assert maps["real"][bottom].abs().max() < 1e-6 and maps["real"][top].gt(0).all()
+    assert maps["counterfactual"][top].abs().max() < 1e-6 and maps["counterfactual"][bottom].lt(0).all()
+    gap_change = (model(real) - model(counterfactual))[:, 1] - (model(real) - model(counterfactual))[:, 0]
+    assert torch.allclose(maps["logit_gap"].flatten(1).sum(1), gap_change, rtol=1e-4)
+    with pytest.raises(ValueError, match="needs the counterfactuals' classes"):
+        attribution_maps(method, model, real, counterfactual, source, attributed="counterfactual")
+    with pytest.raises(ValueError, match="unknown attributed output"):
+        attribution_maps(method, model, real, counterfactual, source, target=target, attributed="both")
+
+
 def test_the_random_map_is_seeded_noise_with_the_correlation_of_its_blur():
     """White noise blurred with a Gaussian of width s correlates exp(-d^2 / (4 s^2)) at distance d:
     0.94 for neighbours at s = 2, where unblurred noise gives 0."""
@@ -185,6 +216,12 @@ def test_normalised_maps_are_absolute_values_over_the_peak():
     assert per_channel.shape == (2, 3, 28, 28)
     assert per_channel[0, :, 0, 0].tolist() == pytest.approx([1.0, 0.5, 0.0]) and per_channel[0, 2, 3, 3] == 0.25
     assert normalise_maps(torch.zeros(1, 3, 28, 28), across_channels=False).eq(0).all()
+    largest = normalise_maps(raw, "max")  # the largest |channel| at (0, 0) is 2
+    assert largest.shape == (2, 1, 28, 28)
+    assert largest[0, 0, 0, 0] == 1.0 and largest[0, 0, 3, 3] == pytest.approx(0.25) and largest[1, 0, 4, 4] == 1.0
+    assert torch.equal(normalise_maps(raw, "sum"), across) and torch.equal(normalise_maps(raw, "per_channel"), per_channel)
+    with pytest.raises(ValueError, match="unknown channel aggregation"):
+        normalise_maps(raw, "mean")
 
 
 def test_mask_overlap_with_a_known_square():
