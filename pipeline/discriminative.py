@@ -18,8 +18,9 @@ when its map value is strictly above the threshold:
   the closed mask before the blur; the curve is anchored at (0, 0) and at (1, the score change of
   the lowest threshold) and linear in between.
 
-Everything here is batched on the device: all thresholds of a chunk of pairs are built as one
-tensor and classified in large forward passes. :func:`sweep_loop` is the plain per-pair,
+Everything here is batched on the device. Thresholds that give a pair the same thresholded mask
+share one hybrid (:func:`distinct_masks`), so each distinct mask is built and classified once, and
+the results are copied back to every threshold. :func:`sweep_loop` is the plain per-pair,
 per-threshold version, kept as the reference the vectorised one is tested (and benchmarked) against.
 """
 from __future__ import annotations
@@ -206,35 +207,76 @@ def _probabilities(model: nn.Module, x: torch.Tensor, mixed_precision: bool) -> 
         return model(x).float().softmax(dim=1)
 
 
+CPU_IMAGES_PER_THREAD = 256  # per forward pass: larger CPU batches run slower (their activations leave the cache)
+
+
+def pass_size(device: torch.device, batch_size: int) -> int:
+    """Images per forward pass: ``batch_size`` on an accelerator; on the CPU at most
+    :data:`CPU_IMAGES_PER_THREAD` per torch thread."""
+    return min(batch_size, CPU_IMAGES_PER_THREAD * torch.get_num_threads()) if device.type == "cpu" else batch_size
+
+
+def distinct_masks(maps: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """[B,T] bool: whether threshold k gives pair b a different mask from threshold k - 1 (always at k = 0).
+
+    ``thresholds`` [T] descend, so the masks ``maps > t`` only grow: threshold k adds the map values
+    in (t_k, t_{k-1}] and gives the same mask when there are none, i.e. when as many values lie above
+    both thresholds. Those counts come from each pair's sorted map values.
+    """
+    values = maps.flatten(1).sort(dim=1).values
+    thresholds = thresholds.to(values.device, values.dtype).expand(len(values), -1).contiguous()
+    above = values.shape[1] - torch.searchsorted(values, thresholds, right=True)
+    first = torch.ones_like(above[:, :1], dtype=torch.bool)
+    return torch.cat([first, above[:, 1:] != above[:, :-1]], dim=1)
+
+
+def pair_chunks(images: list[int], capacity: int) -> list[slice]:
+    """Consecutive runs of pairs whose ``images`` (to classify, per pair) add up to at most
+    ``capacity``; a pair that needs more than that runs alone."""
+    chunks, start, used = [], 0, 0
+    for i, count in enumerate(images):
+        if i > start and used + count > capacity:
+            chunks.append(slice(start, i))
+            start, used = i, 0
+        used += count
+    chunks.append(slice(start, len(images)))
+    return chunks
+
+
 @torch.no_grad()
 def sweep(model: nn.Module, real: torch.Tensor, counterfactual: torch.Tensor, maps: torch.Tensor,
           target: torch.Tensor, settings: MaskSettings, batch_size: int = 16384,
           mixed_precision: bool = False, progress: str | None = None) -> SweepResult:
     """The vectorised sweep over all pairs: ``real``/``counterfactual`` float [N,3,H,W] in [0, 1],
-    ``maps`` normalised [N,C,H,W], ``target`` [N]. ``batch_size`` counts classified images per pass."""
-    n = len(real)
-    t = settings.n_thresholds
+    ``maps`` normalised [N,C,H,W], ``target`` [N]. ``batch_size`` caps the images per forward pass
+    (see :func:`pass_size`).
+
+    Each chunk of pairs is one forward pass: the real images, then one hybrid per distinct mask of
+    each pair (:func:`distinct_masks`); every threshold takes the result of the mask it gives."""
+    n, t = len(real), settings.n_thresholds
     thresholds = settings.thresholds(real.device)
-    pairs_per_chunk = max(1, batch_size // (t + 1))
-    sizes, changes, predicted, base = [], [], [], []
-    chunks = range(0, n, pairs_per_chunk)
-    for start in tqdm(chunks, desc=progress or "sweep", leave=False, file=sys.stderr, mininterval=2, disable=progress is None):
-        part = slice(start, min(start + pairs_per_chunk, n))
-        x, cf, m, tgt = real[part].float(), counterfactual[part].float(), maps[part].float(), target[part]
-        b = len(x)
-        masks, size = build_masks(m, thresholds, settings)                  # [b, T, C, H, W], [b, T]
-        batch = torch.cat([x, hybrids(x, cf, masks).flatten(0, 1)])          # real images first
-        probs = _probabilities(model, batch, mixed_precision)
-        p_real = probs[:b].gather(1, tgt[:, None]).squeeze(1)
-        hybrid_probs = probs[b:].view(b, t, -1)
-        p_hybrid = hybrid_probs.gather(2, tgt.view(b, 1, 1).expand(b, t, 1)).squeeze(2)
-        sizes.append(size)
-        changes.append(p_hybrid - p_real[:, None])
-        predicted.append(hybrid_probs.argmax(dim=2))
-        base.append(p_real)
-    if not sizes:
+    if n == 0:
         empty = torch.empty(0, t, device=real.device)
         return SweepResult(empty, empty.clone(), empty.long(), torch.empty(0, device=real.device))
+    capacity = pass_size(real.device, batch_size)
+    new = batched(lambda part: distinct_masks(maps[part].float(), thresholds), n, capacity)
+    chunks = pair_chunks((new.sum(dim=1) + 1).tolist(), capacity)
+    sizes, changes, predicted, base = [], [], [], []
+    for part in tqdm(chunks, desc=progress or "sweep", leave=False, file=sys.stderr, mininterval=2, disable=progress is None):
+        x, cf, m, tgt, keep = real[part].float(), counterfactual[part].float(), maps[part].float(), target[part], new[part]
+        b = len(x)
+        pair, k = keep.nonzero(as_tuple=True)                               # one row per distinct mask
+        masks, size = build_masks(m[pair], thresholds[k, None], settings)   # [d, 1, C, H, W], [d, 1]
+        batch = torch.cat([x, hybrids(x[pair], cf[pair], masks).flatten(0, 1)])  # real images first
+        probs = _probabilities(model, batch, mixed_precision)
+        p_real = probs[:b].gather(1, tgt[:, None]).squeeze(1)
+        hybrid_probs = probs[b:]
+        p_hybrid = hybrid_probs.gather(1, tgt[pair, None]).squeeze(1)
+        row = keep.flatten().cumsum(0).view(b, t) - 1                       # each threshold's distinct mask
+        sizes.append(size[:, 0][row])
+        changes.append(p_hybrid[row] - p_real[:, None])
+        predicted.append(hybrid_probs.argmax(dim=1)[row])
+        base.append(p_real)
     return SweepResult(torch.cat(sizes), torch.cat(changes), torch.cat(predicted), torch.cat(base))
 
 

@@ -358,3 +358,47 @@ def test_curves_stay_flat_below_the_smallest_mask_in_ours_and_start_at_zero_in_q
 def test_an_unknown_convention_is_refused():
     with pytest.raises(ValueError, match="quac"):
         MaskSettings(convention="QuAC")
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep classifies each distinct mask once
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("convention", ["pipeline", "quac"])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("levels", [10, None])
+def test_the_sweep_of_distinct_masks_equals_the_per_threshold_loop(convention, channels, levels):
+    """Maps quantised to 10 levels give most thresholds the mask of the one before (QuAC's negative
+    thresholds all give the full mask); continuous maps give nearly every threshold its own. Either
+    way every threshold gets the result of classifying its own hybrid."""
+    from pipeline.discriminative import distinct_masks
+
+    torch.manual_seed(0)
+    model = frozen(CNNClassifier(n_classes=4, width=8), "cpu")
+    gen = torch.Generator().manual_seed(7)
+    real, counterfactual = torch.rand(5, 3, 28, 28, generator=gen), torch.rand(5, 3, 28, 28, generator=gen)
+    maps = normalise_maps(gaussian_blur(torch.rand(5, channels, 28, 28, generator=gen), 1.0), "per_channel")
+    if levels:
+        maps = (maps * levels).floor() / levels
+    maps[4] = 0.0  # a map that attributes nothing: one mask below every non-negative threshold
+    target = torch.tensor([0, 3, 1, 2, 0])
+    settings = MaskSettings(n_thresholds=40, closing_size=3, blur_sigma=1.0, convention=convention)
+    new = distinct_masks(maps, settings.thresholds())
+    binary = maps.flatten(1)[:, None] > settings.thresholds()[None, :, None]
+    assert torch.equal(new[:, 1:], (binary[:, 1:] != binary[:, :-1]).any(dim=2)) and new[:, 0].all()
+    if levels:
+        assert new[:4].sum(dim=1).max() <= levels + 1
+    fast = sweep(model, real, counterfactual, maps, target, settings, batch_size=30)  # several passes
+    slow = sweep_loop(model, real, counterfactual, maps, target, settings)
+    assert fast.mask_size.shape == slow.mask_size.shape == (5, 40)
+    assert (fast.mask_size - slow.mask_size).abs().max().item() < 1e-5
+    assert (fast.score_change - slow.score_change).abs().max().item() < 1e-5
+    assert (fast.real_probability - slow.real_probability).abs().max().item() < 1e-5
+    assert torch.equal(fast.predicted, slow.predicted)
+
+
+def test_pairs_are_chunked_to_fill_each_forward_pass():
+    from pipeline.discriminative import pair_chunks
+
+    chunks = pair_chunks([3, 3, 3, 10, 1, 2], capacity=6)
+    assert [(c.start, c.stop) for c in chunks] == [(0, 2), (2, 3), (3, 4), (4, 6)]  # 10 > 6 runs alone
+    assert [(c.start, c.stop) for c in pair_chunks([2] * 5, capacity=100)] == [(0, 5)]
