@@ -9,6 +9,7 @@ holds for one seed only is luck; this says how far the planted shortcut's pull v
     python -m benchmarks.seed_study                           # seeds 0 1 2, full data, the GPU when present
     python -m benchmarks.seed_study --seeds 0 1 2 3 --device cpu
     python -m benchmarks.seed_study --set classifier.epochs=2 --set clever_hans.shortcuts.0.fraction=0.99
+    python -m benchmarks.seed_study --jobs 3                  # the seeds side by side (one CPU thread each on the CPU)
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,8 @@ def train_one(seed: int, args: argparse.Namespace) -> dict:
         work = Path(tmp)
         (work / "params.yaml").write_text(yaml.safe_dump(study_params(seed, args), sort_keys=False))
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        if args.jobs > 1 and args.device == "cpu":
+            env.setdefault("OMP_NUM_THREADS", "1")  # side-by-side runs share the cores instead of fighting over them
         for stage in ("prepare", "train_classifier"):
             subprocess.run([sys.executable, "-m", f"pipeline.{stage}", DATASET], cwd=work, env=env, check=True,
                            stdout=subprocess.DEVNULL)
@@ -86,15 +90,18 @@ def main() -> None:
     parser.add_argument("--data-root", default=str(REPO / "data" / "raw"), help="torchvision root holding MNIST/raw")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param (repeatable)")
     parser.add_argument("--out", default=str(REPO / "metrics" / "seed_study.json"))
+    parser.add_argument("--jobs", type=int, default=1, help="seeds trained side by side")
     args = parser.parse_args()
 
-    runs = []
-    for seed in args.seeds:
+    def run(seed: int) -> dict:
         print(f"seed {seed}: training the {DATASET} classifier ...", file=sys.stderr, flush=True)
-        runs.append(train_one(seed, args))
-        r = runs[-1]
+        r = train_one(seed, args)
         print(f"seed {seed}: reliance {r['shortcut_reliance']:.3f} (base rate {r['shortcut_base_rate']:.3f}), "
               f"clean accuracy {r['clean_accuracy']:.4f}", file=sys.stderr, flush=True)
+        return r
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        runs = list(pool.map(run, args.seeds))
     result = summary(args.seeds, runs, args.set)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
