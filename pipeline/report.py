@@ -238,7 +238,11 @@ def explain_findings(run: DatasetRun) -> list[str]:
         if disc in scores and vanilla in scores:
             a, b = scores[disc], scores[vanilla]
             relation = "about equal" if abs(a - b) < SAME_SCORE else "better" if a > b else "worse"
-            lines.append(f"Discriminative {name} scores {a:.3f} vs. {b:.3f} for vanilla {name}: {relation}.")
+            text = f"Discriminative {name} scores {a:.3f} vs. {b:.3f} for vanilla {name}: {relation}"
+            if "random" in scores:
+                r = scores["random"]
+                text += f"; vs. {r:.3f} for the random map: " + ("about equal" if abs(a - r) < SAME_SCORE else "better" if a > r else "worse")
+            lines.append(text + ".")
     if "random" in scores:
         lines.append(f"A smoothed random map scores {scores['random']:.2f}; the residual |real − counterfactual| "
                      f"scores {scores.get('residual', float('nan')):.2f}.")

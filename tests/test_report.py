@@ -92,6 +92,7 @@ def test_report_states_findings_from_the_metrics(run_dir):
     text = (run_dir / "report" / "README.md").read_text()
     assert "assigns 94.0 % of them to class 7 (without the stamp: 1.0 %): it relies on the square" in text
     assert "Discriminative integrated gradients scores 0.830 vs. 0.410 for vanilla integrated gradients: better" in text
+    assert "for vanilla integrated gradients: better; vs. 0.200 for the random map: better." in text
     assert "DeepLift" not in text.split("What this run found")[1].split("###")[0]   # not run: no sentence about it
     assert "80 of 90 image/counterfactual pairs" in text and "IoU 0.61" in text
     assert "control (40 clean images" in text and "reaches IoU 0.67" in text
