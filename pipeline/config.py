@@ -325,8 +325,8 @@ class ExplainParams:
     n_thresholds: int = 200
     closing_size: int = 3
     blur_sigma: float = 1.0
-    mask_channels: Literal["sum", "max", "per_channel"] = "sum"
-    attributed: Literal["real", "counterfactual", "logit_gap"] = "real"
+    mask_channels: Literal["sum", "max", "per_channel"] = "per_channel"
+    attributed: Literal["real", "counterfactual", "logit_gap"] = "counterfactual"
     ig_steps: int = 32
     random_sigma: float = 2.0
     n_grid: int = 101

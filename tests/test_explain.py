@@ -86,8 +86,9 @@ def build_inputs(dataset: str, n_images: int = 12) -> dict:
 
 
 def write_params(path, **explain):
+    # one spatial mask per pair (channels summed): the expected scores count the changed pixels in every channel
     settings = {"n_thresholds": 12, "ig_steps": 4, "batch_size": 100, "attribution_batch_size": 8, "gallery_top_k": 1,
-                "closing_size": 1, "blur_sigma": 0.0}
+                "closing_size": 1, "blur_sigma": 0.0, "mask_channels": "sum", "attributed": "real"}
     settings.update(explain)
     path.write_text(yaml.safe_dump({"device": "cpu", "explain": settings}))
 
@@ -263,3 +264,24 @@ def test_a_blur_wider_than_the_image_is_rejected_before_any_work(tmp_path, monke
     with pytest.raises(SystemExit):
         main(["clever_hans"])
     assert "explain.blur_sigma" in capsys.readouterr().err
+
+
+def test_per_channel_masks_of_the_counterfactual_class_copy_only_the_changed_channel(tmp_path, monkeypatch):
+    """The counterfactual paints only the red channel of the square. Explaining the counterfactual's
+    class with one mask per channel, the optimal mask is that red channel alone: a third of the
+    spatial mask, on the square (IoU 1), with the same probability gain."""
+    monkeypatch.chdir(tmp_path)
+    build_inputs("clever_hans")
+    write_params(tmp_path / "params.yaml", methods=["d_ig", "d_deeplift"], control_pairs=0,
+                 mask_channels="per_channel", attributed="counterfactual")
+    main(["clever_hans"])
+    metrics = json.loads(paths.metrics_path("clever_hans", "explain").read_text())
+    details = json.loads((paths.plots_dir("clever_hans", "explain") / "details.json").read_text())
+    for method in ("d_ig", "d_deeplift"):
+        entry = details["methods"][method]
+        assert entry["mean_optimal_mask_size"] == pytest.approx(16 / PIXELS / 3, abs=1e-6), method
+        assert entry["reached_target_fraction"] == 1.0 and entry["shortcut_iou"] == 1.0
+    assert metrics["shortcut_iou"] == 1.0
+    assert metrics["median_score_d_ig"] > probability_gain(10) * (1 - 8 / PIXELS)   # smaller masks score higher
+    masks = np.load(tmp_path / "data" / "explanations" / "clever_hans" / "explanations.npz")["d_ig_optimal_mask"]
+    assert masks[:, 0].any() and not masks[:, 1:].any()   # red only
