@@ -161,3 +161,60 @@ def test_the_trigger_rate_counts_recipients_moved_by_the_pasted_region():
     assert abs(rate - 0.5) < 0.1
     assert trigger_rate(red_square_classifier, recipients[:0], donors, region, 3, torch.Generator()) != \
         trigger_rate(red_square_classifier, recipients[:0], donors, region, 3, torch.Generator())  # NaN: nothing to move
+
+
+def test_the_discover_stage_flags_a_pasted_shortcut_and_not_class_shape(tmp_path, monkeypatch):
+    """A constructed workspace: a classifier that calls an image 7 when its 4 x 4 top-left square is red,
+    counterfactuals into 7 that paint the square red, and explanations whose masks recur on the square
+    (pairs into 7) or on a stroke (pairs into 1). The stage must find the square and call the stroke shape."""
+    import json
+
+    import numpy as np
+    import yaml
+
+    from pipeline import paths
+    from pipeline.discover import main
+    from pipeline.models import save_model
+    from pipeline.storage import save_arrays, write_json
+    from tests.test_explain import SQUARE, square_detector
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    n = 200
+    images = np.repeat((rng.random((n, 1, H, W)) < 0.2).astype(np.uint8) * 200, 3, axis=1)
+    images[:, :, SQUARE[0], SQUARE[1]] = 0
+    labels = np.arange(n) % 10
+    stamped = images.copy()
+    stamped[:, 0, SQUARE[0], SQUARE[1]] = 255
+    alpha = np.zeros((1, H, W), dtype=np.float32)
+    alpha[0][SQUARE] = 1.0
+    save_arrays(paths.prepared_dir("clever_hans") / "test.npz", images=images, labels=labels, shortcut_alpha=alpha,
+                shortcut_labels=np.array([7]), clean_images=images, shortcut_images=stamped[None])
+    write_json(paths.prepared_dir("clever_hans") / "meta.json", {"class_names": [str(c) for c in range(10)], "n_classes": 10})
+    save_model(paths.classifier_path("clever_hans"), square_detector(10, 7), {"architecture": "dense", "n_classes": 10, "width": 4})
+
+    source = labels[labels != 7]
+    target = np.resize(np.arange(10), len(source))                # pairs into every class
+    keep = source != target
+    source, target, index = source[keep], target[keep], np.flatnonzero(labels != 7)[keep]
+    counterfactual = np.where((target == 7)[:, None, None, None], stamped[index], images[index])
+    save_arrays(paths.counterfactuals_path("clever_hans"), counterfactual=counterfactual, target=target, predicted=target)
+    masks = np.zeros((len(target), 3, H, W), dtype=np.uint8)
+    for i in range(len(target)):
+        top, left = rng.integers(0, H - 5, 2)
+        masks[i, :, top:top + 5, left:left + 5] = 255                   # evidence that does not recur
+    masks[target == 7, 0, 1:5, 1:5] = 255                              # the square, red channel
+    masks[target == 1, :, 10:20, 13:15] = 255                          # a recurring stroke
+    save_arrays(tmp_path / "data" / "explanations" / "clever_hans" / "explanations.npz", image_index=index,
+                source=source, target=target, methods=np.array(["d_ig"]), d_ig_score=np.ones(len(target)),
+                d_ig_optimal_mask=masks)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "discover": {"min_pairs": 5, "n_trigger_images": 100}}))
+
+    main(["clever_hans"])
+    metrics = json.loads(paths.metrics_path("clever_hans", "discover").read_text())
+    details = json.loads((paths.plots_dir("clever_hans", "discover") / "details.json").read_text())
+    assert metrics["n_flagged_classes"] == 1 and metrics["false_alarms"] == 0 and metrics["shortcut_region_iou"] == 1.0
+    square = next(r for r in details["classes"]["7"]["regions"] if r["significant"])
+    stroke = next(r for r in details["classes"]["1"]["regions"] if r["significant"])
+    assert square["shortcut"] and square["trigger_rate"] == 1.0
+    assert not stroke["shortcut"] and stroke["trigger_rate"] == 0.0
