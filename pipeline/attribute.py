@@ -28,7 +28,7 @@ from pipeline.attribution_scores import (CHANNELS, channel_shares, colormap_chan
                                          foreground_mask, nanmean, pixel_map, pointing_game, rank_correlation,
                                          relevance_mass, segmentation_iou)
 from pipeline.config import AttributionParams
-from pipeline.data import batch_slices, load_meta, load_prepared, subsample, to_float
+from pipeline.data import as_float, batch_slices, load_meta, load_prepared, subsample, to_float
 from pipeline.inference import predict_probabilities
 from pipeline.models import build_seeded_classifier, frozen, load_classifier
 from pipeline.runtime import StageContext, stage
@@ -86,7 +86,7 @@ def attribute_batches(explain: Explainer, images: torch.Tensor, targets: torch.T
     out = []
     for part in batch_slices(len(images), batch_size):
         batch = images[part]
-        batch = to_float(batch) if batch.dtype == torch.uint8 else batch.float()
+        batch = as_float(batch)
         out.append(explain(batch, targets[part]).detach().float())
         if bar is not None:
             bar.update(1)

@@ -227,8 +227,16 @@ def load_meta(dataset: str) -> dict:
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW -> float32 NCHW in [0, 1], on the same device."""
+    """uint8 NCHW -> float32 NCHW in [0, 1], on the same device. Float input is refused: scaling it
+    again would silently darken it to near black."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"to_float takes uint8 images in [0, 255]; got {images.dtype} (already in [0, 1]?)")
     return images.float().div_(255.0)
+
+
+def as_float(images: torch.Tensor) -> torch.Tensor:
+    """Float32 images in [0, 1] from uint8 (scaled) or float (kept as they are) NCHW."""
+    return to_float(images) if images.dtype == torch.uint8 else images.float()
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

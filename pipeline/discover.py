@@ -83,9 +83,9 @@ def region_trigger(ctx: StageContext, test: dict) -> Trigger:
     test images (seeded) of other classes that the classifier does not already assign to the class."""
     cfg = ctx.params.discover
     model = load_classifier(paths.classifier_path(ctx.dataset), ctx.device)
-    classify = lambda x: predict_probabilities(model, x).argmax(1)  # noqa: E731  (float images in [0, 1])
+    classify = lambda x: predict_probabilities(model, x).argmax(1)  # noqa: E731  (uint8, or float in [0, 1])
     images, labels = test["images"].to(ctx.device), test["labels"].to(ctx.device)
-    predicted = torch.cat([classify(to_float(images[part])) for part in torch.arange(len(images)).split(4096)])
+    predicted = classify(images)
     donors, donor_class = counterfactual_donors(ctx.dataset, ctx.params.explain.counterfactual, ctx.device)
     rng, generator = ctx.rng("trigger-images"), ctx.generator("trigger-donors")
 

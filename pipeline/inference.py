@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from pipeline.data import batch_slices, to_float
+from pipeline.data import as_float, batch_slices
 
 
 def autocast(device: torch.device, enabled: bool = True):
@@ -28,7 +28,7 @@ def map_batches(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor
     out = []
     for part in batch_slices(len(images), batch_size):
         batch = images[part].to(device, non_blocking=True)
-        batch = to_float(batch) if batch.dtype == torch.uint8 else batch.float()
+        batch = as_float(batch)
         with autocast(device, mixed_precision):
             out.append(fn(batch).float())
     return torch.cat(out) if out else torch.empty(0, device=device)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from pipeline import paths
 from pipeline.config import OptimizeCounterfactualsParams
-from pipeline.data import batch_slices, load_meta, load_prepared, to_float, to_uint8
+from pipeline.data import as_float, batch_slices, load_meta, load_prepared, to_float, to_uint8
 from pipeline.frechet import class_matched_frechet
 from pipeline.inference import embed_images, predict_probabilities
 from pipeline.models import load_classifier
@@ -116,7 +116,7 @@ def change_measures(real: torch.Tensor, changed: torch.Tensor, threshold: float)
     """Per image: L1 of the change (sum over channels and pixels, [0, 1] scale) and L0 (pixels whose
     largest channel change exceeds ``threshold``)."""
     def scaled(x: torch.Tensor) -> torch.Tensor:
-        return to_float(x) if x.dtype == torch.uint8 else x.float()
+        return as_float(x)
 
     change = (scaled(changed) - scaled(real)).abs()
     return change.flatten(1).sum(1), (change.amax(1) > threshold).flatten(1).sum(1).float()

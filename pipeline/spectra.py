@@ -42,7 +42,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pipeline import paths
-from pipeline.data import batch_slices, load_prepared, to_float, to_uint8
+from pipeline.data import as_float, batch_slices, load_prepared, to_uint8
 from pipeline.gan_models import PIXEL_EPS
 from pipeline.runtime import stage
 from pipeline.storage import load_arrays, save_arrays, save_figure, write_csv, write_json
@@ -67,13 +67,13 @@ def to_generator_range(images: torch.Tensor) -> torch.Tensor:
     The generator clamps its input to ``[PIXEL_EPS, 1 - PIXEL_EPS]`` before adding its change in logit
     space, and its output is rounded to uint8: black comes back as 3/255, white as 252/255.
     """
-    x = to_float(images) if images.dtype == torch.uint8 else images.float()
+    x = as_float(images)
     return to_uint8(x.clamp(PIXEL_EPS, 1 - PIXEL_EPS))
 
 
 def log_spectra(images: torch.Tensor, epsilon: float) -> torch.Tensor:
     """uint8 or float NCHW -> float32 N x C x H x W log-magnitude spectra, low frequencies centred."""
-    x = to_float(images) if images.dtype == torch.uint8 else images.float()
+    x = as_float(images)
     magnitude = torch.fft.fft2(x, dim=(-2, -1)).abs()
     return torch.fft.fftshift(torch.log(magnitude + epsilon), dim=(-2, -1))
 
