@@ -374,10 +374,14 @@ class FeatureVizParams:
     blur_sigma: float = 0.5
     parameterization: Literal["pixel", "fourier"] = "pixel"  # fourier: decorrelated 1/f frequency basis
     fourier_decay: float = 1.0           # spectrum scale 1/f**decay of the fourier parameterisation
+    dream_images: int = 8                # layer dream: real test images, each dreamed by every conv layer
+    dream_steps: int = 64
+    dream_step_size: float = 0.01        # mean change per pixel and step (the gradient over its mean magnitude)
 
     def check(self, where: str) -> None:
-        check_each(self, where, at_least_one, "a positive integer", "channels_per_layer", "steps")
-        check_each(self, where, positive, "a positive number", "learning_rate", "noise_scale", "blur_sigma")
+        check_each(self, where, at_least_one, "a positive integer", "channels_per_layer", "steps", "dream_images")
+        check_each(self, where, non_negative, "an integer >= 0", "dream_steps")
+        check_each(self, where, positive, "a positive number", "learning_rate", "noise_scale", "blur_sigma", "dream_step_size")
         check_each(self, where, lambda sigma: sigma <= (IMAGE_SIZE - 1) / 3,
                    f"at most {(IMAGE_SIZE - 1) / 3:g} (a blur kernel of 3 sigma must fit in the image)", "blur_sigma")
         check_each(self, where, non_negative, "an integer >= 0 (0 switches it off)", "jitter", "blur_every")

@@ -1,10 +1,17 @@
-"""Stage ``feature_viz@<dataset>``: activation maximisation of class logits and convolution channels.
+"""Stage ``feature_viz@<dataset>``: activation maximisation of class logits and convolution channels,
+and a "deepdream" of every convolution layer as a whole.
 
 For every output class and the first ``channels_per_layer`` channels of every convolution, an input
 is ascended along the gradient of that unit's activation (a class's logit; a channel's spatial mean
 before its ReLU) and re-standardised (zero mean, unit standard deviation per image) after every
 step. Two starts per unit: a constant image of ones and seeded Gaussian noise. All units and both
 starts are one batch: image ``i`` drives only its own unit, so one backward pass serves them all.
+
+The layer dream starts from real test images instead and ascends a whole layer's energy (the mean
+squared activation after its ReLU), with steps normalised by the gradient's mean magnitude and the
+image kept in [0, 1]: it shows what the layer amplifies in real data. On clever_hans the start images
+are clean test images of the classes without a shortcut, so any red the dream paints inside the
+shortcut's square comes from the model; ``details.json`` says how much of the change falls there.
 """
 from __future__ import annotations
 
@@ -20,10 +27,11 @@ from tqdm import tqdm
 from pipeline import paths
 from pipeline.blur import gaussian_blur
 from pipeline.config import FeatureVizParams
-from pipeline.data import load_meta
+from pipeline.data import as_float, load_meta, load_prepared
 from pipeline.models import INPUT_SHAPE, load_classifier
 from pipeline.plotting import image_grid
 from pipeline.runtime import stage
+from pipeline.shortcuts import shortcut_alpha
 from pipeline.storage import save_arrays, save_figure, write_csv, write_json
 
 STARTS = ("ones", "noise")
@@ -183,6 +191,64 @@ def maximise(model: nn.Module, units: Units, cfg: FeatureVizParams, generator: t
             "is_class": is_class, "display_probability": shown_probability}
 
 
+def layer_energy(model: nn.Module, x: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """Per image: the mean squared post-ReLU activation of the convolution layer ``owner[i]`` drives [N]."""
+    convs = conv_layers(model)
+    outputs: dict[int, torch.Tensor] = {}
+    hooks = [conv.register_forward_hook(lambda _m, _i, out, k=k: outputs.__setitem__(k, out))
+             for k, (_, conv) in enumerate(convs)]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    energy = torch.stack([torch.relu(outputs[k]).float().pow(2).flatten(1).mean(1) for k in range(len(convs))], 1)
+    return energy.gather(1, owner[:, None]).squeeze(1)
+
+
+def dream_layers(model: nn.Module, images: torch.Tensor, steps: int, step_size: float) -> dict[str, torch.Tensor]:
+    """Deepdream of every convolution layer from the same real ``images`` [N x C x H x W] in [0, 1].
+
+    Each step moves every image along the gradient of its layer's energy, divided by the gradient's
+    mean absolute value (so ``step_size`` is the mean change per pixel and step), and clamps to [0, 1].
+    All layers are one batch (rows ``layer * N + image``). Returns ``images`` [L x N x C x H x W] and
+    ``gain`` [L x N]: the layer's energy after the dream over its energy on the real image.
+    """
+    n_layers, n = len(conv_layers(model)), len(images)
+    owner = torch.arange(n_layers, device=images.device).repeat_interleave(n)
+    x = images.float().repeat(n_layers, 1, 1, 1)
+    with torch.no_grad():
+        before = layer_energy(model, x, owner)
+    for _ in range(steps):
+        x.requires_grad_(True)
+        grad, = torch.autograd.grad(layer_energy(model, x, owner).sum(), x)
+        with torch.no_grad():
+            scale = grad.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            x = (x + step_size * grad / scale).clamp(0.0, 1.0)
+    with torch.no_grad():
+        after = layer_energy(model, x, owner)
+    return {"images": x.detach().view(n_layers, n, *images.shape[1:]),
+            "gain": (after / before.clamp_min(1e-12)).view(n_layers, n)}
+
+
+def dream_on_region(start: torch.Tensor, dreamed: torch.Tensor, region: torch.Tensor, color: list[float]) -> dict:
+    """Where a dream's change goes, against a known region (a planted shortcut's opacity > 0, [H x W]).
+
+    ``change_share``: the share of the summed absolute change (all channels) inside the region, to
+    compare with ``area_share``, the region's share of the image. ``toward_color``: the mean change inside
+    the region projected on the direction from the start pixel to the shortcut's color (1 = painted
+    fully in that color, 0 = unchanged, < 0 = away from it), per layer [L].
+    """
+    inside = region.bool()
+    change = (dreamed - start[None]).abs().sum(2)                             # [L, N, H, W]
+    share = change[..., inside].sum((1, 2)) / change.sum((1, 2, 3)).clamp_min(1e-12)
+    target = torch.tensor(color, dtype=start.dtype, device=start.device).view(1, 1, -1, 1, 1)
+    direction = target - start[None]                                         # [1, N, C, H, W]
+    moved = ((dreamed - start[None]) * direction).sum(2) / direction.pow(2).sum(2).clamp_min(1e-12)
+    return {"change_share": share, "area_share": float(inside.float().mean()),
+            "toward_color": moved[..., inside].mean(-1).mean(1)}
+
+
 def display(images: torch.Tensor) -> torch.Tensor:
     """Standardised images -> [0, 1] per image (min-max), for pictures."""
     flat = images.flatten(1)
@@ -263,6 +329,45 @@ def save_pictures(dataset: str, result: dict, units: Units, class_names: list[st
         save_figure(fig, out / "grids" / f"{name}.png")
 
 
+def dream_starts(dataset: str, shortcut_labels: list[int], n: int, generator: torch.Generator) -> torch.Tensor:
+    """A seeded sample of ``n`` real test images in [0, 1]; on clever_hans clean images of classes without a shortcut."""
+    test = load_prepared(dataset, "test")
+    images = test.get("clean_images", test["images"])
+    keep = torch.nonzero(~torch.isin(test["labels"], torch.tensor(shortcut_labels, dtype=test["labels"].dtype))).squeeze(1)
+    chosen = keep[torch.randperm(len(keep), generator=generator)[:n]]
+    return as_float(images[chosen])
+
+
+def dream(ctx, model: nn.Module, class_names: list[str]) -> dict:
+    """The layer dream of the stage: pictures, and its figures for details.json."""
+    cfg = ctx.params.feature_viz
+    shortcuts = ctx.params.clever_hans.shortcuts if ctx.dataset == "clever_hans" else []
+    start = dream_starts(ctx.dataset, [s.label for s in shortcuts], cfg.dream_images, ctx.generator("dream")).to(ctx.device)
+    result = dream_layers(model, start, cfg.dream_steps, cfg.dream_step_size)
+    names = [name for name, _ in conv_layers(model)]
+    with torch.no_grad():
+        predicted = model(result["images"].flatten(0, 1)).argmax(1).view(len(names), -1).cpu()
+        real_predicted = model(start).argmax(1).cpu()
+    details = {"images": len(start), "steps": cfg.dream_steps, "step_size": cfg.dream_step_size,
+               "energy_gain": {name: float(result["gain"][k].mean()) for k, name in enumerate(names)}}
+    if shortcuts:
+        region = torch.from_numpy(shortcut_alpha(shortcuts[0]) > 0).to(ctx.device)
+        found = dream_on_region(start, result["images"], region, shortcuts[0].color)
+        details["shortcut"] = {"label": shortcuts[0].label, "area_share": found["area_share"],
+                               "change_share": dict(zip(names, found["change_share"].tolist())),
+                               "toward_color": dict(zip(names, found["toward_color"].tolist())),
+                               "predicted_as_shortcut_class": dict(zip(names, (predicted == shortcuts[0].label)
+                                                                       .float().mean(1).tolist()))}
+    rows = torch.cat([start[None].cpu(), result["images"].cpu()]).transpose(0, 1).flatten(0, 1).numpy()
+    columns = ["real", *names]
+    labels = torch.cat([real_predicted[None], predicted]).T.flatten()   # row-major: image, then column
+    titles = [f"{columns[k % len(columns)]}: {class_names[int(c)]}" for k, c in enumerate(labels)]
+    fig = image_grid(rows, titles, ncols=len(names) + 1,
+                     suptitle=f"{ctx.dataset}: real test images dreamed by each layer (title: layer, predicted class)")
+    save_figure(fig, paths.plots_dir(ctx.dataset, "feature_viz") / "grids" / "dream.png")
+    return details
+
+
 def main(argv: list[str] | None = None) -> None:
     with stage("feature_viz", argv) as ctx:
         cfg = ctx.params.feature_viz
@@ -271,6 +376,7 @@ def main(argv: list[str] | None = None) -> None:
         units = build_units(model, meta["n_classes"], cfg.channels_per_layer)
         result = maximise(model, units, cfg, ctx.generator())
         metrics, details, rows = summarise(result, units, meta["class_names"], cfg.steps)
+        details["dream"] = dream(ctx, model, meta["class_names"])
         write_json(paths.metrics_path(ctx.dataset, "feature_viz"), metrics)
         out = paths.plots_dir(ctx.dataset, "feature_viz")
         write_json(out / "details.json", details)
@@ -286,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
                     channel=np.tile(units.channel.numpy(), len(STARTS)),
                     start=np.repeat(np.arange(len(STARTS)), len(units)),
                     layer_names=np.array(units.layer_names))
-        ctx.timer.images = len(STARTS) * len(units) * cfg.steps
+        ctx.timer.images = len(STARTS) * len(units) * cfg.steps + details["dream"]["images"] * len(units.layer_names[:-1]) * cfg.dream_steps
         print(f"[feature_viz@{ctx.dataset}] {len(units)} units x {len(STARTS)} starts, {cfg.steps} steps: "
               f"mean class probability {metrics['mean_class_probability']:.3f} "
               f"(ones {details['mean_class_probability_ones']:.3f}, noise {details['mean_class_probability_noise']:.3f})",

@@ -273,6 +273,7 @@ def probe_findings(run: DatasetRun) -> list[str]:
     fv = run.metric("feature_viz")
     if known(fv.get("mean_class_probability")):
         lines.append(f"Inputs synthesised by activation maximisation reach a mean class probability of {fv['mean_class_probability']:.2f}.")
+    lines += dream_findings(run)
     oc = run.metric("optimize_counterfactuals")
     if known(oc.get("success_rate")):
         text = (f"Optimising the input directly reaches the wanted class for {pct(oc['success_rate'])} of images "
@@ -282,6 +283,30 @@ def probe_findings(run: DatasetRun) -> list[str]:
         lines.append(text + ".")
     lines += spectra_findings(run)
     return lines
+
+
+def dream_findings(run: DatasetRun) -> list[str]:
+    """What the layer dream paints, and, against a planted shortcut, where and in which color."""
+    dream = run.detail("feature_viz").get("dream") or {}
+    shortcut = dream.get("shortcut")
+    if not shortcut:
+        return []
+    layers = list(shortcut["change_share"])
+    moved, toward, share = shortcut["predicted_as_shortcut_class"], shortcut["toward_color"], shortcut["change_share"]
+    most_moved, most_toward = max(layers, key=moved.get), max(layers, key=toward.get)
+    low, high, area = min(share.values()), max(share.values()), shortcut["area_share"]
+    where = (f"The change is spread over the image ({pct(low)}–{pct(high)} of it inside the region, which covers "
+             f"{pct(area)}): the convolutions respond to the shortcut's color wherever it is."
+             if high < 1.5 * area else
+             f"Up to {pct(high)} of the change falls inside the region, which covers {pct(area)} of the image: "
+             f"the layers have localised the shortcut.")
+    if toward[most_toward] <= 0.05:
+        return [f"Dreamed by each convolution layer, {dream['images']} clean test images of other classes do not move toward "
+                f"the shortcut's color inside its region (at most {pct(toward[most_toward])} of the way); up to "
+                f"{pct(moved[most_moved])} of the dreams are classified as {shortcut['label']} ({most_moved})."]
+    return [f"Dreamed by each convolution layer, {dream['images']} clean test images of other classes move toward the "
+            f"shortcut's color: inside its region, pixels move up to {pct(toward[most_toward])} of the way ({most_toward}), "
+            f"and up to {pct(moved[most_moved])} of the dreams are classified as {shortcut['label']} ({most_moved}). " + where]
 
 
 def spectra_findings(run: DatasetRun) -> list[str]:

@@ -8,9 +8,9 @@ from torch import nn
 
 from pipeline import paths
 from pipeline.config import FeatureVizParams
-from pipeline.feature_viz import build_units, main, maximise, standardise
+from pipeline.feature_viz import build_units, dream_layers, dream_on_region, main, maximise, standardise
 from pipeline.models import CNNClassifier, frozen, save_model
-from pipeline.storage import write_json
+from pipeline.storage import save_arrays, write_json
 from tests.conftest import REPO
 
 
@@ -97,7 +97,10 @@ def test_the_stage_writes_two_headline_metrics_and_wide_plot_data(tmp_path, monk
     save_model(paths.classifier_path("colored_mnist"), CNNClassifier(n_classes=4, width=4), config)
     write_json(paths.prepared_dir("colored_mnist") / "meta.json",
                {"class_names": ["spring", "summer", "autumn", "winter"], "n_classes": 4})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "feature_viz": {"steps": 3, "channels_per_layer": 2}}))
+    save_arrays(paths.prepared_dir("colored_mnist") / "test.npz",
+                images=torch.randint(0, 256, (6, 3, 28, 28), dtype=torch.uint8).numpy(), labels=torch.arange(6).numpy() % 4)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "feature_viz": {
+        "steps": 3, "channels_per_layer": 2, "dream_images": 2, "dream_steps": 2}}))
     main(["colored_mnist"])
 
     metrics = json.loads(paths.metrics_path("colored_mnist", "feature_viz").read_text())
@@ -105,6 +108,8 @@ def test_the_stage_writes_two_headline_metrics_and_wide_plot_data(tmp_path, monk
     out = paths.plots_dir("colored_mnist", "feature_viz")
     details = json.loads((out / "details.json").read_text())
     assert details["steps"] == 3 and details["n_units"] == 5 * 2 + 4
+    assert details["dream"]["images"] == 2 and len(details["dream"]["energy_gain"]) == 5
+    assert (out / "grids" / "dream.png").stat().st_size > 1000
     ones, noise = details["mean_class_probability_ones"], details["mean_class_probability_noise"]
     assert metrics["mean_class_probability"] == pytest.approx((ones + noise) / 2, abs=1e-6)
     curve = pd.read_csv(out / "curve.csv")
@@ -122,3 +127,42 @@ def test_the_stage_writes_two_headline_metrics_and_wide_plot_data(tmp_path, monk
         if (tmp_path / path).exists():
             fields = [spec["x"], *(spec["y"] if isinstance(spec["y"], list) else [spec["y"]])]
             assert set(fields) <= set(pd.read_csv(tmp_path / path).columns) and "template" in spec, path
+
+
+def red_detector() -> nn.Module:
+    """One 1x1 convolution whose only channel is the red intensity minus the mean of green and blue."""
+    conv = nn.Conv2d(3, 1, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, -0.5, -0.5]).view(1, 3, 1, 1))
+        conv.bias.zero_()
+    return frozen(nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(28 * 28, 2)), "cpu")
+
+
+def test_the_dream_of_a_red_detecting_layer_paints_the_image_red():
+    model = red_detector()
+    start = torch.full((2, 3, 28, 28), 0.5)
+    start[:, 0] = 0.6                                     # a faint red everywhere: the detector is on
+    result = dream_layers(model, start, steps=40, step_size=0.02)
+    dreamed = result["images"][0]
+    assert dreamed.shape == start.shape and 0 <= dreamed.min() and dreamed.max() <= 1
+    red_minus_rest = dreamed[:, 0] - dreamed[:, 1:].mean(1)
+    assert red_minus_rest.mean() > 0.5                    # it was 0.1
+    assert (result["gain"] > 10).all()
+    whole = torch.ones(28, 28)
+    found = dream_on_region(start, result["images"], whole, [1.0, 0.0, 0.0])
+    assert found["change_share"].item() == pytest.approx(1.0) and found["toward_color"].item() > 0.5
+
+
+def test_dream_on_region_measures_where_the_change_goes_and_toward_which_color():
+    start = torch.full((1, 3, 4, 4), 0.5)
+    region = torch.zeros(4, 4)
+    region[:2, :2] = 1
+    dreamed = start.clone()[None]                          # one layer
+    dreamed[0, 0, :, :2, :2] = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)   # the region painted pure red
+    found = dream_on_region(start, dreamed, region, [1.0, 0.0, 0.0])
+    assert found["area_share"] == 0.25
+    assert found["change_share"].item() == pytest.approx(1.0)
+    assert found["toward_color"].item() == pytest.approx(1.0)
+    dreamed[0, 0, :, 2:, 2:] = 0.0                         # as much change outside, away from nothing in particular
+    found = dream_on_region(start, dreamed, region, [1.0, 0.0, 0.0])
+    assert found["change_share"].item() == pytest.approx(0.5)
