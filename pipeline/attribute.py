@@ -24,7 +24,7 @@ from pipeline.attribution_methods import (Explainer, as_captum_explanation, grad
                                           noise_baseline, skip_reason)
 from pipeline.attribution_plots import (contrastive_figure, counterfactual_figure, deletion_figure, ig_baselines_figure,
                                         localization_figure, method_grids, placeholder_figure, segmentation_figure)
-from pipeline.attribution_scores import (CHANNELS, channel_shares, colormap_channel_std, curve_area, deletion_curve,
+from pipeline.attribution_scores import (CHANNELS, color_scores, colormap_channel_std, curve_area, deletion_curve,
                                          foreground_mask, nanmean, pixel_map, pointing_game, rank_correlation,
                                          relevance_mass, segmentation_iou)
 from pipeline.config import AttributionParams
@@ -182,32 +182,6 @@ def faithfulness_scores(name: str, model, random_model, images: torch.Tensor, ta
                                     max_examples_per_batch=max(len(xs), min(cfg.batch_size, len(xs) * cfg.sensitivity_samples)))
     return {"infidelity": nanmean(infidelities), "sensitivity_max": nanmean(sensitivities),
             "randomization_spearman": nanmean(randomization)}
-
-
-SHARES_VARY = 1e-4  # channel shares closer together than this are float noise around an even split
-
-
-def color_scores(attributions: torch.Tensor, labels: torch.Tensor, class_names: list[str],
-                 channel_std: np.ndarray) -> dict:
-    """Share of |attribution| per RGB channel, overall and per class, and how well it follows the colormap's channels.
-
-    The alignment is the correlation of the per-class channel shares with each colormap's channel
-    variation; it is undefined (NaN) for a method whose shares do not vary, such as one that spreads
-    every pixel's relevance evenly over the channels (occlusion of all channels at once).
-    """
-    shares = channel_shares(attributions)
-    per_class = torch.stack([shares[labels == c].nanmean(dim=0) if (labels == c).any()
-                             else torch.full((3,), torch.nan, device=shares.device) for c in range(len(class_names))])
-    per_class = per_class.cpu().numpy()
-    expected = channel_std / np.maximum(channel_std.sum(axis=1, keepdims=True), 1e-12)
-    finite = np.isfinite(per_class).all(axis=1)
-    varies = finite.sum() >= 1 and per_class[finite].std() > SHARES_VARY
-    alignment = float(np.corrcoef(per_class[finite].ravel(), expected[finite].ravel())[0, 1]) if varies else float("nan")
-    return {
-        "channel_share": dict(zip(CHANNELS, shares.nanmean(dim=0).tolist())),
-        "channel_share_per_class": {name: dict(zip(CHANNELS, row.tolist())) for name, row in zip(class_names, per_class)},
-        "colormap_alignment": alignment,
-    }
 
 
 def score_methods(methods: list[str], model, random_model, sets: dict, attributions: dict, digit_masks: torch.Tensor,

@@ -110,6 +110,32 @@ def colormap_channel_std(colormaps: list[str], n_samples: int = 256) -> np.ndarr
     return np.stack([matplotlib.colormaps[name](s)[:, :3].std(axis=0) for name in colormaps])
 
 
+SHARES_VARY = 1e-4  # channel shares closer together than this are float noise around an even split
+
+
+def color_scores(attributions: torch.Tensor, labels: torch.Tensor, class_names: list[str],
+                 channel_std: np.ndarray) -> dict:
+    """Share of |attribution| per RGB channel, overall and per class, and how well it follows the colormap's channels.
+
+    The alignment is the correlation of the per-class channel shares with each colormap's channel
+    variation; it is undefined (NaN) for a method whose shares do not vary, such as one that spreads
+    every pixel's relevance evenly over the channels (occlusion of all channels at once).
+    """
+    shares = channel_shares(attributions)
+    per_class = torch.stack([shares[labels == c].nanmean(dim=0) if (labels == c).any()
+                             else torch.full((3,), torch.nan, device=shares.device) for c in range(len(class_names))])
+    per_class = per_class.cpu().numpy()
+    expected = channel_std / np.maximum(channel_std.sum(axis=1, keepdims=True), 1e-12)
+    finite = np.isfinite(per_class).all(axis=1)
+    varies = finite.sum() >= 1 and per_class[finite].std() > SHARES_VARY
+    alignment = float(np.corrcoef(per_class[finite].ravel(), expected[finite].ravel())[0, 1]) if varies else float("nan")
+    return {
+        "channel_share": dict(zip(CHANNELS, shares.nanmean(dim=0).tolist())),
+        "channel_share_per_class": {name: dict(zip(CHANNELS, row.tolist())) for name, row in zip(class_names, per_class)},
+        "colormap_alignment": alignment,
+    }
+
+
 def foreground_mask(images: torch.Tensor) -> torch.Tensor:
     """The object's pixels (N x H x W bool): any channel above zero (uint8 or float images)."""
     return images.amax(dim=1) > 0

@@ -184,7 +184,7 @@ class CleverHansParams:
 
 @dataclass(frozen=True)
 class ClassifierParams:
-    architecture: Literal["cnn", "dense"] = "cnn"
+    architecture: Literal["cnn", "dense", "resnet"] = "cnn"
     width: int = 32
     epochs: int = 4
     batch_size: int = 256
@@ -475,6 +475,81 @@ class DiscoverParams:
 
 
 @dataclass(frozen=True)
+class DissectParams:
+    """Stage ``dissect``: network dissection of every convolution channel against known concept masks."""
+
+    max_images: int = 2000               # seeded sample of at most this many test images (all when there are fewer)
+    stamped_fraction: float = 0.5        # clever_hans: share of the sample stamped with a shortcut (the rest clean)
+    quantile: float = 0.85               # a unit's mask: its upsampled activations above its own quantile of the sample
+    iou_threshold: float = 0.5           # a unit detects a concept from this IoU on
+    activation: Literal["post_relu", "pre_relu"] = "post_relu"
+    digit_threshold: float = 0.5         # the digit concept: grayscale intensity above this
+    batch_size: int = 256
+    n_picture_images: int = 6            # top-activating images shown per best unit
+
+    def check(self, where: str) -> None:
+        check_each(self, where, at_least_one, "a positive integer", "max_images", "batch_size", "n_picture_images")
+        if not 0.5 <= self.quantile < 1.0:
+            fail(f"{where}.quantile", self.quantile, "a number in [0.5, 1) (each unit's top 1 - quantile of values is "
+                 "kept in memory while its threshold is found)")
+        if not 0.0 < self.iou_threshold <= 1.0:
+            fail(f"{where}.iou_threshold", self.iou_threshold, "a number in (0, 1]")
+        if not 0.0 <= self.stamped_fraction <= 1.0:
+            fail(f"{where}.stamped_fraction", self.stamped_fraction, "a number in [0, 1]")
+        check_each(self, where, in_unit_interval, "a number in [0, 1)", "digit_threshold")
+
+
+ARCHITECTURE_METHODS = ("ig_zero", "saliency", "inputxgrad", "deeplift", "guided_backprop", "gradcam", "guided_gradcam")
+
+
+@dataclass(frozen=True)
+class ArchitecturesParams:
+    """Stage ``architectures``: the same data and seed, several architectures; what each learns and how alike their maps are."""
+
+    names: list[Literal["cnn", "dense", "resnet"]] = field(default_factory=lambda: ["dense", "cnn", "resnet"])
+    epochs: Optional[int] = None         # null = classifier.epochs (every other training setting is classifier's)
+    methods: list[str] = field(default_factory=lambda: ["ig_zero", "saliency", "gradcam"])  # gradcam* skipped for dense
+    n_images: int = 256                  # seeded test images every architecture explains (clever_hans: as many stamped)
+    ig_steps: int = 32
+    batch_size: int = 256                # images per attribution call
+    internal_batch_size: int = 4096      # interpolated images per forward pass (ig_zero)
+    n_picture_images: int = 6            # rows of maps.png
+
+    def check(self, where: str) -> None:
+        if len(self.names) < 2 or len(set(self.names)) != len(self.names):
+            fail(f"{where}.names", self.names, "at least two distinct architectures of cnn, dense, resnet")
+        for i, name in enumerate(self.methods):
+            if name not in ARCHITECTURE_METHODS:
+                fail(f"{where}.methods[{i}]", name, ", ".join(ARCHITECTURE_METHODS))
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            fail(f"{where}.methods", self.methods, "a non-empty list of distinct method names")
+        if self.epochs is not None and self.epochs < 1:
+            fail(f"{where}.epochs", self.epochs, "a positive integer, or null for classifier.epochs")
+        check_each(self, where, at_least_one, "a positive integer",
+                   "n_images", "ig_steps", "batch_size", "internal_batch_size", "n_picture_images")
+
+
+@dataclass(frozen=True)
+class PrototypesParams:
+    """Stage ``prototypes``: MMD-critic prototypes and criticisms per class, in the classifier's penultimate features."""
+
+    n_per_class: int = 1000                   # seeded sample of training images per class
+    n_prototypes: int = 10                    # per class
+    n_criticisms: int = 10                    # per class, never a prototype
+    kernel_bandwidth: Optional[float] = None  # RBF sigma in feature units; None = median pairwise distance, per class
+    regularize_criticisms: bool = True        # log-determinant diversity term of the criticisms
+    batch_size: int = 1024                    # images per forward pass
+
+    def check(self, where: str) -> None:
+        check_each(self, where, at_least_one, "a positive integer", "n_per_class", "n_prototypes", "n_criticisms", "batch_size")
+        if self.n_prototypes + self.n_criticisms > self.n_per_class:
+            fail(f"{where}.n_per_class", self.n_per_class,
+                 f"at least n_prototypes + n_criticisms = {self.n_prototypes + self.n_criticisms}")
+        if self.kernel_bandwidth is not None and not self.kernel_bandwidth > 0:
+            fail(f"{where}.kernel_bandwidth", self.kernel_bandwidth, "a positive number, or null (median heuristic)")
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -491,6 +566,9 @@ class Params:
     optimize_counterfactuals: OptimizeCounterfactualsParams = field(default_factory=OptimizeCounterfactualsParams)
     spectra: SpectraParams = field(default_factory=SpectraParams)
     discover: DiscoverParams = field(default_factory=DiscoverParams)
+    dissect: DissectParams = field(default_factory=DissectParams)
+    architectures: ArchitecturesParams = field(default_factory=ArchitecturesParams)
+    prototypes: PrototypesParams = field(default_factory=PrototypesParams)
 
     def check(self, where: str) -> None:
         if self.seed < 0:
@@ -501,7 +579,7 @@ class Params:
         """A seeded sample of test images cannot hold more images than the test split (``data``) will have.
 
         Counts that are caps on a subset known only later (``max_misclassified``, ``n_correct``,
-        ``max_pairs``, ``max_images``) are left to the stages, which take what there is.
+        ``max_pairs``, ``max_images``, ``architectures.n_images``) are left to the stages, which take what there is.
         """
         n_test = self.data.n_images("test")
         source = "data.test_size" if self.data.test_size is not None else f"the {self.data.source} test split"

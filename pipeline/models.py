@@ -5,6 +5,7 @@ modules (never reused, never in-place) so captum's DeepLift and GuidedBackprop c
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -67,11 +68,62 @@ class DenseClassifier(nn.Module):
         return self.head(self.embed(x))
 
 
-CLASSIFIERS = {"cnn": CNNClassifier, "dense": DenseClassifier}
+@functools.cache
+def residual_block() -> type[nn.Module]:
+    """torchvision's ``BasicBlock`` with its ReLU split in two separate, not in-place modules (one after the first
+    convolution, one after the sum), as captum's DeepLift and GuidedBackprop need. Imported when first built:
+    torchvision is slow to import and only the ResNet needs it."""
+    from torchvision.models.resnet import BasicBlock
+
+    class ResidualBlock(BasicBlock):
+        def __init__(self, c_in: int, c_out: int, stride: int = 1):
+            downsample = None
+            if stride != 1 or c_in != c_out:
+                downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+            super().__init__(c_in, c_out, stride=stride, downsample=downsample)
+            self.relu = nn.ReLU()
+            self.relu_out = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.relu(self.bn1(self.conv1(x)))
+            return self.relu_out(self.bn2(self.conv2(out)) + identity)
+
+    return ResidualBlock
+
+
+class ResNetClassifier(nn.Module):
+    """A small residual network: a 3x3 stem, one residual block per resolution (28, 14, 7; widths w, 2w, 4w),
+    global average pooling, a 128-d embedding and a linear head.
+
+    The blocks are torchvision's ``BasicBlock`` (two 3x3 convolutions with batch norm and an identity or 1x1
+    shortcut); ``gradcam_layer`` is the last block (its output after the sum and ReLU, 7 x 7).
+    """
+
+    def __init__(self, n_classes: int, width: int = 32):
+        super().__init__()
+        w, block = width, residual_block()
+        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.blocks = nn.Sequential(block(w, w), block(w, 2 * w, stride=2), block(2 * w, 4 * w, stride=2))
+        self.embedding = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, 128), nn.ReLU())
+        self.head = nn.Linear(128, n_classes)
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        return self.blocks[-1]
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding(self.blocks(self.stem(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+CLASSIFIERS = {"cnn": CNNClassifier, "dense": DenseClassifier, "resnet": ResNetClassifier}
 
 
 def build_classifier(config: dict) -> nn.Module:
-    """``config``: {"architecture": "cnn"|"dense", "n_classes": int, "width": int}."""
+    """``config``: {"architecture": "cnn"|"dense"|"resnet", "n_classes": int, "width": int}."""
     return CLASSIFIERS[config["architecture"]](n_classes=config["n_classes"], width=config["width"])
 
 

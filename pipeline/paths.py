@@ -43,3 +43,8 @@ def plots_dir(dataset: str, stage: str) -> Path:
 
 def counterfactuals_path(dataset: str) -> Path:
     return DATA / "counterfactuals" / dataset / "counterfactuals.npz"
+
+
+def architectures_dir(dataset: str) -> Path:
+    """The classifiers that architectures@<dataset> trains alike, one ``<architecture>.pt`` each."""
+    return model_dir(dataset) / "architectures"

@@ -23,11 +23,14 @@ SECTIONS = [  # (stage folder under plots/<D>/, metrics file name or None, headi
     ("prepare", None, "The data"),
     ("train_classifier", "classifier", "The classifier"),
     ("attribute", "attribution", "Attributions: what does it look at?"),
+    ("architectures", "architectures", "Architectures compared: trained alike, do they learn and look alike?"),
     ("train_gan", "train_gan", "The counterfactual GAN"),
     ("counterfactuals", "counterfactuals", "Counterfactuals judged by the classifier"),
     ("explain", "explain", "Discriminative attribution: which small change flips the decision?"),
     ("discover", "discover", "Discovery: evidence that recurs for one class, found without the answer"),
     ("feature_viz", "feature_viz", "Activation maximisation"),
+    ("dissect", "dissect", "Network dissection: which units segment a known concept?"),
+    ("prototypes", "prototypes", "Prototypes and criticisms (MMD-critic)"),
     ("optimize_counterfactuals", "optimize_counterfactuals", "Optimisation-based counterfactuals"),
     ("spectra", "spectra", "Spectral detection of generated images"),
 ]
@@ -204,6 +207,93 @@ def attribution_findings(run: DatasetRun) -> list[str]:
     return lines
 
 
+AGREE_LITTLE, AGREE_CLOSELY = 0.3, 0.6   # mean rank correlation of two maps below / from which they are said to agree little / closely
+INPUT_MASKED = ("ig_zero", "inputxgrad", "deeplift")  # zero wherever the input is black: their maps share that, whatever the model
+
+
+def span(values: list[float], percent: bool = False) -> str:
+    """"lo–hi" of measured values ("lo to hi" when lo is negative; one value alone when both show the same)."""
+    shown = [pct(v) if percent else f"{v:.2f}" for v in (min(values), max(values))]
+    return shown[0] if shown[0] == shown[1] else (" to " if min(values) < 0 else "–").join(shown)
+
+
+def per_method(correlations: dict) -> dict[str, dict[str, float]]:
+    """{method: {pair: rank correlation}} from {pair: {method: rank correlation}}, measured values only."""
+    result: dict[str, dict[str, float]] = {}
+    for pair, values in correlations.items():
+        for method, value in values.items():
+            if known(value):
+                result.setdefault(method, {})[pair] = value
+    return result
+
+
+def architecture_findings(run: DatasetRun) -> list[str]:
+    """Where the architectures trained alike agree (accuracy, reliance on the shortcut) and where they differ (maps)."""
+    d = run.detail("architectures")
+    per = {a: r for a, r in (d.get("architectures") or {}).items() if known(r.get("test_accuracy"))}
+    if len(per) < 2:
+        return []
+    names = list(per)
+    epochs = d.get("epochs")
+    text = (f"Trained alike ({epochs} epoch{'' if epochs == 1 else 's'} on the same data, in the same order, from the same "
+            f"seed), {', '.join(names[:-1])} and {names[-1]} reach {span([r['test_accuracy'] for r in per.values()], percent=True)} "
+            f"test accuracy")
+    methods = " and ".join(d.get("headline_methods") or []) or "no method shared by all"
+    if all(known(r.get("shortcut_reliance")) for r in per.values()):
+        groups: dict[str, list[str]] = {}
+        for a, r in per.items():
+            groups.setdefault(reliance_verdict(r["shortcut_reliance"], r.get("shortcut_base_rate"), "shortcut"), []).append(a)
+
+        def plural(verdict: str, n: int) -> str:
+            return verdict if n == 1 else verdict.replace("relies", "rely").replace("uses", "use")
+
+        if len(groups) == 1:
+            text += (f"; all {len(names)} {plural(next(iter(groups)), len(names))} "
+                     f"(reliance {span([r['shortcut_reliance'] for r in per.values()])})")
+        else:
+            text += "; " + ", ".join(f"{' and '.join(group)} {plural(verdict, len(group))} (reliance "
+                                     + ", ".join(f"{per[a]['shortcut_reliance']:.2f}" for a in group) + ")"
+                                     for verdict, group in groups.items())
+        masses = [r["relevance_mass"] for r in per.values() if known(r.get("relevance_mass"))]
+        if masses:
+            text += (f"; their maps of stamped images of other classes put {span(masses, percent=True)} of the positive "
+                     f"relevance for the shortcut's class on it ({methods}, mean"
+                     + (f"; a map spread evenly: {pct(d['shortcut_area_fraction'])})" if known(d.get("shortcut_area_fraction")) else ")"))
+    elif all(known(r.get("colormap_alignment")) for r in per.values()):
+        text += (f"; the colormap alignment of their maps (how well the channels they credit match the channels each "
+                 f"colormap varies in; 1 at best) is {span([r['colormap_alignment'] for r in per.values()])} ({methods}, mean)")
+    lines = [text + "."]
+    by_method = per_method(d.get("rank_correlation") or {})
+    if not by_method:
+        return lines
+    judged = [m for m in by_method if m not in INPUT_MASKED] or list(by_method)
+    pooled = [v for m in judged for v in by_method[m].values()]
+    overall = sum(pooled) / len(pooled)
+    word = "agree little" if overall < AGREE_LITTLE else "agree moderately" if overall < AGREE_CLOSELY else "agree closely"
+
+    def summary(values: dict[str, float]) -> str:
+        mean = sum(values.values()) / len(values)
+        return f"{mean:.2f} ({span(list(values.values()))})" if len(values) > 1 else f"{mean:.2f} ({next(iter(values))} only)"
+
+    line = (f"On the same {(d.get('n_images') or {}).get('sample', '?')} test images, explained for their true class, their "
+            f"maps {word}: mean Spearman rank correlation over the pairs " + ", ".join(f"{m} {summary(by_method[m])}" for m in judged))
+    every_pair = [m for m in judged if len(by_method[m]) == max(len(v) for v in by_method.values())]
+    if every_pair and len(by_method[every_pair[0]]) > 1:
+        by_pair = {pair: sum(by_method[m][pair] for m in every_pair) / len(every_pair) for pair in by_method[every_pair[0]]}
+        closest, farthest = max(by_pair, key=by_pair.get), min(by_pair, key=by_pair.get)
+        line += (f"; over {' and '.join(every_pair)} the closest pair is {closest} ({by_pair[closest]:.2f}), the farthest "
+                 f"{farthest} ({by_pair[farthest]:.2f})")
+    stamped = per_method(d.get("rank_correlation_stamped") or {})
+    if stamped:
+        line += "; on stamped images " + ", ".join(f"{m} {summary(stamped[m])}" for m in judged if m in stamped)
+    masked = [m for m in by_method if m not in judged]
+    if masked:
+        line += (f". {' and '.join(masked)} maps correlate at {span([v for m in masked for v in by_method[m].values()])}, but they "
+                 f"are zero wherever the input is black, whatever the model: that figure mostly measures the shared background")
+    lines.append(line + ".")
+    return lines
+
+
 def counterfactual_findings(run: DatasetRun) -> list[str]:
     m = run.metric("counterfactuals")
     if not m:
@@ -327,9 +417,50 @@ def spectra_findings(run: DatasetRun) -> list[str]:
     return [text]
 
 
+def joined(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def dissect_findings(run: DatasetRun) -> list[str]:
+    """What network dissection is, and per concept how many units of which layer detect it."""
+    d = run.detail("dissect")
+    concepts, layers = d.get("concepts") or {}, d.get("layers") or {}
+    if not concepts or not layers:
+        return []
+    phrases = []
+    for concept, c in sorted(concepts.items(), key=lambda item: item[0] == "digit"):   # the known answer first, the digit last
+        label = {"shortcut": "the planted shortcut", "digit": "the digit"}.get(concept, f"the {concept} digits' pixels")
+        parts = [f"{s[f'{concept}_units']} of {s['n_units']} units in {layer}" for layer, s in layers.items()
+                 if s.get(f"{concept}_units")]
+        best = f"best IoU {c['best_iou']:.2f}, {c['best_unit']}"
+        phrases.append(f"{joined(parts)} detect {label} ({best})" if parts else f"no unit detects {label} ({best})")
+    return [f"Network dissection thresholds every convolution channel's upsampled activation map at its own top "
+            f"{pct(1 - d['quantile'])} over {d['n_images']} test images and scores that mask's overlap (IoU) with known "
+            f"pixels; a unit detects a concept from IoU {d['iou_threshold']:g} on: " + "; ".join(phrases) + "."]
+
+
+def prototypes_findings(run: DatasetRun) -> list[str]:
+    """MMD-critic: do the criticisms of a class land where the known answer says the class is unusual?"""
+    m = {**run.detail("prototypes"), **run.metric("prototypes")}
+    intro = ("MMD-critic picks, per class, the training images that together look like the class in the classifier's "
+             "penultimate features (prototypes) and those they represent worst (criticisms). ")
+    if known(m.get("criticism_unstamped_share")):
+        share, base = m["criticism_unstamped_share"], m["unstamped_base_rate"]
+        text = (f"{intro}In the shortcut class, {pct(share)} of the criticisms and {pct(m['prototype_unstamped_share'])} of "
+                f"the prototypes lack the planted shortcut, against {pct(base)} of the class's sampled images")
+        apart = known(base) and share >= 3 * base
+        return [text + (": the images without the shortcut stand apart in the classifier's features." if apart else ".")]
+    if known(m.get("criticism_colormap_end_share")):
+        return [f"{intro}{pct(m['criticism_colormap_end_share'])} of the criticisms and {pct(m['prototype_colormap_end_share'])} "
+                f"of the prototypes sit in the outer tenth at either end of their colormap, against {pct(m['colormap_end_base_rate'])} "
+                f"of the sampled images; a criticism's colormap position lies {m['criticism_position_gap']:.3f} from the nearest "
+                f"prototype's, a sampled image's {m['sample_position_gap']:.3f}."]
+    return []
+
+
 def findings(run: DatasetRun, meta: dict) -> list[str]:
-    return (classifier_findings(run, meta) + attribution_findings(run) + counterfactual_findings(run)
-            + explain_findings(run) + discover_findings(run) + probe_findings(run))
+    return (classifier_findings(run, meta) + attribution_findings(run) + architecture_findings(run) + counterfactual_findings(run)
+            + explain_findings(run) + discover_findings(run) + probe_findings(run) + dissect_findings(run) + prototypes_findings(run))
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def test_n_classes_of_colored_mnist_is_the_number_of_colormaps():
     [
         ("classifier.epochs", -1, "classifier.epochs"),
         ("classifier.epochs", "three", "classifier.epochs"),
-        ("classifier.architecture", "resnet", "'cnn', 'dense'"),
+        ("classifier.architecture", "vgg", "'cnn', 'dense', 'resnet'"),
         ("device", "tpu", "'auto', 'cpu', 'cuda'"),
         ("colored_mnist.colormaps", ["spring", "not_a_cmap"], "colored_mnist.colormaps[1]"),
         ("clever_hans.shortcuts.0.label", 10, "clever_hans.shortcuts[0].label"),

@@ -1,0 +1,210 @@
+"""Architectures compared on constructed cases: the ResNet, rank correlations of maps, training alike, params, the report."""
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from pipeline import report
+from pipeline.config import ClassifierParams, ConfigError, Params, build
+from pipeline.compare_architectures import (ComparisonOptions, attribution_maps, correlation_matrix, mean_over_shared_methods,
+                                            mean_rank_correlation, pairwise_correlations, shortcut_relevance, train_alike)
+from pipeline.models import ResNetClassifier, build_seeded_classifier, frozen, load_classifier, save_model
+from tests.conftest import REPO
+
+DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# the ResNet
+# ---------------------------------------------------------------------------------------------
+def test_resnet_gives_logits_a_128d_embedding_and_a_7x7_gradcam_layer():
+    model = build_seeded_classifier({"architecture": "resnet", "n_classes": 5, "width": 4}, 0).eval()
+    assert isinstance(model, ResNetClassifier)
+    x = torch.rand(3, 3, 28, 28)
+    assert model(x).shape == (3, 5)
+    assert model.embed(x).shape == (3, 128)
+    seen = {}
+    handle = model.gradcam_layer.register_forward_hook(lambda _m, _i, out: seen.update(shape=tuple(out.shape)))
+    model(x)
+    handle.remove()
+    assert seen["shape"] == (3, 16, 7, 7)   # 4 x width channels at the last resolution
+    assert any(module is model.gradcam_layer for module in model.modules())
+
+
+def test_resnet_relus_are_separate_modules_so_deeplift_adds_up():
+    """DeepLift's attributions sum to f(x) - f(baseline) only when no ReLU module is reused or in place."""
+    from captum.attr import DeepLift
+
+    model = frozen(build_seeded_classifier({"architecture": "resnet", "n_classes": 4, "width": 4}, 1), "cpu")
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    assert len(relus) == len({id(m) for m in relus}) == 1 + 2 * 3 + 1 and not any(m.inplace for m in relus)
+    x = torch.rand(2, 3, 28, 28)
+    _, delta = DeepLift(model).attribute(x, baselines=torch.zeros_like(x), target=torch.tensor([0, 3]),
+                                         return_convergence_delta=True)
+    assert delta.abs().max() < 1e-3
+
+
+def test_resnet_round_trips_through_its_checkpoint(tmp_path):
+    config = {"architecture": "resnet", "n_classes": 3, "width": 4}
+    model = build_seeded_classifier(config, 2).eval()
+    save_model(tmp_path / "resnet.pt", model, config)
+    x = torch.rand(4, 3, 28, 28)
+    assert torch.allclose(load_classifier(tmp_path / "resnet.pt")(x), model(x), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# rank correlation of maps
+# ---------------------------------------------------------------------------------------------
+def ramp(n_images: int = 2) -> torch.Tensor:
+    """Maps whose pixels are all different: 1, 2, ..., 784 over the image, split over three channels."""
+    values = torch.arange(1, 28 * 28 + 1, dtype=torch.float32).reshape(1, 1, 28, 28) / 3
+    return values.expand(n_images, 3, 28, 28).clone()
+
+
+def test_identical_maps_correlate_1_and_reversed_rankings_minus_1():
+    maps = ramp()
+    assert mean_rank_correlation(maps, maps.clone()) == pytest.approx(1.0)
+    reversed_ranking = (28 * 28 + 1) / 3 - maps   # positive, highest where the ramp is lowest
+    assert mean_rank_correlation(maps, reversed_ranking) == pytest.approx(-1.0)
+
+
+def test_maps_are_compared_by_magnitude_summed_over_channels():
+    maps = ramp()
+    flipped = maps.clone()
+    flipped[:, 1] *= -1   # the sign of a channel does not change how much relevance a pixel gets
+    assert mean_rank_correlation(maps, flipped) == pytest.approx(1.0)
+    assert math.isnan(mean_rank_correlation(torch.ones(2, 3, 28, 28), maps))   # a constant map has no ranking
+
+
+def small_cnn(seed: int) -> nn.Module:
+    return frozen(build_seeded_classifier({"architecture": "cnn", "n_classes": 3, "width": 4}, seed), "cpu")
+
+
+def test_identical_models_give_identical_maps_and_a_different_model_does_not():
+    images = torch.randint(0, 256, (6, 3, 28, 28), dtype=torch.uint8)
+    targets = torch.tensor([0, 1, 2, 0, 1, 2])
+    options = ComparisonOptions(methods=("ig_zero", "saliency", "gradcam"), ig_steps=4, batch_size=4)
+    models = {"a": small_cnn(0), "b": copy.deepcopy(small_cnn(0)), "c": small_cnn(1)}
+    maps, skipped = attribution_maps(models, images, targets, options)
+    assert skipped == {} and maps["a"]["saliency"].shape == (6, 3, 28, 28)
+    correlations = pairwise_correlations(maps, options.methods)
+    assert list(correlations) == ["a vs b", "a vs c", "b vs c"]
+    assert correlations["a vs b"] == pytest.approx({"ig_zero": 1.0, "saliency": 1.0, "gradcam": 1.0})
+    assert correlations["a vs c"]["saliency"] < 0.9
+
+
+def test_a_method_a_model_cannot_run_is_skipped_and_left_out_of_its_pairs():
+    images = torch.rand(2, 3, 28, 28)
+    dense = frozen(build_seeded_classifier({"architecture": "dense", "n_classes": 3, "width": 2}, 0), "cpu")
+    maps, skipped = attribution_maps({"dense": dense, "cnn": small_cnn(0)}, images, torch.tensor([0, 1]),
+                                     ComparisonOptions(methods=("saliency", "gradcam"), batch_size=2))
+    assert list(skipped) == ["dense"] and "gradcam" in skipped["dense"]
+    correlations = pairwise_correlations(maps, ("saliency", "gradcam"))
+    assert set(correlations["dense vs cnn"]) == {"saliency"}
+    matrix = correlation_matrix(correlations, ["dense", "cnn"], "gradcam")
+    assert np.isnan(matrix).all()   # no pair has gradcam, and neither diagonal cell is a measurement
+
+
+# ---------------------------------------------------------------------------------------------
+# scores per architecture
+# ---------------------------------------------------------------------------------------------
+def test_relevance_mass_counts_positive_relevance_inside_the_mask():
+    masks = torch.zeros(2, 28, 28, dtype=torch.bool)
+    masks[:, :8, :8] = True
+    inside, half = torch.zeros(2, 3, 28, 28), torch.zeros(2, 3, 28, 28)
+    inside[:, 0, :8, :8] = 1.0
+    half[:, 0, :8, :8], half[:, 0, 20:, 20:] = 1.0, 64 / 64   # as much relevance outside (8 x 8 pixels) as inside
+    scores = shortcut_relevance({"a": {"m": inside}, "b": {"m": half}}, masks)
+    assert scores == {"a": {"m": pytest.approx(1.0)}, "b": {"m": pytest.approx(0.5)}}
+    only_second = {"a": torch.tensor([False, True]), "b": torch.tensor([False, True])}
+    assert shortcut_relevance({"a": {"m": inside}, "b": {"m": half}}, masks, only_second)["b"]["m"] == pytest.approx(0.5)
+
+
+def test_headline_means_use_only_methods_every_architecture_scored():
+    scores = {"dense": {"ig_zero": 0.2, "saliency": 0.4},
+              "cnn": {"ig_zero": 0.6, "saliency": 0.8, "gradcam": 0.9},
+              "resnet": {"ig_zero": 0.4, "saliency": float("nan"), "gradcam": 0.1}}
+    means, shared = mean_over_shared_methods(scores)
+    assert shared == ["ig_zero"]
+    assert means == pytest.approx({"dense": 0.2, "cnn": 0.6, "resnet": 0.4})
+    means, shared = mean_over_shared_methods({"a": {"x": 1.0}, "b": {"y": 2.0}})
+    assert shared == [] and all(math.isnan(v) for v in means.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# training alike
+# ---------------------------------------------------------------------------------------------
+def test_models_trained_alike_see_the_same_data_in_the_same_order():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (64,), generator=gen)
+    images = torch.zeros(64, 3, 28, 28, dtype=torch.uint8)
+    images[torch.arange(64), labels] = 200
+    models = {"first": build_seeded_classifier({"architecture": "cnn", "n_classes": 3, "width": 4}, 5),
+              "second": build_seeded_classifier({"architecture": "cnn", "n_classes": 3, "width": 4}, 5)}
+    histories, seconds = train_alike(models, images, labels, ClassifierParams(epochs=1, batch_size=16, mixed_precision=False),
+                                     lambda: torch.Generator().manual_seed(7))
+    assert histories["first"] == histories["second"] and set(seconds) == {"first", "second"}
+    for a, b in zip(models["first"].parameters(), models["second"].parameters()):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# params
+# ---------------------------------------------------------------------------------------------
+def with_change(section: str, key: str, value) -> dict:
+    raw = copy.deepcopy(DEFAULTS)
+    raw[section][key] = value
+    return raw
+
+
+def test_a_resnet_can_be_the_main_classifier():
+    assert build(Params, with_change("classifier", "architecture", "resnet")).classifier.architecture == "resnet"
+
+
+@pytest.mark.parametrize("key, value, must_name", [
+    ("names", ["cnn"], "architectures.names"),
+    ("names", ["cnn", "cnn"], "architectures.names"),
+    ("names", ["cnn", "vgg"], "architectures.names[1]"),
+    ("methods", ["ig_zero", "occlusion"], "architectures.methods[1]"),
+    ("methods", [], "architectures.methods"),
+    ("epochs", 0, "architectures.epochs"),
+    ("n_images", 0, "architectures.n_images"),
+])
+def test_invalid_architectures_params_name_the_key(key, value, must_name):
+    with pytest.raises(ConfigError) as err:
+        build(Params, with_change("architectures", key, value))
+    assert must_name in str(err.value)
+
+
+def test_architectures_epochs_default_to_the_classifiers():
+    params = build(Params, DEFAULTS)
+    assert params.architectures.epochs is None and params.architectures.names == ["dense", "cnn", "resnet"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the report's sentence
+# ---------------------------------------------------------------------------------------------
+def test_the_report_says_where_architectures_agree_and_where_their_maps_differ():
+    run = report.DatasetRun("clever_hans")
+    run.details["architectures"] = {
+        "epochs": 4, "n_images": {"sample": 256, "stamped": 256}, "headline_methods": ["ig_zero", "saliency"],
+        "architectures": {a: {"test_accuracy": acc, "shortcut_reliance": rel, "shortcut_base_rate": 0.0, "relevance_mass": mass}
+                          for a, acc, rel, mass in (("dense", 0.97, 0.93, 0.40), ("cnn", 0.99, 0.97, 0.55), ("resnet", 0.99, 0.95, 0.50))},
+        "rank_correlation": {"dense vs cnn": {"ig_zero": 0.3, "saliency": 0.1},
+                             "dense vs resnet": {"ig_zero": 0.2, "saliency": 0.1},
+                             "cnn vs resnet": {"ig_zero": 0.4, "saliency": 0.2, "gradcam": 0.5}},
+    }
+    first, second = report.architecture_findings(run)
+    assert "all 3 rely on the shortcut (reliance 0.93–0.97)" in first
+    assert "40.0 %–55.0 %" in first and "97.0 %–99.0 %" in first
+    assert "maps agree little: mean Spearman rank correlation over the pairs saliency 0.13 (0.10–0.20), gradcam 0.50 " \
+           "(cnn vs resnet only)" in second
+    assert "over saliency the closest pair is cnn vs resnet (0.20), the farthest dense vs cnn (0.10)" in second
+    assert "ig_zero maps correlate at 0.20–0.40, but they are zero wherever the input is black" in second
+    run.details["architectures"]["architectures"]["dense"]["shortcut_reliance"] = 0.2
+    assert "dense partly relies on the shortcut (reliance 0.20), cnn and resnet rely on the shortcut (reliance 0.97, 0.95)" \
+        in report.architecture_findings(run)[0]
