@@ -21,9 +21,9 @@ import torch
 
 from pipeline import paths
 from pipeline.data import load_meta, load_prepared, subsample
-from pipeline.dissection import (DissectionOptions, best_units, conv_layers, dissect, iou_ceiling, layer_summary,
+from pipeline.dissection import (DissectionOptions, best_units, dissect, iou_ceiling, layer_summary,
                                  top_images, unit_masks, units_figure)
-from pipeline.models import load_classifier
+from pipeline.models import conv_layers, load_classifier
 from pipeline.plotting import placeholder_figure
 from pipeline.runtime import StageContext, stage
 from pipeline.storage import save_figure, write_csv, write_json

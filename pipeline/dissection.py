@@ -31,6 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.data import as_float
+from pipeline.models import conv_layers, layer_outputs
+
 Layers = Sequence[tuple[str, nn.Module]]
 
 
@@ -82,36 +85,20 @@ class Dissection:
         return [f"{self.layer_names[k]}/{c}" for k, c in zip(self.unit_layer.tolist(), self.unit_channel.tolist())]
 
 
-def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    """The model's convolutions in registration (= forward) order, named conv1, conv2, ..."""
-    return [(f"conv{k + 1}", m) for k, m in enumerate(m for m in model.modules() if isinstance(m, nn.Conv2d))]
-
-
 def iou_ceiling(mask_share: torch.Tensor, concept_share: torch.Tensor) -> torch.Tensor:
     """The largest IoU a mask covering ``mask_share`` of the pixels can reach on a concept covering ``concept_share``."""
     low, high = torch.minimum(mask_share, concept_share), torch.maximum(mask_share, concept_share)
     return torch.where(high > 0, low / high.clamp_min(1e-12), torch.zeros_like(high))
 
 
-def _float(images: torch.Tensor) -> torch.Tensor:
-    return images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
-
-
 @torch.no_grad()
 def layer_maps(model: nn.Module, layers: Layers, images: torch.Tensor, activation: str = "post_relu") -> list[torch.Tensor]:
     """Activation maps of every layer for one batch, upsampled (bilinear) to the image size: [B x C_l x H x W] each."""
-    outputs: dict[int, torch.Tensor] = {}
-    hooks = [module.register_forward_hook(lambda _m, _i, out, k=k: outputs.__setitem__(k, out))
-             for k, (_, module) in enumerate(layers)]
-    try:
-        model(_float(images))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    _, outputs = layer_outputs(model, as_float(images), [module for _, module in layers])
     size = images.shape[-2:]
     maps = []
-    for k in range(len(layers)):
-        a = outputs[k].float()
+    for out in outputs:
+        a = out.float()
         if activation == "post_relu":
             a = a.clamp_min(0)
         if a.shape[-2:] != size:

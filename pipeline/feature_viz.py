@@ -28,7 +28,7 @@ from pipeline import paths
 from pipeline.blur import gaussian_blur
 from pipeline.config import FeatureVizParams
 from pipeline.data import as_float, load_meta, load_prepared
-from pipeline.models import INPUT_SHAPE, load_classifier
+from pipeline.models import INPUT_SHAPE, conv_layers, layer_outputs, load_classifier
 from pipeline.plotting import image_grid
 from pipeline.runtime import stage
 from pipeline.shortcuts import shortcut_alpha
@@ -48,12 +48,6 @@ class Units:
 
     def __len__(self) -> int:
         return len(self.layer)
-
-
-def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    """The model's convolutions in registration (= forward) order, named conv1, conv2, ..."""
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    return [(f"conv{k + 1}", m) for k, m in enumerate(convs)]
 
 
 def build_units(model: nn.Module, n_classes: int, channels_per_layer: int) -> Units:
@@ -114,14 +108,7 @@ class Parameterisation:
 def unit_activations(model: nn.Module, x: torch.Tensor, units: Units) -> tuple[torch.Tensor, torch.Tensor]:
     """(activation of each image's own unit [N], logits [N x C]) for a batch laid out as ``units`` repeated."""
     convs = conv_layers(model)
-    outputs: dict[int, torch.Tensor] = {}
-    hooks = [conv.register_forward_hook(lambda _m, _i, out, k=k: outputs.__setitem__(k, out))
-             for k, (_, conv) in enumerate(convs)]
-    try:
-        logits = model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    logits, outputs = layer_outputs(model, x, [conv for _, conv in convs])
     n_units = len(units)
     layer = units.layer.to(x.device).repeat(len(x) // n_units)
     channel = units.channel.to(x.device).repeat(len(x) // n_units)
@@ -193,16 +180,8 @@ def maximise(model: nn.Module, units: Units, cfg: FeatureVizParams, generator: t
 
 def layer_energy(model: nn.Module, x: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
     """Per image: the mean squared post-ReLU activation of the convolution layer ``owner[i]`` drives [N]."""
-    convs = conv_layers(model)
-    outputs: dict[int, torch.Tensor] = {}
-    hooks = [conv.register_forward_hook(lambda _m, _i, out, k=k: outputs.__setitem__(k, out))
-             for k, (_, conv) in enumerate(convs)]
-    try:
-        model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    energy = torch.stack([torch.relu(outputs[k]).float().pow(2).flatten(1).mean(1) for k in range(len(convs))], 1)
+    _, outputs = layer_outputs(model, x, [conv for _, conv in conv_layers(model)])
+    energy = torch.stack([torch.relu(out).float().pow(2).flatten(1).mean(1) for out in outputs], 1)
     return energy.gather(1, owner[:, None]).squeeze(1)
 
 

@@ -16,6 +16,24 @@ from pipeline.storage import load_checkpoint, save_checkpoint
 INPUT_SHAPE = (3, 28, 28)
 
 
+def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """The model's convolutions in registration (= forward) order, named conv1, conv2, ..."""
+    return [(f"conv{k + 1}", m) for k, m in enumerate(m for m in model.modules() if isinstance(m, nn.Conv2d))]
+
+
+def layer_outputs(model: nn.Module, x: torch.Tensor, modules: list[nn.Module]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(the model's output, the output of each of ``modules``) for one forward pass of ``x``."""
+    outputs: dict[int, torch.Tensor] = {}
+    hooks = [module.register_forward_hook(lambda _m, _i, out, k=k: outputs.__setitem__(k, out))
+             for k, module in enumerate(modules)]
+    try:
+        result = model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return result, [outputs[k] for k in range(len(modules))]
+
+
 def conv_block(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU()]
 

@@ -9,7 +9,8 @@ import yaml
 from torch import nn
 
 from pipeline.config import ConfigError, Params, build
-from pipeline.dissection import (DissectionOptions, best_units, conv_layers, dissect, iou_ceiling, layer_maps,
+from pipeline.models import conv_layers
+from pipeline.dissection import (DissectionOptions, best_units, dissect, iou_ceiling, layer_maps,
                                  layer_summary, quantile_thresholds, top_images, unit_masks, unit_thresholds)
 from tests.conftest import REPO
 
