@@ -1,6 +1,7 @@
 """configs/laptop.yaml: every override names an existing param, and the merged params pass validation."""
 import yaml
 
+from benchmarks.reproducibility import merged
 from pipeline.config import Params, build, to_dict
 from tests.conftest import REPO
 
@@ -21,15 +22,6 @@ def lookup(node: dict, dotted: str):
     return node
 
 
-def merged() -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for key in leaf_keys(LAPTOP):
-        *path, last = key.split(".")
-        parent = lookup(params, ".".join(path)) if path else params
-        parent[last] = lookup(LAPTOP, key)
-    return params
-
-
 def test_every_laptop_override_names_an_existing_param():
     missing = []
     for key in leaf_keys(LAPTOP):
@@ -41,7 +33,7 @@ def test_every_laptop_override_names_an_existing_param():
 
 
 def test_laptop_params_validate_and_are_smaller_than_the_defaults():
-    params = build(Params, merged())
+    params = build(Params, merged(DEFAULTS, LAPTOP))
     assert to_dict(params)["gan"]["iterations"] == LAPTOP["gan"]["iterations"]
     assert params.data.train_size < 60_000 and params.gan.iterations < DEFAULTS["gan"]["iterations"]
 

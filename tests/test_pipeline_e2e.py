@@ -14,18 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.reproducibility import flatten  # every leaf as a.b.c, as `dvc metrics show` lists them
+from benchmarks.reproducibility import flatten, merged  # every leaf as a.b.c, as `dvc metrics show` lists them
 from tests.conftest import REPO
 
 COPIED = ["pipeline", "dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".gitignore"]
 DATASETS = ("colored_mnist", "clever_hans")
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        merged[key] = deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return merged
 
 
 def run(args: list[str], cwd: Path, stdout_only: bool = False) -> str:
@@ -60,7 +53,7 @@ def workspace(tmp_path_factory, request):
             shutil.copy2(src, dst)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     tiny = yaml.safe_load((REPO / "tests" / "tiny_params.yaml").read_text())
-    params = deep_merge(params, tiny)
+    params = merged(params, tiny)
     params["data"]["root"] = str(mnist_root)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], ws)
