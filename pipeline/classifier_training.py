@@ -46,7 +46,8 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Tra
     """Train ``model`` on uint8 ``images`` (on the model's device); the data order comes from ``generator``.
 
     After each epoch ``on_epoch(record, model)`` sees the epoch's record (``epoch``, ``train_loss``,
-    ``train_accuracy``) and may return more entries for it (a test accuracy, say).
+    ``train_accuracy``, ``learning_rate``: the mean over the epoch's steps of the one-cycle schedule) and
+    may return more entries for it (a test accuracy, say).
     """
     device = images.device
     steps_per_epoch = math.ceil(len(images) / cfg.batch_size)
@@ -58,6 +59,7 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Tra
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
+        learning_rates = []
         batches = epoch_batches(len(images), cfg.batch_size, generator, device)
         for index in tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr, mininterval=2):
             x, y = to_float(images[index]), labels[index]
@@ -67,13 +69,15 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Tra
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            learning_rates.append(schedule.get_last_lr()[0])
             schedule.step()
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
         mean_loss = loss_sum.item() / len(images)
         if not math.isfinite(mean_loss):
             raise NonFiniteLoss(f"classifier loss became {mean_loss} in epoch {epoch + 1}; lower classifier.learning_rate")
-        record = {"epoch": epoch + 1, "train_loss": mean_loss, "train_accuracy": correct.item() / len(images)}
+        record = {"epoch": epoch + 1, "train_loss": mean_loss, "train_accuracy": correct.item() / len(images),
+                  "learning_rate": float(np.mean(learning_rates))}
         if on_epoch is not None:
             record.update(on_epoch(dict(record), model) or {})
         history.append(record)
@@ -121,3 +125,4 @@ def evaluate(model: nn.Module, test: dict, meta: dict, cfg: TrainingSettings) ->
         details["shortcut_reliance_per_class"] = reliance
         details["shortcut_base_rate_per_class"] = base_rate
     return Evaluation(metrics, details, confusion, predicted)
+

@@ -549,6 +549,28 @@ class PrototypesParams:
             fail(f"{where}.kernel_bandwidth", self.kernel_bandwidth, "a positive number, or null (median heuristic)")
 
 
+PRECISION_AT = 10  # influence: the headline precision is over the first 10 proponents of each query
+
+
+@dataclass(frozen=True)
+class InfluenceParams:
+    """Stage ``influence``: TracIn proponents (captum's TracInCPFast) over the classifier's per-epoch checkpoints."""
+
+    n_test: int = 100                # seeded query images (Clever Hans: other classes the stamp moves into its class)
+    n_train: Optional[int] = None    # seeded sample of training images searched; None = all of them
+    top_k: int = 10                  # proponents kept per query; at least PRECISION_AT
+    normalize: bool = True           # gradient cosines per checkpoint (renormalised TracIn); False = plain dot products
+    batch_size: int = 1024           # training images per forward pass
+    n_show: int = 8                  # queries in the picture
+
+    def check(self, where: str) -> None:
+        check_each(self, where, at_least_one, "a positive integer", "n_test", "batch_size", "n_show")
+        if self.top_k < PRECISION_AT:
+            fail(f"{where}.top_k", self.top_k, f"at least {PRECISION_AT} (the headline figure is precision at {PRECISION_AT})")
+        if self.n_train is not None and self.n_train < self.top_k:
+            fail(f"{where}.n_train", self.n_train, f"at least top_k = {self.top_k}, or null (every training image)")
+
+
 @dataclass(frozen=True)
 class Params:
     seed: int = 0
@@ -569,6 +591,7 @@ class Params:
     dissect: DissectParams = field(default_factory=DissectParams)
     architectures: ArchitecturesParams = field(default_factory=ArchitecturesParams)
     prototypes: PrototypesParams = field(default_factory=PrototypesParams)
+    influence: InfluenceParams = field(default_factory=InfluenceParams)
 
     def check(self, where: str) -> None:
         if self.seed < 0:

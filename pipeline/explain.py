@@ -26,7 +26,7 @@ from pipeline.config import ExplainParams
 from pipeline.data import load_meta, load_prepared, to_float, to_uint8
 from pipeline.discriminative import (DISCRIMINATIVE, METHODS, MaskSettings, attribution_maps, batched, mask_overlap,
                                      normalise_maps, optimal_masks, score_pairs, size_grid, sweep)
-from pipeline.inference import predict_probabilities
+from pipeline.inference import moved_by_stamp, predict_probabilities
 from pipeline.models import load_classifier
 from pipeline.runtime import stage
 from pipeline.storage import InputError, load_arrays, save_arrays, save_figure, write_csv, write_json
@@ -117,16 +117,7 @@ def stamped_control_pairs(model, test: dict, n_pairs: int, rng: np.random.Genera
     seeded). Their only difference is the stamp, so a method's optimal masks here show how well it
     can find the shortcut at all, apart from what the GAN changes besides it."""
     clean, labels, shortcut_labels = test["clean_images"], test["labels"], test["shortcut_labels"]
-    shortcut, index = [], []  # which shortcut, which test image: every image the stamp moves
-    n_candidates = 0          # (shortcut, image of another class) pairs tried
-    for k, label in enumerate(shortcut_labels.tolist()):
-        others = torch.nonzero(labels != label).flatten()
-        n_candidates += len(others)
-        predicted = predict_probabilities(model, to_float(test["shortcut_images"][k][others])).argmax(1)
-        moved = others[predicted == label]
-        shortcut.append(torch.full_like(moved, k))
-        index.append(moved)
-    shortcut, index = torch.cat(shortcut), torch.cat(index)
+    shortcut, index, n_candidates = moved_by_stamp(model, test)
     n_moved = len(index)
     if n_moved > n_pairs:
         keep = torch.from_numpy(np.sort(rng.choice(n_moved, size=n_pairs, replace=False))).to(index.device)

@@ -42,3 +42,17 @@ def predict_probabilities(model: nn.Module, images: torch.Tensor, batch_size: in
 def embed_images(model: nn.Module, images: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """Penultimate-layer features (N x D float32) of a classifier with an ``embed`` method."""
     return map_batches(model.embed, images, model_device(model), batch_size)
+
+
+def moved_by_stamp(model: nn.Module, test: dict, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(which shortcut, which test image) for every test image of another class that the shortcut's stamp alone
+    moves into its class, and how many (shortcut, image of another class) candidates there were."""
+    labels, shortcut, index, n_candidates = test["labels"], [], [], 0
+    for k, label in enumerate(test["shortcut_labels"].tolist()):
+        others = torch.nonzero(labels != label).flatten()
+        n_candidates += len(others)
+        predicted = predict_probabilities(model, test["shortcut_images"][k][others], batch_size).argmax(1)
+        moved = others[predicted == label]
+        shortcut.append(torch.full_like(moved, k))
+        index.append(moved)
+    return torch.cat(shortcut), torch.cat(index), n_candidates

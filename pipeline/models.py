@@ -21,17 +21,22 @@ def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
     return [(f"conv{k + 1}", m) for k, m in enumerate(m for m in model.modules() if isinstance(m, nn.Conv2d))]
 
 
-def layer_outputs(model: nn.Module, x: torch.Tensor, modules: list[nn.Module]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(the model's output, the output of each of ``modules``) for one forward pass of ``x``."""
-    outputs: dict[int, torch.Tensor] = {}
-    hooks = [module.register_forward_hook(lambda _m, _i, out, k=k: outputs.__setitem__(k, out))
-             for k, module in enumerate(modules)]
+def layer_outputs(model: nn.Module, x: torch.Tensor, modules: list[nn.Module],
+                  capture: str = "output") -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(the model's output, the output of each of ``modules``) for one forward pass of ``x``;
+    ``capture="input"`` takes each module's (first) input instead."""
+    if capture not in ("output", "input"):
+        raise ValueError(f"capture must be 'output' or 'input', not {capture!r}")
+    seen: dict[int, torch.Tensor] = {}
+    keep = (lambda k: lambda _m, _i, out: seen.__setitem__(k, out)) if capture == "output" else \
+        (lambda k: lambda _m, inputs, _out: seen.__setitem__(k, inputs[0]))
+    hooks = [module.register_forward_hook(keep(k)) for k, module in enumerate(modules)]
     try:
         result = model(x)
     finally:
         for hook in hooks:
             hook.remove()
-    return result, [outputs[k] for k in range(len(modules))]
+    return result, [seen[k] for k in range(len(modules))]
 
 
 def conv_block(c_in: int, c_out: int) -> list[nn.Module]:

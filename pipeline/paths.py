@@ -20,6 +20,15 @@ def classifier_path(dataset: str) -> Path:
     return model_dir(dataset) / "classifier.pt"
 
 
+def classifier_checkpoint_dir(dataset: str) -> Path:
+    """The classifier after each epoch, ``epoch_<k>.pt`` with that epoch's mean learning rate (for influence@<dataset>)."""
+    return model_dir(dataset) / "classifier_checkpoints"
+
+
+def classifier_checkpoint_path(dataset: str, epoch: int) -> Path:
+    return classifier_checkpoint_dir(dataset) / f"epoch_{epoch}.pt"
+
+
 def gan_path(dataset: str) -> Path:
     """The trained translator (EMA weights) that counterfactuals@<dataset> loads."""
     return model_dir(dataset) / "gan.pt"

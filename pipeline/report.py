@@ -31,6 +31,7 @@ SECTIONS = [  # (stage folder under plots/<D>/, metrics file name or None, headi
     ("feature_viz", "feature_viz", "Activation maximisation"),
     ("dissect", "dissect", "Network dissection: which units segment a known concept?"),
     ("prototypes", "prototypes", "Prototypes and criticisms (MMD-critic)"),
+    ("influence", "influence", "Influential training images (TracIn proponents)"),
     ("optimize_counterfactuals", "optimize_counterfactuals", "Optimisation-based counterfactuals"),
     ("spectra", "spectra", "Spectral detection of generated images"),
 ]
@@ -458,9 +459,33 @@ def prototypes_findings(run: DatasetRun) -> list[str]:
     return []
 
 
+def influence_findings(run: DatasetRun) -> list[str]:
+    """TracIn: are the training images that support a decision the ones the known answer names?"""
+    m = {**run.detail("influence"), **run.metric("influence")}
+    if not known(m.get("n_queries")):
+        return []
+    intro = (f"TracIn traces {m['n_queries']} test decisions back to {m['n_train']} training images through the classifier's "
+             f"{m['n_checkpoints']} per-epoch checkpoints (captum's TracInCPFast, last-layer gradients). ")
+    if known(m.get("proponent_precision_at_10")):
+        precision, base = m["proponent_precision_at_10"], m["proponent_base_rate"]
+        verdict = ("the decisions the stamp causes rest on the stamped training images" if precision >= 3 * base
+                   else "the proponents are not mainly the stamped training images")
+        return [f"{intro}For test images of other classes that the stamp moves into the shortcut class, {pct(precision)} of "
+                f"the 10 strongest proponents are stamped images of that class, against {pct(base)} of the training images "
+                f"searched ({pct(m['clean_control_precision_at_10'])} for the same images without the stamp): {verdict}."]
+    if known(m.get("proponent_position_gap")):
+        near = m["proponent_position_gap"] < m["class_position_gap"]
+        return [f"{intro}A query's 10 strongest proponents sit {m['proponent_position_gap']:.3f} from it along the colormap, "
+                f"a random training image of the predicted class {m['class_position_gap']:.3f}; "
+                f"{pct(m['proponent_same_class_share'])} of the proponents share the predicted class"
+                + (": the classifier leans on training images of nearly the same color." if near else ".")]
+    return []
+
+
 def findings(run: DatasetRun, meta: dict) -> list[str]:
     return (classifier_findings(run, meta) + attribution_findings(run) + architecture_findings(run) + counterfactual_findings(run)
-            + explain_findings(run) + discover_findings(run) + probe_findings(run) + dissect_findings(run) + prototypes_findings(run))
+            + explain_findings(run) + discover_findings(run) + probe_findings(run) + dissect_findings(run) + prototypes_findings(run)
+            + influence_findings(run))
 
 
 # --------------------------------------------------------------------------------------------

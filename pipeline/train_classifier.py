@@ -3,10 +3,13 @@
 DVCLive logs the training as it runs (one step per epoch: training loss and accuracy, test accuracy),
 then the test confusion matrix and a picture of example predictions, all under
 ``plots/<D>/train_classifier/live``. ``metrics/<D>/classifier.json`` holds the headline figures;
-per-class and per-shortcut figures go to ``plots/<D>/train_classifier/details.json``.
+per-class and per-shortcut figures go to ``plots/<D>/train_classifier/details.json``. The weights after
+every epoch are kept beside the classifier (``classifier_checkpoints/epoch_<k>.pt``, with the epoch's mean
+learning rate) for ``influence@<D>``, which traces test predictions back to training images through them.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 
 import numpy as np
@@ -64,6 +67,22 @@ def live_epoch_logger(live, test: dict, cfg: ClassifierParams, dataset: str) -> 
     return log_epoch
 
 
+def checkpoint_saver(dataset: str, model_config: dict) -> EpochCallback:
+    """An ``on_epoch`` callback that keeps the weights after the epoch, with its epoch and mean learning rate."""
+    shutil.rmtree(paths.classifier_checkpoint_dir(dataset), ignore_errors=True)  # no stale epochs of a longer run
+
+    def save_epoch(record: dict, model: nn.Module) -> None:
+        save_model(paths.classifier_checkpoint_path(dataset, record["epoch"]), model, model_config,
+                   epoch=record["epoch"], learning_rate=record["learning_rate"])
+
+    return save_epoch
+
+
+def both(first: EpochCallback, second: EpochCallback) -> EpochCallback:
+    """One ``on_epoch`` callback that calls ``first`` then ``second`` and merges what they return."""
+    return lambda record, model: (first(dict(record), model) or {}) | (second(dict(record), model) or {})
+
+
 def examples_figure(test: dict, predicted: torch.Tensor, names: list[str], n_examples: int, dataset: str):
     """Test images with their true and predicted class: a quarter of them mistakes, when there are any."""
     labels, predicted = test["labels"].cpu().numpy(), predicted.cpu().numpy()
@@ -99,10 +118,11 @@ def main(argv: list[str] | None = None) -> None:
         model_config = {"architecture": cfg.architecture, "n_classes": meta["n_classes"], "width": cfg.width}
         model = initial_classifier(ctx, model_config)
         out = paths.plots_dir(ctx.dataset, STAGE)
+        keep_weights = checkpoint_saver(ctx.dataset, model_config)
 
         with open_live(out / "live") as live:
             train(model, train_split["images"], train_split["labels"], cfg, data_order_generator(ctx),
-                  on_epoch=live_epoch_logger(live, test, cfg, ctx.dataset))
+                  on_epoch=both(live_epoch_logger(live, test, cfg, ctx.dataset), keep_weights))
             evaluation = evaluate(model, test, meta, cfg)
             log_evaluation(live, evaluation, test, meta["class_names"], cfg.n_example_images, ctx.dataset)
 

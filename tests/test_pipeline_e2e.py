@@ -280,6 +280,28 @@ def test_dissect_scores_every_convolution_unit(workspace, first_repro):
     assert read(workspace, "plots", "clever_hans", "dissect", "details.json")["n_stamped"] == 32
 
 
+def test_influence_traces_decisions_through_every_epoch_checkpoint(workspace, first_repro):
+    import pandas as pd
+
+    ran = stages_run(first_repro)
+    epochs = yaml.safe_load((workspace / "params.yaml").read_text())["classifier"]["epochs"]
+    for dataset, keys in (("colored_mnist", {"proponent_position_gap", "class_position_gap"}),
+                          ("clever_hans", {"proponent_precision_at_10", "proponent_base_rate"})):
+        assert f"influence@{dataset}" in ran
+        checkpoints = sorted(p.name for p in (workspace / "data" / "models" / dataset / "classifier_checkpoints").iterdir())
+        assert checkpoints == [f"epoch_{k}.pt" for k in range(1, epochs + 1)]
+        metrics = read(workspace, "metrics", dataset, "influence.json")
+        details = read(workspace, "plots", dataset, "influence", "details.json")
+        assert set(metrics) == keys and details["n_checkpoints"] == epochs
+        assert all(0 <= value <= 1 for value in metrics.values()), metrics
+        table = pd.read_csv(workspace / "plots" / dataset / "influence" / "proponents.csv")
+        assert len(table) == details["n_queries"] * 10 and table["query"].nunique() == details["n_queries"] > 0
+        assert (table.groupby("query")["score"].diff().dropna() <= 1e-6).all()   # strongest first
+        assert (workspace / "plots" / dataset / "influence" / "proponents.png").stat().st_size > 1000
+    hans = read(workspace, "plots", "clever_hans", "influence", "details.json")
+    assert hans["proponent_precision_at_10"] == pytest.approx(hans["precision_at_k"]["10"])
+
+
 def test_every_declared_plot_renders(workspace, first_repro):
     shown = json.loads(run([sys.executable, "-m", "dvc", "plots", "show", "--json"], workspace, stdout_only=True))
     assert not shown.get("errors"), shown.get("errors")

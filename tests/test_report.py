@@ -159,3 +159,19 @@ def test_the_verdict_says_when_discovery_could_not_judge_any_class():
                             details={"discover": {"flagged_classes": [], "classes": {"spring": {"judged": False}}}})
     text = " ".join(report.verdict(run, {"class_names": ["spring"]}))
     assert "too few explained pairs per class to judge any class" in text and "flags no single region" not in text
+
+
+def test_the_influence_sentence_says_whether_the_stamped_images_support_the_decision():
+    details = {"n_queries": 100, "n_train": 60000, "n_checkpoints": 4, "clean_control_precision_at_10": 0.0}
+    run = report.DatasetRun("clever_hans", {"influence": {"proponent_precision_at_10": 0.947, "proponent_base_rate": 0.099}},
+                            {"influence": details})
+    [sentence] = report.influence_findings(run)
+    assert "94.7 % of the 10 strongest proponents are stamped images of that class, against 9.9 %" in sentence
+    assert "rest on the stamped training images" in sentence
+    weak = report.DatasetRun("clever_hans", {"influence": {"proponent_precision_at_10": 0.2, "proponent_base_rate": 0.099}},
+                             {"influence": details})
+    assert "not mainly the stamped training images" in report.influence_findings(weak)[0]
+    colors = report.DatasetRun("colored_mnist", {"influence": {"proponent_position_gap": 0.22, "class_position_gap": 0.32}},
+                               {"influence": {**details, "proponent_same_class_share": 1.0}})
+    assert "sit 0.220 from it along the colormap, a random training image of the predicted class 0.320" in report.influence_findings(colors)[0]
+    assert report.influence_findings(report.DatasetRun("clever_hans", {}, {})) == []
