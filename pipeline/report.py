@@ -464,8 +464,9 @@ def influence_findings(run: DatasetRun) -> list[str]:
     m = {**run.detail("influence"), **run.metric("influence")}
     if not known(m.get("n_queries")):
         return []
+    compared = "by the cosine of" if m.get("scoring") == "normalized" else "by the dot product of"
     intro = (f"TracIn traces {m['n_queries']} test decisions back to {m['n_train']} training images through the classifier's "
-             f"{m['n_checkpoints']} per-epoch checkpoints (captum's TracInCPFast, last-layer gradients). ")
+             f"{m['n_checkpoints']} per-epoch checkpoints, {compared} their final-layer loss gradients. ")
     if known(m.get("proponent_precision_at_10")):
         precision, base = m["proponent_precision_at_10"], m["proponent_base_rate"]
         verdict = ("the decisions the stamp causes rest on the stamped training images" if precision >= 3 * base

@@ -162,12 +162,13 @@ def test_the_verdict_says_when_discovery_could_not_judge_any_class():
 
 
 def test_the_influence_sentence_says_whether_the_stamped_images_support_the_decision():
-    details = {"n_queries": 100, "n_train": 60000, "n_checkpoints": 4, "clean_control_precision_at_10": 0.0}
+    details = {"n_queries": 100, "n_train": 60000, "n_checkpoints": 4, "clean_control_precision_at_10": 0.0, "scoring": "normalized"}
     run = report.DatasetRun("clever_hans", {"influence": {"proponent_precision_at_10": 0.947, "proponent_base_rate": 0.099}},
                             {"influence": details})
     [sentence] = report.influence_findings(run)
     assert "94.7 % of the 10 strongest proponents are stamped images of that class, against 9.9 %" in sentence
     assert "rest on the stamped training images" in sentence
+    assert "4 per-epoch checkpoints, by the cosine of their final-layer loss gradients" in sentence
     weak = report.DatasetRun("clever_hans", {"influence": {"proponent_precision_at_10": 0.2, "proponent_base_rate": 0.099}},
                              {"influence": details})
     assert "not mainly the stamped training images" in report.influence_findings(weak)[0]
