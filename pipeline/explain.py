@@ -23,7 +23,7 @@ import torch
 
 from pipeline import paths
 from pipeline.config import ExplainParams
-from pipeline.data import load_meta, load_prepared, to_float, to_uint8
+from pipeline.data import load_meta, load_prepared, subsample, to_float, to_uint8
 from pipeline.discriminative import (DISCRIMINATIVE, METHODS, MaskSettings, attribution_maps, batched, mask_overlap,
                                      normalise_maps, optimal_masks, score_pairs, size_grid, sweep)
 from pipeline.inference import moved_by_stamp, predict_probabilities
@@ -119,9 +119,8 @@ def stamped_control_pairs(model, test: dict, n_pairs: int, rng: np.random.Genera
     clean, labels, shortcut_labels = test["clean_images"], test["labels"], test["shortcut_labels"]
     shortcut, index, n_candidates = moved_by_stamp(model, test)
     n_moved = len(index)
-    if n_moved > n_pairs:
-        keep = torch.from_numpy(np.sort(rng.choice(n_moved, size=n_pairs, replace=False))).to(index.device)
-        shortcut, index = shortcut[keep], index[keep]
+    keep = torch.as_tensor(subsample(n_moved, n_pairs, rng), device=index.device)
+    shortcut, index = shortcut[keep], index[keep]
     return Pairs(to_float(clean[index]), to_float(test["shortcut_images"][shortcut, index]), index, labels[index],
                  shortcut_labels[shortcut], n_pairs=n_candidates, n_reaching_target=n_moved)
 

@@ -25,7 +25,7 @@ import torch
 
 from pipeline import paths
 from pipeline.config import PRECISION_AT, InfluenceParams
-from pipeline.data import load_meta, load_prepared
+from pipeline.data import load_meta, load_prepared, subsample
 from pipeline.inference import moved_by_stamp, predict_probabilities
 from pipeline.models import load_classifier
 from pipeline.plotting import image_grid, placeholder_figure
@@ -51,18 +51,11 @@ def load_checkpoints(dataset: str) -> list[Checkpoint]:
     return [Checkpoint(c["state_dict"], float(c["learning_rate"])) for c in loaded]
 
 
-def sample_indices(n: int, n_sample: int | None, rng: np.random.Generator) -> np.ndarray:
-    """A sorted seeded sample of ``n_sample`` of ``range(n)``; all of them when ``n_sample`` is None or not smaller."""
-    if n_sample is None or n_sample >= n:
-        return np.arange(n)
-    return np.sort(rng.choice(n, size=n_sample, replace=False))
-
-
 def clever_hans_queries(model, test: dict, n_test: int, rng: np.random.Generator) -> dict:
     """Stamped test images of other classes that the stamp moves into the shortcut's class (``images``, their
     ``targets``), and the same images clean with the class predicted for them (``control``)."""
     shortcut, index, _ = moved_by_stamp(model, test)
-    keep = torch.as_tensor(sample_indices(len(index), n_test, rng), device=index.device)
+    keep = torch.as_tensor(subsample(len(index), n_test, rng), device=index.device)
     shortcut, index = shortcut[keep], index[keep]
     clean = test["clean_images"][index]
     return {"test_index": index, "shortcut": shortcut, "images": test["shortcut_images"][shortcut, index],
@@ -72,7 +65,7 @@ def clever_hans_queries(model, test: dict, n_test: int, rng: np.random.Generator
 
 def colored_mnist_queries(model, test: dict, n_test: int, rng: np.random.Generator) -> dict:
     """Seeded test images, each for the class the classifier predicts."""
-    index = torch.as_tensor(sample_indices(len(test["labels"]), n_test, rng), device=test["labels"].device)
+    index = torch.as_tensor(subsample(len(test["labels"]), n_test, rng), device=test["labels"].device)
     images = test["images"][index]
     return {"test_index": index, "images": images, "targets": predict_probabilities(model, images).argmax(1),
             "true": test["labels"][index]}
@@ -97,10 +90,14 @@ def proponent_table(found: Proponents, queries: dict, candidates: np.ndarray, tr
     return table
 
 
+def stamped_shortcut(table: pd.DataFrame, shortcut_labels: list[int]) -> pd.Series:
+    """Whether each proponent is a stamped training image of a shortcut's class (the known answer)."""
+    return table["stamped"].astype(bool) & table["train_class"].isin(shortcut_labels)
+
+
 def precision_at(table: pd.DataFrame, k: int, shortcut_labels: list[int]) -> float:
     """Share of the first ``k`` proponents of every query that are stamped training images of a shortcut's class."""
-    top = table[table["rank"] <= k]
-    return float((top["stamped"].astype(bool) & top["train_class"].isin(shortcut_labels)).mean())
+    return float(stamped_shortcut(table[table["rank"] <= k], shortcut_labels).mean())
 
 
 def clever_hans_metrics(table: pd.DataFrame, control: pd.DataFrame, candidates: np.ndarray, train: dict,
@@ -131,7 +128,7 @@ def by_rank(table: pd.DataFrame, figures: dict, meta: dict) -> pd.DataFrame:
     rate), colored MNIST the mean colormap-position gap to the query (beside the class's)."""
     if "stamped" in table:
         shortcut_labels = sorted({s["label"] for s in meta["shortcuts"]})
-        hits = table["stamped"].astype(bool) & table["train_class"].isin(shortcut_labels)
+        hits = stamped_shortcut(table, shortcut_labels)
         return pd.DataFrame({"rank": sorted(table["rank"].unique()), "stamped_share": hits.groupby(table["rank"]).mean().to_numpy(),
                              "base_rate": figures["proponent_base_rate"]})
     gap = (table["position"] - table["query_position"]).abs()
@@ -179,7 +176,7 @@ def run(ctx, cfg: InfluenceParams) -> None:
     classifier = load_classifier(paths.classifier_path(ctx.dataset), ctx.device)
     checkpoints = load_checkpoints(ctx.dataset)
     rng = ctx.rng("sample")
-    candidates = sample_indices(len(train["labels"]), cfg.n_train, rng)
+    candidates = subsample(len(train["labels"]), cfg.n_train, rng)
     is_clever_hans = "shortcut_images" in test
     queries = (clever_hans_queries if is_clever_hans else colored_mnist_queries)(classifier, test, cfg.n_test, rng)
     if len(queries["images"]) == 0:

@@ -7,8 +7,8 @@ from torch import nn
 from captum.influence import TracInCPFast
 
 from pipeline.config import ConfigError, InfluenceParams
-from pipeline.data import to_float
-from pipeline.influence import by_rank, clever_hans_metrics, colored_mnist_metrics, proponent_table, sample_indices
+from pipeline.data import subsample, to_float
+from pipeline.influence import by_rank, clever_hans_metrics, colored_mnist_metrics, proponent_table
 from pipeline.models import build_seeded_classifier
 from pipeline.tracin import Checkpoint, Proponents, TracIn, gradient_factors
 
@@ -176,11 +176,11 @@ def test_colored_mnist_gap_of_proponents_and_of_the_class():
 
 
 def test_sample_indices_are_seeded_sorted_and_capped():
-    a = sample_indices(100, 10, np.random.default_rng(3))
-    assert np.array_equal(a, sample_indices(100, 10, np.random.default_rng(3)))
+    a = subsample(100, 10, np.random.default_rng(3))
+    assert np.array_equal(a, subsample(100, 10, np.random.default_rng(3)))
     assert np.all(np.diff(a) > 0) and len(a) == 10
-    assert np.array_equal(sample_indices(5, None, np.random.default_rng(0)), np.arange(5))
-    assert np.array_equal(sample_indices(5, 50, np.random.default_rng(0)), np.arange(5))
+    assert np.array_equal(subsample(5, None, np.random.default_rng(0)), np.arange(5))
+    assert np.array_equal(subsample(5, 50, np.random.default_rng(0)), np.arange(5))
 
 
 @pytest.mark.parametrize("values, key", [({"top_k": 5}, "top_k"), ({"n_train": 3}, "n_train"), ({"n_test": 0}, "n_test")])
