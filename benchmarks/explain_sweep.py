@@ -3,13 +3,13 @@
 A fixed synthetic workload (random images and counterfactuals, attribution-like maps; the pipeline's
 CNN with random weights, 10 classes) goes, on the same classifier and device, through
 
-- :func:`pipeline.discriminative.sweep`: each distinct mask of a pair built and classified once, a
+- :func:`pipeline.attribution.discriminative.sweep`: each distinct mask of a pair built and classified once, a
   chunk of pairs per forward pass;
 - :func:`quac_style_sweep`: the algorithm of QuAC's evaluator (``quac.evaluation.BaseEvaluator``):
   per pair, the real image classified alone, one mask per threshold built in a Python loop
   (threshold, closing, blur; QuAC does this with OpenCV, here our torch closing and blur on single
   masks), and all thresholds' hybrids of the pair in one forward pass;
-- :func:`pipeline.discriminative.sweep_loop`: one image per forward pass.
+- :func:`pipeline.attribution.discriminative.sweep_loop`: one image per forward pass.
 
 Prints pairs per second for each, the speed-ups of the vectorised sweep and the largest difference
 of score changes between them on the pairs they share.
@@ -31,10 +31,10 @@ import time
 import torch
 from torch import nn
 
-from pipeline.blur import gaussian_blur
-from pipeline.discriminative import (CONVENTIONS, MaskSettings, SweepResult, closed_and_blurred, distinct_masks,
+from pipeline.attribution.blur import gaussian_blur
+from pipeline.attribution.discriminative import (CONVENTIONS, MaskSettings, SweepResult, closed_and_blurred, distinct_masks,
                                      mask_sizes, normalise_maps, sweep, sweep_loop)
-from pipeline.models import CNNClassifier, frozen
+from pipeline.models.classifiers import CNNClassifier, frozen
 from pipeline.runtime import device_name, select_device
 
 MAPS = ("smooth", "uniform")

@@ -1,7 +1,7 @@
 """Speed of one GAN training iteration: eager vs. replayed as a CUDA graph, and where the time goes.
 
 A fixed synthetic workload (random 3 x 28 x 28 uint8 images of 10 classes, the default GAN params)
-goes through :func:`pipeline.train_gan.train` for ``--iterations`` iterations, once eagerly and, on
+goes through :func:`pipeline.stages.train_gan.train` for ``--iterations`` iterations, once eagerly and, on
 CUDA, once with the step captured as a CUDA graph. Prints iterations/second for each and the ratio,
 then a torch-profiler table of one eager iteration (the most expensive operators, and how many
 operators one iteration launches). Not a test: nothing is asserted.
@@ -21,9 +21,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from pipeline.config import GanParams
-from pipeline.gan_models import GanNets
+from pipeline.models.gan import GanNets
 from pipeline.runtime import device_name, select_device, stage_seed, torch_generator
-from pipeline.train_gan import (ClassSampler, GanStreams, StepInputs, draw_indices, make_optimizers, net_config, train,
+from pipeline.stages.train_gan import (ClassSampler, GanStreams, StepInputs, draw_indices, make_optimizers, net_config, train,
                                 training_step)
 
 

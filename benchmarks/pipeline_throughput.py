@@ -40,7 +40,7 @@ def run_stages(work: Path, params: dict, stages: list[str]) -> None:
     for stage in [s for s in STAGE_ORDER if s in stages]:
         for dataset in ("colored_mnist", "clever_hans"):
             print(f"running {stage}@{dataset} ...", file=sys.stderr, flush=True)
-            subprocess.run([sys.executable, "-m", f"pipeline.{stage}", dataset], cwd=work, env=env, check=True,
+            subprocess.run([sys.executable, "-m", f"pipeline.stages.{stage}", dataset], cwd=work, env=env, check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

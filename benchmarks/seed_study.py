@@ -63,7 +63,7 @@ def train_one(seed: int, args: argparse.Namespace) -> dict:
         if args.jobs > 1 and args.device == "cpu":
             env.setdefault("OMP_NUM_THREADS", "1")  # side-by-side runs share the cores instead of fighting over them
         for stage in ("prepare", "train_classifier"):
-            subprocess.run([sys.executable, "-m", f"pipeline.{stage}", DATASET], cwd=work, env=env, check=True,
+            subprocess.run([sys.executable, "-m", f"pipeline.stages.{stage}", DATASET], cwd=work, env=env, check=True,
                            stdout=subprocess.DEVNULL)
         return json.loads((work / "metrics" / DATASET / "classifier.json").read_text())
 

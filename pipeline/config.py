@@ -139,7 +139,7 @@ class ShortcutParams:
         if len(self.color) != 3 or not all(0.0 <= c <= 1.0 for c in self.color):
             fail(f"{where}.color", self.color, "[r, g, b] with each in [0, 1]")
         if self.kind == "text":
-            from pipeline.shortcuts import GLYPHS
+            from pipeline.data.shortcuts import GLYPHS
 
             bad = sorted(set(self.text) - set(GLYPHS))
             if not self.text or bad:
@@ -148,7 +148,7 @@ class ShortcutParams:
 
     def check_fits_inside_image(self, where: str) -> None:
         """The stamp must lie wholly inside the image: a clipped stamp is not the shortcut these params describe."""
-        from pipeline.shortcuts import GLYPH_WIDTH, shortcut_pattern
+        from pipeline.data.shortcuts import GLYPH_WIDTH, shortcut_pattern
 
         height, width = shortcut_pattern(self).shape
         if height > IMAGE_SIZE or width > IMAGE_SIZE:

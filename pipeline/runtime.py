@@ -187,7 +187,7 @@ def stage(name: str, argv: list[str] | None = None) -> Iterator[StageContext]:
 
     Configuration and input errors end the process with a one-line message instead of a trace.
     """
-    parser = argparse.ArgumentParser(prog=f"python -m pipeline.{name}")
+    parser = argparse.ArgumentParser(prog=f"python -m pipeline.stages.{name}")
     parser.add_argument("dataset", choices=DATASETS)
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)

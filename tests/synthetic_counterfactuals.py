@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from pipeline import paths
-from pipeline.data import load_meta, load_prepared, to_float, to_uint8
-from pipeline.inference import predict_probabilities
-from pipeline.models import load_classifier
+from pipeline.data.tensors import to_float, to_uint8
+from pipeline.prepared import load_meta, load_prepared
+from pipeline.models.inference import predict_probabilities
+from pipeline.models.classifiers import load_classifier
 from pipeline.storage import save_arrays
 
 

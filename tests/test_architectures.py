@@ -8,11 +8,11 @@ import torch
 import yaml
 from torch import nn
 
-from pipeline import report
+from pipeline.stages import report
 from pipeline.config import ClassifierParams, ConfigError, Params, build
-from pipeline.compare_architectures import (ComparisonOptions, attribution_maps, correlation_matrix, mean_over_shared_methods,
+from pipeline.evaluation.architectures import (ComparisonOptions, attribution_maps, correlation_matrix, mean_over_shared_methods,
                                             mean_rank_correlation, pairwise_correlations, shortcut_relevance, train_alike)
-from pipeline.models import ResNetClassifier, build_seeded_classifier, frozen, load_classifier, save_model
+from pipeline.models.classifiers import ResNetClassifier, build_seeded_classifier, frozen, load_classifier, save_model
 from tests.conftest import REPO
 
 DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())

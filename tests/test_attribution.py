@@ -8,14 +8,14 @@ import yaml
 from torch import nn
 
 from pipeline import paths
-from pipeline.attribute import (RANDOM_STREAMS, color_scores, gaussian_perturbation, headline, image_sets, main,
+from pipeline.stages.attribute import (RANDOM_STREAMS, color_scores, gaussian_perturbation, headline, image_sets, main,
                                 random_deletion_order, random_streams)
-from pipeline.attribution_methods import (Negated, blurred, gradcam_explainer, make_explainer, noise_baseline,
+from pipeline.attribution.methods import (Negated, blurred, gradcam_explainer, make_explainer, noise_baseline,
                                           skip_reason)
-from pipeline.attribution_scores import (channel_shares, colormap_channel_std, curve_area, deletion_curve, foreground_mask,
+from pipeline.attribution.scores import (channel_shares, colormap_channel_std, curve_area, deletion_curve, foreground_mask,
                                          pixel_map, pointing_game, rank_correlation, relevance_mass, segmentation_iou)
 from pipeline.config import ATTRIBUTION_METHODS, AttributionParams, ConfigError, Params, build
-from pipeline.models import DenseClassifier, build_seeded_classifier, frozen, save_model
+from pipeline.models.classifiers import DenseClassifier, build_seeded_classifier, frozen, save_model
 from pipeline.runtime import StageContext, StageTimer
 from pipeline.storage import save_arrays, write_json
 from tests.conftest import REPO

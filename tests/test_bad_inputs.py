@@ -1,4 +1,4 @@
-"""Bad inputs stop ``python -m pipeline.prepare`` at once: exit code 2, one sentence on stderr that
+"""Bad inputs stop ``python -m pipeline.stages.prepare`` at once: exit code 2, one sentence on stderr that
 names the key or the file, no traceback, and nothing written under data/, metrics/ or plots/.
 
 Each case runs the real entry point on a tiny fake MNIST (idx files written here, 60 training and
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import prepare
+from pipeline.stages import prepare
 from tests.conftest import REPO
 
 N_TRAIN, N_TEST, SIDE = 60, 20, 28
@@ -217,12 +217,12 @@ def test_the_fake_mnist_prepares_when_nothing_is_broken(dataset, workspace, caps
 
 
 def test_command_line_names_the_truncated_file_without_traceback(workspace):
-    """The same through ``python -m pipeline.prepare`` in its own process."""
+    """The same through ``python -m pipeline.stages.prepare`` in its own process."""
     work, raw_dir, base = workspace
     write_params(work, base, {})
     truncate(TRAIN_IMAGES, 1000)(raw_dir)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-m", "pipeline.prepare", "clever_hans", "--params", "params.yaml"],
+    done = subprocess.run([sys.executable, "-m", "pipeline.stages.prepare", "clever_hans", "--params", "params.yaml"],
                           cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert_one_sentence(done.stderr)

@@ -86,7 +86,7 @@ def test_text_shortcut_rejects_unrenderable_characters():
 
 
 def test_cli_reports_config_error_without_traceback(tmp_path, capsys):
-    from pipeline import prepare
+    from pipeline.stages import prepare
 
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(with_change("classifier.epochs", 0)))

@@ -5,7 +5,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.config import CounterfactualParams
-from pipeline.counterfactuals import (all_other_targets, change_size, conversion, evaluate, feature_distances,
+from pipeline.stages.counterfactuals import (all_other_targets, change_size, conversion, evaluate, feature_distances,
                                       make_counterfactuals)
 
 N_CLASSES = 3
@@ -204,7 +204,7 @@ def test_plot_data_has_one_file_per_series(tmp_path, monkeypatch):
     import pandas as pd
 
     from pipeline import paths
-    from pipeline.counterfactuals import save_plots
+    from pipeline.stages.counterfactuals import save_plots
 
     monkeypatch.chdir(tmp_path)
     test = data(30, 0)
@@ -231,8 +231,8 @@ def test_plot_data_has_one_file_per_series(tmp_path, monkeypatch):
 def test_exact_counterfactual_error_is_zero_for_the_exact_answer_and_known_for_no_change():
     import numpy as np
 
-    from pipeline.counterfactuals import exact_error
-    from pipeline.data import exact_counterfactuals
+    from pipeline.stages.counterfactuals import exact_error
+    from pipeline.data.colored_mnist import exact_counterfactuals
 
     colormaps = ["spring", "summer", "autumn", "winter"]
     rng = np.random.default_rng(1)

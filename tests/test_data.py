@@ -6,8 +6,10 @@ import pytest
 import yaml
 
 from pipeline.config import CleverHansParams, ColoredMnistParams, DataParams, ShortcutParams
-from pipeline.data import (DatasetUnavailable, check_raw_files, colorize, load_source, plant_shortcuts,
-                           shortcut_test_sets, subsample)
+from pipeline.data.clever_hans import plant_shortcuts, shortcut_test_sets
+from pipeline.data.colored_mnist import colorize
+from pipeline.data.sources import DatasetUnavailable, check_raw_files, load_source
+from pipeline.data.tensors import subsample
 
 
 def gray_digits(n=40, seed=0):
@@ -65,7 +67,7 @@ def test_missing_source_files_give_a_clear_error(tmp_path):
 def test_real_mnist_files_match_their_idx_headers(mnist_root):
     from torchvision.datasets import MNIST
 
-    from pipeline.data import read_idx_shape
+    from pipeline.data.sources import read_idx_shape
 
     raw_dir = mnist_root / "MNIST" / "raw"
     check_raw_files(raw_dir, MNIST)
@@ -76,7 +78,7 @@ def test_real_mnist_files_match_their_idx_headers(mnist_root):
 def _prepare_hashes(workdir, params_file):
     import os
 
-    from pipeline import prepare
+    from pipeline.stages import prepare
 
     cwd = os.getcwd()
     os.chdir(workdir)
@@ -109,7 +111,7 @@ def test_an_image_is_its_own_exact_counterfactual_and_recoloring_keeps_the_digit
     import matplotlib
 
     from pipeline.config import ColoredMnistParams
-    from pipeline.data import colorize, exact_counterfactuals
+    from pipeline.data.colored_mnist import colorize, exact_counterfactuals
 
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 256, size=(6, 28, 28)).astype(np.uint8)

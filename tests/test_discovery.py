@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.discovery import DiscoverySettings, describe, discover, region_iou, where_in_image
+from pipeline.evaluation.discovery import DiscoverySettings, describe, discover, region_iou, where_in_image
 
 H = W = 28
 
@@ -94,7 +94,7 @@ def test_too_few_permutations_for_alpha_is_refused():
 def test_auto_method_is_the_discriminative_one_with_the_best_median_score():
     import numpy as np
 
-    from pipeline.discover import chosen_method
+    from pipeline.stages.discover import chosen_method
 
     arrays = {"methods": np.array(["d_ig", "d_deeplift", "residual"]), "d_ig_score": np.array([0.2, 0.3, 0.4]),
               "d_deeplift_score": np.array([0.5, 0.6, 0.1]), "residual_score": np.array([0.9, 0.9, 0.9])}
@@ -103,7 +103,7 @@ def test_auto_method_is_the_discriminative_one_with_the_best_median_score():
 
 
 def test_flagged_regions_are_scored_against_the_planted_shortcut():
-    from pipeline.discover import score_against_truth
+    from pipeline.stages.discover import score_against_truth
 
     masks, targets, generator = case(n_classes=4)
     planted = square(1, 1, 8)
@@ -125,7 +125,7 @@ def red_square_classifier(x: torch.Tensor) -> torch.Tensor:
 def test_a_recurring_region_is_a_shortcut_only_when_it_moves_decisions_on_its_own():
     """Class 3's masks recur on a red square that alone decides; class 1's on a stroke that recurs
     (part of its shape) but moves nothing when pasted elsewhere. Only class 3 is flagged."""
-    from pipeline.discovery import trigger_rate
+    from pipeline.evaluation.discovery import trigger_rate
 
     masks, targets, generator = case(n_classes=4)
     planted, stroke = square(1, 1, 8), square(18, 12, 6)
@@ -149,7 +149,7 @@ def test_a_recurring_region_is_a_shortcut_only_when_it_moves_decisions_on_its_ow
 
 
 def test_the_trigger_rate_counts_recipients_moved_by_the_pasted_region():
-    from pipeline.discovery import pasted, trigger_rate
+    from pipeline.evaluation.discovery import pasted, trigger_rate
 
     region = square(1, 1, 8)
     donors = torch.zeros(4, 3, H, W)
@@ -173,8 +173,8 @@ def test_the_discover_stage_flags_a_pasted_shortcut_and_not_class_shape(tmp_path
     import yaml
 
     from pipeline import paths
-    from pipeline.discover import main
-    from pipeline.models import save_model
+    from pipeline.stages.discover import main
+    from pipeline.models.classifiers import save_model
     from pipeline.storage import save_arrays, write_json
     from tests.test_explain import SQUARE, square_detector
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.blur import gaussian_blur, kernel_size_for
-from pipeline.discriminative import (MaskSettings, SweepResult, attribution_maps, closing, curve_scores,
+from pipeline.attribution.blur import gaussian_blur, kernel_size_for
+from pipeline.attribution.discriminative import (MaskSettings, SweepResult, attribution_maps, closing, curve_scores,
                                      interpolate_curves, mask_overlap, normalise_maps, optimal_masks,
                                      optimal_threshold_index, score_pairs, size_grid, sweep, sweep_loop)
-from pipeline.models import CNNClassifier, frozen
+from pipeline.models.classifiers import CNNClassifier, frozen
 
 EXACT = MaskSettings(n_thresholds=50, closing_size=1, blur_sigma=0.0)  # masks are the thresholded maps
 EXACT_QUAC = MaskSettings(n_thresholds=50, closing_size=1, blur_sigma=0.0, convention="quac")
@@ -370,7 +370,7 @@ def test_the_sweep_of_distinct_masks_equals_the_per_threshold_loop(convention, c
     """Maps quantised to 10 levels give most thresholds the mask of the one before (QuAC's negative
     thresholds all give the full mask); continuous maps give nearly every threshold its own. Either
     way every threshold gets the result of classifying its own hybrid."""
-    from pipeline.discriminative import distinct_masks
+    from pipeline.attribution.discriminative import distinct_masks
 
     torch.manual_seed(0)
     model = frozen(CNNClassifier(n_classes=4, width=8), "cpu")
@@ -397,7 +397,7 @@ def test_the_sweep_of_distinct_masks_equals_the_per_threshold_loop(convention, c
 
 
 def test_pairs_are_chunked_to_fill_each_forward_pass():
-    from pipeline.discriminative import pair_chunks
+    from pipeline.attribution.discriminative import pair_chunks
 
     chunks = pair_chunks([3, 3, 3, 10, 1, 2], capacity=6)
     assert [(c.start, c.stop) for c in chunks] == [(0, 2), (2, 3), (3, 4), (4, 6)]  # 10 > 6 runs alone

@@ -9,8 +9,8 @@ import yaml
 from torch import nn
 
 from pipeline.config import ConfigError, Params, build
-from pipeline.models import conv_layers
-from pipeline.dissection import (DissectionOptions, best_units, dissect, iou_ceiling, layer_maps,
+from pipeline.models.classifiers import conv_layers
+from pipeline.evaluation.dissection import (DissectionOptions, best_units, dissect, iou_ceiling, layer_maps,
                                  layer_summary, quantile_thresholds, top_images, unit_masks, unit_thresholds)
 from tests.conftest import REPO
 
@@ -179,7 +179,7 @@ def test_bad_dissect_params_name_key_value_and_what_is_allowed(key, value, allow
 
 
 def test_the_report_says_how_many_units_of_which_layer_detect_the_shortcut():
-    from pipeline import report
+    from pipeline.stages import report
 
     layers = {"conv1": {"n_units": 32, "shortcut_units": 3, "digit_units": 0},
               "conv2": {"n_units": 32, "shortcut_units": 6, "digit_units": 0},

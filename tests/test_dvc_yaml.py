@@ -3,6 +3,7 @@ param the code reads is set in params.yaml (so code defaults never decide a run 
 import ast
 import dataclasses
 import typing
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,21 +17,26 @@ PIPELINE = REPO / "pipeline"
 NOT_DECLARED = {"pipeline/config.py", "pipeline/__init__.py"}
 
 
+def module_file(dotted: str) -> Path | None:
+    """``pipeline/a/b.py`` for module ``pipeline.a.b``; None for a package or a name that is no module."""
+    path = REPO.joinpath(*dotted.split(".")).with_suffix(".py")
+    return path if path.is_file() else None
+
+
 def imported_modules(module: str) -> set[str]:
-    """``pipeline/<name>.py`` files that ``module`` imports, directly or through other pipeline modules."""
+    """``pipeline/**.py`` files that ``module`` imports, directly or through other pipeline modules
+    (package ``__init__.py`` files are empty: the layout test checks it)."""
     seen, todo = set(), [module]
     while todo:
-        path = PIPELINE / f"{todo.pop()}.py"
-        if str(path.relative_to(REPO)) in seen:
+        path = module_file(todo.pop())
+        if path is None or str(path.relative_to(REPO)) in seen:
             continue
         seen.add(str(path.relative_to(REPO)))
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module == "pipeline":
-                todo += [alias.name for alias in node.names if (PIPELINE / f"{alias.name}.py").exists()]
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline."):
-                todo.append(node.module.split(".", 1)[1])
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "pipeline":
+                todo += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
             elif isinstance(node, ast.Import):
-                todo += [a.name.split(".", 1)[1] for a in node.names if a.name.startswith("pipeline.")]
+                todo += [a.name for a in node.names if a.name.startswith("pipeline.")]
     return seen
 
 
@@ -40,7 +46,7 @@ STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 @pytest.mark.parametrize("name", list(STAGES))
 def test_every_stage_declares_the_pipeline_modules_it_imports(name):
     stage = STAGES[name]
-    module = stage["cmd"].split("python -m pipeline.", 1)[1].split()[0]
+    module = stage["cmd"].split("python -m ", 1)[1].split()[0]
     declared = {dep for dep in stage["deps"] if dep.startswith("pipeline/")}
     needed = imported_modules(module) - NOT_DECLARED
     assert needed <= declared, f"{name}: add to deps: {sorted(needed - declared)}"

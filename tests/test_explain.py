@@ -11,9 +11,9 @@ import yaml
 
 from pipeline import paths
 from pipeline.config import ExplainParams
-from pipeline.discriminative import DISCRIMINATIVE, METHODS, MaskSettings, size_grid
-from pipeline.explain import main, stamped_control
-from pipeline.models import DenseClassifier, save_model
+from pipeline.attribution.discriminative import DISCRIMINATIVE, METHODS, MaskSettings, size_grid
+from pipeline.stages.explain import main, stamped_control
+from pipeline.models.classifiers import DenseClassifier, save_model
 from pipeline.storage import save_arrays, write_json
 from tests.conftest import REPO
 

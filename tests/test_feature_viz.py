@@ -8,8 +8,8 @@ from torch import nn
 
 from pipeline import paths
 from pipeline.config import FeatureVizParams
-from pipeline.feature_viz import build_units, dream_layers, dream_on_region, main, maximise, standardise
-from pipeline.models import CNNClassifier, frozen, save_model
+from pipeline.stages.feature_viz import build_units, dream_layers, dream_on_region, main, maximise, standardise
+from pipeline.models.classifiers import CNNClassifier, frozen, save_model
 from pipeline.storage import save_arrays, write_json
 from tests.conftest import REPO
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.frechet import (class_matched_frechet, eigen_trace_sqrt, feature_frechet_distance, frechet_distance,
+from pipeline.counterfactuals.frechet import (class_matched_frechet, eigen_trace_sqrt, feature_frechet_distance, frechet_distance,
                               gaussian)
 
 

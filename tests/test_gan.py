@@ -8,11 +8,11 @@ import pytest
 import torch
 import yaml
 
-from pipeline import train_gan
+from pipeline.stages import train_gan
 from pipeline.config import GanParams
-from pipeline.gan_models import GanNets, Translator, load_translator, save_translator
+from pipeline.models.gan import GanNets, Translator, load_translator, save_translator
 from pipeline.runtime import stage_seed, torch_generator
-from pipeline.train_gan import (LOSS_NAMES, CheckpointMismatch, ClassSampler, GanStreams, NonFiniteLoss, check_losses,
+from pipeline.stages.train_gan import (LOSS_NAMES, CheckpointMismatch, ClassSampler, GanStreams, NonFiniteLoss, check_losses,
                                 ema_beta_at, ema_update, fingerprint, train)
 from pipeline.storage import load_checkpoint, save_arrays, save_checkpoint, write_json
 
@@ -170,14 +170,15 @@ def test_translator_round_trips_and_translates_to_valid_images(tmp_path):
 
 
 @pytest.mark.parametrize("edited, matters", [
-    ("train_gan.py", True), ("gan_models.py", True), ("inference.py", True), ("data.py", True), ("models.py", True),
-    ("storage.py", True), ("runtime.py", True), ("plotting.py", False), ("config.py", False)])
+    ("stages/train_gan.py", True), ("models/gan.py", True), ("models/inference.py", True), ("data/tensors.py", True),
+    ("models/classifiers.py", True), ("storage.py", True), ("runtime.py", True), ("plotting.py", False),
+    ("config.py", False)])
 def test_fingerprint_covers_the_code_of_every_module_training_imports(monkeypatch, edited, matters):
     """Imported at module level by train_gan (directly or not) counts; figures and the params' schema do not."""
     images, labels = toy_data()
     before = fingerprint(tiny_cfg(), CONFIG, 0, images, labels)
     read_bytes = Path.read_bytes
-    monkeypatch.setattr(Path, "read_bytes", lambda path: read_bytes(path) + (b"\n# edited\n" if path.name == edited else b""))
+    monkeypatch.setattr(Path, "read_bytes", lambda path: read_bytes(path) + (b"\n# edited\n" if path.as_posix().endswith("pipeline/" + edited) else b""))
     assert (fingerprint(tiny_cfg(), CONFIG, 0, images, labels) != before) == matters
 
 

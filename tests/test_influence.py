@@ -1,4 +1,4 @@
-"""TracIn proponents (pipeline.tracin) and the influence stage's known-answer figures, on constructed cases."""
+"""TracIn proponents (pipeline.attribution.tracin) and the influence stage's known-answer figures, on constructed cases."""
 import numpy as np
 import pytest
 import torch
@@ -7,10 +7,10 @@ from torch import nn
 from captum.influence import TracInCPFast
 
 from pipeline.config import ConfigError, InfluenceParams
-from pipeline.data import subsample, to_float
-from pipeline.influence import by_rank, clever_hans_metrics, colored_mnist_metrics, proponent_table
-from pipeline.models import build_seeded_classifier
-from pipeline.tracin import Checkpoint, Proponents, TracIn, gradient_factors
+from pipeline.data.tensors import subsample, to_float
+from pipeline.stages.influence import by_rank, clever_hans_metrics, colored_mnist_metrics, proponent_table
+from pipeline.models.classifiers import build_seeded_classifier
+from pipeline.attribution.tracin import Checkpoint, Proponents, TracIn, gradient_factors
 
 CONFIG = {"architecture": "dense", "n_classes": 3, "width": 2}
 
@@ -192,7 +192,7 @@ def test_bad_influence_params(values, key):
 @pytest.mark.parametrize("kind", ["clever_hans", "colored_mnist"])
 def test_picture_of_queries_and_proponents(tmp_path, monkeypatch, kind):
     from pipeline import paths
-    from pipeline.influence import save_picture
+    from pipeline.stages.influence import save_picture
 
     monkeypatch.chdir(tmp_path)
     if kind == "clever_hans":

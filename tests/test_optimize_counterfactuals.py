@@ -9,8 +9,8 @@ from torch import nn
 
 from pipeline import paths
 from pipeline.config import OptimizeCounterfactualsParams
-from pipeline.models import DenseClassifier, frozen, save_model
-from pipeline.optimize_counterfactuals import (change_measures, main, match_rows, optimize, output_path, select_images,
+from pipeline.models.classifiers import DenseClassifier, frozen, save_model
+from pipeline.stages.optimize_counterfactuals import (change_measures, main, match_rows, optimize, output_path, select_images,
                                                success_curve, target_margin)
 from pipeline.storage import load_arrays, save_arrays, write_json
 

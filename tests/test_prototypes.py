@@ -1,10 +1,10 @@
-"""MMD-critic (pipeline.prototypes) on constructed point sets whose answer is known in advance."""
+"""MMD-critic (pipeline.stages.prototypes) on constructed point sets whose answer is known in advance."""
 import math
 
 import pytest
 import torch
 
-from pipeline.mmd_critic import (CriticOptions, median_bandwidth, mmd2, mmd_critic, rbf_kernel, sample_per_class,
+from pipeline.evaluation.mmd_critic import (CriticOptions, median_bandwidth, mmd2, mmd_critic, rbf_kernel, sample_per_class,
                                  select_criticisms, select_per_class, select_prototypes, witness)
 
 

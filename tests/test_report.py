@@ -13,7 +13,7 @@ import pytest
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline import report  # noqa: E402
+from pipeline.stages import report
 
 CLASSIFIER = {
     "colored_mnist": {"test_accuracy": 0.999},

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pipeline.scores import accuracy, confusion_matrix, per_class_accuracy, share_of_others_assigned
+from pipeline.evaluation.classification import accuracy, confusion_matrix, per_class_accuracy, share_of_others_assigned
 
 
 def test_confusion_and_per_class_accuracy():

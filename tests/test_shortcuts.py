@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import ShortcutParams
-from pipeline.shortcuts import render_text, shortcut_alpha, shortcut_pattern, stamp
+from pipeline.data.shortcuts import render_text, shortcut_alpha, shortcut_pattern, stamp
 
 
 def test_square_alpha_is_the_square():

@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import ConfigError, SpectraParams
-from pipeline.data import to_float, to_uint8
-from pipeline.gan_models import Generator
-from pipeline.spectra import (DetectorSettings, artifacts_detected, compare_with_real, grouped_folds, log_spectra,
+from pipeline.data.tensors import to_float, to_uint8
+from pipeline.models.gan import Generator
+from pipeline.stages.spectra import (DetectorSettings, artifacts_detected, compare_with_real, grouped_folds, log_spectra,
                               radial_average, rings, separability, to_generator_range)
 
 SETTINGS = DetectorSettings(epsilon=1e-3, C=0.1, folds=5, seed=0)

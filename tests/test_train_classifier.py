@@ -10,10 +10,10 @@ from torch import nn
 
 from pipeline import paths
 from pipeline.config import ClassifierParams, Params
-from pipeline.models import build_seeded_classifier, load_classifier, save_model
+from pipeline.models.classifiers import build_seeded_classifier, load_classifier, save_model
 from pipeline.runtime import StageContext, StageTimer, open_live
 from pipeline.storage import save_arrays, write_json
-from pipeline.train_classifier import (data_order_generator, evaluate, initial_classifier, live_epoch_logger,
+from pipeline.stages.train_classifier import (data_order_generator, evaluate, initial_classifier, live_epoch_logger,
                                        log_evaluation, main, train)
 from tests.conftest import REPO
 

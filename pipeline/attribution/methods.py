@@ -1,0 +1,145 @@
+"""Attribution methods as uniform, batched callables built on captum.
+
+``make_explainer(name, model, cfg, noise)`` returns ``explain(images, targets) -> attributions`` with
+the shape of ``images`` (N x 3 x H x W float32); ``noise`` is the ``ig_noise`` baseline image.
+Grad-CAM maps are upsampled to the input size and spread evenly over the three channels, so that
+the channel sum is the Grad-CAM map itself.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from pipeline.config import ATTRIBUTION_METHODS, AttributionParams
+from pipeline.models.classifiers import INPUT_SHAPE
+
+Explainer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+NEEDS_CONV_LAYER = ("gradcam", "guided_gradcam")
+
+
+class Negated(nn.Module):
+    """The model's outputs with the sign flipped: Grad-CAM of it shows evidence *against* a class."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.model(x)
+
+
+def skip_reason(name: str, model: nn.Module) -> str | None:
+    """Why ``name`` cannot run on ``model`` (None when it can)."""
+    if name in NEEDS_CONV_LAYER and getattr(model, "gradcam_layer", None) is None:
+        return f"{name} needs a convolutional layer; the {type(model).__name__} has none"
+    return None
+
+
+def blurred(images: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
+    """Gaussian-blurred copy of a batch (the ``ig_blur`` baseline), borders reflected (:mod:`pipeline.attribution.blur`)."""
+    from pipeline.attribution.blur import gaussian_blur
+
+    return gaussian_blur(images, sigma, kernel_size)
+
+
+def noise_baseline(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """One uniform-noise image (1 x C x H x W) drawn by ``generator``: the ``ig_noise`` baseline of every input.
+
+    Drawn on the generator's device (the CPU for the stage, so a CPU and a GPU run share it).
+    """
+    return torch.rand((1, *shape), generator=generator, device=generator.device)
+
+
+def upsampled_gradcam(layer_gradcam, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    from captum.attr import LayerAttribution
+
+    cam = layer_gradcam.attribute(images, target=targets, relu_attributions=True)
+    cam = LayerAttribution.interpolate(cam, tuple(images.shape[-2:]), interpolate_mode="bilinear")
+    return (cam / images.shape[1]).expand_as(images).contiguous()
+
+
+def gradcam_explainer(model: nn.Module, counterfactual: bool = False) -> Explainer:
+    """Grad-CAM on the model's last convolutional layer; ``counterfactual``: with negated gradients."""
+    from captum.attr import LayerGradCam
+
+    method = LayerGradCam(Negated(model) if counterfactual else model, model.gradcam_layer)
+    return lambda images, targets: upsampled_gradcam(method, images, targets)
+
+
+def make_explainer(name: str, model: nn.Module, cfg: AttributionParams, noise: torch.Tensor | None = None) -> Explainer:
+    """A batched attribution function for method ``name`` (see ``ATTRIBUTION_METHODS``).
+
+    ``noise``: the 1 x C x H x W baseline image of ``ig_noise`` (see ``noise_baseline``); only that method needs it.
+    """
+    from captum import attr
+
+    if name not in ATTRIBUTION_METHODS:
+        raise ValueError(f"unknown attribution method {name!r}; known: {', '.join(ATTRIBUTION_METHODS)}")
+    reason = skip_reason(name, model)
+    if reason:
+        raise ValueError(reason)
+    if name == "ig_noise" and noise is None:
+        raise ValueError("ig_noise needs its baseline image: pass noise=noise_baseline(...)")
+
+    def per_eval(images: torch.Tensor, per_image: int) -> int:
+        """How many perturbed copies of the batch fit in one forward pass of ``internal_batch_size``."""
+        return max(1, min(per_image, cfg.internal_batch_size // max(1, len(images))))
+
+    if name.startswith("ig_"):
+        ig = attr.IntegratedGradients(model)
+
+        def integrated_gradients(images, targets):
+            if name == "ig_zero":
+                baselines = torch.zeros_like(images)
+            elif name == "ig_noise":
+                baselines = noise.to(images.device).expand_as(images)
+            else:
+                baselines = blurred(images, cfg.blur_kernel_size, cfg.blur_sigma)
+            return ig.attribute(images, baselines=baselines, target=targets, n_steps=cfg.ig_steps,
+                                internal_batch_size=max(len(images), cfg.internal_batch_size))
+
+        return integrated_gradients
+    if name == "saliency":
+        method = attr.Saliency(model)
+        return lambda images, targets: method.attribute(images, target=targets, abs=True)
+    if name == "inputxgrad":
+        method = attr.InputXGradient(model)
+        return lambda images, targets: method.attribute(images, target=targets)
+    if name == "deeplift":
+        method = attr.DeepLift(model)
+        return lambda images, targets: method.attribute(images, baselines=torch.zeros_like(images), target=targets)
+    if name == "guided_backprop":
+        method = attr.GuidedBackprop(model)
+        return lambda images, targets: method.attribute(images, target=targets)
+    if name == "occlusion":
+        method = attr.Occlusion(model)
+        channels, size = INPUT_SHAPE[0], INPUT_SHAPE[1]
+        window = (channels, cfg.occlusion_window, cfg.occlusion_window)
+        strides = (channels, cfg.occlusion_stride, cfg.occlusion_stride)
+        positions = ((size - cfg.occlusion_window) // cfg.occlusion_stride + 1) ** 2
+        return lambda images, targets: method.attribute(
+            images, sliding_window_shapes=window, strides=strides, baselines=0.0, target=targets,
+            perturbations_per_eval=per_eval(images, positions))
+    if name == "smoothgrad":
+        method = attr.NoiseTunnel(attr.Saliency(model))
+        return lambda images, targets: method.attribute(
+            images, nt_type="smoothgrad", nt_samples=cfg.smoothgrad_samples, stdevs=cfg.smoothgrad_stdev,
+            nt_samples_batch_size=per_eval(images, cfg.smoothgrad_samples), target=targets, abs=True)
+    if name == "gradcam":
+        return gradcam_explainer(model)
+    # guided_gradcam
+    method = attr.GuidedGradCam(model, model.gradcam_layer)
+    return lambda images, targets: method.attribute(images, target=targets, interpolate_mode="bilinear")
+
+
+def as_captum_explanation(explain: Explainer) -> Callable:
+    """Adapt ``explain`` to captum.metrics' calling convention (inputs may come as a 1-tuple)."""
+
+    def explanation(inputs, target=None):
+        if isinstance(inputs, tuple):
+            return (explain(inputs[0], target).detach(),)
+        return explain(inputs, target).detach()
+
+    return explanation

@@ -1,0 +1,127 @@
+"""Source images: MNIST and Fashion-MNIST through torchvision, with checks of the raw files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import IMAGE_SIZE, N_SOURCE_CLASSES, DataParams
+from pipeline.storage import InputError
+
+
+class DatasetUnavailable(InputError):
+    """The source images are not on disk and could not be downloaded."""
+
+
+def _source_class(source: str):
+    from torchvision import datasets
+
+    return {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}[source]
+
+
+def load_source(data: DataParams, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Grayscale images (N x 28 x 28 uint8) and labels of one split, read through torchvision.
+
+    Files already under ``<root>/<MNIST|FashionMNIST>/raw`` are used as they are; otherwise they
+    are downloaded when ``data.download`` allows. Failing both, the error names the folder. A raw
+    file that is truncated or not what its name says is refused, naming the file, before reading.
+    """
+    cls = _source_class(data.source)
+    raw_dir = Path(data.root) / cls.__name__ / "raw"
+    check_raw_files(raw_dir, cls)
+    try:
+        dataset = cls(data.root, train=train, download=False)
+    except RuntimeError:
+        if not data.download:
+            raise DatasetUnavailable(_missing_message(raw_dir, cls, "data.download is false")) from None
+        try:
+            dataset = cls(data.root, train=train, download=True)
+        except Exception as err:  # URLError, HTTPError, socket errors, checksum errors ...
+            reason = " ".join(f"download failed: {type(err).__name__}: {err}".split())
+            raise DatasetUnavailable(_missing_message(raw_dir, cls, reason)) from None
+        check_raw_files(raw_dir, cls)
+    labels = dataset.targets.numpy().astype(np.int64)
+    check_labels(labels, raw_dir / f"{'train' if train else 't10k'}-labels-idx1-ubyte")
+    return dataset.data.numpy().astype(np.uint8), labels
+
+
+def _missing_message(raw_dir: Path, cls, reason: str) -> str:
+    names = [Path(url).name.removesuffix(".gz") for url, _ in cls.resources]
+    missing = [name for name in names if not (raw_dir / name).is_file()]
+    return (
+        f"{cls.__name__} files missing in {raw_dir.resolve()}: {', '.join(missing)} ({reason}); put the four raw "
+        f"files there ({', '.join(names)}; their .gz archives are unpacked when data.download is true), or point "
+        f"data.root at a folder that has {cls.__name__}/raw, e.g. `dvc exp run -S data.root=/path/to/datasets`"
+    )
+
+
+IDX_UNSIGNED_BYTE = 0x08  # the idx type code of MNIST's images and labels
+
+
+REFETCH = "re-copy it from a good source, or delete it and run again with data.download: true to download it again"
+
+
+def read_idx_shape(path: Path) -> tuple[int, ...]:
+    """Shape that the idx header of ``path`` announces; fail unless the file has exactly that many bytes.
+
+    An idx file starts with two zero bytes, a type code, the number of dimensions and one big-endian
+    uint32 per dimension; unsigned-byte data (one byte per item) follow.
+    """
+    actual = path.stat().st_size
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+        if len(magic) < 4 or magic[:2] != b"\0\0" or magic[2] != IDX_UNSIGNED_BYTE or not 1 <= magic[3] <= 3:
+            raise InputError(f"{path} is not an idx file of unsigned bytes (it starts with {magic.hex() or 'nothing'}, "
+                             f"expected 000008 and a dimension count); {REFETCH}")
+        n_dims = magic[3]
+        header = fh.read(4 * n_dims)
+    if len(header) < 4 * n_dims:
+        raise InputError(f"{path} is truncated: it has {actual} bytes, fewer than its {4 + 4 * n_dims}-byte idx header; {REFETCH}")
+    shape = tuple(int.from_bytes(header[4 * i : 4 * i + 4], "big") for i in range(n_dims))
+    expected = 4 + 4 * n_dims + int(np.prod(shape))
+    if actual != expected:
+        item = " x ".join(str(d) for d in shape[1:]) + " bytes" if len(shape) > 1 else "one byte"
+        raise InputError(f"{path} is truncated or corrupt: its idx header announces {shape[0]} items of {item}, "
+                         f"{expected} bytes in all, but the file has {actual} bytes; {REFETCH}")
+    return shape
+
+
+def check_raw_files(raw_dir: Path, cls) -> None:
+    """Check every raw file present in ``raw_dir``: sizes against their idx headers, the image shape,
+    image and label counts of each split against each other, and archives against their published checksum."""
+    from torchvision.datasets.utils import check_integrity
+
+    shapes = {}
+    for url, md5 in cls.resources:
+        archive = raw_dir / Path(url).name
+        raw = archive.with_suffix("")
+        if raw.is_file():
+            shapes[raw.name] = read_idx_shape(raw)
+        elif archive.is_file() and not check_integrity(str(archive), md5):
+            raise InputError(f"{archive} is truncated or corrupt: its {archive.stat().st_size} bytes do not have the "
+                             f"published MD5 checksum {md5}; {REFETCH}")
+    for split in ("train", "t10k"):
+        images, labels = shapes.get(f"{split}-images-idx3-ubyte"), shapes.get(f"{split}-labels-idx1-ubyte")
+        if images is not None and (len(images) != 3 or images[1:] != (IMAGE_SIZE, IMAGE_SIZE)):
+            raise InputError(f"{raw_dir / f'{split}-images-idx3-ubyte'} holds items of shape "
+                             f"{' x '.join(map(str, images))}, not N x {IMAGE_SIZE} x {IMAGE_SIZE} images; {REFETCH}")
+        if labels is not None and len(labels) != 1:
+            raise InputError(f"{raw_dir / f'{split}-labels-idx1-ubyte'} holds items of shape "
+                             f"{' x '.join(map(str, labels))}, not a list of labels; {REFETCH}")
+        if images is not None and labels is not None and images[0] != labels[0]:
+            raise InputError(f"{raw_dir / f'{split}-images-idx3-ubyte'} holds {images[0]} images but "
+                             f"{split}-labels-idx1-ubyte holds {labels[0]} labels; re-copy both from the same source, "
+                             f"or delete both and run again with data.download: true")
+
+
+def check_labels(labels: np.ndarray, path: Path) -> None:
+    """Every label must name one of the source's classes."""
+    outside = labels[(labels < 0) | (labels >= N_SOURCE_CLASSES)]
+    if len(outside):
+        raise InputError(f"{path} holds {len(outside)} labels outside 0..{N_SOURCE_CLASSES - 1} "
+                         f"(e.g. {int(outside[0])}); {REFETCH}")
+
+
+def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    """N x H x W uint8 -> N x 3 x H x W uint8 (equal channels)."""
+    return np.repeat(gray[:, None], 3, axis=1)

@@ -1,0 +1,239 @@
+"""Network dissection (Bau et al., 2017): which convolution channels segment a known concept?
+
+Every channel ("unit") of the chosen layers is turned into a binary segmentation of each image: its
+activation map is upsampled to the image size (bilinear) and thresholded at the unit's own top
+quantile over the whole sample, ``mask = map > T_k`` with ``T_k`` such that ``P(map > T_k) = 1 - quantile``
+over every (image, pixel) value of the unit (less where values tie at ``T_k``, never more). Each mask is
+compared with the concept masks (pixels of the digit, of a planted shortcut, of one colormap ...) by the
+IoU accumulated over the sample, as dissection does: ``sum over images |M ∩ C| / sum over images |M ∪ C|``. A unit *detects* a concept when
+that IoU reaches ``iou_threshold``.
+
+Conventions, and where they differ from NetDissect:
+
+- maps are taken after the ReLU (``activation="post_relu"``: the hooked convolution output clamped at
+  zero, which is the ReLU's output when a ReLU follows the convolution) or before it (``pre_relu``);
+- ``T_k`` is found on the upsampled maps (NetDissect: at the layer's own resolution), so a unit's masks
+  cover exactly the share ``1 - quantile`` of the sample's pixels (fewer when the unit is positive on fewer
+  of them, post-ReLU). The quantile is exact: the top ``1 - quantile`` of each unit's values are kept while
+  streaming over batches (memory: that many values per unit);
+- a mask of area share ``a`` against a concept of area share ``c`` scores at most ``min(a, c) / max(a, c)``
+  (:func:`iou_ceiling`): the quantile must leave masks about as large as the concept for IoU to be high.
+
+The library takes tensors and an ``nn.Module``; it knows nothing of params files or output paths.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.data.tensors import as_float
+from pipeline.models.classifiers import conv_layers, layer_outputs
+
+Layers = Sequence[tuple[str, nn.Module]]
+
+
+@dataclass(frozen=True)
+class DissectionOptions:
+    """How units become masks and when a mask detects a concept."""
+
+    quantile: float = 0.85                # a unit's mask: its values above its own quantile of the sample
+    iou_threshold: float = 0.5            # a unit detects a concept from this IoU on
+    activation: Literal["post_relu", "pre_relu"] = "post_relu"
+    batch_size: int = 256                 # images per forward pass
+
+    def __post_init__(self):
+        if not 0.0 < self.quantile < 1.0:
+            raise ValueError(f"quantile = {self.quantile!r}; allowed: a number in (0, 1)")
+        if not 0.0 < self.iou_threshold <= 1.0:
+            raise ValueError(f"iou_threshold = {self.iou_threshold!r}; allowed: a number in (0, 1]")
+        if self.activation not in ("post_relu", "pre_relu"):
+            raise ValueError(f"activation = {self.activation!r}; allowed: 'post_relu', 'pre_relu'")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size = {self.batch_size!r}; allowed: a positive integer")
+
+
+@dataclass
+class Dissection:
+    """The scores of every unit (rows, in layer order) against every concept (columns)."""
+
+    layer_names: list[str]
+    concept_names: list[str]
+    unit_layer: torch.Tensor       # int64 [U]: index into layer_names
+    unit_channel: torch.Tensor     # int64 [U]
+    thresholds: torch.Tensor       # [U]: T_k
+    intersection: torch.Tensor     # float64 [U x K]: pixels in mask and concept, summed over the sample
+    union: torch.Tensor            # float64 [U x K]
+    mask_share: torch.Tensor       # [U]: share of the sample's pixels in each unit's masks
+    concept_share: torch.Tensor    # [K]: share of the sample's pixels in each concept
+    peak: torch.Tensor             # [N x U]: each image's largest (upsampled) activation of each unit
+
+    @property
+    def iou(self) -> torch.Tensor:
+        """[U x K]; 0 where mask and concept are both empty."""
+        return torch.where(self.union > 0, self.intersection / self.union.clamp_min(1), torch.zeros_like(self.union))
+
+    def detects(self, iou_threshold: float) -> torch.Tensor:
+        """[U x K] bool: the unit's IoU with the concept reaches ``iou_threshold``."""
+        return self.iou >= iou_threshold
+
+    def unit_names(self) -> list[str]:
+        return [f"{self.layer_names[k]}/{c}" for k, c in zip(self.unit_layer.tolist(), self.unit_channel.tolist())]
+
+
+def iou_ceiling(mask_share: torch.Tensor, concept_share: torch.Tensor) -> torch.Tensor:
+    """The largest IoU a mask covering ``mask_share`` of the pixels can reach on a concept covering ``concept_share``."""
+    low, high = torch.minimum(mask_share, concept_share), torch.maximum(mask_share, concept_share)
+    return torch.where(high > 0, low / high.clamp_min(1e-12), torch.zeros_like(high))
+
+
+@torch.no_grad()
+def layer_maps(model: nn.Module, layers: Layers, images: torch.Tensor, activation: str = "post_relu") -> list[torch.Tensor]:
+    """Activation maps of every layer for one batch, upsampled (bilinear) to the image size: [B x C_l x H x W] each."""
+    _, outputs = layer_outputs(model, as_float(images), [module for _, module in layers])
+    size = images.shape[-2:]
+    maps = []
+    for out in outputs:
+        a = out.float()
+        if activation == "post_relu":
+            a = a.clamp_min(0)
+        if a.shape[-2:] != size:
+            a = F.interpolate(a, size=size, mode="bilinear", align_corners=False)
+        maps.append(a)
+    return maps
+
+
+def top_count(quantile: float, n_values: int) -> int:
+    """How many of ``n_values`` lie above the ``quantile``: ``round((1 - quantile) * n_values)``, at least 1."""
+    return max(1, int(round((1.0 - quantile) * n_values)))
+
+
+def quantile_thresholds(values: torch.Tensor, quantile: float) -> torch.Tensor:
+    """Per row of ``values`` [U x M]: ``T``, the ``(top_count + 1)``-th largest value, so that exactly the top
+    ``top_count`` values lie above it (``values > T``); fewer where values tie at ``T`` (e.g. the zeros of a unit
+    that is positive on fewer pixels than that, post-ReLU): a mask never takes more than its share."""
+    keep = min(top_count(quantile, values.shape[1]) + 1, values.shape[1])
+    return values.topk(keep, dim=1, sorted=False).values.amin(1)
+
+
+@torch.no_grad()
+def unit_thresholds(model: nn.Module, layers: Layers, images: torch.Tensor,
+                    options: DissectionOptions) -> tuple[torch.Tensor, list[int]]:
+    """(``T_k`` of every unit [U] over all pixels of all ``images`` as :func:`quantile_thresholds` finds it, units per
+    layer). Exact: each unit's top ``1 - quantile`` share of values is kept across batches."""
+    n, _, h, w = images.shape
+    keep = min(top_count(options.quantile, n * h * w) + 1, n * h * w)   # as quantile_thresholds
+    top: list[torch.Tensor | None] = [None] * len(layers)
+    pending: list[list[torch.Tensor]] = [[] for _ in layers]   # batches not yet merged: one top-k per ~keep new values
+    for start in range(0, n, options.batch_size):
+        maps = layer_maps(model, layers, images[start:start + options.batch_size], options.activation)
+        last = start + options.batch_size >= n
+        for k, a in enumerate(maps):
+            pending[k].append(a.transpose(0, 1).reshape(a.shape[1], -1))
+            if last or sum(v.shape[1] for v in pending[k]) >= keep:
+                values = torch.cat(([top[k]] if top[k] is not None else []) + pending[k], dim=1)
+                top[k], pending[k] = values.topk(min(keep, values.shape[1]), dim=1, sorted=False).values, []
+    return torch.cat([t.amin(1) for t in top]), [t.shape[0] for t in top]
+
+
+@torch.no_grad()
+def dissect(model: nn.Module, images: torch.Tensor, concepts: torch.Tensor, concept_names: list[str],
+            options: DissectionOptions, layers: Layers | None = None) -> Dissection:
+    """Score every unit of ``layers`` (default: every convolution) against every concept.
+
+    ``images``: [N x C x H x W] uint8 or float in [0, 1], on the model's device. ``concepts``: [N x K x H x W]
+    bool, concept ``k``'s pixels in each image (all false where the concept is absent).
+    """
+    layers = list(layers if layers is not None else conv_layers(model))
+    if concepts.shape[0] != images.shape[0] or concepts.shape[2:] != images.shape[2:] or concepts.shape[1] != len(concept_names):
+        raise ValueError(f"concepts {tuple(concepts.shape)} must be [N x K x H x W] for images {tuple(images.shape)} "
+                         f"and {len(concept_names)} concept names")
+    thresholds, per_layer = unit_thresholds(model, layers, images, options)
+    n, units = len(images), len(thresholds)
+    device = thresholds.device
+    intersection = torch.zeros(units, len(concept_names), dtype=torch.float64, device=device)
+    mask_area = torch.zeros(units, dtype=torch.float64, device=device)
+    peak = torch.zeros(n, units, device=device)
+    for start in range(0, n, options.batch_size):
+        part = slice(start, start + options.batch_size)
+        maps = torch.cat(layer_maps(model, layers, images[part], options.activation), dim=1)     # [B x U x H x W]
+        masks = (maps > thresholds.view(1, -1, 1, 1)).flatten(2).float()                          # [B x U x P]
+        intersection += torch.einsum("bup,bkp->uk", masks, concepts[part].flatten(2).float()).double()
+        mask_area += masks.sum((0, 2)).double()
+        peak[part] = maps.flatten(2).amax(2)
+    concept_area = concepts.flatten(2).sum((0, 2)).double().to(device)
+    union = mask_area[:, None] + concept_area[None, :] - intersection
+    pixels = n * images.shape[-2] * images.shape[-1]
+    layer_index = torch.repeat_interleave(torch.arange(len(layers)), torch.tensor(per_layer))
+    channel = torch.cat([torch.arange(c) for c in per_layer])
+    return Dissection([name for name, _ in layers], list(concept_names), layer_index, channel, thresholds.cpu(),
+                      intersection.cpu(), union.cpu(), (mask_area / pixels).float().cpu(), (concept_area / pixels).float().cpu(),
+                      peak.cpu())
+
+
+@torch.no_grad()
+def unit_masks(model: nn.Module, layers: Layers, images: torch.Tensor, units: torch.Tensor, thresholds: torch.Tensor,
+               activation: str = "post_relu") -> torch.Tensor:
+    """The mask of unit ``units[i]`` on image ``images[i]`` (unit indices as in :class:`Dissection`): [N x H x W] bool."""
+    maps = torch.cat(layer_maps(model, layers, images, activation), dim=1)
+    rows = torch.arange(len(images), device=maps.device)
+    units = units.to(maps.device)
+    return maps[rows, units] > thresholds.to(maps.device)[units].view(-1, 1, 1)
+
+
+def best_units(result: Dissection) -> dict[str, dict]:
+    """For each concept, the unit with the highest IoU: {concept: {unit, layer, channel, iou}}."""
+    iou = result.iou
+    names = result.unit_names()
+    best = {}
+    for k, concept in enumerate(result.concept_names):
+        u = int(iou[:, k].argmax())
+        best[concept] = {"unit": names[u], "layer": result.layer_names[int(result.unit_layer[u])],
+                         "channel": int(result.unit_channel[u]), "iou": float(iou[u, k]), "index": u}
+    return best
+
+
+def top_images(result: Dissection, unit: int, n: int) -> np.ndarray:
+    """Indices of the ``n`` images on which ``unit`` peaks highest (the images NetDissect shows for a unit)."""
+    return result.peak[:, unit].argsort(descending=True, stable=True)[:n].numpy()
+
+
+def layer_summary(result: Dissection, iou_threshold: float) -> dict[str, dict]:
+    """Per layer: units, and per concept the units that detect it and the layer's best IoU."""
+    iou, detects = result.iou, result.detects(iou_threshold)
+    summary = {}
+    for k, layer in enumerate(result.layer_names):
+        rows = result.unit_layer == k
+        summary[layer] = {"n_units": int(rows.sum())}
+        for c, concept in enumerate(result.concept_names):
+            summary[layer][f"{concept}_units"] = int(detects[rows, c].sum())
+            summary[layer][f"best_{concept}_iou"] = float(iou[rows, c].max()) if rows.any() else 0.0
+    return summary
+
+
+def units_figure(images: np.ndarray, masks: np.ndarray, concept_masks: np.ndarray, row_titles: list[str], suptitle: str = ""):
+    """Rows of images (``images`` [R x M x C x H x W]) shown as NetDissect does, dimmed outside a unit's mask, with a
+    concept's outline in magenta (``masks``, ``concept_masks`` [R x M x H x W] bool); ``row_titles`` label each row."""
+    import matplotlib.pyplot as plt
+
+    from pipeline.plotting import as_hwc
+
+    n_rows, n_cols = images.shape[:2]
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.4 * n_cols, 1.5 * n_rows + 0.4), squeeze=False)
+    for r in range(n_rows):
+        for m in range(n_cols):
+            ax = axes[r, m]
+            ax.axis("off")
+            shown = as_hwc(images[r, m]) * np.where(masks[r, m], 1.0, 0.25)[..., None]
+            ax.imshow(shown + np.where(masks[r, m], 0.0, 0.12)[..., None], interpolation="nearest")
+            if concept_masks[r, m].any():
+                ax.contour(concept_masks[r, m].astype(float), levels=[0.5], colors="magenta", linewidths=0.9)
+        axes[r, 0].set_title(row_titles[r], fontsize=7, loc="left")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,220 @@
+"""Networks of the counterfactual GAN (StarGAN v2 style), sized for 3 x 28 x 28 images.
+
+- :class:`Generator` — an encoder-decoder: the encoder (instance-normalised, so it keeps shape and
+  drops colour statistics) maps the image to a 7 x 7 content map; the decoder is modulated by a style
+  code through AdaIN and returns a per-pixel change of the input in logit space (zero at start), so
+  the output stays in (0, 1) and an untrained generator is the identity.
+- :class:`MappingNetwork` — random latent + target class -> style code (latent-guided translation).
+- :class:`StyleEncoder` — reference image + its class -> style code (reference-guided translation).
+- :class:`Discriminator` — one real/fake logit per class (multi-task); the logit of the image's
+  (claimed) class is the one used.
+
+Class-specific heads are one linear layer with ``n_classes * out`` outputs, indexed by class, so a
+batch with mixed classes runs in one pass.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pipeline.models.classifiers import frozen
+from pipeline.storage import load_checkpoint, save_checkpoint
+
+
+PIXEL_EPS = 0.01  # input pixels are clamped to [eps, 1 - eps] before the logit
+
+
+def pick_class(outputs: torch.Tensor, classes: torch.Tensor, width: int) -> torch.Tensor:
+    """From per-class heads (N x n_classes*width) take each row's class block -> N x width."""
+    blocks = outputs.view(len(outputs), -1, width)
+    return blocks[torch.arange(len(outputs), device=outputs.device), classes]
+
+
+class AdaIN(nn.Module):
+    """Instance norm whose per-channel scale and shift come from the style code."""
+
+    def __init__(self, channels: int, style_dim: int):
+        super().__init__()
+        self.norm = nn.InstanceNorm2d(channels, affine=False)
+        self.affine = nn.Linear(style_dim, 2 * channels)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.affine(style).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
+        return self.norm(x) * (1 + gamma) + beta
+
+
+class EncoderBlock(nn.Module):
+    """Residual block with instance norm; optional 2x average-pool downsampling."""
+
+    def __init__(self, c_in: int, c_out: int, downsample: bool):
+        super().__init__()
+        self.downsample = downsample
+        self.norm1 = nn.InstanceNorm2d(c_in, affine=True)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm2 = nn.InstanceNorm2d(c_out, affine=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1, bias=False) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.leaky_relu(self.norm1(x), 0.2))
+        if self.downsample:
+            h = F.avg_pool2d(h, 2)
+            x = F.avg_pool2d(x, 2)
+        h = self.conv2(F.leaky_relu(self.norm2(h), 0.2))
+        return (self.skip(x) + h) / 2**0.5
+
+
+class DecoderBlock(nn.Module):
+    """Residual block with AdaIN; optional 2x nearest upsampling."""
+
+    def __init__(self, c_in: int, c_out: int, style_dim: int, upsample: bool):
+        super().__init__()
+        self.upsample = upsample
+        self.norm1 = AdaIN(c_in, style_dim)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm2 = AdaIN(c_out, style_dim)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1, bias=False) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        h = F.leaky_relu(self.norm1(x, style), 0.2)
+        if self.upsample:
+            h = F.interpolate(h, scale_factor=2, mode="nearest")
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        h = self.conv1(h)
+        h = self.conv2(F.leaky_relu(self.norm2(h, style), 0.2))
+        return (self.skip(x) + h) / 2**0.5
+
+
+class Generator(nn.Module):
+    """28 -> 14 -> 7 encoder, one bottleneck block per side, 7 -> 14 -> 28 AdaIN decoder."""
+
+    def __init__(self, style_dim: int = 32, width: int = 32):
+        super().__init__()
+        w = width
+        self.stem = nn.Conv2d(3, w, 3, padding=1)
+        self.encoder = nn.ModuleList([
+            EncoderBlock(w, 2 * w, downsample=True),        # 14 x 14
+            EncoderBlock(2 * w, 4 * w, downsample=True),    # 7 x 7
+            EncoderBlock(4 * w, 4 * w, downsample=False),
+        ])
+        self.decoder = nn.ModuleList([
+            DecoderBlock(4 * w, 4 * w, style_dim, upsample=False),
+            DecoderBlock(4 * w, 2 * w, style_dim, upsample=True),   # 14 x 14
+            DecoderBlock(2 * w, w, style_dim, upsample=True),       # 28 x 28
+        ])
+        self.to_image = nn.Sequential(nn.InstanceNorm2d(w, affine=True), nn.LeakyReLU(0.2), nn.Conv2d(w, 3, 1))
+        # The decoder predicts a change of the input in logit space, starting from exactly none:
+        # a fresh generator is the identity, so training spends its steps on what must change.
+        nn.init.zeros_(self.to_image[-1].weight)
+        nn.init.zeros_(self.to_image[-1].bias)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x * 2 - 1)
+        for block in self.encoder:
+            h = block(h)
+        for block in self.decoder:
+            h = block(h, style)
+        change = self.to_image(h).float()
+        return torch.sigmoid(torch.logit(x.float().clamp(PIXEL_EPS, 1 - PIXEL_EPS)) + change)
+
+
+class MappingNetwork(nn.Module):
+    def __init__(self, latent_dim: int = 16, style_dim: int = 32, n_classes: int = 10, hidden: int = 128):
+        super().__init__()
+        self.style_dim = style_dim
+        self.shared = nn.Sequential(
+            nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.ReLU(),
+        )
+        self.heads = nn.Linear(hidden, n_classes * style_dim)
+
+    def forward(self, z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        return pick_class(self.heads(self.shared(z)), classes, self.style_dim)
+
+
+def _conv_trunk(width: int) -> nn.Sequential:
+    """3 x 28 x 28 -> (4 * width)-d vector: conv and average-pool layers with LeakyReLU, no normalisation."""
+    w = width
+    return nn.Sequential(
+        nn.Conv2d(3, w, 3, padding=1), nn.LeakyReLU(0.2),
+        nn.Conv2d(w, 2 * w, 3, padding=1), nn.LeakyReLU(0.2), nn.AvgPool2d(2),            # 14
+        nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.LeakyReLU(0.2), nn.AvgPool2d(2),        # 7
+        nn.Conv2d(4 * w, 4 * w, 3, padding=1), nn.LeakyReLU(0.2),
+        nn.Conv2d(4 * w, 4 * w, 7), nn.LeakyReLU(0.2), nn.Flatten(),                      # 1 x 1
+    )
+
+
+class StyleEncoder(nn.Module):
+    def __init__(self, style_dim: int = 32, n_classes: int = 10, width: int = 32):
+        super().__init__()
+        self.style_dim = style_dim
+        self.trunk = _conv_trunk(width)
+        self.heads = nn.Linear(4 * width, n_classes * style_dim)
+
+    def forward(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        return pick_class(self.heads(self.trunk(x * 2 - 1)), classes, self.style_dim)
+
+
+class Discriminator(nn.Module):
+    def __init__(self, n_classes: int = 10, width: int = 32):
+        super().__init__()
+        self.trunk = _conv_trunk(width)
+        self.heads = nn.Linear(4 * width, n_classes)
+
+    def forward(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Real/fake logit of each image for its class (N)."""
+        return pick_class(self.heads(self.trunk(x * 2 - 1)), classes, 1).squeeze(1)
+
+
+class Translator(nn.Module):
+    """The trained image-to-image translator used downstream (EMA weights, no discriminator)."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = dict(config)
+        c = self.config
+        self.generator = Generator(c["style_dim"], c["width"])
+        self.mapping = MappingNetwork(c["latent_dim"], c["style_dim"], c["n_classes"])
+        self.style_encoder = StyleEncoder(c["style_dim"], c["n_classes"], c["width"])
+
+    def latent_style(self, z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        return self.mapping(z, classes)
+
+    def reference_style(self, reference: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        return self.style_encoder(reference, classes)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        return self.generator(x, style)
+
+
+class GanNets(Translator):
+    """All networks of the GAN together, so they move, save and load as one: the translator's three
+    networks plus the discriminator. ``config``: {"n_classes", "style_dim", "latent_dim", "width"}.
+    """
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        self.discriminator = Discriminator(self.config["n_classes"], self.config["width"])
+
+
+def translator_state(nets: nn.Module) -> dict:
+    """State dict of generator, mapping network and style encoder (of ``GanNets`` or ``Translator``)."""
+    return {name: tensor.detach().cpu() for name, tensor in nets.state_dict().items()
+            if not name.startswith("discriminator.")}
+
+
+def save_translator(path: str | Path, nets: nn.Module, config: dict, **extra) -> None:
+    """Write the translator's file (``storage.save_checkpoint``: the same weights and ``extra`` give the same bytes)."""
+    save_checkpoint(path, {"config": dict(config), "state_dict": translator_state(nets), **extra})
+
+
+def load_translator(path: str | Path, device: torch.device | str = "cpu", made_by: str = "train_gan") -> Translator:
+    """Rebuild the EMA translator from ``gan.pt``, in eval mode, parameters frozen."""
+    checkpoint = load_checkpoint(path, made_by=made_by)
+    model = Translator(checkpoint["config"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return frozen(model, device)
