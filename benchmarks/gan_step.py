@@ -1,7 +1,7 @@
 """Speed of one GAN training iteration: eager vs. replayed as a CUDA graph, and where the time goes.
 
 A fixed synthetic workload (random 3 x 28 x 28 uint8 images of 10 classes, the default GAN params)
-goes through :func:`pipeline.stages.train_gan.train` for ``--iterations`` iterations, once eagerly and, on
+goes through :func:`pipeline.counterfactuals.gan_training.train` for ``--iterations`` iterations, once eagerly and, on
 CUDA, once with the step captured as a CUDA graph. Prints iterations/second for each and the ratio,
 then a torch-profiler table of one eager iteration (the most expensive operators, and how many
 operators one iteration launches). Not a test: nothing is asserted.
@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from pipeline.config import GanParams
+from pipeline.counterfactuals.gan_training import (ClassSampler, GanStreams, GanTrainingOptions, StepInputs, draw_indices,
+                                                   make_optimizers, net_config, train, training_step)
 from pipeline.models.gan import GanNets
 from pipeline.runtime import device_name, select_device, stage_seed, torch_generator
-from pipeline.stages.train_gan import (ClassSampler, GanStreams, StepInputs, draw_indices, make_optimizers, net_config, train,
-                                training_step)
 
 
 def workload(n_images: int, n_classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +38,7 @@ def seeded_streams(device: torch.device) -> GanStreams:
     return GanStreams.create(lambda name, on: torch_generator(stage_seed(0, f"gan_step/{name}", "benchmark"), on), device)
 
 
-def iterations_per_second(cfg: GanParams, images, labels, n_classes: int) -> float:
+def iterations_per_second(cfg: GanTrainingOptions, images, labels, n_classes: int) -> float:
     device = images.device
     torch.manual_seed(0)
     nets = GanNets(net_config(cfg, n_classes)).to(device)
@@ -48,7 +47,7 @@ def iterations_per_second(cfg: GanParams, images, labels, n_classes: int) -> flo
     return result["iterations_run"] / result["seconds"]
 
 
-def profile_one_step(cfg: GanParams, images, labels, n_classes: int, rows: int) -> None:
+def profile_one_step(cfg: GanTrainingOptions, images, labels, n_classes: int, rows: int) -> None:
     """Profile one eager iteration as training runs it: the CPU draws, their copy to the device, the step."""
     device = images.device
     nets = GanNets(net_config(cfg, n_classes)).to(device)
@@ -84,7 +83,7 @@ def profile_one_step(cfg: GanParams, images, labels, n_classes: int, rows: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=GanParams.batch_size)
+    parser.add_argument("--batch-size", type=int, default=GanTrainingOptions.batch_size)
     parser.add_argument("--images", type=int, default=60_000)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -93,7 +92,7 @@ def main() -> None:
 
     device = select_device(args.device)
     images, labels = workload(args.images, args.classes, device)
-    cfg = dataclasses.replace(GanParams(), iterations=args.iterations, batch_size=args.batch_size,
+    cfg = dataclasses.replace(GanTrainingOptions(), iterations=args.iterations, batch_size=args.batch_size,
                               checkpoint_every=args.iterations, log_every=args.iterations)
     print(f"GAN training step, batch {cfg.batch_size}, {args.iterations} iterations on {device_name(device)}")
     eager = iterations_per_second(dataclasses.replace(cfg, cuda_graph=False), images, labels, args.classes)

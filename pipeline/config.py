@@ -20,9 +20,11 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from pipeline.attribution.names import ATTRIBUTION_METHODS
+from pipeline.data.shortcuts import GLYPH_WIDTH, GLYPHS, Shortcut, shortcut_pattern
+from pipeline.data.sources import N_SOURCE_CLASSES, SOURCE_IMAGE_SIZE as IMAGE_SIZE
+
 DATASETS = ("colored_mnist", "clever_hans")
-IMAGE_SIZE = 28
-N_SOURCE_CLASSES = 10  # MNIST and Fashion-MNIST both have ten classes
 SPLIT_SIZES = {  # images per split of each source, as published
     "mnist": {"train": 60_000, "test": 10_000},
     "fashion-mnist": {"train": 60_000, "test": 10_000},
@@ -105,26 +107,9 @@ class ColoredMnistParams:
             fail(f"{where}.colormaps", self.colormaps, "distinct colormap names")
 
 
-SHORTCUT_KINDS = ("square", "text", "watermark", "gradient")
-
-
 @dataclass(frozen=True)
-class ShortcutParams:
-    """One planted shortcut: images of class ``label`` carry pattern ``kind``.
-
-    ``position`` is the (row, col) of the pattern's top-left corner and ``size`` its side in
-    pixels (for ``text``: the pixel scale of the 3x5 glyphs); ``strength`` is its opacity;
-    ``fraction`` is the share of that class's training images that carry it.
-    """
-
-    label: int
-    kind: Literal["square", "text", "watermark", "gradient"]
-    fraction: float = 1.0
-    position: list[int] = field(default_factory=lambda: [1, 1])
-    size: int = 4
-    strength: float = 1.0
-    color: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    text: str = "09:41"
+class ShortcutParams(Shortcut):
+    """A :class:`~pipeline.data.shortcuts.Shortcut` of ``clever_hans.shortcuts``, checked against the image."""
 
     def check(self, where: str) -> None:
         if not 0 <= self.label < N_SOURCE_CLASSES:
@@ -139,8 +124,6 @@ class ShortcutParams:
         if len(self.color) != 3 or not all(0.0 <= c <= 1.0 for c in self.color):
             fail(f"{where}.color", self.color, "[r, g, b] with each in [0, 1]")
         if self.kind == "text":
-            from pipeline.data.shortcuts import GLYPHS
-
             bad = sorted(set(self.text) - set(GLYPHS))
             if not self.text or bad:
                 fail(f"{where}.text", self.text, f"a non-empty string of the characters {''.join(sorted(GLYPHS))!r}")
@@ -148,8 +131,6 @@ class ShortcutParams:
 
     def check_fits_inside_image(self, where: str) -> None:
         """The stamp must lie wholly inside the image: a clipped stamp is not the shortcut these params describe."""
-        from pipeline.data.shortcuts import GLYPH_WIDTH, shortcut_pattern
-
         height, width = shortcut_pattern(self).shape
         if height > IMAGE_SIZE or width > IMAGE_SIZE:
             if self.kind == "text" and shortcut_pattern(dataclasses.replace(self, size=1)).shape[1] > IMAGE_SIZE:
@@ -199,10 +180,6 @@ class ClassifierParams:
                    "width", "epochs", "batch_size", "eval_batch_size", "n_example_images")
         check_each(self, where, positive, "a positive number", "learning_rate")
         check_each(self, where, non_negative, "a number >= 0", "weight_decay")
-
-
-ATTRIBUTION_METHODS = ("ig_zero", "ig_noise", "ig_blur", "saliency", "inputxgrad", "deeplift", "guided_backprop",
-                       "occlusion", "smoothgrad", "gradcam", "guided_gradcam")
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,12 @@ import torch
 import yaml
 from torch import nn
 
-from pipeline.stages import report
 from pipeline.config import ClassifierParams, ConfigError, Params, build
 from pipeline.evaluation.architectures import (ComparisonOptions, attribution_maps, correlation_matrix, mean_over_shared_methods,
                                             mean_rank_correlation, pairwise_correlations, shortcut_relevance, train_alike)
 from pipeline.models.classifiers import ResNetClassifier, build_seeded_classifier, frozen, load_classifier, save_model
+from pipeline.report.findings import architecture_findings
+from pipeline.report.run import DatasetRun
 from tests.conftest import REPO
 
 DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -189,7 +190,7 @@ def test_architectures_epochs_default_to_the_classifiers():
 # the report's sentence
 # ---------------------------------------------------------------------------------------------
 def test_the_report_says_where_architectures_agree_and_where_their_maps_differ():
-    run = report.DatasetRun("clever_hans")
+    run = DatasetRun("clever_hans")
     run.details["architectures"] = {
         "epochs": 4, "n_images": {"sample": 256, "stamped": 256}, "headline_methods": ["ig_zero", "saliency"],
         "architectures": {a: {"test_accuracy": acc, "shortcut_reliance": rel, "shortcut_base_rate": 0.0, "relevance_mass": mass}
@@ -198,7 +199,7 @@ def test_the_report_says_where_architectures_agree_and_where_their_maps_differ()
                              "dense vs resnet": {"ig_zero": 0.2, "saliency": 0.1},
                              "cnn vs resnet": {"ig_zero": 0.4, "saliency": 0.2, "gradcam": 0.5}},
     }
-    first, second = report.architecture_findings(run)
+    first, second = architecture_findings(run)
     assert "all 3 rely on the shortcut (reliance 0.93–0.97)" in first
     assert "40.0 %–55.0 %" in first and "97.0 %–99.0 %" in first
     assert "maps agree little: mean Spearman rank correlation over the pairs saliency 0.13 (0.10–0.20), gradcam 0.50 " \
@@ -207,4 +208,4 @@ def test_the_report_says_where_architectures_agree_and_where_their_maps_differ()
     assert "ig_zero maps correlate at 0.20–0.40, but they are zero wherever the input is black" in second
     run.details["architectures"]["architectures"]["dense"]["shortcut_reliance"] = 0.2
     assert "dense partly relies on the shortcut (reliance 0.20), cnn and resnet rely on the shortcut (reliance 0.97, 0.95)" \
-        in report.architecture_findings(run)[0]
+        in architecture_findings(run)[0]

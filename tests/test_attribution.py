@@ -8,13 +8,16 @@ import yaml
 from torch import nn
 
 from pipeline import paths
-from pipeline.stages.attribute import (RANDOM_STREAMS, color_scores, gaussian_perturbation, headline, image_sets, main,
-                                random_deletion_order, random_streams)
-from pipeline.attribution.methods import (Negated, blurred, gradcam_explainer, make_explainer, noise_baseline,
-                                          skip_reason)
-from pipeline.attribution.scores import (channel_shares, colormap_channel_std, curve_area, deletion_curve, foreground_mask,
-                                         pixel_map, pointing_game, rank_correlation, relevance_mass, segmentation_iou)
-from pipeline.config import ATTRIBUTION_METHODS, AttributionParams, ConfigError, Params, build
+from pipeline.stages.attribute import RANDOM_STREAMS, main, random_streams
+from pipeline.attribution.faithfulness import gaussian_perturbation, random_deletion_order
+from pipeline.attribution.image_sets import image_sets
+from pipeline.attribution.method_scores import headline
+from pipeline.attribution.methods import (ATTRIBUTION_METHODS, AttributionOptions, Negated, blurred, gradcam_explainer,
+                                          make_explainer, noise_baseline, skip_reason)
+from pipeline.attribution.scores import (channel_shares, color_scores, colormap_channel_std, curve_area, deletion_curve,
+                                         foreground_mask, pixel_map, pointing_game, rank_correlation, relevance_mass,
+                                         segmentation_iou)
+from pipeline.config import ConfigError, Params, build
 from pipeline.models.classifiers import DenseClassifier, build_seeded_classifier, frozen, save_model
 from pipeline.runtime import StageContext, StageTimer
 from pipeline.storage import save_arrays, write_json
@@ -173,7 +176,7 @@ def test_segmentation_iou_of_a_map_equal_to_the_digit():
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["ig_zero", "ig_blur", "saliency", "inputxgrad", "occlusion", "smoothgrad"])
 def test_a_model_that_reads_one_pixel_gets_that_pixel(name):
-    cfg = AttributionParams(ig_steps=16, occlusion_window=3, occlusion_stride=1, smoothgrad_samples=4)
+    cfg = AttributionOptions(ig_steps=16, occlusion_window=3, occlusion_stride=1, smoothgrad_samples=4)
     images = torch.rand(3, 3, 28, 28, generator=torch.Generator().manual_seed(0)) * 0.5
     images[:, PIXEL[0], PIXEL[1], PIXEL[2]] = 0.9
     attribution = make_explainer(name, OnePixel(), cfg)(images, torch.zeros(3, dtype=torch.long))
@@ -230,12 +233,18 @@ def test_every_method_has_a_known_answer_test():
     assert sorted(LINEAR_METHODS + CONV_METHODS) == sorted(ATTRIBUTION_METHODS)
 
 
+def test_the_params_allow_exactly_the_library_methods():
+    from pipeline import config
+
+    assert tuple(config.ATTRIBUTION_METHODS) == ATTRIBUTION_METHODS
+
+
 @pytest.mark.parametrize("name", LINEAR_METHODS)
 def test_every_method_gives_the_closed_form_answer_on_a_linear_model(name):
     """Batched, with a different target per image: gradient w_t, input x gradient (x - baseline) * w_t."""
     model = linear_model()
     w = model[1].weight.reshape(2, 3, 28, 28)
-    cfg = AttributionParams(ig_steps=8, smoothgrad_samples=4, occlusion_window=4, occlusion_stride=4)
+    cfg = AttributionOptions(ig_steps=8, smoothgrad_samples=4, occlusion_window=4, occlusion_stride=4)
     images = torch.rand(3, 3, 28, 28, generator=torch.Generator().manual_seed(1))
     targets = torch.tensor([0, 1, 0])
     noise = noise_baseline((3, 28, 28), torch.Generator().manual_seed(2))
@@ -259,7 +268,7 @@ def test_gradcam_and_guided_gradcam_give_the_closed_form_answer():
     targets = torch.tensor([0, 1, 0])
     evidence = torch.where(targets == 0, 1.0, -1.0).reshape(3, 1, 1) * (images[:, 0] - images[:, 1])  # red - green for class 0
     cam = evidence.clamp(min=0) / (28 * 28)
-    cfg = AttributionParams()
+    cfg = AttributionOptions()
     gradcam = make_explainer("gradcam", model, cfg)(images, targets)
     assert torch.allclose(gradcam, (cam / 3).unsqueeze(1).expand_as(images), atol=1e-9)  # spread over the 3 channels
     # guided backprop lets through only the channel of positive evidence (red for class 0, green for class 1)
@@ -282,7 +291,7 @@ def test_counterfactual_gradcam_shows_the_evidence_against_the_class():
 
 def test_conv_methods_are_skipped_for_the_dense_model_with_a_reason():
     dense = frozen(DenseClassifier(4, width=8), "cpu")
-    cfg = AttributionParams()
+    cfg = AttributionOptions()
     for name in ATTRIBUTION_METHODS:
         needs_conv = name in CONV_METHODS
         assert (skip_reason(name, dense) is not None) == needs_conv, name
@@ -369,8 +378,7 @@ def test_image_sets_for_clever_hans_pick_the_shortcut_class_and_flipped_images()
             logits[:, 0] = 1.0
             return logits
 
-    cfg = AttributionParams(n_images=8, n_localization_images=3)
-    sets = image_sets(test, torch.zeros(n, dtype=torch.long), SquareMeansSeven(), cfg, np.random.default_rng(0))
+    sets = image_sets(test, torch.zeros(n, dtype=torch.long), SquareMeansSeven(), 8, 3, 4096, np.random.default_rng(0))
     assert len(sets["sample"]["targets"]) == 8
     assert (labels[sets["shortcut"]["index"]] == 7).all() and len(sets["shortcut"]["index"]) == 3
     assert (labels[sets["flipped"]["index"]] != 7).all() and len(sets["flipped"]["index"]) == 3

@@ -5,8 +5,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.config import CounterfactualParams
-from pipeline.stages.counterfactuals import (all_other_targets, change_size, conversion, evaluate, feature_distances,
-                                      make_counterfactuals)
+from pipeline.counterfactuals.quality import change_size, conversion, evaluate, feature_distances
+from pipeline.counterfactuals.translation import TranslationOptions, all_other_targets, make_counterfactuals
 
 N_CLASSES = 3
 
@@ -68,8 +68,8 @@ def data(n, seed):
 
 def run_chain(translator, n_images=12):
     test, references = data(60, 0), data(30, 1)
-    cfg = CounterfactualParams(n_images=n_images, n_reference_images=5, batch_size=7)
-    result = make_counterfactuals(translator, ChannelClassifier(), test, references, N_CLASSES, cfg,
+    options = TranslationOptions(n_images=n_images, n_reference_images=5, batch_size=7)
+    result = make_counterfactuals(translator, ChannelClassifier(), test, references, N_CLASSES, options,
                                   torch.Generator().manual_seed(0))
     metrics, details, confusions = evaluate(result, ChannelClassifier(), test, N_CLASSES,
                                             torch.Generator().manual_seed(0), 16)
@@ -183,9 +183,9 @@ def brightness_references(per_class=6, seed=3):
 def test_reference_styles_come_from_one_training_image_or_the_class_mean(reference):
     references = brightness_references()
     image_styles = references["images"][:, 0, 0, 0].double() / 255.0
-    cfg = CounterfactualParams(n_images=9, reference=reference, n_reference_images=100, batch_size=5)
+    options = TranslationOptions(n_images=9, reference=reference, n_reference_images=100, batch_size=5)
     result = make_counterfactuals(BrightnessStyleTranslator(), ChannelClassifier(), data(30, 0), references, N_CLASSES,
-                                  cfg, torch.Generator().manual_seed(0))
+                                  options, torch.Generator().manual_seed(0))
     for c in range(N_CLASSES):
         members = image_styles[references["labels"] == c]
         style = result["class_styles"][c, 0].double()
@@ -210,8 +210,10 @@ def test_plot_data_has_one_file_per_series(tmp_path, monkeypatch):
     test = data(30, 0)
     cfg = CounterfactualParams(n_images=6, n_reference_images=5, batch_size=7, n_gallery_images=2,
                                n_interpolation_images=3, interpolation_steps=4, n_style_points=20)
+    options = TranslationOptions(n_images=cfg.n_images, n_reference_images=cfg.n_reference_images,
+                                 batch_size=cfg.batch_size)
     translator, classifier = PrototypeTranslator(), ChannelClassifier()
-    result = make_counterfactuals(translator, classifier, test, data(30, 1), N_CLASSES, cfg,
+    result = make_counterfactuals(translator, classifier, test, data(30, 1), N_CLASSES, options,
                                   torch.Generator().manual_seed(0))
     _, details, confusions = evaluate(result, classifier, test, N_CLASSES, torch.Generator().manual_seed(0), 16)
     save_plots("colored_mnist", result, confusions, details, translator, classifier, test, ["a", "b", "c"], cfg)
@@ -231,7 +233,7 @@ def test_plot_data_has_one_file_per_series(tmp_path, monkeypatch):
 def test_exact_counterfactual_error_is_zero_for_the_exact_answer_and_known_for_no_change():
     import numpy as np
 
-    from pipeline.stages.counterfactuals import exact_error
+    from pipeline.counterfactuals.quality import exact_error
     from pipeline.data.colored_mnist import exact_counterfactuals
 
     colormaps = ["spring", "summer", "autumn", "winter"]

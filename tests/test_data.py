@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.config import CleverHansParams, ColoredMnistParams, DataParams, ShortcutParams
+from pipeline.config import CleverHansParams, ColoredMnistParams, ShortcutParams
 from pipeline.data.clever_hans import plant_shortcuts, shortcut_test_sets
 from pipeline.data.colored_mnist import colorize
 from pipeline.data.sources import DatasetUnavailable, check_raw_files, load_source
@@ -20,7 +20,7 @@ def gray_digits(n=40, seed=0):
 def test_colorize_is_intensity_times_colormap_color():
     gray, digits = gray_digits()
     cfg = ColoredMnistParams()
-    out = colorize(gray, digits, cfg, np.random.default_rng(1))
+    out = colorize(gray, digits, cfg.colormaps, np.random.default_rng(1))
     for i in range(len(gray)):
         rgb = matplotlib.colormaps[cfg.colormaps[out["labels"][i]]](out["positions"][i])[:3]
         np.testing.assert_allclose(out["colors"][i], rgb, rtol=1e-6)
@@ -33,7 +33,7 @@ def test_plant_shortcuts_stamps_the_requested_fraction_of_the_class_only():
     gray = np.zeros((200, 28, 28), dtype=np.uint8)
     labels = np.repeat(np.arange(10), 20)
     cfg = CleverHansParams(shortcuts=[ShortcutParams(label=3, kind="square", fraction=0.5, position=[0, 0], size=3)])
-    out = plant_shortcuts(gray, labels, cfg, np.random.default_rng(0))
+    out = plant_shortcuts(gray, labels, cfg.shortcuts, np.random.default_rng(0))
     stamped = out["stamped"][:, 0]
     assert stamped.sum() == 10 and (labels[stamped] == 3).all()
     # the mask is exactly the square on stamped images and empty elsewhere
@@ -44,7 +44,7 @@ def test_plant_shortcuts_stamps_the_requested_fraction_of_the_class_only():
 def test_shortcut_test_sets_stamp_every_image_with_each_shortcut():
     gray = np.zeros((5, 28, 28), dtype=np.uint8)
     cfg = CleverHansParams(shortcuts=[ShortcutParams(label=1, kind="square", size=2), ShortcutParams(label=2, kind="gradient", size=28, position=[0, 0], strength=0.3)])
-    out = shortcut_test_sets(gray, cfg)
+    out = shortcut_test_sets(gray, cfg.shortcuts)
     assert out["shortcut_images"].shape == (2, 5, 3, 28, 28)
     assert (out["shortcut_images"][0][:, :, 1:3, 1:3] == 255).all()
     assert out["shortcut_labels"].tolist() == [1, 2]
@@ -59,7 +59,7 @@ def test_subsample_is_seeded_and_sorted():
 
 def test_missing_source_files_give_a_clear_error(tmp_path):
     with pytest.raises(DatasetUnavailable) as err:
-        load_source(DataParams(root=str(tmp_path), download=False), train=True)
+        load_source("mnist", tmp_path, train=True, download=False)
     message = str(err.value)
     assert str(tmp_path / "MNIST" / "raw") in message and "train-images-idx3-ubyte" in message
 
@@ -116,7 +116,7 @@ def test_an_image_is_its_own_exact_counterfactual_and_recoloring_keeps_the_digit
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 256, size=(6, 28, 28)).astype(np.uint8)
     cfg = ColoredMnistParams()
-    colored = colorize(gray, np.arange(6), cfg, rng)
+    colored = colorize(gray, np.arange(6), cfg.colormaps, rng)
     same = exact_counterfactuals(colored["gray"], colored["positions"], colored["labels"], cfg.colormaps)
     assert np.array_equal(same, colored["images"])          # into its own class: error 0 against itself
     targets = (colored["labels"] + 1) % len(cfg.colormaps)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.evaluation.discovery import DiscoverySettings, describe, discover, region_iou, where_in_image
+from pipeline.evaluation.discovery import (DiscoverySettings, chosen_method, describe, discover, region_iou, score_against_truth,
+                                           where_in_image)
 
 H = W = 28
 
@@ -94,8 +95,6 @@ def test_too_few_permutations_for_alpha_is_refused():
 def test_auto_method_is_the_discriminative_one_with_the_best_median_score():
     import numpy as np
 
-    from pipeline.stages.discover import chosen_method
-
     arrays = {"methods": np.array(["d_ig", "d_deeplift", "residual"]), "d_ig_score": np.array([0.2, 0.3, 0.4]),
               "d_deeplift_score": np.array([0.5, 0.6, 0.1]), "residual_score": np.array([0.9, 0.9, 0.9])}
     assert chosen_method(arrays, "auto") == "d_deeplift"      # the residual scores higher but is no attribution
@@ -103,8 +102,6 @@ def test_auto_method_is_the_discriminative_one_with_the_best_median_score():
 
 
 def test_flagged_regions_are_scored_against_the_planted_shortcut():
-    from pipeline.stages.discover import score_against_truth
-
     masks, targets, generator = case(n_classes=4)
     planted = square(1, 1, 8)
     masks[(targets == 3) & (torch.rand(len(targets), generator=generator) < 0.9)] |= planted

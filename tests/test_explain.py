@@ -10,10 +10,10 @@ import torch
 import yaml
 
 from pipeline import paths
-from pipeline.config import ExplainParams
 from pipeline.attribution.discriminative import DISCRIMINATIVE, METHODS, MaskSettings, size_grid
-from pipeline.stages.explain import main, stamped_control
+from pipeline.evaluation.explanations import ExplainOptions, stamped_control
 from pipeline.models.classifiers import DenseClassifier, save_model
+from pipeline.stages.explain import main
 from pipeline.storage import save_arrays, write_json
 from tests.conftest import REPO
 
@@ -239,9 +239,8 @@ def control_test_split(n_images: int = 12) -> dict:
 
 def test_stamped_control_finds_the_square_with_discriminative_maps_and_not_with_random_ones():
     test = control_test_split()
-    cfg = ExplainParams(methods=["d_ig", "d_deeplift", "residual", "random"], n_thresholds=20, ig_steps=8,
-                        closing_size=1, blur_sigma=0.0, control_pairs=50)
-    control = stamped_control(SquareDetector(), test, cfg, MaskSettings(20, 1, 0.0), size_grid(101),
+    options = ExplainOptions(methods=("d_ig", "d_deeplift", "residual", "random"), ig_steps=8, control_pairs=50)
+    control = stamped_control(SquareDetector(), test, options, MaskSettings(20, 1, 0.0), size_grid(101),
                               torch.Generator().manual_seed(0), np.random.default_rng(0))
     assert control["n_pairs"] == control["n_moved_by_stamp"] == 11  # every image but the one 7
     for method in ("d_ig", "d_deeplift", "residual"):
@@ -252,8 +251,8 @@ def test_stamped_control_finds_the_square_with_discriminative_maps_and_not_with_
 
 def test_stamped_control_keeps_at_most_control_pairs_seeded():
     test = control_test_split()
-    cfg = ExplainParams(methods=["residual"], n_thresholds=8, control_pairs=4)
-    run = lambda seed: stamped_control(SquareDetector(), test, cfg, MaskSettings(8, 1, 0.0), size_grid(11),  # noqa: E731
+    options = ExplainOptions(methods=("residual",), control_pairs=4)
+    run = lambda seed: stamped_control(SquareDetector(), test, options, MaskSettings(8, 1, 0.0), size_grid(11),  # noqa: E731
                                        torch.Generator().manual_seed(0), np.random.default_rng(seed))
     assert run(0) == run(0) and run(0)["n_pairs"] == 4 and run(0)["n_moved_by_stamp"] == 11
 

@@ -7,9 +7,9 @@ import yaml
 from torch import nn
 
 from pipeline import paths
-from pipeline.config import FeatureVizParams
-from pipeline.stages.feature_viz import build_units, dream_layers, dream_on_region, main, maximise, standardise
+from pipeline.evaluation.feature_viz import MaximiseOptions, build_units, dream_layers, dream_on_region, maximise, standardise
 from pipeline.models.classifiers import CNNClassifier, frozen, save_model
+from pipeline.stages.feature_viz import main
 from pipeline.storage import save_arrays, write_json
 from tests.conftest import REPO
 
@@ -32,7 +32,7 @@ def test_activation_maximisation_of_a_linear_model_converges_to_the_sign_of_its_
     model, signs = linear_model()
     units = build_units(model, n_classes=3, channels_per_layer=4)
     assert units.layer_names == ["class"]
-    cfg = FeatureVizParams(steps=200, learning_rate=0.1)
+    cfg = MaximiseOptions(steps=200, learning_rate=0.1)
     result = maximise(model, units, cfg, torch.Generator().manual_seed(0), progress=False)
     images = result["images"].flatten(1)  # rows: ones start (3 classes), then noise start
     for start in range(2):
@@ -49,7 +49,7 @@ def test_descent_would_fail_the_same_check():
         flipped[1].weight.copy_(-model[1].weight)
         flipped[1].bias.zero_()
     units = build_units(flipped, 3, 1)
-    result = maximise(flipped, units, FeatureVizParams(steps=50, learning_rate=0.1), torch.Generator().manual_seed(0), progress=False)
+    result = maximise(flipped, units, MaximiseOptions(steps=50, learning_rate=0.1), torch.Generator().manual_seed(0), progress=False)
     assert torch.allclose(result["images"].flatten(1)[:3], -signs, atol=0.05)
 
 
@@ -60,8 +60,8 @@ def test_cnn_units_cover_classes_and_channels_and_every_option_runs():
     units = build_units(model, 4, channels_per_layer=2)
     assert units.layer_names == ["conv1", "conv2", "conv3", "conv4", "conv5", "class"]
     assert len(units) == 5 * 2 + 4
-    for cfg in (FeatureVizParams(steps=3),
-                FeatureVizParams(steps=4, jitter=2, total_variation=0.1, blur_every=2, parameterization="fourier")):
+    for cfg in (MaximiseOptions(steps=3),
+                MaximiseOptions(steps=4, jitter=2, total_variation=0.1, blur_every=2, parameterization="fourier")):
         result = maximise(model, units, cfg, torch.Generator().manual_seed(0), progress=False)
         assert result["images"].shape == (2 * len(units), 3, 28, 28)
         assert torch.isfinite(result["images"]).all() and result["curve"].shape == (cfg.steps, 2)
@@ -76,8 +76,8 @@ def test_each_image_drives_only_its_own_unit():
     model = CNNClassifier(n_classes=2, width=4).eval()
     frozen(model, "cpu")
     units = build_units(model, 2, channels_per_layer=4)
-    short = maximise(model, units, FeatureVizParams(steps=1), torch.Generator().manual_seed(0), progress=False)
-    long = maximise(model, units, FeatureVizParams(steps=10), torch.Generator().manual_seed(0), progress=False)
+    short = maximise(model, units, MaximiseOptions(steps=1), torch.Generator().manual_seed(0), progress=False)
+    long = maximise(model, units, MaximiseOptions(steps=10), torch.Generator().manual_seed(0), progress=False)
     assert (long["activation"] >= short["activation"] - 1e-4).float().mean() > 0.9
 
 

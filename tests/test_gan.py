@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 import os
@@ -8,15 +9,18 @@ import pytest
 import torch
 import yaml
 
-from pipeline.stages import train_gan
+from pipeline.counterfactuals import gan_training
 from pipeline.config import GanParams
+from pipeline.counterfactuals.gan_training import (LOSS_NAMES, CheckpointMismatch, ClassSampler, GanStreams,
+                                                   GanTrainingOptions, NonFiniteLoss, check_losses, ema_beta_at,
+                                                   ema_update, fingerprint, train)
 from pipeline.models.gan import GanNets, Translator, load_translator, save_translator
 from pipeline.runtime import stage_seed, torch_generator
-from pipeline.stages.train_gan import (LOSS_NAMES, CheckpointMismatch, ClassSampler, GanStreams, NonFiniteLoss, check_losses,
-                                ema_beta_at, ema_update, fingerprint, train)
+from pipeline.stages import train_gan
 from pipeline.storage import load_checkpoint, save_arrays, save_checkpoint, write_json
 
 CONFIG = {"n_classes": 3, "style_dim": 4, "latent_dim": 2, "width": 4}
+CODE = "digest of the training code"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -43,7 +47,7 @@ def tiny_cfg(**overrides):
     values = dict(iterations=6, batch_size=4, style_dim=4, latent_dim=2, width=4, checkpoint_every=2, log_every=2,
                   mixed_precision=False)
     values.update(overrides)
-    return GanParams(**values)
+    return GanTrainingOptions(**values)
 
 
 def fresh_nets():
@@ -59,7 +63,7 @@ def run(tmp_path, cfg, on_log=None, name="last.pt", device="cpu", streams=None):
     """Train fresh nets on the toy data on ``device``; ``streams`` (seeded 1 when None) are left advanced."""
     images, labels = (t.to(device) for t in toy_data())
     nets = fresh_nets().to(device)
-    stamp = fingerprint(cfg, CONFIG, 0, images, labels)
+    stamp = fingerprint(cfg, CONFIG, 0, images, labels, CODE)
     streams = streams if streams is not None else seeded_streams(device)
     result = train(nets, images, labels, cfg, streams, tmp_path / name, stamp, on_log=on_log)
     return nets, result
@@ -135,14 +139,14 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path):
 
 def test_nan_loss_stops_naming_iteration_and_loss_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real_cycle_loss = train_gan.cycle_loss
+    real_cycle_loss = gan_training.cycle_loss
 
     def cycle_loss_nan_from_5th_iteration(reconstructed, original):
         calls["n"] += 1
         value = real_cycle_loss(reconstructed, original)
         return value * float("nan") if calls["n"] >= 5 else value
 
-    monkeypatch.setattr(train_gan, "cycle_loss", cycle_loss_nan_from_5th_iteration)
+    monkeypatch.setattr(gan_training, "cycle_loss", cycle_loss_nan_from_5th_iteration)
     with pytest.raises(NonFiniteLoss, match=r"g_cycle = nan is not finite at iteration 5.*iteration 4\) is kept"):
         run(tmp_path, tiny_cfg(iterations=8))
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 4
@@ -152,8 +156,8 @@ def test_exploding_loss_is_named():
     losses = np.zeros((3, len(LOSS_NAMES)), dtype=np.float32)
     losses[1, LOSS_NAMES.index("d_r1")] = 5e4
     with pytest.raises(NonFiniteLoss, match=r"d_r1 = 50000.0 exceeds gan.max_loss = 10000 at iteration 11"):
-        check_losses(losses, 10, GanParams(), "no checkpoint was written yet")
-    check_losses(losses[[0, 2]], 10, GanParams(), "")  # finite and small: no error
+        check_losses(losses, 10, GanTrainingOptions(), "no checkpoint was written yet")
+    check_losses(losses[[0, 2]], 10, GanTrainingOptions(), "")  # finite and small: no error
 
 
 def test_translator_round_trips_and_translates_to_valid_images(tmp_path):
@@ -170,34 +174,48 @@ def test_translator_round_trips_and_translates_to_valid_images(tmp_path):
 
 
 @pytest.mark.parametrize("edited, matters", [
-    ("stages/train_gan.py", True), ("models/gan.py", True), ("models/inference.py", True), ("data/tensors.py", True),
-    ("models/classifiers.py", True), ("storage.py", True), ("runtime.py", True), ("plotting.py", False),
+    ("counterfactuals/gan_training.py", True), ("models/gan.py", True), ("models/inference.py", True),
+    ("data/tensors.py", True), ("models/classifiers.py", True), ("storage.py", True), ("plotting.py", False),
     ("config.py", False)])
 def test_fingerprint_covers_the_code_of_every_module_training_imports(monkeypatch, edited, matters):
-    """Imported at module level by train_gan (directly or not) counts; figures and the params' schema do not."""
+    """Imported at module level by the training module (directly or not) counts; figures and the params' schema do not."""
     images, labels = toy_data()
-    before = fingerprint(tiny_cfg(), CONFIG, 0, images, labels)
+
+    def stamp():
+        return fingerprint(tiny_cfg(), CONFIG, 0, images, labels, train_gan.training_code_digest())
+
+    before = stamp()
     read_bytes = Path.read_bytes
     monkeypatch.setattr(Path, "read_bytes", lambda path: read_bytes(path) + (b"\n# edited\n" if path.as_posix().endswith("pipeline/" + edited) else b""))
-    assert (fingerprint(tiny_cfg(), CONFIG, 0, images, labels) != before) == matters
+    assert (stamp() != before) == matters
 
 
 def test_fingerprint_follows_the_maths_not_the_cosmetics():
     images, labels = toy_data()
-    base = fingerprint(tiny_cfg(), CONFIG, 0, images, labels)
-    for harmless in (dict(n_grid_images=3), dict(log_every=3), dict(checkpoint_every=3), dict(max_loss=5.0),
-                     dict(iterations=60), dict(cuda_graph=True)):
-        assert fingerprint(tiny_cfg(**harmless), CONFIG, 0, images, labels) == base, harmless
+    base = fingerprint(tiny_cfg(), CONFIG, 0, images, labels, CODE)
+    for harmless in (dict(log_every=3), dict(checkpoint_every=3), dict(max_loss=5.0), dict(iterations=60),
+                     dict(cuda_graph=True)):
+        assert fingerprint(tiny_cfg(**harmless), CONFIG, 0, images, labels, CODE) == base, harmless
     for maths in (dict(learning_rate=1e-3), dict(r1_weight=2.0), dict(batch_size=6), dict(ema_beta=0.9)):
-        assert fingerprint(tiny_cfg(**maths), CONFIG, 0, images, labels) != base, maths
-    assert fingerprint(tiny_cfg(), CONFIG, 1, images, labels) != base
-    assert fingerprint(tiny_cfg(), CONFIG, 0, images, labels, deterministic=True) != base
+        assert fingerprint(tiny_cfg(**maths), CONFIG, 0, images, labels, CODE) != base, maths
+    assert fingerprint(tiny_cfg(), CONFIG, 1, images, labels, CODE) != base
+    assert fingerprint(tiny_cfg(), CONFIG, 0, images, labels, CODE, deterministic=True) != base
+    assert fingerprint(tiny_cfg(), CONFIG, 0, images, labels, CODE + " edited") != base
     swapped = images.clone()  # two pixels of different value trade places: same sum, other data
     pixels = swapped[0, 0].view(-1)
     lit, dark = int(torch.nonzero(pixels)[0]), int(torch.nonzero(pixels == 0)[0])
     pixels[lit], pixels[dark] = pixels[dark].clone(), pixels[lit].clone()
     assert swapped.sum() == images.sum() and not torch.equal(swapped, images)
-    assert fingerprint(tiny_cfg(), CONFIG, 0, swapped, labels) != base
+    assert fingerprint(tiny_cfg(), CONFIG, 0, swapped, labels, CODE) != base
+
+
+def test_training_options_are_the_gan_params_but_the_figure_size():
+    """The stage's options carry every ``gan`` param (same order and defaults, so gan.pt keeps its bytes)
+    except ``n_grid_images``, which therefore reaches neither gan.pt nor the fingerprint."""
+    params = [(f.name, f.default) for f in dataclasses.fields(GanParams)]
+    options = [(f.name, f.default) for f in dataclasses.fields(GanTrainingOptions)]
+    assert [p for p in params if p[0] != "n_grid_images"] == options
+    assert train_gan.training_options(GanParams(n_grid_images=3)) == GanTrainingOptions()
 
 
 def test_resume_refuses_a_checkpoint_trained_on_another_device(tmp_path):
@@ -280,9 +298,9 @@ def same_states(a, b):
 def test_cpu_and_cuda_runs_train_on_the_same_images_in_the_same_order(tmp_path, monkeypatch):
     cfg = tiny_cfg(iterations=3, checkpoint_every=3, log_every=3)
     drawn = {"cpu": [], "cuda": []}
-    draw_indices = train_gan.draw_indices
+    draw_indices = gan_training.draw_indices
     for device, seen in drawn.items():
-        monkeypatch.setattr(train_gan, "draw_indices", lambda *args, seen=seen: seen.append(draw_indices(*args)) or seen[-1])
+        monkeypatch.setattr(gan_training, "draw_indices", lambda *args, seen=seen: seen.append(draw_indices(*args)) or seen[-1])
         run(tmp_path, cfg, name=f"{device}.pt", device=device)
     assert len(drawn["cpu"]) == len(drawn["cuda"]) == 3
     assert all(torch.equal(a, b) for a, b in zip(drawn["cpu"], drawn["cuda"]))

@@ -1,4 +1,4 @@
-"""TracIn proponents (pipeline.attribution.tracin) and the influence stage's known-answer figures, on constructed cases."""
+"""TracIn proponents (pipeline.attribution.tracin) and their known-answer figures (pipeline.evaluation.influence), on constructed cases."""
 import numpy as np
 import pytest
 import torch
@@ -6,11 +6,11 @@ from torch import nn
 
 from captum.influence import TracInCPFast
 
-from pipeline.config import ConfigError, InfluenceParams
-from pipeline.data.tensors import subsample, to_float
-from pipeline.stages.influence import by_rank, clever_hans_metrics, colored_mnist_metrics, proponent_table
-from pipeline.models.classifiers import build_seeded_classifier
 from pipeline.attribution.tracin import Checkpoint, Proponents, TracIn, gradient_factors
+from pipeline.config import PRECISION_AT, ConfigError, InfluenceParams
+from pipeline.data.tensors import subsample, to_float
+from pipeline.evaluation.influence import by_rank, clever_hans_metrics, colored_mnist_metrics, proponent_table
+from pipeline.models.classifiers import build_seeded_classifier
 
 CONFIG = {"architecture": "dense", "n_classes": 3, "width": 2}
 
@@ -124,7 +124,7 @@ def test_top_k_beyond_the_training_set_and_no_checkpoint_are_refused(trained):
 
 
 # ----------------------------------------------------------------------------------------------
-# The stage's figures on constructed proponents
+# The known-answer figures on constructed proponents
 # ----------------------------------------------------------------------------------------------
 def constructed_clever_hans(top_k=10):
     """20 training images: 0-9 class 7 stamped, 10-14 class 7 clean, 15-19 class 3; two queries, both into 7."""
@@ -143,14 +143,14 @@ def test_clever_hans_precision_counts_stamped_images_of_the_shortcut_class():
     table = proponent_table(found, queries, candidates, train, {})
     control = proponent_table(Proponents(torch.tensor([[15] * 10, [10] * 10]), torch.zeros(2, 10)),
                               {"test_index": queries["test_index"], "targets": torch.tensor([3, 7])}, candidates, train, {})
-    figures = clever_hans_metrics(table, control, candidates, train, [7])
+    figures = clever_hans_metrics(table, control, candidates, train, [7], PRECISION_AT)
     assert figures["proponent_precision_at_10"] == pytest.approx(12 / 20)
     assert figures["proponent_base_rate"] == pytest.approx(10 / 20)
     assert figures["clean_control_precision_at_10"] == 0.0
     assert figures["precision_at_k"][1] == pytest.approx(0.5)
     assert figures["precision_at_k"][8] == pytest.approx(8 / 16)
     assert figures["proponent_shortcut_class_share"] == pytest.approx(17 / 20)
-    rank = by_rank(table, figures, {"shortcuts": [{"label": 7}]})
+    rank = by_rank(table, figures, [7])
     assert rank["stamped_share"].tolist() == [0.5] * 8 + [1.0, 1.0]
 
 
@@ -169,7 +169,7 @@ def test_colored_mnist_gap_of_proponents_and_of_the_class():
     queries = {"test_index": torch.tensor([0, 1]), "targets": torch.tensor([0, 0])}
     found = Proponents(torch.tensor([[0, 1] * 5, [2, 6] * 5]), torch.ones(2, 10))
     table = proponent_table(found, queries, np.arange(8), train, test)
-    figures = colored_mnist_metrics(table, np.arange(8), train, queries, test)
+    figures = colored_mnist_metrics(table, np.arange(8), train, queries, test, PRECISION_AT)
     assert figures["proponent_position_gap"] == pytest.approx((0.05 + 0.05 + 0.0 + 0.1) / 4)
     assert figures["class_position_gap"] == pytest.approx((np.mean([0.05, 0.05, 0.35, 0.75]) + np.mean([0.4, 0.3, 0.0, 0.4])) / 2)
     assert figures["proponent_same_class_share"] == pytest.approx(0.75)
@@ -190,11 +190,10 @@ def test_bad_influence_params(values, key):
 
 
 @pytest.mark.parametrize("kind", ["clever_hans", "colored_mnist"])
-def test_picture_of_queries_and_proponents(tmp_path, monkeypatch, kind):
-    from pipeline import paths
-    from pipeline.stages.influence import save_picture
+def test_picture_of_queries_and_proponents(tmp_path, kind):
+    from pipeline.evaluation.influence import proponents_figure
+    from pipeline.storage import save_figure
 
-    monkeypatch.chdir(tmp_path)
     if kind == "clever_hans":
         train, found, queries = constructed_clever_hans()
         test = {}
@@ -205,5 +204,6 @@ def test_picture_of_queries_and_proponents(tmp_path, monkeypatch, kind):
         found = Proponents(torch.arange(8).repeat(2, 2)[:, :10], torch.linspace(1, 0, 10).repeat(2, 1))
     queries |= {"images": torch.zeros(2, 3, 28, 28, dtype=torch.uint8), "true": torch.tensor([1, 0])}
     table = proponent_table(found, queries, np.arange(len(train["labels"])), train, test)
-    save_picture(kind, table, queries, train, [str(c) for c in range(10)], n_show=1)
-    assert (paths.plots_dir(kind, "influence") / "proponents.png").stat().st_size > 1000
+    save_figure(proponents_figure(table, queries, train, [str(c) for c in range(10)], n_show=1, dataset=kind),
+                tmp_path / "proponents.png")
+    assert (tmp_path / "proponents.png").stat().st_size > 1000

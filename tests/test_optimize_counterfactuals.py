@@ -8,10 +8,11 @@ import yaml
 from torch import nn
 
 from pipeline import paths
-from pipeline.config import OptimizeCounterfactualsParams
+from pipeline.counterfactuals.optimization import (OptimizationOptions, change_measures, match_rows, optimize,
+                                                   select_images, target_margin)
+from pipeline.counterfactuals.optimization_plots import success_curve
 from pipeline.models.classifiers import DenseClassifier, frozen, save_model
-from pipeline.stages.optimize_counterfactuals import (change_measures, main, match_rows, optimize, output_path, select_images,
-                                               success_curve, target_margin)
+from pipeline.stages.optimize_counterfactuals import main, output_path
 from pipeline.storage import load_arrays, save_arrays, write_json
 
 N_PIXELS = 3 * 28 * 28
@@ -43,10 +44,10 @@ def minimal_l1(margin, start_margin=-2.0):
 
 def test_l1_optimiser_reaches_the_target_with_near_minimal_change():
     model, x0, signal = known_boundary()
-    cfg = OptimizeCounterfactualsParams(max_steps=500, learning_rate=0.05, distance="l1", distance_weight=0.1, margin=1.0)
-    result = optimize(model, x0, torch.tensor([1]), cfg, progress=False)
+    options = OptimizationOptions(max_steps=500, learning_rate=0.05, distance="l1", distance_weight=0.1, margin=1.0)
+    result = optimize(model, x0, torch.tensor([1]), options, progress=False)
     x = result["counterfactual"]
-    assert result["reached"].all() and result["steps"].item() < cfg.max_steps
+    assert result["reached"].all() and result["steps"].item() < options.max_steps
     assert target_margin(model(x), torch.tensor([1])).item() >= 1.0
     l1, l0 = change_measures(x0, x, 0.05)
     assert l1.item() <= 1.1 * minimal_l1(1.0), l1
@@ -58,8 +59,8 @@ def test_l1_optimiser_reaches_the_target_with_near_minimal_change():
 def test_without_the_l1_penalty_the_change_is_far_from_minimal():
     """The check above can fail: lambda = 0 spreads the change over every pixel."""
     model, x0, _ = known_boundary()
-    cfg = OptimizeCounterfactualsParams(max_steps=500, learning_rate=0.05, distance_weight=0.0, margin=1.0)
-    result = optimize(model, x0, torch.tensor([1]), cfg, progress=False)
+    options = OptimizationOptions(max_steps=500, learning_rate=0.05, distance_weight=0.0, margin=1.0)
+    result = optimize(model, x0, torch.tensor([1]), options, progress=False)
     l1, _ = change_measures(x0, result["counterfactual"], 0.05)
     assert result["reached"].all() and l1.item() > 3 * minimal_l1(1.0)
 
@@ -69,8 +70,8 @@ def test_batch_stops_per_image_and_keeps_pixels_in_range():
     images = torch.cat([x0, x0, torch.ones_like(x0) * 0.5])
     target = torch.tensor([1, 0, 1])            # image 1 already is class 0 by margin 2: zero steps, unchanged
     for distance in ("l1", "l2"):
-        cfg = OptimizeCounterfactualsParams(max_steps=5, learning_rate=0.05, distance=distance, margin=1.0)
-        result = optimize(model, images, target, cfg, progress=False)
+        options = OptimizationOptions(max_steps=5, learning_rate=0.05, distance=distance, margin=1.0)
+        result = optimize(model, images, target, options, progress=False)
         assert result["steps"][1].item() == 0 and torch.equal(result["counterfactual"][1], images[1])
         assert not result["reached"][0] and result["steps"][0].item() == 5   # 5 steps are not enough
         assert result["counterfactual"].min() >= 0 and result["counterfactual"].max() <= 1
@@ -112,8 +113,8 @@ def test_change_measures():
 
 def test_an_unreachable_margin_is_not_reached():
     model, x0, _ = known_boundary()
-    cfg = OptimizeCounterfactualsParams(max_steps=8, learning_rate=0.05, margin=1e6)
-    result = optimize(model, torch.cat([x0, x0]), torch.tensor([1, 0]), cfg, progress=False)
+    options = OptimizationOptions(max_steps=8, learning_rate=0.05, margin=1e6)
+    result = optimize(model, torch.cat([x0, x0]), torch.tensor([1, 0]), options, progress=False)
     assert not result["reached"].any() and result["steps"].tolist() == [8, 8]
 
 

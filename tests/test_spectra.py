@@ -5,9 +5,9 @@ import torch.nn.functional as F
 
 from pipeline.config import ConfigError, SpectraParams
 from pipeline.data.tensors import to_float, to_uint8
+from pipeline.evaluation.spectra import (DetectorSettings, artifacts_detected, compare_with_real, grouped_folds, log_spectra,
+                                         radial_average, rings, separability, to_generator_range)
 from pipeline.models.gan import Generator
-from pipeline.stages.spectra import (DetectorSettings, artifacts_detected, compare_with_real, grouped_folds, log_spectra,
-                              radial_average, rings, separability, to_generator_range)
 
 SETTINGS = DetectorSettings(epsilon=1e-3, C=0.1, folds=5, seed=0)
 TARGETS_PER_IMAGE = 3

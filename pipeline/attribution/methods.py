@@ -1,22 +1,40 @@
 """Attribution methods as uniform, batched callables built on captum.
 
-``make_explainer(name, model, cfg, noise)`` returns ``explain(images, targets) -> attributions`` with
-the shape of ``images`` (N x 3 x H x W float32); ``noise`` is the ``ig_noise`` baseline image.
+``make_explainer(name, model, options, noise)`` returns ``explain(images, targets) -> attributions`` with
+the shape of ``images`` (N x 3 x H x W float32); ``options`` (:class:`AttributionOptions`) hold the methods'
+settings, ``noise`` is the ``ig_noise`` baseline image. ``attribute_batches`` runs one on many images.
 Grad-CAM maps are upsampled to the input size and spread evenly over the three channels, so that
 the channel sum is the Grad-CAM map itself.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
-from pipeline.config import ATTRIBUTION_METHODS, AttributionParams
+from pipeline.attribution.names import ATTRIBUTION_METHODS, NEEDS_CONV_LAYER
+from pipeline.data.tensors import as_float, batch_slices
 from pipeline.models.classifiers import INPUT_SHAPE
 
 Explainer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-NEEDS_CONV_LAYER = ("gradcam", "guided_gradcam")
+
+
+@dataclass(frozen=True)
+class AttributionOptions:
+    """How the methods of ``make_explainer`` are set up, and how many images go through them at a time."""
+
+    batch_size: int = 256            # images per attribution call
+    internal_batch_size: int = 4096  # interpolated or perturbed images per forward pass
+    ig_steps: int = 32
+    blur_kernel_size: int = 11       # the ig_blur baseline
+    blur_sigma: float = 3.0
+    occlusion_window: int = 4
+    occlusion_stride: int = 2
+    smoothgrad_samples: int = 16
+    smoothgrad_stdev: float = 0.15
 
 
 class Negated(nn.Module):
@@ -35,6 +53,18 @@ def skip_reason(name: str, model: nn.Module) -> str | None:
     if name in NEEDS_CONV_LAYER and getattr(model, "gradcam_layer", None) is None:
         return f"{name} needs a convolutional layer; the {type(model).__name__} has none"
     return None
+
+
+def runnable_methods(names: list[str], model: nn.Module) -> tuple[list[str], dict[str, str]]:
+    """The methods of ``names`` that can run on ``model``, and {method: why not} for the others."""
+    runnable, skipped = [], {}
+    for name in names:
+        reason = skip_reason(name, model)
+        if reason:
+            skipped[name] = reason
+        else:
+            runnable.append(name)
+    return runnable, skipped
 
 
 def blurred(images: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
@@ -68,7 +98,7 @@ def gradcam_explainer(model: nn.Module, counterfactual: bool = False) -> Explain
     return lambda images, targets: upsampled_gradcam(method, images, targets)
 
 
-def make_explainer(name: str, model: nn.Module, cfg: AttributionParams, noise: torch.Tensor | None = None) -> Explainer:
+def make_explainer(name: str, model: nn.Module, options: AttributionOptions, noise: torch.Tensor | None = None) -> Explainer:
     """A batched attribution function for method ``name`` (see ``ATTRIBUTION_METHODS``).
 
     ``noise``: the 1 x C x H x W baseline image of ``ig_noise`` (see ``noise_baseline``); only that method needs it.
@@ -85,7 +115,7 @@ def make_explainer(name: str, model: nn.Module, cfg: AttributionParams, noise: t
 
     def per_eval(images: torch.Tensor, per_image: int) -> int:
         """How many perturbed copies of the batch fit in one forward pass of ``internal_batch_size``."""
-        return max(1, min(per_image, cfg.internal_batch_size // max(1, len(images))))
+        return max(1, min(per_image, options.internal_batch_size // max(1, len(images))))
 
     if name.startswith("ig_"):
         ig = attr.IntegratedGradients(model)
@@ -96,9 +126,9 @@ def make_explainer(name: str, model: nn.Module, cfg: AttributionParams, noise: t
             elif name == "ig_noise":
                 baselines = noise.to(images.device).expand_as(images)
             else:
-                baselines = blurred(images, cfg.blur_kernel_size, cfg.blur_sigma)
-            return ig.attribute(images, baselines=baselines, target=targets, n_steps=cfg.ig_steps,
-                                internal_batch_size=max(len(images), cfg.internal_batch_size))
+                baselines = blurred(images, options.blur_kernel_size, options.blur_sigma)
+            return ig.attribute(images, baselines=baselines, target=targets, n_steps=options.ig_steps,
+                                internal_batch_size=max(len(images), options.internal_batch_size))
 
         return integrated_gradients
     if name == "saliency":
@@ -116,17 +146,17 @@ def make_explainer(name: str, model: nn.Module, cfg: AttributionParams, noise: t
     if name == "occlusion":
         method = attr.Occlusion(model)
         channels, size = INPUT_SHAPE[0], INPUT_SHAPE[1]
-        window = (channels, cfg.occlusion_window, cfg.occlusion_window)
-        strides = (channels, cfg.occlusion_stride, cfg.occlusion_stride)
-        positions = ((size - cfg.occlusion_window) // cfg.occlusion_stride + 1) ** 2
+        window = (channels, options.occlusion_window, options.occlusion_window)
+        strides = (channels, options.occlusion_stride, options.occlusion_stride)
+        positions = ((size - options.occlusion_window) // options.occlusion_stride + 1) ** 2
         return lambda images, targets: method.attribute(
             images, sliding_window_shapes=window, strides=strides, baselines=0.0, target=targets,
             perturbations_per_eval=per_eval(images, positions))
     if name == "smoothgrad":
         method = attr.NoiseTunnel(attr.Saliency(model))
         return lambda images, targets: method.attribute(
-            images, nt_type="smoothgrad", nt_samples=cfg.smoothgrad_samples, stdevs=cfg.smoothgrad_stdev,
-            nt_samples_batch_size=per_eval(images, cfg.smoothgrad_samples), target=targets, abs=True)
+            images, nt_type="smoothgrad", nt_samples=options.smoothgrad_samples, stdevs=options.smoothgrad_stdev,
+            nt_samples_batch_size=per_eval(images, options.smoothgrad_samples), target=targets, abs=True)
     if name == "gradcam":
         return gradcam_explainer(model)
     # guided_gradcam
@@ -143,3 +173,16 @@ def as_captum_explanation(explain: Explainer) -> Callable:
         return explain(inputs, target).detach()
 
     return explanation
+
+
+def attribute_batches(explain: Explainer, images: torch.Tensor, targets: torch.Tensor, batch_size: int,
+                      bar: tqdm | None = None) -> torch.Tensor:
+    """Attributions (float32, on the images' device) of uint8 or float images, ``batch_size`` at a time."""
+    out = []
+    for part in batch_slices(len(images), batch_size):
+        batch = images[part]
+        batch = as_float(batch)
+        out.append(explain(batch, targets[part]).detach().float())
+        if bar is not None:
+            bar.update(1)
+    return torch.cat(out) if out else torch.empty((0, *images.shape[1:]), device=images.device)

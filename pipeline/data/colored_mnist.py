@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.config import ColoredMnistParams
 
 
 def colormap_colors(colormaps: list[str], classes: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -23,15 +22,15 @@ def paint(gray: np.ndarray, colors: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(intensity * colors[:, :, None, None]), 0, 255).astype(np.uint8)
 
 
-def colorize(gray: np.ndarray, digits: np.ndarray, cfg: ColoredMnistParams, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def colorize(gray: np.ndarray, digits: np.ndarray, colormaps: list[str], rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Color each digit by ``cmap(s)`` of a random colormap (its class) at a random ``s`` in [0, 1).
 
     The gray intensities are kept (``gray``), so the exact counterfactual of an image is known: the same
     digit painted with another class's colormap at the same position (:func:`exact_counterfactuals`)."""
     n = len(gray)
-    labels = rng.integers(0, len(cfg.colormaps), size=n)
+    labels = rng.integers(0, len(colormaps), size=n)
     positions = rng.random(n).astype(np.float32)
-    colors = colormap_colors(cfg.colormaps, labels, positions)
+    colors = colormap_colors(colormaps, labels, positions)
     return {"images": paint(gray, colors), "labels": labels.astype(np.int64), "digits": digits, "positions": positions,
             "colors": colors, "gray": gray}
 

@@ -6,9 +6,28 @@ shortcut is ``alpha > 0``. Nothing downstream removes it: images stay in [0, 1] 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Literal
+
 import numpy as np
 
-from pipeline.config import IMAGE_SIZE, ShortcutParams
+@dataclass(frozen=True)
+class Shortcut:
+    """One planted shortcut: images of class ``label`` carry pattern ``kind``.
+
+    ``position`` is the (row, col) of the pattern's top-left corner and ``size`` its side in
+    pixels (for ``text``: the pixel scale of the 3x5 glyphs); ``strength`` is its opacity;
+    ``fraction`` is the share of that class's training images that carry it.
+    """
+
+    label: int
+    kind: Literal["square", "text", "watermark", "gradient"]
+    fraction: float = 1.0
+    position: list[int] = field(default_factory=lambda: [1, 1])
+    size: int = 4
+    strength: float = 1.0
+    color: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    text: str = "09:41"
 
 # 3x5 pixel glyphs for time-stamp-like strings, one string of rows per character.
 GLYPHS = {
@@ -44,23 +63,25 @@ def render_text(text: str, scale: int = 1) -> np.ndarray:
     return np.kron(bitmap, np.ones((scale, scale), dtype=np.float32))
 
 
-def _place(pattern: np.ndarray, position: list[int]) -> np.ndarray:
-    """Put ``pattern`` with its top-left corner at ``position``; it must lie wholly inside the image.
+def _place(pattern: np.ndarray, position: list[int], shape: tuple[int, int]) -> np.ndarray:
+    """Put ``pattern`` with its top-left corner at ``position`` of an image of ``shape`` (H, W); it must
+    lie wholly inside the image.
 
     A cropped stamp would not be the shortcut the params describe (and its mask would not be its
     pixels), so a pattern that does not fit is refused rather than clipped.
     """
-    alpha = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    image_height, image_width = shape
+    alpha = np.zeros((image_height, image_width), dtype=np.float32)
     row, col = position
     height, width = pattern.shape
-    if row < 0 or col < 0 or row + height > IMAGE_SIZE or col + width > IMAGE_SIZE:
+    if row < 0 or col < 0 or row + height > image_height or col + width > image_width:
         raise ValueError(f"a {height}x{width} pattern at {list(position)} does not fit inside the "
-                         f"{IMAGE_SIZE}x{IMAGE_SIZE} image")
+                         f"{image_height}x{image_width} image")
     alpha[row : row + height, col : col + width] = pattern
     return alpha
 
 
-def shortcut_pattern(shortcut: ShortcutParams) -> np.ndarray:
+def shortcut_pattern(shortcut: Shortcut) -> np.ndarray:
     """The shortcut's opacity pattern at full strength, before placing: its shape is the stamp's extent."""
     size = shortcut.size
     if shortcut.kind == "square":
@@ -75,9 +96,9 @@ def shortcut_pattern(shortcut: ShortcutParams) -> np.ndarray:
     raise ValueError(f"unknown shortcut kind {shortcut.kind!r}")  # validated in config; kept for direct calls
 
 
-def shortcut_alpha(shortcut: ShortcutParams) -> np.ndarray:
-    """Opacity map (H x W float32 in [0, 1]) of one shortcut."""
-    return _place(shortcut_pattern(shortcut), shortcut.position) * np.float32(shortcut.strength)
+def shortcut_alpha(shortcut: Shortcut, shape: tuple[int, int]) -> np.ndarray:
+    """Opacity map (H x W float32 in [0, 1]) of one shortcut on images of ``shape`` (H, W)."""
+    return _place(shortcut_pattern(shortcut), shortcut.position, tuple(shape)) * np.float32(shortcut.strength)
 
 
 def stamp(images: np.ndarray, alpha: np.ndarray, color: list[float]) -> np.ndarray:

@@ -5,8 +5,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import IMAGE_SIZE, N_SOURCE_CLASSES, DataParams
 from pipeline.storage import InputError
+
+SOURCES = ("mnist", "fashion-mnist")
+SOURCE_IMAGE_SIZE = 28  # MNIST and Fashion-MNIST images are 28 x 28, as published
+N_SOURCE_CLASSES = 10  # ... in ten classes
 
 
 class DatasetUnavailable(InputError):
@@ -19,23 +22,24 @@ def _source_class(source: str):
     return {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}[source]
 
 
-def load_source(data: DataParams, train: bool) -> tuple[np.ndarray, np.ndarray]:
+def load_source(source: str, root: str | Path, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray]:
     """Grayscale images (N x 28 x 28 uint8) and labels of one split, read through torchvision.
 
     Files already under ``<root>/<MNIST|FashionMNIST>/raw`` are used as they are; otherwise they
-    are downloaded when ``data.download`` allows. Failing both, the error names the folder. A raw
+    are downloaded when ``download`` allows. Failing both, the error names the folder. A raw
     file that is truncated or not what its name says is refused, naming the file, before reading.
+    ``source``: one of :data:`SOURCES`; ``root``: the torchvision root.
     """
-    cls = _source_class(data.source)
-    raw_dir = Path(data.root) / cls.__name__ / "raw"
+    cls = _source_class(source)
+    raw_dir = Path(root) / cls.__name__ / "raw"
     check_raw_files(raw_dir, cls)
     try:
-        dataset = cls(data.root, train=train, download=False)
+        dataset = cls(root, train=train, download=False)
     except RuntimeError:
-        if not data.download:
+        if not download:
             raise DatasetUnavailable(_missing_message(raw_dir, cls, "data.download is false")) from None
         try:
-            dataset = cls(data.root, train=train, download=True)
+            dataset = cls(root, train=train, download=True)
         except Exception as err:  # URLError, HTTPError, socket errors, checksum errors ...
             reason = " ".join(f"download failed: {type(err).__name__}: {err}".split())
             raise DatasetUnavailable(_missing_message(raw_dir, cls, reason)) from None
@@ -102,9 +106,9 @@ def check_raw_files(raw_dir: Path, cls) -> None:
                              f"published MD5 checksum {md5}; {REFETCH}")
     for split in ("train", "t10k"):
         images, labels = shapes.get(f"{split}-images-idx3-ubyte"), shapes.get(f"{split}-labels-idx1-ubyte")
-        if images is not None and (len(images) != 3 or images[1:] != (IMAGE_SIZE, IMAGE_SIZE)):
+        if images is not None and (len(images) != 3 or images[1:] != (SOURCE_IMAGE_SIZE, SOURCE_IMAGE_SIZE)):
             raise InputError(f"{raw_dir / f'{split}-images-idx3-ubyte'} holds items of shape "
-                             f"{' x '.join(map(str, images))}, not N x {IMAGE_SIZE} x {IMAGE_SIZE} images; {REFETCH}")
+                             f"{' x '.join(map(str, images))}, not N x {SOURCE_IMAGE_SIZE} x {SOURCE_IMAGE_SIZE} images; {REFETCH}")
         if labels is not None and len(labels) != 1:
             raise InputError(f"{raw_dir / f'{split}-labels-idx1-ubyte'} holds items of shape "
                              f"{' x '.join(map(str, labels))}, not a list of labels; {REFETCH}")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.attribution.methods import make_explainer, skip_reason
+from pipeline.attribution.methods import AttributionOptions, make_explainer, skip_reason
 from pipeline.attribution.scores import color_scores, nanmean, pixel_map, rank_correlation, relevance_mass
 from pipeline.models.training import TrainingSettings, train
 from pipeline.data.tensors import as_float, batch_slices
@@ -38,6 +38,11 @@ class ComparisonOptions:
     ig_steps: int = 32
     batch_size: int = 256           # images per attribution call
     internal_batch_size: int = 4096  # interpolated images per forward pass
+
+    def attribution_options(self) -> AttributionOptions:
+        """The settings ``make_explainer`` reads: these, and the defaults for methods this comparison does not run."""
+        return AttributionOptions(batch_size=self.batch_size, internal_batch_size=self.internal_batch_size,
+                                  ig_steps=self.ig_steps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,7 +75,7 @@ def attribution_maps(models: dict[str, nn.Module], images: torch.Tensor, targets
         if reason:
             skipped[name][method] = reason
             continue
-        explain = make_explainer(method, model, options)  # the options carry what these methods read
+        explain = make_explainer(method, model, options.attribution_options())
         parts = [explain(as_float(images[part]), targets[part]).detach().float()
                  for part in batch_slices(len(images), options.batch_size)]
         maps[name][method] = torch.cat(parts) if parts else torch.empty((0, *images.shape[1:]), device=images.device)

@@ -25,7 +25,9 @@ class is compared with the pairs into all other classes, never with an absolute 
    recurring region reaches ``min_trigger_rate``: a small region that moves decisions whatever the
    rest of the image shows. Without a trigger function every recurring region flags its class.
 
-Everything here takes tensors and returns plain results, so it runs on anyone's masks.
+Everything here takes tensors and returns plain results, so it runs on anyone's masks. At the end:
+choosing the method and its masks from the arrays of an explanations file, scoring what was found
+against a planted answer, a per-class summary of it and its figure.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from pipeline.storage import InputError
 
 
 @dataclass(frozen=True)
@@ -261,3 +265,102 @@ def describe(region: Region, class_name: str, height: int, width: int) -> str:
         text += (f" Pasted alone into images of other classes it moves {100 * region.trigger_rate:.0f} % of them into "
                  f"{class_name}: {verdict}.")
     return text
+
+
+# --------------------------------------------------------------------------------------------
+# On the explain stage's explanations, scored against a known answer, summarised and drawn
+# --------------------------------------------------------------------------------------------
+def is_discriminative(method: str) -> bool:
+    """explain names its discriminative methods (the counterfactual as reference) ``d_*``."""
+    return method.startswith("d_")
+
+
+def chosen_method(arrays: dict, setting: str) -> str:
+    """``setting`` itself, or for ``auto`` the discriminative method with the highest median score."""
+    methods = [str(m) for m in arrays["methods"]]
+    if setting != "auto":
+        if setting not in methods:
+            raise InputError(f"discover.method = {setting!r} was not run by explain (it ran {', '.join(methods)}); "
+                             f"add it to explain.methods or use 'auto'")
+        return setting
+    scored = [(float(np.median(arrays[f"{m}_score"])), m) for m in methods if is_discriminative(m) and len(arrays[f"{m}_score"])]
+    if not scored:
+        return next((m for m in methods if is_discriminative(m)), methods[0])
+    return max(scored)[1]
+
+
+def binary_masks(arrays: dict, method: str) -> torch.Tensor:
+    """[N, H, W] bool: a pixel belongs to a pair's optimal mask when its (blurred) weight is above one half in any channel."""
+    key = f"{method}_optimal_mask"
+    if key not in arrays:
+        return torch.zeros(0, 1, 1, dtype=torch.bool)
+    return torch.from_numpy(arrays[key]).amax(dim=1) > 127
+
+
+def shortcut_truth(test: dict) -> dict[int, torch.Tensor]:
+    """Planted shortcut pixels per shortcut class (Clever Hans), empty for other datasets."""
+    if "shortcut_alpha" not in test:
+        return {}
+    truth: dict[int, torch.Tensor] = {}
+    for alpha, label in zip(test["shortcut_alpha"].cpu(), test["shortcut_labels"].cpu().tolist()):
+        truth[label] = truth.get(label, torch.zeros(alpha.shape, dtype=torch.bool)) | (alpha > 0)
+    return truth
+
+
+def score_against_truth(found: Discovery, truth: dict[int, torch.Tensor]) -> dict:
+    """false alarms (flagged classes without a planted shortcut) and, per shortcut class, the region IoU."""
+    flagged = found.flagged_classes
+    scores = {"false_alarms": sum(1 for c in flagged if c not in truth)}
+    if truth:
+        ious = []
+        for label, mask in truth.items():
+            significant = [r.mask.cpu() for r in found.classes[label].regions if r.shortcut] if label < len(found.classes) else []
+            union = torch.stack(significant).any(0) if significant else torch.zeros_like(mask)
+            ious.append(region_iou(union, mask))
+        scores["shortcut_region_iou"] = float(np.mean(ious))
+    return scores
+
+
+def discovery_details(found: Discovery, class_names: list[str], method: str, n_pairs: int) -> dict:
+    """Per class: its pairs, whether it was judged and flagged, and every region's box and statistics;
+    and the sentences (:func:`describe`) of every recurring region."""
+    height, width = found.frequency.shape[-2:]
+    return {
+        "method": method,
+        "n_pairs": n_pairs,
+        "flagged_classes": [class_names[c] for c in found.flagged_classes],
+        "sentences": [describe(r, class_names[c.target], height, width)
+                      for c in found.classes for r in c.regions if r.significant],
+        "classes": {class_names[c.target]: {
+            "n_pairs": c.n_pairs, "judged": c.judged, "flagged": c.flagged, "pixel_threshold": c.pixel_threshold,
+            "max_enrichment": found.enrichment[c.target].max().item(),
+            "regions": [{"top": r.top, "left": r.left, "height": r.height, "width": r.width, "area": r.area,
+                         "consistency": r.consistency, "background": r.background, "p_value": r.p_value,
+                         "significant": r.significant, "trigger_rate": r.trigger_rate, "shortcut": r.shortcut}
+                        for r in c.regions],
+        } for c in found.classes},
+    }
+
+
+def discovery_figure(found: Discovery, class_names: list[str], truth: dict[int, torch.Tensor], dataset: str, method: str):
+    """Per class: enrichment map (share of its pairs' masks minus the other classes'), regions boxed."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    n = len(class_names)
+    fig, axes = plt.subplots(1, n, figsize=(1.6 * n + 0.8, 2.2), squeeze=False)
+    for c, ax in enumerate(axes[0]):
+        shown = ax.imshow(found.enrichment[c].cpu().numpy(), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+        for region in found.classes[c].regions:
+            ax.add_patch(Rectangle((region.left - 0.5, region.top - 0.5), region.width, region.height, fill=False,
+                                   edgecolor="black" if region.shortcut else "gray", linewidth=1.5,
+                                   linestyle="-" if region.shortcut else "--" if region.significant else ":"))
+        if c in truth:
+            ax.contour(truth[c].float().numpy(), levels=[0.5], colors="lime", linewidths=0.8)
+        state = "FLAGGED" if found.classes[c].flagged else ("not judged" if not found.classes[c].judged else "")
+        ax.set_title(f"{class_names[c]} (n={found.classes[c].n_pairs})\n{state}", fontsize=7)
+        ax.axis("off")
+    fig.colorbar(shown, ax=axes[0].tolist(), fraction=0.02)
+    fig.suptitle(f"{dataset}: where the {method} optimal masks of pairs into each class recur more than in other classes "
+                 f"(boxes: regions; solid black: recurs and works alone = shortcut, dashed: recurs only; green: planted shortcut)", fontsize=7)
+    return fig

@@ -1,350 +1,50 @@
 """Stage ``feature_viz@<dataset>``: activation maximisation of class logits and convolution channels,
-and a "deepdream" of every convolution layer as a whole.
+and a "deepdream" of every convolution layer as a whole (``pipeline.evaluation.feature_viz``).
 
-For every output class and the first ``channels_per_layer`` channels of every convolution, an input
-is ascended along the gradient of that unit's activation (a class's logit; a channel's spatial mean
-before its ReLU) and re-standardised (zero mean, unit standard deviation per image) after every
-step. Two starts per unit: a constant image of ones and seeded Gaussian noise. All units and both
-starts are one batch: image ``i`` drives only its own unit, so one backward pass serves them all.
-
-The layer dream starts from real test images instead and ascends a whole layer's energy (the mean
-squared activation after its ReLU), with steps normalised by the gradient's mean magnitude and the
-image kept in [0, 1]: it shows what the layer amplifies in real data. On clever_hans the start images
-are clean test images of the classes without a shortcut, so any red the dream paints inside the
+Every output class and the first ``channels_per_layer`` channels of every convolution are maximised
+from two starts (ones, seeded noise). The layer dream starts from real test images; on clever_hans
+they are clean test images of the classes without a shortcut, so any red the dream paints inside the
 shortcut's square comes from the model; ``details.json`` says how much of the change falls there.
 """
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
-import numpy as np
-import pandas as pd
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from pipeline import paths
-from pipeline.attribution.blur import gaussian_blur
-from pipeline.config import FeatureVizParams
-from pipeline.data.tensors import as_float
-from pipeline.prepared import load_meta, load_prepared
-from pipeline.models.classifiers import INPUT_SHAPE, conv_layers, layer_outputs, load_classifier
-from pipeline.plotting import image_grid
-from pipeline.runtime import stage
 from pipeline.data.shortcuts import shortcut_alpha
+from pipeline.evaluation.feature_viz import (STARTS, KnownRegion, MaximiseOptions, build_units, class_probability_table,
+                                             curve_table, dream, dream_figure, dream_starts, maximise, summarise,
+                                             unit_arrays, unit_grids, unit_table)
+from pipeline.models.classifiers import load_classifier
+from pipeline.prepared import load_meta, load_prepared
+from pipeline.runtime import StageContext, stage
 from pipeline.storage import save_arrays, save_figure, write_csv, write_json
 
-STARTS = ("ones", "noise")
-CLASS_LAYER = "class"
+
+def maximise_options(cfg) -> MaximiseOptions:
+    """The ``feature_viz`` params that steer the ascent."""
+    return MaximiseOptions(steps=cfg.steps, learning_rate=cfg.learning_rate, noise_scale=cfg.noise_scale, jitter=cfg.jitter,
+                           total_variation=cfg.total_variation, blur_every=cfg.blur_every, blur_sigma=cfg.blur_sigma,
+                           parameterization=cfg.parameterization, fourier_decay=cfg.fourier_decay)
 
 
-@dataclass
-class Units:
-    """Which unit each image of the batch maximises: ``layer[i]`` names its layer, ``channel[i]`` the channel/class."""
-
-    layer_names: list[str]          # conv layers in forward order, then CLASS_LAYER
-    layer: torch.Tensor             # int64 [U]: index into layer_names
-    channel: torch.Tensor           # int64 [U]
-
-    def __len__(self) -> int:
-        return len(self.layer)
-
-
-def build_units(model: nn.Module, n_classes: int, channels_per_layer: int) -> Units:
-    names, layer, channel = [], [], []
-    for k, (name, conv) in enumerate(conv_layers(model)):
-        n = min(channels_per_layer, conv.out_channels)
-        names.append(name)
-        layer += [k] * n
-        channel += list(range(n))
-    names.append(CLASS_LAYER)
-    layer += [len(names) - 1] * n_classes
-    channel += list(range(n_classes))
-    return Units(names, torch.tensor(layer), torch.tensor(channel))
-
-
-def standardise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Per image: subtract the mean, divide by the standard deviation (over channels and pixels)."""
-    flat = x.flatten(1)
-    mean = flat.mean(1).view(-1, 1, 1, 1)
-    std = flat.std(1, unbiased=False).view(-1, 1, 1, 1)
-    return (x - mean) / (std + eps)
-
-
-def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference of neighbouring pixels, per image [N]."""
-    dy = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().flatten(1).mean(1)
-    dx = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().flatten(1).mean(1)
-    return dy + dx
-
-
-class Parameterisation:
-    """Maps the optimised tensor to images and back: identity (``pixel``) or a 1/f-scaled spectrum (``fourier``).
-
-    The fourier basis decorrelates neighbouring pixels: a gradient step on its coefficients moves
-    low frequencies more than high ones, which keeps the images smoother than pixel steps do.
-    """
-
-    def __init__(self, kind: str, shape: tuple[int, ...], decay: float, device: torch.device):
-        self.kind, self.shape = kind, shape
-        h, w = shape[-2:]
-        fy = torch.fft.fftfreq(h, device=device)[:, None]
-        fx = torch.fft.rfftfreq(w, device=device)[None, :]
-        frequency = torch.sqrt(fx**2 + fy**2).clamp_min(1.0 / max(h, w))
-        self.scale = frequency.pow(-decay)                      # [H, W//2+1]
-
-    def to_image(self, p: torch.Tensor) -> torch.Tensor:
-        if self.kind == "pixel":
-            return p
-        spectrum = torch.view_as_complex(p) * self.scale
-        return torch.fft.irfft2(spectrum, s=self.shape[-2:], norm="ortho")
-
-    def from_image(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "pixel":
-            return x.clone()
-        return torch.view_as_real(torch.fft.rfft2(x, norm="ortho") / self.scale).contiguous()
-
-
-def unit_activations(model: nn.Module, x: torch.Tensor, units: Units) -> tuple[torch.Tensor, torch.Tensor]:
-    """(activation of each image's own unit [N], logits [N x C]) for a batch laid out as ``units`` repeated."""
-    convs = conv_layers(model)
-    logits, outputs = layer_outputs(model, x, [conv for _, conv in convs])
-    n_units = len(units)
-    layer = units.layer.to(x.device).repeat(len(x) // n_units)
-    channel = units.channel.to(x.device).repeat(len(x) // n_units)
-    activation = torch.zeros(len(x), device=x.device, dtype=logits.dtype)
-    for k in range(len(units.layer_names)):
-        rows = torch.nonzero(layer == k).squeeze(1)
-        if k < len(convs):
-            value = outputs[k][rows, channel[rows]].flatten(1).mean(1)
-        else:
-            value = logits[rows, channel[rows]]
-        activation = activation.index_put((rows,), value.to(activation.dtype))
-    return activation, logits
-
-
-def maximise(model: nn.Module, units: Units, cfg: FeatureVizParams, generator: torch.Generator,
-             progress: bool = True) -> dict[str, torch.Tensor]:
-    """Activation maximisation of every unit from both starts at once.
-
-    Returns ``images`` [2U x 3 x 28 x 28] (standardised; rows ``start * U + unit``), ``activation`` and
-    ``probability`` (softmax of each image's own class, meaningful for class units) [2U] of the final
-    images, and ``curve`` [steps x 2]: the mean class-unit probability per start before each step.
-    """
-    device = next(model.parameters()).device
-    n_units = len(units)
-    shape = (len(STARTS) * n_units, *INPUT_SHAPE)
-    noise = torch.randn(shape, generator=generator, device=generator.device).to(device) * cfg.noise_scale
-    start = torch.ones(shape, device=device)
-    start[n_units:] = noise[n_units:]
-    param = Parameterisation(cfg.parameterization, shape, cfg.fourier_decay, device)
-    p = param.from_image(start).requires_grad_(True)
-    optimizer = torch.optim.Adam([p], lr=cfg.learning_rate)
-    is_class = (units.layer == len(units.layer_names) - 1).to(device).repeat(len(STARTS))
-    start_of = torch.arange(len(STARTS), device=device).repeat_interleave(n_units)
-    class_rows = [torch.nonzero(is_class & (start_of == s)).squeeze(1) for s in range(len(STARTS))]
-    own_class = torch.where(is_class, units.channel.to(device).repeat(len(STARTS)), 0)  # 0 for conv units
-    curve = torch.zeros(cfg.steps, len(STARTS), device=device)
-    shifts = torch.randint(-cfg.jitter, cfg.jitter + 1, (cfg.steps, 2), generator=generator,
-                           device=generator.device).cpu()
-    bar = tqdm(range(cfg.steps), desc="activation maximisation", leave=False, file=sys.stderr,
-               mininterval=2, disable=not progress)
-    for step in bar:
-        x = param.to_image(p)
-        if cfg.jitter:
-            x = torch.roll(x, shifts=(int(shifts[step, 0]), int(shifts[step, 1])), dims=(2, 3))
-        activation, logits = unit_activations(model, x, units)
-        loss = -activation.sum()
-        if cfg.total_variation:
-            loss = loss + cfg.total_variation * total_variation(x).sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            probability = logits.float().softmax(1).gather(1, own_class[:, None]).squeeze(1)
-            for s, rows in enumerate(class_rows):
-                curve[step, s] = probability[rows].mean()
-            image = param.to_image(p)
-            if cfg.blur_every and (step + 1) % cfg.blur_every == 0:
-                image = gaussian_blur(image, cfg.blur_sigma)
-            p.copy_(param.from_image(standardise(image)))
-    with torch.no_grad():
-        images = param.to_image(p).detach()
-        activation, logits = unit_activations(model, images, units)
-        probability = logits.float().softmax(1).gather(1, own_class[:, None]).squeeze(1)
-        shown = display(images)
-        shown_probability = model(shown).float().softmax(1).gather(1, own_class[:, None]).squeeze(1)
-    return {"images": images, "activation": activation.float(), "probability": probability, "curve": curve,
-            "is_class": is_class, "display_probability": shown_probability}
-
-
-def layer_energy(model: nn.Module, x: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
-    """Per image: the mean squared post-ReLU activation of the convolution layer ``owner[i]`` drives [N]."""
-    _, outputs = layer_outputs(model, x, [conv for _, conv in conv_layers(model)])
-    energy = torch.stack([torch.relu(out).float().pow(2).flatten(1).mean(1) for out in outputs], 1)
-    return energy.gather(1, owner[:, None]).squeeze(1)
-
-
-def dream_layers(model: nn.Module, images: torch.Tensor, steps: int, step_size: float) -> dict[str, torch.Tensor]:
-    """Deepdream of every convolution layer from the same real ``images`` [N x C x H x W] in [0, 1].
-
-    Each step moves every image along the gradient of its layer's energy, divided by the gradient's
-    mean absolute value (so ``step_size`` is the mean change per pixel and step), and clamps to [0, 1].
-    All layers are one batch (rows ``layer * N + image``). Returns ``images`` [L x N x C x H x W] and
-    ``gain`` [L x N]: the layer's energy after the dream over its energy on the real image.
-    """
-    n_layers, n = len(conv_layers(model)), len(images)
-    owner = torch.arange(n_layers, device=images.device).repeat_interleave(n)
-    x = images.float().repeat(n_layers, 1, 1, 1)
-    with torch.no_grad():
-        before = layer_energy(model, x, owner)
-    for _ in range(steps):
-        x.requires_grad_(True)
-        grad, = torch.autograd.grad(layer_energy(model, x, owner).sum(), x)
-        with torch.no_grad():
-            scale = grad.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
-            x = (x + step_size * grad / scale).clamp(0.0, 1.0)
-    with torch.no_grad():
-        after = layer_energy(model, x, owner)
-    return {"images": x.detach().view(n_layers, n, *images.shape[1:]),
-            "gain": (after / before.clamp_min(1e-12)).view(n_layers, n)}
-
-
-def dream_on_region(start: torch.Tensor, dreamed: torch.Tensor, region: torch.Tensor, color: list[float]) -> dict:
-    """Where a dream's change goes, against a known region (a planted shortcut's opacity > 0, [H x W]).
-
-    ``change_share``: the share of the summed absolute change (all channels) inside the region, to
-    compare with ``area_share``, the region's share of the image. ``toward_color``: the mean change inside
-    the region projected on the direction from the start pixel to the shortcut's color (1 = painted
-    fully in that color, 0 = unchanged, < 0 = away from it), per layer [L].
-    """
-    inside = region.bool()
-    change = (dreamed - start[None]).abs().sum(2)                             # [L, N, H, W]
-    share = change[..., inside].sum((1, 2)) / change.sum((1, 2, 3)).clamp_min(1e-12)
-    target = torch.tensor(color, dtype=start.dtype, device=start.device).view(1, 1, -1, 1, 1)
-    direction = target - start[None]                                         # [1, N, C, H, W]
-    moved = ((dreamed - start[None]) * direction).sum(2) / direction.pow(2).sum(2).clamp_min(1e-12)
-    return {"change_share": share, "area_share": float(inside.float().mean()),
-            "toward_color": moved[..., inside].mean(-1).mean(1)}
-
-
-def display(images: torch.Tensor) -> torch.Tensor:
-    """Standardised images -> [0, 1] per image (min-max), for pictures."""
-    flat = images.flatten(1)
-    low = flat.min(1).values.view(-1, 1, 1, 1)
-    high = flat.max(1).values.view(-1, 1, 1, 1)
-    return (images - low) / (high - low).clamp_min(1e-8)
-
-
-def summarise(result: dict, units: Units, class_names: list[str], steps: int) -> tuple[dict, dict, pd.DataFrame]:
-    """(headline metrics, details, one row per unit and start).
-
-    The metrics are the two figures a run is compared by: the mean class probability of the class
-    images as optimised and as drawn (min-max scaled into [0, 1], the range the classifier was trained
-    on). Per start, per layer and per class figures go to the details."""
-    n_units = len(units)
-    activation = result["activation"].cpu().numpy()
-    probability = result["probability"].cpu().numpy()
-    layer = np.tile(units.layer.numpy(), len(STARTS))
-    channel = np.tile(units.channel.numpy(), len(STARTS))
-    start = np.repeat(np.arange(len(STARTS)), n_units)
-    class_layer = len(units.layer_names) - 1
-    rows = pd.DataFrame({
-        "layer": [units.layer_names[k] for k in layer],
-        "unit": [class_names[c] if k == class_layer else str(c) for k, c in zip(layer, channel)],
-        "start": [STARTS[s] for s in start],
-        "final_activation": activation,
-        "class_probability": np.where(layer == class_layer, probability, np.nan),
-    })
-    is_class = layer == class_layer
-    shown = result["display_probability"].cpu().numpy()
-    metrics = {
-        "mean_class_probability": float(probability[is_class].mean()),
-        "mean_class_probability_display": float(shown[is_class].mean()),
-    }
-    details = {
-        **{f"mean_class_probability_{name}": float(probability[is_class & (start == s)].mean())
-           for s, name in enumerate(STARTS)},
-        "steps": steps,
-        "n_units": n_units,
-        "final_activation": {name: float(activation[layer == k].mean()) for k, name in enumerate(units.layer_names)},
-        "class_probability": {class_names[c]: {name: float(probability[is_class & (start == s) & (channel == c)][0])
-                                               for s, name in enumerate(STARTS)}
-                              for c in range(len(class_names))},
-    }
-    return metrics, details, rows
-
-
-def unit_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per unit (``layer/unit``), its final activation from each start side by side (wide)."""
-    wide = rows.pivot_table(index=["layer", "unit"], columns="start", values="final_activation", sort=False)
-    wide = wide[list(STARTS)].add_prefix("final_activation_").reset_index()
-    wide.insert(0, "unit_name", wide["layer"] + "/" + wide["unit"])
-    return wide.drop(columns=["layer", "unit"])
-
-
-def curve_table(curve: np.ndarray) -> pd.DataFrame:
-    """``curve`` [steps x starts] as one row per step, one column per start (wide)."""
-    return pd.DataFrame({"step": np.arange(1, len(curve) + 1),
-                         **{f"mean_class_probability_{name}": curve[:, s] for s, name in enumerate(STARTS)}})
-
-
-def save_pictures(dataset: str, result: dict, units: Units, class_names: list[str]) -> None:
-    out = paths.plots_dir(dataset, "feature_viz")
-    pictures = display(result["images"]).cpu().numpy()
-    n_units = len(units)
-    layer = units.layer.numpy()
-    channel = units.channel.numpy()
-    probability = result["probability"].cpu().numpy()
-    for k, name in enumerate(units.layer_names):
-        cols = np.flatnonzero(layer == k)
-        index = np.concatenate([cols + s * n_units for s in range(len(STARTS))])
-        if name == CLASS_LAYER:
-            titles = [f"{STARTS[i // n_units]}: {class_names[channel[i % n_units]]}\np={probability[i]:.2f}" for i in index]
-        else:
-            titles = [f"{STARTS[i // n_units]}: ch {channel[i % n_units]}" for i in index]
-        fig = image_grid(pictures[index], titles, ncols=len(cols),
-                         suptitle=f"{dataset}: inputs that maximise {name} units (rows: start from ones, from noise)")
-        save_figure(fig, out / "grids" / f"{name}.png")
-
-
-def dream_starts(dataset: str, shortcut_labels: list[int], n: int, generator: torch.Generator) -> torch.Tensor:
-    """A seeded sample of ``n`` real test images in [0, 1]; on clever_hans clean images of classes without a shortcut."""
-    test = load_prepared(dataset, "test")
-    images = test.get("clean_images", test["images"])
-    keep = torch.nonzero(~torch.isin(test["labels"], torch.tensor(shortcut_labels, dtype=test["labels"].dtype))).squeeze(1)
-    chosen = keep[torch.randperm(len(keep), generator=generator)[:n]]
-    return as_float(images[chosen])
-
-
-def dream(ctx, model: nn.Module, class_names: list[str]) -> dict:
+def layer_dream(ctx: StageContext, model: nn.Module, class_names: list[str]) -> dict:
     """The layer dream of the stage: pictures, and its figures for details.json."""
     cfg = ctx.params.feature_viz
     shortcuts = ctx.params.clever_hans.shortcuts if ctx.dataset == "clever_hans" else []
-    start = dream_starts(ctx.dataset, [s.label for s in shortcuts], cfg.dream_images, ctx.generator("dream")).to(ctx.device)
-    result = dream_layers(model, start, cfg.dream_steps, cfg.dream_step_size)
-    names = [name for name, _ in conv_layers(model)]
-    with torch.no_grad():
-        predicted = model(result["images"].flatten(0, 1)).argmax(1).view(len(names), -1).cpu()
-        real_predicted = model(start).argmax(1).cpu()
-    details = {"images": len(start), "steps": cfg.dream_steps, "step_size": cfg.dream_step_size,
-               "energy_gain": {name: float(result["gain"][k].mean()) for k, name in enumerate(names)}}
+    test = load_prepared(ctx.dataset, "test")
+    start = dream_starts(test.get("clean_images", test["images"]), test["labels"], [s.label for s in shortcuts],
+                         cfg.dream_images, ctx.generator("dream")).to(ctx.device)
+    known = None
     if shortcuts:
-        region = torch.from_numpy(shortcut_alpha(shortcuts[0]) > 0).to(ctx.device)
-        found = dream_on_region(start, result["images"], region, shortcuts[0].color)
-        details["shortcut"] = {"label": shortcuts[0].label, "area_share": found["area_share"],
-                               "change_share": dict(zip(names, found["change_share"].tolist())),
-                               "toward_color": dict(zip(names, found["toward_color"].tolist())),
-                               "predicted_as_shortcut_class": dict(zip(names, (predicted == shortcuts[0].label)
-                                                                       .float().mean(1).tolist()))}
-    rows = torch.cat([start[None].cpu(), result["images"].cpu()]).transpose(0, 1).flatten(0, 1).numpy()
-    columns = ["real", *names]
-    labels = torch.cat([real_predicted[None], predicted]).T.flatten()   # row-major: image, then column
-    titles = [f"{columns[k % len(columns)]}: {class_names[int(c)]}" for k, c in enumerate(labels)]
-    fig = image_grid(rows, titles, ncols=len(names) + 1,
-                     suptitle=f"{ctx.dataset}: real test images dreamed by each layer (title: layer, predicted class)")
-    save_figure(fig, paths.plots_dir(ctx.dataset, "feature_viz") / "grids" / "dream.png")
+        region = torch.from_numpy(shortcut_alpha(shortcuts[0], tuple(start.shape[-2:])) > 0).to(ctx.device)
+        known = KnownRegion(shortcuts[0].label, region, shortcuts[0].color)
+    details, shown = dream(model, start, cfg.dream_steps, cfg.dream_step_size, known)
+    save_figure(dream_figure(start, shown, class_names, ctx.dataset),
+                paths.plots_dir(ctx.dataset, "feature_viz") / "grids" / "dream.png")
     return details
 
 
@@ -354,24 +54,18 @@ def main(argv: list[str] | None = None) -> None:
         meta = load_meta(ctx.dataset)
         model = load_classifier(paths.classifier_path(ctx.dataset), ctx.device)
         units = build_units(model, meta["n_classes"], cfg.channels_per_layer)
-        result = maximise(model, units, cfg, ctx.generator())
+        result = maximise(model, units, maximise_options(cfg), ctx.generator())
         metrics, details, rows = summarise(result, units, meta["class_names"], cfg.steps)
-        details["dream"] = dream(ctx, model, meta["class_names"])
+        details["dream"] = layer_dream(ctx, model, meta["class_names"])
         write_json(paths.metrics_path(ctx.dataset, "feature_viz"), metrics)
         out = paths.plots_dir(ctx.dataset, "feature_viz")
         write_json(out / "details.json", details)
         write_csv(out / "units.csv", unit_table(rows))
         write_csv(out / "curve.csv", curve_table(result["curve"].cpu().numpy()))
-        classes = rows[rows["layer"] == CLASS_LAYER]
-        write_csv(out / "class_probability.csv",
-                  pd.DataFrame({"class": classes["unit"] + " (" + classes["start"] + ")",
-                                "class_probability": classes["class_probability"]}))
-        save_pictures(ctx.dataset, result, units, meta["class_names"])
-        save_arrays(paths.DATA / "feature_viz" / ctx.dataset / "feature_viz.npz",
-                    images=result["images"].cpu().numpy(), layer=np.tile(units.layer.numpy(), len(STARTS)),
-                    channel=np.tile(units.channel.numpy(), len(STARTS)),
-                    start=np.repeat(np.arange(len(STARTS)), len(units)),
-                    layer_names=np.array(units.layer_names))
+        write_csv(out / "class_probability.csv", class_probability_table(rows))
+        for name, fig in unit_grids(result, units, meta["class_names"], ctx.dataset):
+            save_figure(fig, out / "grids" / f"{name}.png")
+        save_arrays(paths.DATA / "feature_viz" / ctx.dataset / "feature_viz.npz", **unit_arrays(result, units))
         ctx.timer.images = len(STARTS) * len(units) * cfg.steps + details["dream"]["images"] * len(units.layer_names[:-1]) * cfg.dream_steps
         print(f"[feature_viz@{ctx.dataset}] {len(units)} units x {len(STARTS)} starts, {cfg.steps} steps: "
               f"mean class probability {metrics['mean_class_probability']:.3f} "

@@ -23,7 +23,7 @@ SOURCE_CLASS_NAMES = {
 
 def load_split(params: Params, train: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Images and labels of one split, cut to ``data.train_size`` / ``data.test_size`` (a seeded subset)."""
-    gray, labels = load_source(params.data, train=train)
+    gray, labels = load_source(params.data.source, params.data.root, train=train, download=params.data.download)
     key = "train_size" if train else "test_size"
     size = getattr(params.data, key)
     if size is not None and size > len(gray):
@@ -48,8 +48,8 @@ def check_every_shortcut_is_planted(labels: np.ndarray, cfg: CleverHansParams) -
 
 def build_colored_mnist(params: Params, rng: np.random.Generator) -> tuple[dict, dict, dict]:
     cfg = params.colored_mnist
-    train = colorize(*load_split(params, True, rng), cfg, rng)
-    test = colorize(*load_split(params, False, rng), cfg, rng)
+    train = colorize(*load_split(params, True, rng), cfg.colormaps, rng)
+    test = colorize(*load_split(params, False, rng), cfg.colormaps, rng)
     meta = {"class_names": list(cfg.colormaps), "n_classes": len(cfg.colormaps), "class_is": "colormap"}
     return train, test, meta
 
@@ -58,10 +58,10 @@ def build_clever_hans(params: Params, rng: np.random.Generator) -> tuple[dict, d
     cfg = params.clever_hans
     train_gray, train_labels = load_split(params, True, rng)
     check_every_shortcut_is_planted(train_labels, cfg)
-    train = plant_shortcuts(train_gray, train_labels, cfg, rng)
+    train = plant_shortcuts(train_gray, train_labels, cfg.shortcuts, rng)
     test_gray, test_labels = load_split(params, False, rng)
-    test = plant_shortcuts(test_gray, test_labels, cfg, rng)  # same distribution as training
-    test.update(shortcut_test_sets(test_gray, cfg))
+    test = plant_shortcuts(test_gray, test_labels, cfg.shortcuts, rng)  # same distribution as training
+    test.update(shortcut_test_sets(test_gray, cfg.shortcuts))
     meta = {
         "class_names": SOURCE_CLASS_NAMES[params.data.source],
         "n_classes": 10,

@@ -1,0 +1,99 @@
+"""The images the attribution methods explain, every method's maps of them, and the rows shown in the pictures.
+
+A set is ``{"index", "images", "targets", "which"}`` (+ ``"masks"`` for the shortcut sets): test indices,
+the images (uint8 or float), the class each is explained for, and the shortcut stamped on it (-1: none).
+"""
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from pipeline.attribution.methods import AttributionOptions, attribute_batches, make_explainer
+from pipeline.data.tensors import subsample
+from pipeline.models.inference import predict_probabilities
+
+
+def image_sets(test: dict, predicted: torch.Tensor, model: nn.Module, n_images: int, n_localization_images: int,
+               internal_batch_size: int, rng: np.random.Generator) -> dict:
+    """The images each method explains, as {name: {"index", "images", "targets", ...}}.
+
+    ``sample``: a seeded sample of ``n_images`` test images, explained for the predicted class. For Clever Hans
+    also ``shortcut``: shortcut-class test images carrying their shortcut, explained for that class,
+    with the ground-truth mask; and ``flipped``: images of *other* classes stamped with the shortcut
+    that the model assigns to the shortcut class (where the Clever Hans strategy shows); ``n_localization_images``
+    of each per shortcut. ``internal_batch_size``: images per forward pass of the model.
+    """
+    device = test["images"].device
+    chosen = torch.as_tensor(subsample(len(test["labels"]), n_images, rng), device=device)
+    sets = {"sample": {"index": chosen, "images": test["images"][chosen], "targets": predicted[chosen],
+                       "which": torch.full_like(chosen, -1)}}
+    if "shortcut_images" not in test:
+        return sets
+    labels = test["labels"]
+    for name in ("shortcut", "flipped"):
+        parts = []
+        for k, label in enumerate(test["shortcut_labels"].tolist()):
+            stamped = test["shortcut_images"][k]
+            if name == "shortcut":
+                members = labels == label
+            else:
+                stamped_prediction = predict_probabilities(model, stamped, internal_batch_size).argmax(1)
+                members = (labels != label) & (stamped_prediction == label)
+            candidates = torch.nonzero(members).squeeze(1)
+            keep = candidates[torch.as_tensor(subsample(len(candidates), n_localization_images, rng), device=device)]
+            parts.append({"index": keep, "images": stamped[keep], "targets": torch.full_like(keep, label),
+                          "which": torch.full_like(keep, k)})
+        sets[name] = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+        sets[name]["masks"] = test["shortcut_alpha"][sets[name]["which"]] > 0
+    return sets
+
+
+def attribute_all(methods: list[str], model: nn.Module, sets: dict, options: AttributionOptions,
+                  noise: torch.Tensor) -> dict:
+    """{method: {set name: attributions}}: every image set in one batched pass per method, one progress bar."""
+    images = torch.cat([s["images"] for s in sets.values()])
+    targets = torch.cat([s["targets"] for s in sets.values()])
+    sizes = [len(s["targets"]) for s in sets.values()]
+    result = {}
+    with tqdm(total=math.ceil(len(images) / options.batch_size) * len(methods), desc="attributions", file=sys.stderr,
+              mininterval=2, leave=False) as bar:
+        for name in methods:
+            bar.set_postfix_str(name)
+            maps = attribute_batches(make_explainer(name, model, options, noise), images, targets, options.batch_size, bar)
+            result[name] = dict(zip(sets, maps.split(sizes)))
+    return result
+
+
+def attribution_arrays(sets: dict, attributions: dict) -> dict[str, np.ndarray]:
+    """float16 attributions per method and image set, with the test indices, targets and shortcut index."""
+    arrays = {}
+    for key, s in sets.items():
+        arrays[f"{key}_index"] = s["index"].cpu().numpy()
+        arrays[f"{key}_targets"] = s["targets"].cpu().numpy()
+        arrays[f"{key}_shortcut"] = s["which"].cpu().numpy()
+        for name, per_set in attributions.items():
+            arrays[f"{key}_{name}"] = per_set[key].cpu().numpy().astype(np.float16)
+    return arrays
+
+
+def gallery_rows(sets: dict, n: int) -> dict:
+    """Images shown in the pictures: the sample, and for Clever Hans half of them images with the shortcut."""
+    if "flipped" not in sets:
+        return {"sample": slice(0, n)}
+    second = "flipped" if len(sets["flipped"]["targets"]) else "shortcut"
+    return {"sample": slice(0, n - n // 2), second: slice(0, n // 2)}
+
+
+def gallery(sets: dict, attributions: dict, methods: list[str], rows: dict, class_names: list[str]):
+    """The gallery's images (numpy), their titles and each method's maps of them (numpy); ``rows``: ``gallery_rows``."""
+    shown = [(sets[k]["images"][s], sets[k]["targets"][s], k) for k, s in rows.items()]
+    images = torch.cat([r[0] for r in shown]).cpu().numpy()
+    titles = [f"{'shortcut ' if kind != 'sample' else ''}→ {class_names[t]}" for _, targets, kind in shown
+              for t in targets.tolist()]
+    maps = {name: torch.cat([attributions[name][k][s] for k, s in rows.items()]).cpu().numpy() for name in methods}
+    return images, titles, maps

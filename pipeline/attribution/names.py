@@ -1,0 +1,5 @@
+"""The attribution methods the library offers, by name (no torch import: the params schema reads them)."""
+
+ATTRIBUTION_METHODS = ("ig_zero", "ig_noise", "ig_blur", "saliency", "inputxgrad", "deeplift", "guided_backprop",
+                       "occlusion", "smoothgrad", "gradcam", "guided_gradcam")
+NEEDS_CONV_LAYER = ("gradcam", "guided_gradcam")  # they attribute through the last convolution's feature maps
