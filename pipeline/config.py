@@ -21,8 +21,10 @@ from typing import Any, Literal, Optional
 import yaml
 
 from pipeline.attribution.names import ATTRIBUTION_METHODS
+from pipeline.counterfactuals.gan_training import GanTrainingOptions
 from pipeline.data.shortcuts import GLYPH_WIDTH, GLYPHS, Shortcut, shortcut_pattern
 from pipeline.data.sources import N_SOURCE_CLASSES, SOURCE_IMAGE_SIZE as IMAGE_SIZE
+from pipeline.evaluation.feature_viz import MaximiseOptions
 
 DATASETS = ("colored_mnist", "clever_hans")
 SPLIT_SIZES = {  # images per split of each source, as published
@@ -234,29 +236,10 @@ class AttributionParams:
 
 
 @dataclass(frozen=True)
-class GanParams:
-    """StarGAN v2-style translator (stage ``train_gan``); the GAN never sees the classifier."""
+class GanParams(GanTrainingOptions):
+    """StarGAN v2-style translator (stage ``train_gan``); the GAN never sees the classifier. The training
+    settings are :class:`~pipeline.counterfactuals.gan_training.GanTrainingOptions`; ``n_grid_images`` sizes the figure."""
 
-    iterations: int = 2000
-    batch_size: int = 256
-    style_dim: int = 32
-    latent_dim: int = 16
-    width: int = 32
-    learning_rate: float = 4e-4
-    mapping_learning_rate: float = 4e-5
-    beta1: float = 0.0
-    beta2: float = 0.99
-    weight_decay: float = 1e-4
-    adversarial_weight: float = 1.0
-    r1_weight: float = 1.0
-    style_weight: float = 1.0
-    cycle_weight: float = 1.0
-    ema_beta: float = 0.999
-    mixed_precision: bool = False
-    cuda_graph: bool = False
-    checkpoint_every: int = 500
-    log_every: int = 50
-    max_loss: float = 1e4
     n_grid_images: int = 8
 
     def check(self, where: str) -> None:
@@ -338,19 +321,11 @@ class ExplainParams:
 
 
 @dataclass(frozen=True)
-class FeatureVizParams:
-    """Activation maximisation: synthesise the input each class logit / conv channel responds to most."""
+class FeatureVizParams(MaximiseOptions):
+    """Activation maximisation: synthesise the input each class logit / conv channel responds to most. How
+    each unit is ascended is :class:`~pipeline.evaluation.feature_viz.MaximiseOptions`; which units, and the dream:"""
 
     channels_per_layer: int = 8          # the first k channels of every convolutional layer
-    steps: int = 256
-    learning_rate: float = 0.05          # Adam on the input; re-standardised after every step
-    noise_scale: float = 1.0             # std of the noise start (the other start is all ones)
-    jitter: int = 0                      # regulariser: random shift by up to this many pixels per step (0 = off)
-    total_variation: float = 0.0         # regulariser: weight of the total-variation penalty (0 = off)
-    blur_every: int = 0                  # regulariser: Gaussian blur of the input every k steps (0 = off)
-    blur_sigma: float = 0.5
-    parameterization: Literal["pixel", "fourier"] = "pixel"  # fourier: decorrelated 1/f frequency basis
-    fourier_decay: float = 1.0           # spectrum scale 1/f**decay of the fourier parameterisation
     dream_images: int = 8                # layer dream: real test images, each dreamed by every conv layer
     dream_steps: int = 64
     dream_step_size: float = 0.01        # mean change per pixel and step (the gradient over its mean magnitude)
