@@ -41,7 +41,7 @@ def seeded_streams(device: torch.device) -> GanStreams:
 def iterations_per_second(cfg: GanTrainingOptions, images, labels, n_classes: int) -> float:
     device = images.device
     torch.manual_seed(0)
-    nets = GanNets(net_config(cfg, n_classes)).to(device)
+    nets = GanNets(net_config(cfg, n_classes, tuple(images.shape[1:]))).to(device)
     with tempfile.TemporaryDirectory() as tmp:
         result = train(nets, images, labels, cfg, seeded_streams(device), Path(tmp) / "last.pt", stamp="benchmark")
     return result["iterations_run"] / result["seconds"]
@@ -50,7 +50,7 @@ def iterations_per_second(cfg: GanTrainingOptions, images, labels, n_classes: in
 def profile_one_step(cfg: GanTrainingOptions, images, labels, n_classes: int, rows: int) -> None:
     """Profile one eager iteration as training runs it: the CPU draws, their copy to the device, the step."""
     device = images.device
-    nets = GanNets(net_config(cfg, n_classes)).to(device)
+    nets = GanNets(net_config(cfg, n_classes, tuple(images.shape[1:]))).to(device)
     optimizers = make_optimizers(nets, cfg)
     sampler = ClassSampler(labels.cpu(), n_classes)
     streams = seeded_streams(device)

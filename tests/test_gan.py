@@ -14,7 +14,8 @@ from pipeline.config import GanParams
 from pipeline.counterfactuals.gan_training import (LOSS_NAMES, CheckpointMismatch, ClassSampler, GanStreams,
                                                    GanTrainingOptions, NonFiniteLoss, check_losses, ema_beta_at,
                                                    ema_update, fingerprint, train)
-from pipeline.models.gan import GanNets, Translator, load_translator, save_translator
+from pipeline.models.gan import (Discriminator, GanNets, Generator, StyleEncoder, Translator, load_translator,
+                                 save_translator)
 from pipeline.runtime import stage_seed, torch_generator
 from pipeline.stages import train_gan
 from pipeline.storage import load_checkpoint, save_arrays, save_checkpoint, write_json
@@ -322,3 +323,135 @@ def test_cuda_graph_training_resumes_exactly_and_matches_eager(tmp_path, capsys)
     eager, _, eager_rng = run_on(device, tmp_path, tiny_cfg(iterations=12, checkpoint_every=6, log_every=6), "eager.pt")
     assert same_states(full_rng, eager_rng)
     assert torch.allclose(full, eager, atol=1e-3)  # fused vs. foreach Adam: rounding only
+
+
+# ---------------------------------------------------------------------------------------------
+# image shapes
+# ---------------------------------------------------------------------------------------------
+# state_dict names and shapes of the 3 x 28 x 28 networks of CONFIG (width 4) as they were before the image
+# shape came from the data: checkpoints and gan.pt files written then must still load.
+GAN_NETS_WIDTH_4 = [
+    ("generator.stem.weight", (4, 3, 3, 3)), ("generator.stem.bias", (4,)), ("generator.encoder.0.norm1.weight", (4,)),
+    ("generator.encoder.0.norm1.bias", (4,)), ("generator.encoder.0.conv1.weight", (8, 4, 3, 3)),
+    ("generator.encoder.0.conv1.bias", (8,)), ("generator.encoder.0.norm2.weight", (8,)),
+    ("generator.encoder.0.norm2.bias", (8,)), ("generator.encoder.0.conv2.weight", (8, 8, 3, 3)),
+    ("generator.encoder.0.conv2.bias", (8,)), ("generator.encoder.0.skip.weight", (8, 4, 1, 1)),
+    ("generator.encoder.1.norm1.weight", (8,)), ("generator.encoder.1.norm1.bias", (8,)),
+    ("generator.encoder.1.conv1.weight", (16, 8, 3, 3)), ("generator.encoder.1.conv1.bias", (16,)),
+    ("generator.encoder.1.norm2.weight", (16,)), ("generator.encoder.1.norm2.bias", (16,)),
+    ("generator.encoder.1.conv2.weight", (16, 16, 3, 3)), ("generator.encoder.1.conv2.bias", (16,)),
+    ("generator.encoder.1.skip.weight", (16, 8, 1, 1)), ("generator.encoder.2.norm1.weight", (16,)),
+    ("generator.encoder.2.norm1.bias", (16,)), ("generator.encoder.2.conv1.weight", (16, 16, 3, 3)),
+    ("generator.encoder.2.conv1.bias", (16,)), ("generator.encoder.2.norm2.weight", (16,)),
+    ("generator.encoder.2.norm2.bias", (16,)), ("generator.encoder.2.conv2.weight", (16, 16, 3, 3)),
+    ("generator.encoder.2.conv2.bias", (16,)), ("generator.decoder.0.norm1.affine.weight", (32, 4)),
+    ("generator.decoder.0.norm1.affine.bias", (32,)), ("generator.decoder.0.conv1.weight", (16, 16, 3, 3)),
+    ("generator.decoder.0.conv1.bias", (16,)), ("generator.decoder.0.norm2.affine.weight", (32, 4)),
+    ("generator.decoder.0.norm2.affine.bias", (32,)), ("generator.decoder.0.conv2.weight", (16, 16, 3, 3)),
+    ("generator.decoder.0.conv2.bias", (16,)), ("generator.decoder.1.norm1.affine.weight", (32, 4)),
+    ("generator.decoder.1.norm1.affine.bias", (32,)), ("generator.decoder.1.conv1.weight", (8, 16, 3, 3)),
+    ("generator.decoder.1.conv1.bias", (8,)), ("generator.decoder.1.norm2.affine.weight", (16, 4)),
+    ("generator.decoder.1.norm2.affine.bias", (16,)), ("generator.decoder.1.conv2.weight", (8, 8, 3, 3)),
+    ("generator.decoder.1.conv2.bias", (8,)), ("generator.decoder.1.skip.weight", (8, 16, 1, 1)),
+    ("generator.decoder.2.norm1.affine.weight", (16, 4)), ("generator.decoder.2.norm1.affine.bias", (16,)),
+    ("generator.decoder.2.conv1.weight", (4, 8, 3, 3)), ("generator.decoder.2.conv1.bias", (4,)),
+    ("generator.decoder.2.norm2.affine.weight", (8, 4)), ("generator.decoder.2.norm2.affine.bias", (8,)),
+    ("generator.decoder.2.conv2.weight", (4, 4, 3, 3)), ("generator.decoder.2.conv2.bias", (4,)),
+    ("generator.decoder.2.skip.weight", (4, 8, 1, 1)), ("generator.to_image.0.weight", (4,)),
+    ("generator.to_image.0.bias", (4,)), ("generator.to_image.2.weight", (3, 4, 1, 1)),
+    ("generator.to_image.2.bias", (3,)), ("mapping.shared.0.weight", (128, 2)), ("mapping.shared.0.bias", (128,)),
+    ("mapping.shared.2.weight", (128, 128)), ("mapping.shared.2.bias", (128,)), ("mapping.shared.4.weight", (128, 128)),
+    ("mapping.shared.4.bias", (128,)), ("mapping.heads.weight", (12, 128)), ("mapping.heads.bias", (12,)),
+    ("style_encoder.trunk.0.weight", (4, 3, 3, 3)), ("style_encoder.trunk.0.bias", (4,)),
+    ("style_encoder.trunk.2.weight", (8, 4, 3, 3)), ("style_encoder.trunk.2.bias", (8,)),
+    ("style_encoder.trunk.5.weight", (16, 8, 3, 3)), ("style_encoder.trunk.5.bias", (16,)),
+    ("style_encoder.trunk.8.weight", (16, 16, 3, 3)), ("style_encoder.trunk.8.bias", (16,)),
+    ("style_encoder.trunk.10.weight", (16, 16, 7, 7)), ("style_encoder.trunk.10.bias", (16,)),
+    ("style_encoder.heads.weight", (12, 16)), ("style_encoder.heads.bias", (12,)),
+    ("discriminator.trunk.0.weight", (4, 3, 3, 3)), ("discriminator.trunk.0.bias", (4,)),
+    ("discriminator.trunk.2.weight", (8, 4, 3, 3)), ("discriminator.trunk.2.bias", (8,)),
+    ("discriminator.trunk.5.weight", (16, 8, 3, 3)), ("discriminator.trunk.5.bias", (16,)),
+    ("discriminator.trunk.8.weight", (16, 16, 3, 3)), ("discriminator.trunk.8.bias", (16,)),
+    ("discriminator.trunk.10.weight", (16, 16, 7, 7)), ("discriminator.trunk.10.bias", (16,)),
+    ("discriminator.heads.weight", (3, 16)), ("discriminator.heads.bias", (3,)),
+]
+
+
+def test_3x28x28_gan_keeps_its_layers_and_its_initial_weights():
+    legacy = fresh_nets()   # CONFIG has no "image_shape", as configs written before the key existed
+    assert [(name, tuple(tensor.shape)) for name, tensor in legacy.state_dict().items()] == GAN_NETS_WIDTH_4
+    torch.manual_seed(0)
+    shaped = GanNets({**CONFIG, "image_shape": (3, 28, 28)})
+    assert same_states(legacy.state_dict(), shaped.state_dict())
+    assert legacy.image_shape == shaped.image_shape == (3, 28, 28)
+
+
+def test_the_pool_after_the_last_convolution_changes_nothing_on_28x28_images():
+    """The global average pool that lets the style encoder and discriminator take larger images sees a 1 x 1 map
+    on a 28 x 28 image: outputs and gradients are exactly those of the trunk without it."""
+    nets = fresh_nets()
+    x = toy_data(4)[0].float() / 255
+    for trunk in (nets.style_encoder.trunk, nets.discriminator.trunk):
+        assert isinstance(trunk[-2], torch.nn.AdaptiveAvgPool2d)
+        without = torch.nn.Sequential(*list(trunk)[:-2], torch.nn.Flatten())
+        results = []
+        for net in (trunk, without):
+            inputs = x.clone().requires_grad_(True)
+            out = net(inputs)
+            (grad,) = torch.autograd.grad(out.square().sum(), inputs)
+            results.append((out, grad))
+        assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("shape", [(3, 28, 28), (3, 32, 32), (3, 64, 64), (1, 32, 36)])
+def test_the_gan_translates_and_judges_images_of_the_shape_of_its_config(shape, tmp_path):
+    config = {**CONFIG, "image_shape": shape}
+    torch.manual_seed(0)
+    nets = GanNets(config)
+    x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
+    classes = torch.tensor([0, 2])
+    style = nets.latent_style(torch.randn(2, 2), classes)
+    assert nets(x, style).shape == (2, *shape)
+    assert nets.reference_style(x, classes).shape == (2, CONFIG["style_dim"])
+    assert nets.discriminator(x, classes).shape == (2,)
+    save_translator(tmp_path / "gan.pt", nets, config)
+    translator = load_translator(tmp_path / "gan.pt")
+    assert translator.image_shape == shape
+    assert torch.equal(translator(x, style), nets(x, style))
+
+
+@pytest.mark.parametrize("shape", [(3, 30, 30), (3, 24, 24), (3, 32, 30), (1, 20, 28)])
+def test_the_gan_refuses_an_image_shape_it_cannot_take(shape):
+    for build in (lambda: GanNets({**CONFIG, "image_shape": shape}), lambda: Generator(4, 4, shape),
+                  lambda: StyleEncoder(4, 3, 4, shape), lambda: Discriminator(3, 4, shape)):
+        with pytest.raises(ValueError) as err:
+            build()
+        assert "the GAN needs height and width that are multiples of 4 and at least 28; got" in str(err.value)
+        assert str(shape) in str(err.value)
+
+
+def test_a_gan_file_written_before_configs_had_an_image_shape_loads_as_3x28x28(tmp_path):
+    nets = fresh_nets()
+    save_translator(tmp_path / "gan.pt", nets, CONFIG)   # CONFIG has no "image_shape"
+    assert "image_shape" not in load_checkpoint(tmp_path / "gan.pt")["config"]
+    translator = load_translator(tmp_path / "gan.pt")
+    assert translator.image_shape == (3, 28, 28)
+    x = toy_data(2)[0].float() / 255
+    style = translator.latent_style(torch.randn(2, 2), torch.tensor([1, 2]))
+    assert torch.equal(translator(x, style), nets.generator(x, style))
+
+
+def test_the_stage_builds_the_gan_for_the_shape_of_the_prepared_images(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    images, labels = toy_data(16)
+    wider = torch.zeros(16, 1, 32, 32, dtype=torch.uint8)
+    wider[:, 0, 2:30, 2:30] = images.amax(1)
+    for split in ("train", "test"):
+        save_arrays(Path("data/prepared/colored_mnist") / f"{split}.npz", images=wider.numpy(), labels=labels.numpy())
+    write_json(Path("data/prepared/colored_mnist/meta.json"), {"n_classes": 3, "class_names": ["red", "green", "blue"]})
+    gan = dict(iterations=2, batch_size=4, style_dim=4, latent_dim=2, width=4, checkpoint_every=2, log_every=2,
+               n_grid_images=2)
+    Path("params.yaml").write_text(yaml.safe_dump({"device": "cpu", "gan": gan}))
+    train_gan.main(["colored_mnist"])
+    assert tuple(load_checkpoint("data/models/colored_mnist/gan.pt")["config"]["image_shape"]) == (1, 32, 32)
+    assert load_translator("data/models/colored_mnist/gan.pt").image_shape == (1, 32, 32)

@@ -10,9 +10,9 @@ from torch import nn
 
 from pipeline import paths
 from pipeline.config import ClassifierParams, Params
-from pipeline.models.classifiers import build_seeded_classifier, load_classifier, save_model
+from pipeline.models.classifiers import build_classifier, build_seeded_classifier, input_shape, load_classifier, save_model
 from pipeline.runtime import StageContext, StageTimer, open_live
-from pipeline.storage import save_arrays, write_json
+from pipeline.storage import load_checkpoint, save_arrays, save_checkpoint, write_json
 from pipeline.stages.train_classifier import (data_order_generator, evaluate, initial_classifier, live_epoch_logger,
                                        log_evaluation, main, train)
 from tests.conftest import REPO
@@ -92,6 +92,109 @@ def test_training_visits_the_images_in_the_order_the_generator_draws():
     replay = torch.Generator().manual_seed(5)
     expected = [batch.tolist() for _ in range(2) for batch in torch.randperm(n, generator=replay).split(batch_size)]
     assert model.seen == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# input shapes
+# ---------------------------------------------------------------------------------------------
+ARCHITECTURES = ("cnn", "dense", "resnet")
+
+# state_dict names and shapes of the 3 x 28 x 28 classifiers (3 classes, width 4) as they were before the
+# input shape came from the data: checkpoints written then must still load into the networks built now.
+CNN_WIDTH_4 = [
+    ("features.0.weight", (4, 3, 3, 3)), ("features.0.bias", (4,)), ("features.2.weight", (4, 4, 3, 3)),
+    ("features.2.bias", (4,)), ("features.5.weight", (8, 4, 3, 3)), ("features.5.bias", (8,)),
+    ("features.7.weight", (8, 8, 3, 3)), ("features.7.bias", (8,)), ("features.10.weight", (16, 8, 3, 3)),
+    ("features.10.bias", (16,)), ("embedding.1.weight", (128, 784)), ("embedding.1.bias", (128,)),
+    ("head.weight", (3, 128)), ("head.bias", (3,)),
+]
+
+DENSE_WIDTH_4 = [
+    ("embedding.1.weight", (32, 2352)), ("embedding.1.bias", (32,)), ("embedding.3.weight", (128, 32)),
+    ("embedding.3.bias", (128,)), ("head.weight", (3, 128)), ("head.bias", (3,)),
+]
+
+RESNET_WIDTH_4 = [
+    ("stem.0.weight", (4, 3, 3, 3)), ("stem.1.weight", (4,)), ("stem.1.bias", (4,)), ("stem.1.running_mean", (4,)),
+    ("stem.1.running_var", (4,)), ("stem.1.num_batches_tracked", ()), ("blocks.0.conv1.weight", (4, 4, 3, 3)),
+    ("blocks.0.bn1.weight", (4,)), ("blocks.0.bn1.bias", (4,)), ("blocks.0.bn1.running_mean", (4,)),
+    ("blocks.0.bn1.running_var", (4,)), ("blocks.0.bn1.num_batches_tracked", ()),
+    ("blocks.0.conv2.weight", (4, 4, 3, 3)), ("blocks.0.bn2.weight", (4,)), ("blocks.0.bn2.bias", (4,)),
+    ("blocks.0.bn2.running_mean", (4,)), ("blocks.0.bn2.running_var", (4,)), ("blocks.0.bn2.num_batches_tracked", ()),
+    ("blocks.1.conv1.weight", (8, 4, 3, 3)), ("blocks.1.bn1.weight", (8,)), ("blocks.1.bn1.bias", (8,)),
+    ("blocks.1.bn1.running_mean", (8,)), ("blocks.1.bn1.running_var", (8,)), ("blocks.1.bn1.num_batches_tracked", ()),
+    ("blocks.1.conv2.weight", (8, 8, 3, 3)), ("blocks.1.bn2.weight", (8,)), ("blocks.1.bn2.bias", (8,)),
+    ("blocks.1.bn2.running_mean", (8,)), ("blocks.1.bn2.running_var", (8,)), ("blocks.1.bn2.num_batches_tracked", ()),
+    ("blocks.1.downsample.0.weight", (8, 4, 1, 1)), ("blocks.1.downsample.1.weight", (8,)),
+    ("blocks.1.downsample.1.bias", (8,)), ("blocks.1.downsample.1.running_mean", (8,)),
+    ("blocks.1.downsample.1.running_var", (8,)), ("blocks.1.downsample.1.num_batches_tracked", ()),
+    ("blocks.2.conv1.weight", (16, 8, 3, 3)), ("blocks.2.bn1.weight", (16,)), ("blocks.2.bn1.bias", (16,)),
+    ("blocks.2.bn1.running_mean", (16,)), ("blocks.2.bn1.running_var", (16,)), ("blocks.2.bn1.num_batches_tracked", ()),
+    ("blocks.2.conv2.weight", (16, 16, 3, 3)), ("blocks.2.bn2.weight", (16,)), ("blocks.2.bn2.bias", (16,)),
+    ("blocks.2.bn2.running_mean", (16,)), ("blocks.2.bn2.running_var", (16,)), ("blocks.2.bn2.num_batches_tracked", ()),
+    ("blocks.2.downsample.0.weight", (16, 8, 1, 1)), ("blocks.2.downsample.1.weight", (16,)),
+    ("blocks.2.downsample.1.bias", (16,)), ("blocks.2.downsample.1.running_mean", (16,)),
+    ("blocks.2.downsample.1.running_var", (16,)), ("blocks.2.downsample.1.num_batches_tracked", ()),
+    ("embedding.2.weight", (128, 16)), ("embedding.2.bias", (128,)), ("head.weight", (3, 128)), ("head.bias", (3,)),
+]
+
+
+@pytest.mark.parametrize("architecture, expected", [("cnn", CNN_WIDTH_4), ("dense", DENSE_WIDTH_4),
+                                                    ("resnet", RESNET_WIDTH_4)])
+def test_3x28x28_classifiers_keep_their_layers_and_their_seeded_weights(architecture, expected):
+    legacy = {"architecture": architecture, "n_classes": 3, "width": 4}
+    model = build_seeded_classifier({**legacy, "input_shape": (3, 28, 28)}, 0)
+    assert [(name, tuple(tensor.shape)) for name, tensor in model.state_dict().items()] == expected
+    # a config without the key (as written before it existed) draws exactly the same weights
+    before = build_seeded_classifier(legacy, 0)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), before.state_dict().values()))
+
+
+@pytest.mark.parametrize("shape", [(3, 28, 28), (1, 32, 32), (3, 64, 64)])
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_every_classifier_takes_the_input_shape_of_its_config(architecture, shape, tmp_path):
+    config = {"architecture": architecture, "n_classes": 5, "width": 2, "input_shape": shape}
+    model = build_seeded_classifier(config, 0).eval()
+    assert input_shape(model) == shape
+    x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
+    assert model(x).shape == (2, 5) and model.embed(x).shape == (2, 128)
+    if model.gradcam_layer is not None:
+        seen = {}
+        handle = model.gradcam_layer.register_forward_hook(lambda _m, _i, out: seen.update(shape=tuple(out.shape)))
+        model(x)
+        handle.remove()
+        assert seen["shape"] == (2, 8, shape[1] // 4, shape[2] // 4)
+    save_model(tmp_path / "model.pt", model, config)
+    reloaded = load_classifier(tmp_path / "model.pt")
+    assert input_shape(reloaded) == shape and torch.equal(reloaded(x), model(x))
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_a_checkpoint_written_before_configs_had_input_shape_loads_as_3x28x28(architecture, tmp_path):
+    legacy = {"architecture": architecture, "n_classes": 3, "width": 4}
+    model = build_seeded_classifier(legacy, 0).eval()
+    save_checkpoint(tmp_path / "old.pt", {"config": legacy, "state_dict": model.state_dict()})
+    reloaded = load_classifier(tmp_path / "old.pt")
+    assert input_shape(reloaded) == (3, 28, 28)
+    x = torch.rand(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(reloaded(x), model(x))
+
+
+@pytest.mark.parametrize("architecture, shape, allowed", [
+    ("cnn", (3, 30, 30), "multiples of 4"), ("cnn", (1, 32, 30), "multiples of 4"),
+    ("dense", (3, 28), "three positive integers"), ("resnet", (0, 28, 28), "three positive integers")])
+def test_a_shape_a_classifier_cannot_take_is_refused_naming_the_shape_and_what_is_allowed(architecture, shape, allowed):
+    with pytest.raises(ValueError) as err:
+        build_classifier({"architecture": architecture, "n_classes": 3, "width": 4, "input_shape": shape})
+    assert allowed in str(err.value) and str(shape) in str(err.value)
+
+
+def test_save_model_records_the_models_input_shape_and_refuses_another(tmp_path):
+    model = build_seeded_classifier({**CONFIG, "input_shape": (1, 32, 32)}, 0)
+    save_model(tmp_path / "model.pt", model, CONFIG)
+    assert tuple(load_checkpoint(tmp_path / "model.pt")["config"]["input_shape"]) == (1, 32, 32)
+    with pytest.raises(ValueError, match=r"input_shape \(3, 28, 28\).*\(1, 32, 32\)"):
+        save_model(tmp_path / "wrong.pt", model, {**CONFIG, "input_shape": (3, 28, 28)})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,3 +362,20 @@ def test_stage_writes_the_headline_metrics_details_and_every_declared_output(dat
     assert len(logged) == 2 and float(logged[-1]["test_accuracy"]) == pytest.approx(metrics["test_accuracy"], abs=1e-6)
     missing = [o for o in declared_outputs("train_classifier", dataset) if not (tmp_path / o).exists()]
     assert not missing, f"declared in dvc.yaml but not written: {missing}"
+    assert tuple(load_checkpoint(paths.classifier_path(dataset))["config"]["input_shape"]) == (3, 28, 28)
+
+
+def test_the_stage_builds_the_classifier_for_the_shape_of_the_prepared_images(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", 64), ("test", 16)):
+        labels = torch.arange(n) % 2
+        images = (torch.rand(n, 1, 32, 32, generator=gen) * 100 + labels.view(-1, 1, 1, 1) * 150).to(torch.uint8)
+        save_arrays(paths.prepared_dir("colored_mnist") / f"{split}.npz", images=images.numpy(), labels=labels.numpy())
+    write_json(paths.prepared_dir("colored_mnist") / "meta.json", {"n_classes": 2, "class_names": ["dark", "light"]})
+    settings = {"epochs": 1, "batch_size": 32, "width": 2, "eval_batch_size": 64, "n_example_images": 4,
+                "mixed_precision": False}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "classifier": settings}))
+    main(["colored_mnist"])
+    assert tuple(load_checkpoint(paths.classifier_path("colored_mnist"))["config"]["input_shape"]) == (1, 32, 32)
+    assert input_shape(load_classifier(paths.classifier_path("colored_mnist"))) == (1, 32, 32)

@@ -1,9 +1,9 @@
 """Attribution methods as uniform, batched callables built on captum.
 
 ``make_explainer(name, model, options, noise)`` returns ``explain(images, targets) -> attributions`` with
-the shape of ``images`` (N x 3 x H x W float32); ``options`` (:class:`AttributionOptions`) hold the methods'
+the shape of ``images`` (N x C x H x W float32); ``options`` (:class:`AttributionOptions`) hold the methods'
 settings, ``noise`` is the ``ig_noise`` baseline image. ``attribute_batches`` runs one on many images.
-Grad-CAM maps are upsampled to the input size and spread evenly over the three channels, so that
+Grad-CAM maps are upsampled to the input size and spread evenly over the channels, so that
 the channel sum is the Grad-CAM map itself.
 """
 from __future__ import annotations
@@ -17,7 +17,6 @@ from tqdm import tqdm
 
 from pipeline.attribution.names import ATTRIBUTION_METHODS, NEEDS_CONV_LAYER
 from pipeline.data.tensors import as_float, batch_slices
-from pipeline.models.classifiers import INPUT_SHAPE
 
 Explainer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -145,13 +144,18 @@ def make_explainer(name: str, model: nn.Module, options: AttributionOptions, noi
         return lambda images, targets: method.attribute(images, target=targets)
     if name == "occlusion":
         method = attr.Occlusion(model)
-        channels, size = INPUT_SHAPE[0], INPUT_SHAPE[1]
-        window = (channels, options.occlusion_window, options.occlusion_window)
-        strides = (channels, options.occlusion_stride, options.occlusion_stride)
-        positions = ((size - options.occlusion_window) // options.occlusion_stride + 1) ** 2
-        return lambda images, targets: method.attribute(
-            images, sliding_window_shapes=window, strides=strides, baselines=0.0, target=targets,
-            perturbations_per_eval=per_eval(images, positions))
+
+        def occlusion(images, targets):
+            """Windows over all channels at once, slid over height and width (the shape of ``images``)."""
+            channels, height, width = images.shape[1:]
+            window = (channels, options.occlusion_window, options.occlusion_window)
+            strides = (channels, options.occlusion_stride, options.occlusion_stride)
+            positions = (((height - options.occlusion_window) // options.occlusion_stride + 1)
+                         * ((width - options.occlusion_window) // options.occlusion_stride + 1))
+            return method.attribute(images, sliding_window_shapes=window, strides=strides, baselines=0.0,
+                                    target=targets, perturbations_per_eval=per_eval(images, positions))
+
+        return occlusion
     if name == "smoothgrad":
         method = attr.NoiseTunnel(attr.Saliency(model))
         return lambda images, targets: method.attribute(

@@ -208,9 +208,11 @@ def fingerprint(cfg: GanTrainingOptions, config: dict, seed: int, images: torch.
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def net_config(cfg: GanTrainingOptions, n_classes: int) -> dict:
-    """The architecture settings :class:`GanNets` and the saved translator are built from."""
-    return {"n_classes": n_classes, "style_dim": cfg.style_dim, "latent_dim": cfg.latent_dim, "width": cfg.width}
+def net_config(cfg: GanTrainingOptions, n_classes: int, image_shape: tuple[int, int, int]) -> dict:
+    """The architecture settings :class:`GanNets` and the saved translator are built from; ``image_shape``
+    (channels, height, width) is the training images' (``images.shape[1:]``)."""
+    return {"n_classes": n_classes, "style_dim": cfg.style_dim, "latent_dim": cfg.latent_dim, "width": cfg.width,
+            "image_shape": tuple(int(n) for n in image_shape)}
 
 
 def make_optimizers(nets: GanNets, cfg: GanTrainingOptions, graphable: bool = False) -> dict[str, torch.optim.Optimizer]:

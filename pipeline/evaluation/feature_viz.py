@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from pipeline.attribution.blur import gaussian_blur
 from pipeline.data.tensors import as_float
-from pipeline.models.classifiers import INPUT_SHAPE, conv_layers, layer_outputs
+from pipeline.models.classifiers import conv_layers, input_shape, layer_outputs
 from pipeline.plotting import image_grid
 
 STARTS = ("ones", "noise")
@@ -135,16 +135,17 @@ def unit_activations(model: nn.Module, x: torch.Tensor, units: Units) -> tuple[t
 
 
 def maximise(model: nn.Module, units: Units, options: MaximiseOptions, generator: torch.Generator,
-             progress: bool = True) -> dict[str, torch.Tensor]:
-    """Activation maximisation of every unit from both starts at once.
+             progress: bool = True, image_shape: tuple[int, int, int] | None = None) -> dict[str, torch.Tensor]:
+    """Activation maximisation of every unit from both starts at once, on images of ``image_shape`` (channels,
+    height, width; when None, the shape the model records: :func:`pipeline.models.classifiers.input_shape`).
 
-    Returns ``images`` [2U x 3 x 28 x 28] (standardised; rows ``start * U + unit``), ``activation`` and
+    Returns ``images`` [2U x C x H x W] (standardised; rows ``start * U + unit``), ``activation`` and
     ``probability`` (softmax of each image's own class, meaningful for class units) [2U] of the final
     images, and ``curve`` [steps x 2]: the mean class-unit probability per start before each step.
     """
     device = next(model.parameters()).device
     n_units = len(units)
-    shape = (len(STARTS) * n_units, *INPUT_SHAPE)
+    shape = (len(STARTS) * n_units, *(image_shape if image_shape is not None else input_shape(model)))
     noise = torch.randn(shape, generator=generator, device=generator.device).to(device) * options.noise_scale
     start = torch.ones(shape, device=device)
     start[n_units:] = noise[n_units:]

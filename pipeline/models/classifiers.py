@@ -1,11 +1,13 @@
 """Networks of the pipeline, each a small ``nn.Module`` whose config is stored beside its weights.
 
-Every model takes 3 x 28 x 28 float input in [0, 1]. Activations are separate ``nn.ReLU``
+Every model takes C x H x W float input in [0, 1] of the ``input_shape`` (channels, height, width) it
+was built for, which its config records (MNIST: 3 x 28 x 28). Activations are separate ``nn.ReLU``
 modules (never reused, never in-place) so captum's DeepLift and GuidedBackprop can hook them.
 """
 from __future__ import annotations
 
 import functools
+import numbers
 from pathlib import Path
 
 import torch
@@ -13,7 +15,31 @@ from torch import nn
 
 from pipeline.storage import load_checkpoint, save_checkpoint
 
-INPUT_SHAPE = (3, 28, 28)
+# The input shape of checkpoints (and configs) written before configs recorded "input_shape": they were all
+# MNIST-sized, 3 x 28 x 28. Also what a model of your own without an ``input_shape`` attribute is taken to take.
+LEGACY_INPUT_SHAPE = (3, 28, 28)
+
+
+def checked_input_shape(input_shape, model: str, rule: str | None = None, fits=None) -> tuple[int, int, int]:
+    """``input_shape`` as a (channels, height, width) tuple of positive ints; a ValueError naming the shape and
+    what ``model`` allows when it is not one, or when ``fits(channels, height, width)`` is false (``rule`` says why)."""
+    if not (isinstance(input_shape, (tuple, list)) and len(input_shape) == 3
+            and all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n > 0 for n in input_shape)):
+        raise ValueError(f"{model} needs an input shape (channels, height, width) of three positive integers; "
+                         f"got {input_shape!r}")
+    shape = tuple(int(n) for n in input_shape)
+    if fits is not None and not fits(*shape):
+        raise ValueError(f"{model} needs {rule}; got (channels, height, width) = {shape}")
+    return shape
+
+
+def input_shape(model: nn.Module) -> tuple[int, int, int]:
+    """The (channels, height, width) ``model`` takes: the ``input_shape`` every classifier here records.
+
+    A model of your own can say it by the same attribute; one that does not is taken to take
+    ``LEGACY_INPUT_SHAPE`` (3 x 28 x 28), the shape every model had before the attribute existed.
+    """
+    return tuple(getattr(model, "input_shape", LEGACY_INPUT_SHAPE))
 
 
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
@@ -44,20 +70,26 @@ def conv_block(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 class CNNClassifier(nn.Module):
-    """Five 3x3 conv layers in three resolutions (28, 14, 7), then a 128-d embedding and a linear head.
+    """Five 3x3 conv layers in three resolutions (H, H/2, H/4: 28, 14, 7 for MNIST), then a 128-d embedding
+    and a linear head. Height and width must be multiples of 4 (two 2x poolings).
 
-    ``gradcam_layer`` is the last convolution's activation (7 x 7), ``embed`` the penultimate features.
+    ``gradcam_layer`` is the last convolution's activation (H/4 x W/4), ``embed`` the penultimate features.
     """
 
-    def __init__(self, n_classes: int, width: int = 32):
+    def __init__(self, n_classes: int, width: int = 32, input_shape: tuple[int, int, int] = LEGACY_INPUT_SHAPE):
         super().__init__()
+        self.input_shape = checked_input_shape(input_shape, "the CNN classifier",
+                                               "height and width that are multiples of 4 (it pools twice by 2)",
+                                               lambda _c, h, w: h % 4 == 0 and w % 4 == 0)
+        channels, height, image_width = self.input_shape
         w = width
         self.features = nn.Sequential(
-            *conv_block(3, w), *conv_block(w, w), nn.MaxPool2d(2),
+            *conv_block(channels, w), *conv_block(w, w), nn.MaxPool2d(2),
             *conv_block(w, 2 * w), *conv_block(2 * w, 2 * w), nn.MaxPool2d(2),
             *conv_block(2 * w, 4 * w),
         )
-        self.embedding = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * 7 * 7, 128), nn.ReLU())
+        flat = 4 * w * (height // 4) * (image_width // 4)
+        self.embedding = nn.Sequential(nn.Flatten(), nn.Linear(flat, 128), nn.ReLU())
         self.head = nn.Linear(128, n_classes)
 
     @property
@@ -74,11 +106,13 @@ class CNNClassifier(nn.Module):
 class DenseClassifier(nn.Module):
     """A multilayer perceptron on the flattened image (no convolutions: Grad-CAM does not apply)."""
 
-    def __init__(self, n_classes: int, width: int = 32):
+    def __init__(self, n_classes: int, width: int = 32, input_shape: tuple[int, int, int] = LEGACY_INPUT_SHAPE):
         super().__init__()
+        self.input_shape = checked_input_shape(input_shape, "the dense classifier")
+        channels, height, image_width = self.input_shape
         hidden = 8 * width
         self.embedding = nn.Sequential(
-            nn.Flatten(), nn.Linear(3 * 28 * 28, hidden), nn.ReLU(), nn.Linear(hidden, 128), nn.ReLU()
+            nn.Flatten(), nn.Linear(channels * height * image_width, hidden), nn.ReLU(), nn.Linear(hidden, 128), nn.ReLU()
         )
         self.head = nn.Linear(128, n_classes)
 
@@ -116,17 +150,20 @@ def residual_block() -> type[nn.Module]:
 
 
 class ResNetClassifier(nn.Module):
-    """A small residual network: a 3x3 stem, one residual block per resolution (28, 14, 7; widths w, 2w, 4w),
-    global average pooling, a 128-d embedding and a linear head.
+    """A small residual network: a 3x3 stem, one residual block per resolution (H, H/2, H/4 rounded up: 28, 14, 7
+    for MNIST; widths w, 2w, 4w), global average pooling, a 128-d embedding and a linear head. Any height and
+    width work.
 
     The blocks are torchvision's ``BasicBlock`` (two 3x3 convolutions with batch norm and an identity or 1x1
-    shortcut); ``gradcam_layer`` is the last block (its output after the sum and ReLU, 7 x 7).
+    shortcut); ``gradcam_layer`` is the last block (its output after the sum and ReLU, 7 x 7 for MNIST).
     """
 
-    def __init__(self, n_classes: int, width: int = 32):
+    def __init__(self, n_classes: int, width: int = 32, input_shape: tuple[int, int, int] = LEGACY_INPUT_SHAPE):
         super().__init__()
+        self.input_shape = checked_input_shape(input_shape, "the ResNet classifier")
         w, block = width, residual_block()
-        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        channels = self.input_shape[0]
+        self.stem = nn.Sequential(nn.Conv2d(channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
         self.blocks = nn.Sequential(block(w, w), block(w, 2 * w, stride=2), block(2 * w, 4 * w, stride=2))
         self.embedding = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, 128), nn.ReLU())
         self.head = nn.Linear(128, n_classes)
@@ -146,8 +183,11 @@ CLASSIFIERS = {"cnn": CNNClassifier, "dense": DenseClassifier, "resnet": ResNetC
 
 
 def build_classifier(config: dict) -> nn.Module:
-    """``config``: {"architecture": "cnn"|"dense"|"resnet", "n_classes": int, "width": int}."""
-    return CLASSIFIERS[config["architecture"]](n_classes=config["n_classes"], width=config["width"])
+    """``config``: {"architecture": "cnn"|"dense"|"resnet", "n_classes": int, "width": int,
+    "input_shape": (channels, height, width)}; a config without "input_shape" (written before configs
+    recorded it) is for ``LEGACY_INPUT_SHAPE``, 3 x 28 x 28."""
+    return CLASSIFIERS[config["architecture"]](n_classes=config["n_classes"], width=config["width"],
+                                               input_shape=config.get("input_shape", LEGACY_INPUT_SHAPE))
 
 
 def build_seeded_classifier(config: dict, seed: int) -> nn.Module:
@@ -162,12 +202,22 @@ def build_seeded_classifier(config: dict, seed: int) -> nn.Module:
 
 
 def save_model(path: str | Path, model: nn.Module, config: dict, **extra) -> None:
+    """Write ``model``'s weights with the ``config`` that rebuilds it (``build_classifier``). A config without
+    "input_shape" gets the model's, when the model records one; a config that names another shape is refused."""
+    if hasattr(model, "input_shape"):
+        shape = tuple(model.input_shape)
+        if "input_shape" not in config:
+            config = {**config, "input_shape": shape}
+        elif tuple(config["input_shape"]) != shape:
+            raise ValueError(f"the config says input_shape {tuple(config['input_shape'])} but the model was built "
+                             f"for {shape}")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_checkpoint(path, {"config": config, "state_dict": state, **extra})
 
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu", made_by: str = "train_classifier") -> nn.Module:
-    """Rebuild a classifier from its checkpoint, in eval mode, parameters frozen."""
+    """Rebuild a classifier from its checkpoint, in eval mode, parameters frozen (a checkpoint written before
+    configs recorded "input_shape" is for 3 x 28 x 28 images: see ``build_classifier``)."""
     checkpoint = load_checkpoint(path, made_by=made_by)
     model = build_classifier(checkpoint["config"])
     model.load_state_dict(checkpoint["state_dict"])

@@ -1,9 +1,10 @@
-"""Networks of the counterfactual GAN (StarGAN v2 style), sized for 3 x 28 x 28 images.
+"""Networks of the counterfactual GAN (StarGAN v2 style), sized by the image shape (channels, height, width)
+their config names (MNIST: 3 x 28 x 28); height and width must be multiples of 4 and at least 28.
 
 - :class:`Generator` — an encoder-decoder: the encoder (instance-normalised, so it keeps shape and
-  drops colour statistics) maps the image to a 7 x 7 content map; the decoder is modulated by a style
-  code through AdaIN and returns a per-pixel change of the input in logit space (zero at start), so
-  the output stays in (0, 1) and an untrained generator is the identity.
+  drops colour statistics) maps the image to an H/4 x W/4 content map (7 x 7 for MNIST); the decoder is
+  modulated by a style code through AdaIN and returns a per-pixel change of the input in logit space
+  (zero at start), so the output stays in (0, 1) and an untrained generator is the identity.
 - :class:`MappingNetwork` — random latent + target class -> style code (latent-guided translation).
 - :class:`StyleEncoder` — reference image + its class -> style code (reference-guided translation).
 - :class:`Discriminator` — one real/fake logit per class (multi-task); the logit of the image's
@@ -20,11 +21,28 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.models.classifiers import frozen
+from pipeline.models.classifiers import checked_input_shape, frozen
 from pipeline.storage import load_checkpoint, save_checkpoint
 
 
 PIXEL_EPS = 0.01  # input pixels are clamped to [eps, 1 - eps] before the logit
+# The image shape of GAN configs (and ``gan.pt`` files) written before configs recorded "image_shape": they
+# were all MNIST-sized, 3 x 28 x 28.
+LEGACY_IMAGE_SHAPE = (3, 28, 28)
+
+
+def checked_image_shape(image_shape) -> tuple[int, int, int]:
+    """``image_shape`` as a (channels, height, width) tuple the GAN's networks take, or a ValueError: the
+    encoder halves twice and the decoder doubles twice (multiples of 4), and the style encoder's and
+    discriminator's last 7 x 7 convolution needs an H/4 x W/4 map of at least 7 x 7 (at least 28)."""
+    return checked_input_shape(image_shape, "the GAN", "height and width that are multiples of 4 and at least 28",
+                               lambda _c, h, w: h % 4 == 0 and w % 4 == 0 and h >= 28 and w >= 28)
+
+
+def image_shape_of(config: dict) -> tuple[int, int, int]:
+    """The image shape a GAN ``config`` is for: its "image_shape", else ``LEGACY_IMAGE_SHAPE`` (3 x 28 x 28),
+    the shape of every config written before the key existed."""
+    return checked_image_shape(config.get("image_shape", LEGACY_IMAGE_SHAPE))
 
 
 def pick_class(outputs: torch.Tensor, classes: torch.Tensor, width: int) -> torch.Tensor:
@@ -90,23 +108,25 @@ class DecoderBlock(nn.Module):
 
 
 class Generator(nn.Module):
-    """28 -> 14 -> 7 encoder, one bottleneck block per side, 7 -> 14 -> 28 AdaIN decoder."""
+    """H -> H/2 -> H/4 encoder, one bottleneck block per side, H/4 -> H/2 -> H AdaIN decoder
+    (28 -> 14 -> 7 -> 14 -> 28 for MNIST)."""
 
-    def __init__(self, style_dim: int = 32, width: int = 32):
+    def __init__(self, style_dim: int = 32, width: int = 32, image_shape: tuple[int, int, int] = LEGACY_IMAGE_SHAPE):
         super().__init__()
-        w = width
-        self.stem = nn.Conv2d(3, w, 3, padding=1)
+        self.image_shape = checked_image_shape(image_shape)
+        channels, w = self.image_shape[0], width
+        self.stem = nn.Conv2d(channels, w, 3, padding=1)
         self.encoder = nn.ModuleList([
-            EncoderBlock(w, 2 * w, downsample=True),        # 14 x 14
-            EncoderBlock(2 * w, 4 * w, downsample=True),    # 7 x 7
+            EncoderBlock(w, 2 * w, downsample=True),        # H/2 x W/2 (14 x 14)
+            EncoderBlock(2 * w, 4 * w, downsample=True),    # H/4 x W/4 (7 x 7)
             EncoderBlock(4 * w, 4 * w, downsample=False),
         ])
         self.decoder = nn.ModuleList([
             DecoderBlock(4 * w, 4 * w, style_dim, upsample=False),
-            DecoderBlock(4 * w, 2 * w, style_dim, upsample=True),   # 14 x 14
-            DecoderBlock(2 * w, w, style_dim, upsample=True),       # 28 x 28
+            DecoderBlock(4 * w, 2 * w, style_dim, upsample=True),   # H/2 x W/2 (14 x 14)
+            DecoderBlock(2 * w, w, style_dim, upsample=True),       # H x W (28 x 28)
         ])
-        self.to_image = nn.Sequential(nn.InstanceNorm2d(w, affine=True), nn.LeakyReLU(0.2), nn.Conv2d(w, 3, 1))
+        self.to_image = nn.Sequential(nn.InstanceNorm2d(w, affine=True), nn.LeakyReLU(0.2), nn.Conv2d(w, channels, 1))
         # The decoder predicts a change of the input in logit space, starting from exactly none:
         # a fresh generator is the identity, so training spends its steps on what must change.
         nn.init.zeros_(self.to_image[-1].weight)
@@ -136,23 +156,31 @@ class MappingNetwork(nn.Module):
         return pick_class(self.heads(self.shared(z)), classes, self.style_dim)
 
 
-def _conv_trunk(width: int) -> nn.Sequential:
-    """3 x 28 x 28 -> (4 * width)-d vector: conv and average-pool layers with LeakyReLU, no normalisation."""
+def _conv_trunk(width: int, channels: int) -> nn.Sequential:
+    """C x H x W -> (4 * width)-d vector: conv and average-pool layers with LeakyReLU, no normalisation.
+
+    The last 7 x 7 convolution covers the whole H/4 x W/4 map of a 28 x 28 image (1 x 1 out); on a larger
+    image it slides, and the global average pool after it reduces its (H/4 - 6) x (W/4 - 6) map to the
+    vector (on a 1 x 1 map the pool changes nothing, so 28 x 28 images give exactly what they did without it).
+    """
     w = width
     return nn.Sequential(
-        nn.Conv2d(3, w, 3, padding=1), nn.LeakyReLU(0.2),
-        nn.Conv2d(w, 2 * w, 3, padding=1), nn.LeakyReLU(0.2), nn.AvgPool2d(2),            # 14
-        nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.LeakyReLU(0.2), nn.AvgPool2d(2),        # 7
+        nn.Conv2d(channels, w, 3, padding=1), nn.LeakyReLU(0.2),
+        nn.Conv2d(w, 2 * w, 3, padding=1), nn.LeakyReLU(0.2), nn.AvgPool2d(2),            # H/2 (14)
+        nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.LeakyReLU(0.2), nn.AvgPool2d(2),        # H/4 (7)
         nn.Conv2d(4 * w, 4 * w, 3, padding=1), nn.LeakyReLU(0.2),
-        nn.Conv2d(4 * w, 4 * w, 7), nn.LeakyReLU(0.2), nn.Flatten(),                      # 1 x 1
+        nn.Conv2d(4 * w, 4 * w, 7), nn.LeakyReLU(0.2),                                    # H/4 - 6 (1)
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),                                            # 1 x 1
     )
 
 
 class StyleEncoder(nn.Module):
-    def __init__(self, style_dim: int = 32, n_classes: int = 10, width: int = 32):
+    def __init__(self, style_dim: int = 32, n_classes: int = 10, width: int = 32,
+                 image_shape: tuple[int, int, int] = LEGACY_IMAGE_SHAPE):
         super().__init__()
         self.style_dim = style_dim
-        self.trunk = _conv_trunk(width)
+        self.image_shape = checked_image_shape(image_shape)
+        self.trunk = _conv_trunk(width, self.image_shape[0])
         self.heads = nn.Linear(4 * width, n_classes * style_dim)
 
     def forward(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -160,9 +188,10 @@ class StyleEncoder(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, n_classes: int = 10, width: int = 32):
+    def __init__(self, n_classes: int = 10, width: int = 32, image_shape: tuple[int, int, int] = LEGACY_IMAGE_SHAPE):
         super().__init__()
-        self.trunk = _conv_trunk(width)
+        self.image_shape = checked_image_shape(image_shape)
+        self.trunk = _conv_trunk(width, self.image_shape[0])
         self.heads = nn.Linear(4 * width, n_classes)
 
     def forward(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -171,15 +200,20 @@ class Discriminator(nn.Module):
 
 
 class Translator(nn.Module):
-    """The trained image-to-image translator used downstream (EMA weights, no discriminator)."""
+    """The trained image-to-image translator used downstream (EMA weights, no discriminator).
+
+    ``config``: {"n_classes", "style_dim", "latent_dim", "width", "image_shape": (channels, height, width)}; a
+    config without "image_shape" (written before configs recorded it) is for 3 x 28 x 28 images.
+    """
 
     def __init__(self, config: dict):
         super().__init__()
         self.config = dict(config)
         c = self.config
-        self.generator = Generator(c["style_dim"], c["width"])
+        self.image_shape = image_shape_of(c)
+        self.generator = Generator(c["style_dim"], c["width"], self.image_shape)
         self.mapping = MappingNetwork(c["latent_dim"], c["style_dim"], c["n_classes"])
-        self.style_encoder = StyleEncoder(c["style_dim"], c["n_classes"], c["width"])
+        self.style_encoder = StyleEncoder(c["style_dim"], c["n_classes"], c["width"], self.image_shape)
 
     def latent_style(self, z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         return self.mapping(z, classes)
@@ -193,12 +227,13 @@ class Translator(nn.Module):
 
 class GanNets(Translator):
     """All networks of the GAN together, so they move, save and load as one: the translator's three
-    networks plus the discriminator. ``config``: {"n_classes", "style_dim", "latent_dim", "width"}.
+    networks plus the discriminator. ``config``: {"n_classes", "style_dim", "latent_dim", "width", "image_shape"}
+    (see :class:`Translator`).
     """
 
     def __init__(self, config: dict):
         super().__init__(config)
-        self.discriminator = Discriminator(self.config["n_classes"], self.config["width"])
+        self.discriminator = Discriminator(self.config["n_classes"], self.config["width"], self.image_shape)
 
 
 def translator_state(nets: nn.Module) -> dict:

@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         meta = load_meta(ctx.dataset)
         train_split = load_prepared(ctx.dataset, "train", ctx.device)
         test = load_prepared(ctx.dataset, "test", ctx.device)
-        model_config = {"architecture": cfg.architecture, "n_classes": meta["n_classes"], "width": cfg.width}
+        model_config = {"architecture": cfg.architecture, "n_classes": meta["n_classes"], "width": cfg.width,
+                        "input_shape": tuple(train_split["images"].shape[1:])}
         model = initial_classifier(ctx, model_config)
         out = paths.plots_dir(ctx.dataset, STAGE)
         keep_weights = checkpoint_saver(ctx.dataset, model_config)

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         meta = load_meta(ctx.dataset)
         train_split = load_prepared(ctx.dataset, "train", ctx.device)
         test = load_prepared(ctx.dataset, "test", ctx.device)
-        config = net_config(options, meta["n_classes"])
+        config = net_config(options, meta["n_classes"], tuple(train_split["images"].shape[1:]))
         torch.manual_seed(ctx.params.seed)
         nets = GanNets(config).to(ctx.device)
         stamp = fingerprint(options, config, ctx.params.seed, train_split["images"], train_split["labels"],
