@@ -207,3 +207,27 @@ def test_picture_of_queries_and_proponents(tmp_path, kind):
     save_figure(proponents_figure(table, queries, train, [str(c) for c in range(10)], n_show=1, dataset=kind),
                 tmp_path / "proponents.png")
     assert (tmp_path / "proponents.png").stat().st_size > 1000
+
+
+class AlwaysClass(nn.Module):
+    """Predicts class ``label`` for every image (a classifier the stamp never moves into 7)."""
+
+    def __init__(self, label: int, n_classes: int = 10):
+        super().__init__()
+        self.logits = nn.Parameter(torch.nn.functional.one_hot(torch.tensor(label), n_classes).float() * 5)
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1) + 0 * x.flatten(1)[:, :1]
+
+
+def test_no_image_moved_by_the_stamp_gives_empty_queries_not_a_crash():
+    from pipeline.evaluation.influence import clever_hans_queries
+    from pipeline.models.inference import predict_probabilities
+
+    model = AlwaysClass(label=3)
+    assert predict_probabilities(model, torch.zeros(0, 3, 28, 28, dtype=torch.uint8)).shape == (0, 10)
+    images = torch.zeros(6, 3, 28, 28, dtype=torch.uint8)
+    test = {"labels": torch.tensor([0, 1, 2, 3, 4, 5]), "clean_images": images, "shortcut_images": images[None],
+            "shortcut_labels": torch.tensor([7])}
+    queries = clever_hans_queries(model, test, n_test=4, rng=np.random.default_rng(0))
+    assert len(queries["images"]) == 0 and queries["control"]["targets"].shape == (0,)

@@ -24,14 +24,18 @@ def model_device(model: nn.Module) -> torch.device:
 @torch.no_grad()
 def map_batches(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, device: torch.device,
                 batch_size: int = 4096, mixed_precision: bool = False) -> torch.Tensor:
-    """Apply ``fn`` to float [0, 1] batches of ``images`` (uint8 or float NCHW); float32 results, concatenated."""
+    """Apply ``fn`` to float [0, 1] batches of ``images`` (uint8 or float NCHW); float32 results, concatenated.
+    No images: ``fn`` of the empty batch, so the result keeps its shape (0 x C, not 0)."""
+    if len(images) == 0:
+        with autocast(device, mixed_precision):
+            return fn(as_float(images.to(device))).float()
     out = []
     for part in batch_slices(len(images), batch_size):
         batch = images[part].to(device, non_blocking=True)
         batch = as_float(batch)
         with autocast(device, mixed_precision):
             out.append(fn(batch).float())
-    return torch.cat(out) if out else torch.empty(0, device=device)
+    return torch.cat(out)
 
 
 def predict_probabilities(model: nn.Module, images: torch.Tensor, batch_size: int = 4096, mixed_precision: bool = False) -> torch.Tensor:
