@@ -85,9 +85,20 @@ def merge_params(params_path: Path, overrides_path: Path) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 # collect (after the run)
 # ----------------------------------------------------------------------------------------------------------
-def expand(stage: dict, entries: list) -> list[str]:
-    """The paths of a stage's outs or metrics entries, matrix expanded (${item.dataset} filled in)."""
+def matrix_items(work: Path, stage: dict) -> list:
+    """The datasets a stage's matrix runs over: ``${datasets}`` is every name under ``datasets`` in params.yaml
+    (as DVC expands it); a stage without a matrix runs once (``[None]``)."""
     items = stage.get("matrix", {}).get("dataset", [None])
+    if isinstance(items, str) and items.startswith("${") and items.endswith("}"):
+        node = yaml.safe_load((work / "params.yaml").read_text())
+        for key in items[2:-1].split("."):
+            node = node[key]
+        items = list(node)
+    return items
+
+
+def expand(items: list, entries: list) -> list[str]:
+    """The paths of a stage's outs or metrics entries, matrix expanded (${item.dataset} filled in for each item)."""
     names = [next(iter(e)) if isinstance(e, dict) else e for e in entries]
     return [name.replace("${item.dataset}", item) if item else name for name in names for item in items]
 
@@ -95,7 +106,8 @@ def expand(stage: dict, entries: list) -> list[str]:
 def declared_outputs(work: Path) -> list[str]:
     """Every output and metrics file dvc.yaml declares, matrix expanded."""
     stages = yaml.safe_load((work / "dvc.yaml").read_text())["stages"]
-    return [path for stage in stages.values() for key in ("outs", "metrics") for path in expand(stage, stage.get(key, []))]
+    return [path for stage in stages.values() for key in ("outs", "metrics")
+            for path in expand(matrix_items(work, stage), stage.get(key, []))]
 
 
 def timed_stages(work: Path) -> list[str]:
@@ -103,8 +115,8 @@ def timed_stages(work: Path) -> list[str]:
     stages = yaml.safe_load((work / "dvc.yaml").read_text())["stages"]
     names = []
     for name, stage in stages.items():
-        items = stage.get("matrix", {}).get("dataset", [None])
-        timed = [p for p in expand(stage, stage.get("outs", [])) if Path(p).match(STAGE_TIMING_GLOB)]
+        items = matrix_items(work, stage)
+        timed = [p for p in expand(items, stage.get("outs", [])) if Path(p).match(STAGE_TIMING_GLOB)]
         names += [f"{name}@{item}" if item else name for item in items] if timed else []
     return names
 
@@ -112,7 +124,7 @@ def timed_stages(work: Path) -> list[str]:
 def declared_metrics(work: Path) -> list[str]:
     """The metrics files dvc.yaml declares (what `dvc metrics show` lists), matrix expanded."""
     stages = yaml.safe_load((work / "dvc.yaml").read_text())["stages"]
-    return [path for stage in stages.values() for path in expand(stage, stage.get("metrics", []))]
+    return [path for stage in stages.values() for path in expand(matrix_items(work, stage), stage.get("metrics", []))]
 
 
 def stage_timing(work: Path) -> dict:

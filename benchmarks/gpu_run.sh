@@ -167,9 +167,9 @@ for name in "${MNIST_FILES[@]}"; do
   else gzip -dc "$MNIST/$name.gz" > "$RAW/$name" || die "cannot unpack $MNIST/$name.gz"
   fi
 done
-data_setting=$(cd "$WORK" && "$PY" -c 'import yaml; d = yaml.safe_load(open("params.yaml"))["data"]; print(d["source"], d["root"])')
+data_setting=$(cd "$WORK" && "$PY" -c 'import yaml; p = yaml.safe_load(open("params.yaml")); print(" ".join(sorted({d["source"] for d in p["datasets"].values()})), p["data"]["root"])')
 [ "$data_setting" = "mnist data/raw" ] \
-  || warn "params data.source/data.root are '$data_setting': the MNIST files placed in data/raw/MNIST/raw may not be read"
+  || warn "params datasets.*.source/data.root are '$data_setting': the MNIST files placed in data/raw/MNIST/raw may not be read"
 
 # ---- the machine: what the timings were measured on ----------------------------------------------------
 {

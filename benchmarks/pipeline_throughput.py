@@ -38,7 +38,7 @@ def run_stages(work: Path, params: dict, stages: list[str]) -> None:
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for stage in [s for s in STAGE_ORDER if s in stages]:
-        for dataset in ("colored_mnist", "clever_hans"):
+        for dataset in params["datasets"]:
             print(f"running {stage}@{dataset} ...", file=sys.stderr, flush=True)
             subprocess.run([sys.executable, "-m", f"pipeline.stages.{stage}", dataset], cwd=work, env=env, check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

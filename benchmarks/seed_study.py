@@ -8,7 +8,7 @@ holds for one seed only is luck; this says how far the planted shortcut's pull v
 
     python -m benchmarks.seed_study                           # seeds 0 1 2, full data, the GPU when present
     python -m benchmarks.seed_study --seeds 0 1 2 3 --device cpu
-    python -m benchmarks.seed_study --set classifier.epochs=2 --set clever_hans.shortcuts.0.fraction=0.99
+    python -m benchmarks.seed_study --set classifier.epochs=2 --set datasets.clever_hans.shortcuts.0.fraction=0.99
     python -m benchmarks.seed_study --jobs 3                  # the seeds side by side (one CPU thread each on the CPU)
 """
 from __future__ import annotations

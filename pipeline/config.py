@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,7 +27,6 @@ from pipeline.data.shortcuts import GLYPH_WIDTH, GLYPHS, Shortcut, shortcut_patt
 from pipeline.data.sources import N_SOURCE_CLASSES, SOURCE_IMAGE_SIZE as IMAGE_SIZE
 from pipeline.evaluation.feature_viz import MaximiseOptions
 
-DATASETS = ("colored_mnist", "clever_hans")
 SPLIT_SIZES = {  # images per split of each source, as published
     "mnist": {"train": 60_000, "test": 10_000},
     "fashion-mnist": {"train": 60_000, "test": 10_000},
@@ -70,7 +70,8 @@ def check_each(section: Any, where: str, is_valid, allowed: str, *names: str) ->
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DataParams:
-    source: Literal["mnist", "fashion-mnist"] = "mnist"
+    """Where the source images live and how many of each split every dataset takes."""
+
     root: str = "data/raw"
     download: bool = True
     train_size: Optional[int] = None
@@ -79,39 +80,41 @@ class DataParams:
     def check(self, where: str) -> None:
         if not self.root.strip():
             fail(f"{where}.root", self.root, "a folder path (the torchvision root holding MNIST/raw)")
+
+    def check_against(self, source: str, where: str) -> None:
+        """The sizes must fit in the splits of ``source`` (checked once per dataset that uses it)."""
         for name, split in (("train_size", "train"), ("test_size", "test")):
             value = getattr(self, name)
-            limit = SPLIT_SIZES[self.source][split]
+            limit = SPLIT_SIZES[source][split]
             if value is not None and not 1 <= value <= limit:
                 fail(f"{where}.{name}", value,
-                     f"an integer in 1..{limit} (the {self.source} {split} split has {limit} images), or null for the whole split")
+                     f"an integer in 1..{limit} (the {source} {split} split has {limit} images), or null for the whole split")
 
-    def n_images(self, split: str) -> int:
-        """How many images of ``split`` ("train" or "test") the prepared data will hold, at most."""
+    def n_images(self, split: str, source: str) -> int:
+        """How many images of ``split`` ("train" or "test") of ``source`` the prepared data will hold, at most."""
         size = self.train_size if split == "train" else self.test_size
-        return SPLIT_SIZES[self.source][split] if size is None else size
+        return SPLIT_SIZES[source][split] if size is None else size
 
 
-@dataclass(frozen=True)
-class ColoredMnistParams:
-    colormaps: list[str] = field(default_factory=lambda: ["spring", "summer", "autumn", "winter"])
+DEFAULT_COLORMAPS = ["spring", "summer", "autumn", "winter"]
 
-    def check(self, where: str) -> None:
-        import matplotlib
 
-        known = set(matplotlib.colormaps)
-        for i, name in enumerate(self.colormaps):
-            if name not in known:
-                fail(f"{where}.colormaps[{i}]", name, "a matplotlib colormap name, e.g. spring, summer, autumn, winter, viridis")
-        if len(self.colormaps) < 2:
-            fail(f"{where}.colormaps", self.colormaps, "at least two colormaps (one class each)")
-        if len(set(self.colormaps)) != len(self.colormaps):
-            fail(f"{where}.colormaps", self.colormaps, "distinct colormap names")
+def check_colormaps(colormaps: list[str], where: str) -> None:
+    import matplotlib
+
+    known = set(matplotlib.colormaps)
+    for i, name in enumerate(colormaps):
+        if name not in known:
+            fail(f"{where}[{i}]", name, "a matplotlib colormap name, e.g. spring, summer, autumn, winter, viridis")
+    if len(colormaps) < 2:
+        fail(where, colormaps, "at least two colormaps (one class each)")
+    if len(set(colormaps)) != len(colormaps):
+        fail(where, colormaps, "distinct colormap names")
 
 
 @dataclass(frozen=True)
 class ShortcutParams(Shortcut):
-    """A :class:`~pipeline.data.shortcuts.Shortcut` of ``clever_hans.shortcuts``, checked against the image."""
+    """A :class:`~pipeline.data.shortcuts.Shortcut` of a clever_hans dataset, checked against the image."""
 
     def check(self, where: str) -> None:
         if not 0 <= self.label < N_SOURCE_CLASSES:
@@ -148,21 +151,60 @@ class ShortcutParams(Shortcut):
                  f"0..{IMAGE_SIZE - width}, so that the {height}x{width} {self.kind} fits inside the {IMAGE_SIZE}x{IMAGE_SIZE} image")
 
 
+def check_shortcuts(shortcuts: list[ShortcutParams], where: str) -> None:
+    if not shortcuts:
+        fail(where, shortcuts, "at least one {label, kind} entry")
+    first_with_label: dict[int, int] = {}
+    for i, shortcut in enumerate(shortcuts):
+        if shortcut.label in first_with_label:
+            fail(f"{where}[{i}].label", shortcut.label,
+                 f"a class without a shortcut yet (shortcuts[{first_with_label[shortcut.label]}] already plants one "
+                 f"in class {shortcut.label}): one shortcut per class")
+        first_with_label[shortcut.label] = i
+
+
 @dataclass(frozen=True)
-class CleverHansParams:
-    shortcuts: list[ShortcutParams] = field(default_factory=lambda: [
-        ShortcutParams(label=7, kind="square", fraction=0.95, size=10, color=[1.0, 0.0, 0.0])])
+class DatasetParams:
+    """One dataset of the pipeline, one entry of the DVC matrix. ``kind`` says what it is built from and
+    what its known answer is; the name it is listed under names its folders (data/, metrics/, plots/).
+
+    - ``colored_mnist``: the digits of ``source`` colored by one colormap per class (``colormaps``);
+    - ``clever_hans``: the classes of ``source``, with ``shortcuts`` planted on chosen classes.
+    """
+
+    kind: Literal["colored_mnist", "clever_hans"]
+    source: Literal["mnist", "fashion-mnist"] = "mnist"
+    colormaps: Optional[list[str]] = None
+    shortcuts: Optional[list[ShortcutParams]] = None
+
+    KEYS = {"colored_mnist": ("colormaps",), "clever_hans": ("shortcuts",)}  # the settings each kind reads
 
     def check(self, where: str) -> None:
-        if not self.shortcuts:
-            fail(f"{where}.shortcuts", self.shortcuts, "at least one {label, kind} entry")
-        first_with_label: dict[int, int] = {}
-        for i, shortcut in enumerate(self.shortcuts):
-            if shortcut.label in first_with_label:
-                fail(f"{where}.shortcuts[{i}].label", shortcut.label,
-                     f"a class without a shortcut yet (shortcuts[{first_with_label[shortcut.label]}] already plants one "
-                     f"in class {shortcut.label}): one shortcut per class")
-            first_with_label[shortcut.label] = i
+        for kind, keys in self.KEYS.items():
+            for key in keys:
+                value = getattr(self, key)
+                if kind == self.kind and value is None:
+                    fail(f"{where}.{key}", value, f"a list: a {kind} dataset needs its {key}")
+                if kind != self.kind and value is not None:
+                    fail(f"{where}.{key}", value, f"null or left out: only a {kind} dataset has {key}")
+        if self.kind == "colored_mnist":
+            check_colormaps(self.colormaps, f"{where}.colormaps")
+        else:
+            check_shortcuts(self.shortcuts, f"{where}.shortcuts")
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes the dataset's classifier separates."""
+        return len(self.colormaps) if self.kind == "colored_mnist" else N_SOURCE_CLASSES
+
+
+def default_datasets() -> dict[str, DatasetParams]:
+    return {"colored_mnist": DatasetParams(kind="colored_mnist", colormaps=list(DEFAULT_COLORMAPS)),
+            "clever_hans": DatasetParams(kind="clever_hans", shortcuts=[
+                ShortcutParams(label=7, kind="square", fraction=0.95, size=10, color=[1.0, 0.0, 0.0])])}
+
+
+DATASET_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -529,8 +571,7 @@ class Params:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = False
     data: DataParams = field(default_factory=DataParams)
-    colored_mnist: ColoredMnistParams = field(default_factory=ColoredMnistParams)
-    clever_hans: CleverHansParams = field(default_factory=CleverHansParams)
+    datasets: dict[str, DatasetParams] = field(default_factory=default_datasets)
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
     attribution: AttributionParams = field(default_factory=AttributionParams)
     gan: GanParams = field(default_factory=GanParams)
@@ -548,6 +589,13 @@ class Params:
     def check(self, where: str) -> None:
         if self.seed < 0:
             fail("seed", self.seed, "an integer >= 0")
+        if not self.datasets:
+            fail("datasets", self.datasets, "at least one named dataset, e.g. clever_hans: {kind: clever_hans, ...}")
+        for name, entry in self.datasets.items():
+            if not DATASET_NAME.fullmatch(name):
+                fail("datasets", name, "names of lower-case letters, digits and _ that start with a letter "
+                     "(a dataset's name names its folders and its DVC stages, e.g. explain@fashion_hans)")
+            self.data.check_against(entry.source, "data")
         self.check_test_samples_exist()
 
     def check_test_samples_exist(self) -> None:
@@ -556,8 +604,9 @@ class Params:
         Counts that are caps on a subset known only later (``max_misclassified``, ``n_correct``,
         ``max_pairs``, ``max_images``, ``architectures.n_images``) are left to the stages, which take what there is.
         """
-        n_test = self.data.n_images("test")
-        source = "data.test_size" if self.data.test_size is not None else f"the {self.data.source} test split"
+        sources = sorted({entry.source for entry in self.datasets.values()})
+        n_test = min(self.data.n_images("test", s) for s in sources)
+        source = "data.test_size" if self.data.test_size is not None else f"the {' and '.join(sources)} test split"
         for key, value in (("attribution.n_images", self.attribution.n_images),
                            ("counterfactuals.n_images", self.counterfactuals.n_images)):
             if value > n_test:
@@ -565,9 +614,7 @@ class Params:
 
     def n_classes(self, dataset: str) -> int:
         """Number of classes the classifier of ``dataset`` separates."""
-        if dataset == "colored_mnist":
-            return len(self.colored_mnist.colormaps)
-        return N_SOURCE_CLASSES
+        return self.datasets[dataset].n_classes
 
 
 # --------------------------------------------------------------------------------------------
@@ -581,6 +628,8 @@ def _type_name(hint: Any) -> str:
         return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(hint))
     if origin is list:
         return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    if origin is dict:
+        return f"a mapping of names to {_type_name(typing.get_args(hint)[1])}"
     if dataclasses.is_dataclass(hint):
         return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(hint))
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
@@ -605,6 +654,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             fail(where, value, _type_name(hint))
         (item_hint,) = typing.get_args(hint)
         return [_coerce(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            fail(where, value, _type_name(hint))
+        key_hint, item_hint = typing.get_args(hint)
+        return {_coerce(k, key_hint, where): _coerce(v, item_hint, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         return build(hint, value, where)
     if hint is bool:
@@ -695,5 +749,13 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 
 def to_dict(obj: Any) -> Any:
-    """Plain-data copy of a params object (for checkpoints and logs)."""
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    """Plain-data copy of a params object (for checkpoints and logs), as params.yaml would write it: a
+    dataset entry leaves out the settings its kind does not read."""
+    if dataclasses.is_dataclass(obj):
+        unread = {key for kind, keys in getattr(obj, "KEYS", {}).items() if kind != getattr(obj, "kind", None) for key in keys}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name not in unread}
+    if isinstance(obj, dict):
+        return {key: to_dict(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [to_dict(value) for value in obj]
+    return obj

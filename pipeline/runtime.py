@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pipeline import paths
-from pipeline.config import DATASETS, ConfigError, Params, load_params
+from pipeline.config import ConfigError, DatasetParams, Params, fail, load_params
 from pipeline.storage import InputError, write_json
 
 
@@ -108,6 +108,15 @@ class StageContext:
     device: torch.device
     timer: StageTimer
 
+    @property
+    def entry(self) -> DatasetParams:
+        """This dataset's entry of ``datasets`` in params.yaml: its kind, source and known answer."""
+        return self.params.datasets[self.dataset]
+
+    @property
+    def kind(self) -> str:
+        return self.entry.kind
+
     def generator(self, salt: str = "", device: torch.device | str | None = None) -> torch.Generator:
         """The seeded random stream ``salt`` of this stage, on the CPU unless ``device`` is given.
 
@@ -188,11 +197,13 @@ def stage(name: str, argv: list[str] | None = None) -> Iterator[StageContext]:
     Configuration and input errors end the process with a one-line message instead of a trace.
     """
     parser = argparse.ArgumentParser(prog=f"python -m pipeline.stages.{name}")
-    parser.add_argument("dataset", choices=DATASETS)
+    parser.add_argument("dataset", help="a dataset named under `datasets` in params.yaml, e.g. clever_hans")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
+        if args.dataset not in params.datasets:
+            fail("dataset", args.dataset, "a dataset named under `datasets` in params.yaml: " + ", ".join(params.datasets))
         device = select_device(params.device)
         seed_everything(params.seed, params.deterministic)
         ctx = StageContext(args.dataset, params, device, StageTimer(name, args.dataset, device))

@@ -153,6 +153,25 @@ def test_models_trained_alike_see_the_same_data_in_the_same_order():
         assert torch.equal(a, b)
 
 
+def test_every_architecture_trains_and_is_explained_on_images_of_the_shape_it_was_built_for():
+    """1 x 32 x 36 images: each architecture built for that shape trains, and every method (occlusion's windows
+    and Grad-CAM's upsampling included) gives maps of the images' shape."""
+    shape = (1, 32, 36)
+    labels = torch.arange(12) % 3
+    images = torch.randint(0, 256, (12, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    models = {a: build_seeded_classifier({"architecture": a, "n_classes": 3, "width": 2, "input_shape": shape}, 0)
+              for a in ("cnn", "dense", "resnet")}
+    histories, _ = train_alike(models, images, labels, ClassifierParams(epochs=1, batch_size=4, mixed_precision=False),
+                               lambda: torch.Generator().manual_seed(7))
+    assert all(len(history) == 1 for history in histories.values())
+    models = {a: frozen(model, "cpu") for a, model in models.items()}
+    options = ComparisonOptions(methods=("saliency", "gradcam", "occlusion"), batch_size=4)
+    maps, skipped = attribution_maps(models, images[:4], labels[:4], options)
+    assert {a: set(reasons) for a, reasons in skipped.items()} == {"dense": {"gradcam"}}
+    assert {(a, m): tuple(x.shape) for a, per_method in maps.items() for m, x in per_method.items()} == {
+        (a, m): (4, *shape) for a in models for m in options.methods if (a, m) != ("dense", "gradcam")}
+
+
 # ---------------------------------------------------------------------------------------------
 # params
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +209,7 @@ def test_architectures_epochs_default_to_the_classifiers():
 # the report's sentence
 # ---------------------------------------------------------------------------------------------
 def test_the_report_says_where_architectures_agree_and_where_their_maps_differ():
-    run = DatasetRun("clever_hans")
+    run = DatasetRun("clever_hans", "clever_hans")
     run.details["architectures"] = {
         "epochs": 4, "n_images": {"sample": 256, "stamped": 256}, "headline_methods": ["ig_zero", "saliency"],
         "architectures": {a: {"test_accuracy": acc, "shortcut_reliance": rel, "shortcut_base_rate": 0.0, "relevance_mass": mass}

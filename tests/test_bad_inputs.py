@@ -90,28 +90,38 @@ CASES = {
     "params file is a list": ("colored_mnist", "- seed: 0\n", None, ["params.yaml = [{'seed': 0}]", "a mapping of sections"]),
     "misspelt key": ("colored_mnist", {"data": {"trian_size": 10}}, None, ["data.trian_size"]),
     "square larger than the image": (
-        "clever_hans", {"clever_hans": {"shortcuts": [shortcut(size=40)]}}, None,
+        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(size=40)]}}}, None,
         ["clever_hans.shortcuts[0].size = 40", "1..28"]),
     "square over the edge": (
-        "clever_hans", {"clever_hans": {"shortcuts": [shortcut(position=[25, 25], size=4)]}}, None,
+        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(position=[25, 25], size=4)]}}}, None,
         ["clever_hans.shortcuts[0].position = [25, 25]", "0..24"]),
     "text too long": (
-        "clever_hans", {"clever_hans": {"shortcuts": [shortcut(kind="text", text="09:41:00:00", size=1)]}}, None,
+        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(kind="text", text="09:41:00:00", size=1)]}}}, None,
         ["clever_hans.shortcuts[0].text = '09:41:00:00'", "at most 7 characters"]),
     "text glyphs too large": (
-        "clever_hans", {"clever_hans": {"shortcuts": [shortcut(kind="text", text="09:41", size=2)]}}, None,
+        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(kind="text", text="09:41", size=2)]}}}, None,
         ["clever_hans.shortcuts[0].size = 2", "10x38"]),
     "watermark over the edge": (
-        "clever_hans", {"clever_hans": {"shortcuts": [shortcut(kind="watermark", position=[20, 0], size=10)]}}, None,
+        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(kind="watermark", position=[20, 0], size=10)]}}}, None,
         ["clever_hans.shortcuts[0].position = [20, 0]", "0..18"]),
     "gradient larger than the image": (
-        "clever_hans", {"clever_hans": {"shortcuts": [shortcut(kind="gradient", position=[0, 0], size=29)]}}, None,
+        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(kind="gradient", position=[0, 0], size=29)]}}}, None,
         ["clever_hans.shortcuts[0].size = 29"]),
     "two shortcuts in one class": (
-        "clever_hans", {"clever_hans": {"shortcuts": [shortcut(), shortcut(kind="gradient", position=[20, 20], size=6)]}},
+        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(), shortcut(kind="gradient", position=[20, 20], size=6)]}}},
         None, ["clever_hans.shortcuts[1].label = 7", "one shortcut per class"]),
-    "no shortcut": ("clever_hans", {"clever_hans": {"shortcuts": []}}, None, ["clever_hans.shortcuts = []"]),
-    "no colormap": ("colored_mnist", {"colored_mnist": {"colormaps": []}}, None, ["colored_mnist.colormaps = []"]),
+    "no shortcut": ("clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": []}}}, None, ["clever_hans.shortcuts = []"]),
+    "no colormap": ("colored_mnist", {"datasets": {"colored_mnist": {"kind": "colored_mnist", "colormaps": []}}}, None,
+                    ["datasets.colored_mnist.colormaps = []"]),
+    "an unknown dataset": ("fashion", {}, None, ["dataset = 'fashion'", "colored_mnist, clever_hans"]),
+    "a dataset without its kind's settings": ("clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans"}}}, None,
+                                              ["datasets.clever_hans.shortcuts = None", "a clever_hans dataset needs its shortcuts"]),
+    "settings of another kind": ("clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "colormaps": ["spring"],
+                                                                          "shortcuts": [shortcut()]}}}, None,
+                                 ["datasets.clever_hans.colormaps", "only a colored_mnist dataset has colormaps"]),
+    "a dataset name that is no folder name": ("clever_hans", {"datasets": {"Clever Hans": {"kind": "colored_mnist",
+                                                                                          "colormaps": ["spring", "summer"]}}},
+                                              None, ["datasets = 'Clever Hans'", "lower-case letters"]),
     "train_size above the split": ("colored_mnist", {"data": {"train_size": 60_001}}, None,
                                    ["data.train_size = 60001", "60000"]),
     "test sample above test_size": (
@@ -122,7 +132,7 @@ CASES = {
     "test_size above the files": ("clever_hans", {"data": {"test_size": N_TEST + 1}}, None,
                                   [f"data.test_size = {N_TEST + 1}", f"at most {N_TEST}"]),
     "fraction that stamps no image": (
-        "clever_hans", {"clever_hans": {"shortcuts": [shortcut(fraction=0.05)]}}, None,
+        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(fraction=0.05)]}}}, None,
         ["clever_hans.shortcuts[0].fraction = 0.05", "6 training images of class 7"]),
     "truncated training images": (
         "colored_mnist", {}, truncate(TRAIN_IMAGES, 16 + 10 * SIDE * SIDE),

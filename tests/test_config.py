@@ -29,7 +29,7 @@ def test_repository_params_load_exactly_as_written():
 
 
 def test_n_classes_of_colored_mnist_is_the_number_of_colormaps():
-    params = build(Params, with_change("colored_mnist.colormaps", ["viridis", "magma", "cividis"]))
+    params = build(Params, with_change("datasets.colored_mnist.colormaps", ["viridis", "magma", "cividis"]))
     assert params.n_classes("colored_mnist") == 3
 
 
@@ -40,16 +40,16 @@ def test_n_classes_of_colored_mnist_is_the_number_of_colormaps():
         ("classifier.epochs", "three", "classifier.epochs"),
         ("classifier.architecture", "vgg", "'cnn', 'dense', 'resnet'"),
         ("device", "tpu", "'auto', 'cpu', 'cuda'"),
-        ("colored_mnist.colormaps", ["spring", "not_a_cmap"], "colored_mnist.colormaps[1]"),
-        ("clever_hans.shortcuts.0.label", 10, "clever_hans.shortcuts[0].label"),
-        ("clever_hans.shortcuts.0.kind", "star", "square"),
-        ("clever_hans.shortcuts.0.size", 0, "clever_hans.shortcuts[0].size"),
-        ("clever_hans.shortcuts.0.fraction", 1.5, "clever_hans.shortcuts[0].fraction"),
+        ("datasets.colored_mnist.colormaps", ["spring", "not_a_cmap"], "colored_mnist.colormaps[1]"),
+        ("datasets.clever_hans.shortcuts.0.label", 10, "clever_hans.shortcuts[0].label"),
+        ("datasets.clever_hans.shortcuts.0.kind", "star", "square"),
+        ("datasets.clever_hans.shortcuts.0.size", 0, "clever_hans.shortcuts[0].size"),
+        ("datasets.clever_hans.shortcuts.0.fraction", 1.5, "clever_hans.shortcuts[0].fraction"),
         ("data.train_size", -5, "data.train_size"),
         ("data.train_size", 2.5, "data.train_size"),
         ("classifier.mixed_precision", "yes", "true or false"),
-        ("clever_hans.shortcuts.0.size", 40, "clever_hans.shortcuts[0].size"),
-        ("clever_hans.shortcuts.0.position", [25, 25], "clever_hans.shortcuts[0].position"),
+        ("datasets.clever_hans.shortcuts.0.size", 40, "clever_hans.shortcuts[0].size"),
+        ("datasets.clever_hans.shortcuts.0.position", [25, 25], "clever_hans.shortcuts[0].position"),
         ("data.train_size", 60_001, "data.train_size"),
         ("data.test_size", 10_001, "data.test_size"),
         ("data.root", "", "data.root"),
@@ -79,8 +79,8 @@ def test_unknown_top_level_section():
 
 
 def test_text_shortcut_rejects_unrenderable_characters():
-    raw = with_change("clever_hans.shortcuts.0.kind", "text")
-    raw["clever_hans"]["shortcuts"][0]["text"] = "12:AB"
+    raw = with_change("datasets.clever_hans.shortcuts.0.kind", "text")
+    raw["datasets"]["clever_hans"]["shortcuts"][0]["text"] = "12:AB"
     with pytest.raises(ConfigError, match="text"):
         build(Params, raw)
 
@@ -98,7 +98,7 @@ def test_cli_reports_config_error_without_traceback(tmp_path, capsys):
 
 def with_shortcut(**fields):
     raw = copy.deepcopy(DEFAULTS)
-    raw["clever_hans"]["shortcuts"][0].update(fields)
+    raw["datasets"]["clever_hans"]["shortcuts"][0].update(fields)
     return raw
 
 
@@ -119,7 +119,7 @@ def test_a_shortcut_must_fit_inside_the_image(fields, key, allowed):
     with pytest.raises(ConfigError) as err:
         build(Params, with_shortcut(**fields))
     message = str(err.value)
-    assert message.startswith(f"params: clever_hans.shortcuts[0].{key} = ") and allowed in message
+    assert message.startswith(f"params: datasets.clever_hans.shortcuts[0].{key} = ") and allowed in message
 
 
 @pytest.mark.parametrize(
@@ -137,8 +137,8 @@ def test_a_shortcut_touching_the_border_is_accepted(fields):
 
 def test_two_shortcuts_may_not_share_a_class():
     raw = copy.deepcopy(DEFAULTS)
-    first = raw["clever_hans"]["shortcuts"][0]
-    raw["clever_hans"]["shortcuts"].append(dict(first, kind="watermark", size=6, position=[20, 20]))
+    first = raw["datasets"]["clever_hans"]["shortcuts"][0]
+    raw["datasets"]["clever_hans"]["shortcuts"].append(dict(first, kind="watermark", size=6, position=[20, 20]))
     with pytest.raises(ConfigError, match=r"clever_hans.shortcuts\[1\].label = 7 .*one shortcut per class"):
         build(Params, raw)
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.config import CleverHansParams, ColoredMnistParams, ShortcutParams
+from pipeline.config import DEFAULT_COLORMAPS
+from pipeline.data.shortcuts import Shortcut
 from pipeline.data.clever_hans import plant_shortcuts, shortcut_test_sets
 from pipeline.data.colored_mnist import colorize
 from pipeline.data.sources import DatasetUnavailable, check_raw_files, load_source
@@ -19,10 +20,10 @@ def gray_digits(n=40, seed=0):
 
 def test_colorize_is_intensity_times_colormap_color():
     gray, digits = gray_digits()
-    cfg = ColoredMnistParams()
-    out = colorize(gray, digits, cfg.colormaps, np.random.default_rng(1))
+    colormaps = DEFAULT_COLORMAPS
+    out = colorize(gray, digits, colormaps, np.random.default_rng(1))
     for i in range(len(gray)):
-        rgb = matplotlib.colormaps[cfg.colormaps[out["labels"][i]]](out["positions"][i])[:3]
+        rgb = matplotlib.colormaps[colormaps[out["labels"][i]]](out["positions"][i])[:3]
         np.testing.assert_allclose(out["colors"][i], rgb, rtol=1e-6)
         expected = np.rint(gray[i][None].astype(np.float32) * np.asarray(rgb, dtype=np.float32)[:, None, None])
         np.testing.assert_array_equal(out["images"][i], expected.astype(np.uint8))
@@ -32,8 +33,8 @@ def test_colorize_is_intensity_times_colormap_color():
 def test_plant_shortcuts_stamps_the_requested_fraction_of_the_class_only():
     gray = np.zeros((200, 28, 28), dtype=np.uint8)
     labels = np.repeat(np.arange(10), 20)
-    cfg = CleverHansParams(shortcuts=[ShortcutParams(label=3, kind="square", fraction=0.5, position=[0, 0], size=3)])
-    out = plant_shortcuts(gray, labels, cfg.shortcuts, np.random.default_rng(0))
+    shortcuts = [Shortcut(label=3, kind="square", fraction=0.5, position=[0, 0], size=3)]
+    out = plant_shortcuts(gray, labels, shortcuts, np.random.default_rng(0))
     stamped = out["stamped"][:, 0]
     assert stamped.sum() == 10 and (labels[stamped] == 3).all()
     # the mask is exactly the square on stamped images and empty elsewhere
@@ -43,8 +44,8 @@ def test_plant_shortcuts_stamps_the_requested_fraction_of_the_class_only():
 
 def test_shortcut_test_sets_stamp_every_image_with_each_shortcut():
     gray = np.zeros((5, 28, 28), dtype=np.uint8)
-    cfg = CleverHansParams(shortcuts=[ShortcutParams(label=1, kind="square", size=2), ShortcutParams(label=2, kind="gradient", size=28, position=[0, 0], strength=0.3)])
-    out = shortcut_test_sets(gray, cfg.shortcuts)
+    shortcuts = [Shortcut(label=1, kind="square", size=2), Shortcut(label=2, kind="gradient", size=28, position=[0, 0], strength=0.3)]
+    out = shortcut_test_sets(gray, shortcuts)
     assert out["shortcut_images"].shape == (2, 5, 3, 28, 28)
     assert (out["shortcut_images"][0][:, :, 1:3, 1:3] == 255).all()
     assert out["shortcut_labels"].tolist() == [1, 2]
@@ -110,17 +111,16 @@ def test_generation_is_bit_identical_for_the_same_params(tmp_path, mnist_root):
 def test_an_image_is_its_own_exact_counterfactual_and_recoloring_keeps_the_digit():
     import matplotlib
 
-    from pipeline.config import ColoredMnistParams
     from pipeline.data.colored_mnist import colorize, exact_counterfactuals
 
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 256, size=(6, 28, 28)).astype(np.uint8)
-    cfg = ColoredMnistParams()
-    colored = colorize(gray, np.arange(6), cfg.colormaps, rng)
-    same = exact_counterfactuals(colored["gray"], colored["positions"], colored["labels"], cfg.colormaps)
+    colormaps = DEFAULT_COLORMAPS
+    colored = colorize(gray, np.arange(6), colormaps, rng)
+    same = exact_counterfactuals(colored["gray"], colored["positions"], colored["labels"], colormaps)
     assert np.array_equal(same, colored["images"])          # into its own class: error 0 against itself
-    targets = (colored["labels"] + 1) % len(cfg.colormaps)
-    moved = exact_counterfactuals(colored["gray"], colored["positions"], targets, cfg.colormaps)
-    color = matplotlib.colormaps[cfg.colormaps[targets[0]]](colored["positions"][0])[:3]
+    targets = (colored["labels"] + 1) % len(colormaps)
+    moved = exact_counterfactuals(colored["gray"], colored["positions"], targets, colormaps)
+    color = matplotlib.colormaps[colormaps[targets[0]]](colored["positions"][0])[:3]
     expected = np.clip(np.rint(gray[0].astype(np.float32)[None] * np.float32(color)[:, None, None]), 0, 255)
     assert np.array_equal(moved[0], expected.astype(np.uint8))   # the same digit, the target colormap, the same position

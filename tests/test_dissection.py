@@ -187,9 +187,9 @@ def test_the_report_says_how_many_units_of_which_layer_detect_the_shortcut():
               "conv3": {"n_units": 64, "shortcut_units": 0, "digit_units": 0}}
     concepts = {"digit": {"best_iou": 0.31, "best_unit": "conv1/22"}, "shortcut": {"best_iou": 0.9, "best_unit": "conv1/3"}}
     details = {"quantile": 0.85, "n_images": 2000, "iou_threshold": 0.5, "concepts": concepts, "layers": layers}
-    text = " ".join(dissect_findings(DatasetRun("clever_hans", details={"dissect": details})))
+    text = " ".join(dissect_findings(DatasetRun("clever_hans", "clever_hans", details={"dissect": details})))
     assert "top 15.0 % over 2000 test images" in text
     assert "3 of 32 units in conv1 and 6 of 32 units in conv2 detect the planted shortcut (best IoU 0.90, conv1/3)" in text
     assert "no unit detects the digit (best IoU 0.31, conv1/22)" in text
     assert text.index("shortcut") < text.index("the digit")
-    assert dissect_findings(DatasetRun("clever_hans", details={"dissect": {"skipped": "no convolution"}})) == []
+    assert dissect_findings(DatasetRun("clever_hans", "clever_hans", details={"dissect": {"skipped": "no convolution"}})) == []

@@ -59,19 +59,55 @@ def test_every_stage_declares_the_pipeline_modules_it_imports(name):
 def test_params_yaml_sets_every_key_the_code_reads():
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
 
+    def not_read(cls, values):
+        """Settings of a dataset entry that its kind does not read (``DatasetParams.KEYS``)."""
+        return {key for kind, keys in getattr(cls, "KEYS", {}).items() if kind != values.get("kind") for key in keys}
+
     def missing(cls, values, where):
         hints = typing.get_type_hints(cls)
+        skipped = not_read(cls, values)
         for f in dataclasses.fields(cls):
             dotted = f"{where}.{f.name}" if where else f.name
             hint, value = hints[f.name], values.get(f.name)
-            item = (typing.get_args(hint) or [None])[0]
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            item = args[-1] if args else None
+            if f.name in skipped:
+                continue
             if f.name not in values:
                 yield dotted
             elif dataclasses.is_dataclass(hint) and isinstance(value, dict):
                 yield from missing(hint, value, dotted)
+            elif typing.get_origin(hint) is dict and dataclasses.is_dataclass(item):
+                for name, entry in value.items():
+                    yield from missing(item, entry, f"{dotted}.{name}")
+            elif typing.get_origin(item) is list and isinstance(value, list):  # Optional[list[...]]
+                yield from missing_in_list(typing.get_args(item)[0], value, dotted)
             elif dataclasses.is_dataclass(item) and isinstance(value, list):
-                for i, entry in enumerate(value):
-                    yield from missing(item, entry, f"{dotted}[{i}]")
+                yield from missing_in_list(item, value, dotted)
+
+    def missing_in_list(item, value, dotted):
+        if dataclasses.is_dataclass(item):
+            for i, entry in enumerate(value):
+                yield from missing(item, entry, f"{dotted}[{i}]")
 
     load_params(REPO / "params.yaml")  # valid as a whole
     assert list(missing(Params, raw, "")) == []
+
+
+def test_a_dataset_added_to_params_gets_every_stage(tmp_path):
+    """The matrix takes its datasets from params.yaml: a third entry there is a third row of every stage."""
+    import shutil
+    import subprocess
+    import sys
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["datasets"]["fashion_hans"] = dict(raw["datasets"]["clever_hans"], source="fashion-mnist")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run(dvc + ["init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    listed = subprocess.run(dvc + ["stage", "list", "--name-only"], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+    names = set(listed.split())
+    for stage, definition in STAGES.items():
+        expected = {f"{stage}@{d}" for d in raw["datasets"]} if "matrix" in definition else {stage}
+        assert expected <= names, sorted(expected - names)

@@ -75,7 +75,9 @@ def test_everything_collected_is_a_declared_output_and_every_small_output_is_col
 
 def test_every_stage_but_the_report_writes_a_timing_file():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    expected = [f"{name}@{d}" for name, stage in stages.items() if "matrix" in stage for d in stage["matrix"]["dataset"]]
+    datasets = list(yaml.safe_load((REPO / "params.yaml").read_text())["datasets"])
+    assert all(stage["matrix"]["dataset"] == "${datasets}" for stage in stages.values() if "matrix" in stage)
+    expected = [f"{name}@{d}" for name, stage in stages.items() if "matrix" in stage for d in datasets]
     assert collect_run.timed_stages(REPO) == expected
     metrics = collect_run.declared_metrics(REPO)
     assert "metrics/clever_hans/classifier.json" in metrics and all(m.startswith("metrics/") for m in metrics)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchmarks.collect_run import matrix_items
 from benchmarks.reproducibility import flatten, merged  # every leaf as a.b.c, as `dvc metrics show` lists them
 from tests.conftest import REPO
 
@@ -89,7 +90,7 @@ def declared_metrics(workspace: Path, dataset: str) -> list[Path]:
     for stage in stages.values():
         for entry in stage.get("metrics", []):
             name = next(iter(entry)) if isinstance(entry, dict) else entry
-            if "${item.dataset}" in name and dataset in stage.get("matrix", {}).get("dataset", []):
+            if "${item.dataset}" in name and dataset in matrix_items(workspace, stage):
                 files.append(workspace / name.replace("${item.dataset}", dataset))
     return files
 

@@ -104,7 +104,7 @@ def test_report_states_findings_from_the_metrics(run_dir):
 
 
 def spectra_sentence(metrics: dict, details: dict) -> str:
-    run = DatasetRun("clever_hans", metrics={"spectra": metrics}, details={"spectra": details})
+    run = DatasetRun("clever_hans", "clever_hans", metrics={"spectra": metrics}, details={"spectra": details})
     return " ".join(spectra_findings(run))
 
 
@@ -157,7 +157,7 @@ def test_report_renders_in_a_headless_browser_with_every_image_loaded(run_dir, t
 
 
 def test_the_verdict_says_when_discovery_could_not_judge_any_class():
-    run = DatasetRun("colored_mnist", metrics={"classifier": {"test_accuracy": 0.9}, "discover": {"n_flagged_classes": 0}},
+    run = DatasetRun("colored_mnist", "colored_mnist", metrics={"classifier": {"test_accuracy": 0.9}, "discover": {"n_flagged_classes": 0}},
                      details={"discover": {"flagged_classes": [], "classes": {"spring": {"judged": False}}}})
     text = " ".join(verdict(run, {"class_names": ["spring"]}))
     assert "too few explained pairs per class to judge any class" in text and "flags no single region" not in text
@@ -165,16 +165,16 @@ def test_the_verdict_says_when_discovery_could_not_judge_any_class():
 
 def test_the_influence_sentence_says_whether_the_stamped_images_support_the_decision():
     details = {"n_queries": 100, "n_train": 60000, "n_checkpoints": 4, "clean_control_precision_at_10": 0.0, "scoring": "normalized"}
-    run = DatasetRun("clever_hans", {"influence": {"proponent_precision_at_10": 0.947, "proponent_base_rate": 0.099}},
+    run = DatasetRun("clever_hans", "clever_hans", {"influence": {"proponent_precision_at_10": 0.947, "proponent_base_rate": 0.099}},
                      {"influence": details})
     [sentence] = influence_findings(run)
     assert "94.7 % of the 10 strongest proponents are stamped images of that class, against 9.9 %" in sentence
     assert "rest on the stamped training images" in sentence
     assert "4 per-epoch checkpoints, by the cosine of their final-layer loss gradients" in sentence
-    weak = DatasetRun("clever_hans", {"influence": {"proponent_precision_at_10": 0.2, "proponent_base_rate": 0.099}},
+    weak = DatasetRun("clever_hans", "clever_hans", {"influence": {"proponent_precision_at_10": 0.2, "proponent_base_rate": 0.099}},
                       {"influence": details})
     assert "not mainly the stamped training images" in influence_findings(weak)[0]
-    colors = DatasetRun("colored_mnist", {"influence": {"proponent_position_gap": 0.22, "class_position_gap": 0.32}},
+    colors = DatasetRun("colored_mnist", "colored_mnist", {"influence": {"proponent_position_gap": 0.22, "class_position_gap": 0.32}},
                         {"influence": {**details, "proponent_same_class_share": 1.0}})
     assert "sit 0.220 from it along the colormap, a random training image of the predicted class 0.320" in influence_findings(colors)[0]
-    assert influence_findings(DatasetRun("clever_hans", {}, {})) == []
+    assert influence_findings(DatasetRun("clever_hans", "clever_hans", {}, {})) == []

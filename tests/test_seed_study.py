@@ -5,11 +5,11 @@ from benchmarks.seed_study import summary, with_setting
 
 
 def test_settings_reach_list_items_by_index_and_parse_yaml_values():
-    params = {"classifier": {"epochs": 4}, "clever_hans": {"shortcuts": [{"fraction": 0.95, "color": [1, 0, 0]}]}}
+    params = {"classifier": {"epochs": 4}, "datasets": {"clever_hans": {"shortcuts": [{"fraction": 0.95, "color": [1, 0, 0]}]}}}
     with_setting(params, "classifier.epochs=2")
-    with_setting(params, "clever_hans.shortcuts.0.fraction=0.99")
-    with_setting(params, "clever_hans.shortcuts.0.color=[0, 1, 0]")
-    assert params == {"classifier": {"epochs": 2}, "clever_hans": {"shortcuts": [{"fraction": 0.99, "color": [0, 1, 0]}]}}
+    with_setting(params, "datasets.clever_hans.shortcuts.0.fraction=0.99")
+    with_setting(params, "datasets.clever_hans.shortcuts.0.color=[0, 1, 0]")
+    assert params == {"classifier": {"epochs": 2}, "datasets": {"clever_hans": {"shortcuts": [{"fraction": 0.99, "color": [0, 1, 0]}]}}}
 
 
 def test_summary_reports_each_seed_and_the_spread():

@@ -9,7 +9,15 @@ from pathlib import Path
 from pipeline.report.findings import findings, verdict
 from pipeline.report.run import SECTIONS, DatasetRun
 
-TITLES = {"colored_mnist": "Colored MNIST (the class is the colormap)", "clever_hans": "Clever Hans MNIST (a planted shortcut)"}
+SOURCE_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+
+
+def title(run: DatasetRun, meta: dict) -> str:
+    """"Clever Hans MNIST (a planted shortcut)"; a dataset named other than its kind adds its name."""
+    source = SOURCE_NAMES.get(meta.get("source"), meta.get("source", ""))
+    text = {"colored_mnist": f"Colored {source} (the class is the colormap)",
+            "clever_hans": f"Clever Hans {source} (a planted shortcut)"}[run.kind]
+    return text if run.dataset == run.kind else f"{text}: {run.dataset}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,7 +83,7 @@ def document(runs: list[DatasetRun], metas: dict, timing: dict) -> list[Block]:
     blocks = [Block("heading", "What has the classifier learned?", level=1)]
     for run in runs:
         meta = metas[run.dataset]
-        blocks.append(Block("heading", TITLES[run.dataset], level=2, anchor=run.dataset))
+        blocks.append(Block("heading", title(run, meta), level=2, anchor=run.dataset))
         blocks.append(Block("list", "Verdict", items=verdict(run, meta)))
         blocks.append(Block("list", "What this run found", items=findings(run, meta)))
         for stage, metrics_name, heading in SECTIONS:
@@ -157,7 +165,7 @@ def markdown_block(block: Block) -> str:
 
 
 def render_html(runs: list[DatasetRun], metas: dict, timing: dict) -> str:
-    nav = "<nav>" + "".join(f'<a href="#{r.dataset}">{html.escape(TITLES[r.dataset])}</a>' for r in runs) + '<a href="#timing">Timing</a></nav>'
+    nav = "<nav>" + "".join(f'<a href="#{r.dataset}">{html.escape(title(r, metas[r.dataset]))}</a>' for r in runs) + '<a href="#timing">Timing</a></nav>'
     body = [html_block(b) for b in document(runs, metas, timing)]
     return "\n".join([f"<!doctype html><html lang=en><head><meta charset=utf-8><title>What has the classifier learned?</title>"
                       f"<style>{CSS}</style></head><body>", body[0], nav, *body[1:], CHECK_IMAGES + "</body></html>"])

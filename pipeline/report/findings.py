@@ -31,7 +31,7 @@ def verdict(run: DatasetRun, meta: dict) -> list[str]:
     if flagged is not None and not flagged and not judged and run.detail("discover").get("classes"):
         flagged = None  # nothing could be judged: no verdict from discovery, said below instead
     lines = []
-    if run.dataset == "clever_hans":
+    if run.kind == "clever_hans":
         reliance, base = classifier.get("shortcut_reliance"), classifier.get("shortcut_base_rate")
         if known(reliance):
             lines.append(f"The classifier {reliance_verdict(reliance, base, 'planted shortcut')}: stamped on digits of other "
@@ -71,7 +71,7 @@ def shortcut_classes(run: DatasetRun) -> set[str]:
 
 def classifier_findings(run: DatasetRun, meta: dict) -> list[str]:
     m, d = run.metric("classifier"), run.detail("train_classifier")
-    if run.dataset == "colored_mnist":
+    if run.kind == "colored_mnist":
         return [f"The classifier tells the {len(meta['class_names'])} colormaps ({', '.join(meta['class_names'])}) apart "
                 f"with {pct(m['test_accuracy'])} test accuracy; the digit shape carries no information about the class."]
     lines = [f"On test images drawn like the training set the classifier is right {pct(m['test_accuracy'])} of the time; "

@@ -26,7 +26,8 @@ SECTIONS = [  # (stage folder under plots/<D>/, metrics file name or None, headi
 class DatasetRun:
     """One dataset's results as the report reads them: metrics, details and pictures per stage."""
 
-    dataset: str
+    dataset: str                                             # its name under `datasets` in params.yaml
+    kind: str                                                # colored_mnist | clever_hans: what its known answer is
     metrics: dict[str, dict] = field(default_factory=dict)   # metrics file name -> headline figures
     details: dict[str, dict] = field(default_factory=dict)   # stage -> plots/<D>/<stage>/details.json
     pictures: dict[str, list[Path]] = field(default_factory=dict)  # stage -> PNG files

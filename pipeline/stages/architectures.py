@@ -57,7 +57,7 @@ def image_sets(test: dict, n_images: int, rng) -> dict:
 def known_answer_scores(models: dict, sets: dict, maps: dict, ctx, class_names: list[str], batch_size: int) -> dict:
     """{score: {architecture: {method: value}}}; the first score is the headline one."""
     if "stamped" not in sets:
-        channel_std = colormap_channel_std(ctx.params.colored_mnist.colormaps)
+        channel_std = colormap_channel_std(ctx.entry.colormaps)
         return {"colormap_alignment": colormap_alignment(maps["sample"], sets["sample"]["targets"], class_names, channel_std)}
     stamped = sets["stamped"]
     fooled = {a: predict_probabilities(m, stamped["images"], batch_size).argmax(1) == stamped["targets"] for a, m in models.items()}
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         meta, names = load_meta(dataset), list(cfg.names)
         train_split, test = load_prepared(dataset, "train", device), load_prepared(dataset, "test", device)
         init_seed = int(ctx.rng("model_init").integers(2**31 - 1))
-        configs = {a: {"architecture": a, "n_classes": meta["n_classes"], "width": training.width} for a in names}
+        configs = {a: {"architecture": a, "n_classes": meta["n_classes"], "width": training.width,
+                       "input_shape": tuple(train_split["images"].shape[1:])} for a in names}
         models = {a: build_seeded_classifier(c, init_seed).to(device) for a, c in configs.items()}
         log(dataset, f"training {', '.join(names)} for {training.epochs} epochs on {len(train_split['labels'])} images each")
         histories, seconds = train_alike(models, train_split["images"], train_split["labels"], training,

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
 
         digit_source = test["clean_images"] if "clean_images" in test else test["images"]
         digit_masks = foreground_mask(digit_source[sample["index"]])
-        channel_std = colormap_channel_std(ctx.params.colored_mnist.colormaps) if dataset == "colored_mnist" else None
+        channel_std = colormap_channel_std(ctx.entry.colormaps) if ctx.kind == "colored_mnist" else None
         results, curves = score_methods(methods, model, random_model, sets, attributions, digit_masks,
                                         test["labels"][sample["index"]], names, channel_std, options, faithfulness, noise,
                                         gaussian_perturbation(cfg.infidelity_noise, streams["infidelity"]))

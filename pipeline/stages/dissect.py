@@ -51,10 +51,10 @@ def sample_and_concepts(ctx: StageContext, test: dict, class_names: list[str]) -
     return images, torch.stack([digit, shortcut], 1), ["digit", "shortcut"], {"n_images": n, "n_stamped": len(stamped)}
 
 
-def headline(result, dataset: str, iou_threshold: float) -> dict:
+def headline(result, kind: str, iou_threshold: float) -> dict:
     """Units that detect the known answer (Clever Hans: the shortcut; colored MNIST: any colormap's digit pixels,
     a unit counted once) and the best IoUs."""
-    name = "shortcut" if dataset == "clever_hans" else "color"
+    name = "shortcut" if kind == "clever_hans" else "color"
     target = [k for k, c in enumerate(result.concept_names) if c != "digit"]
     iou = result.iou
     return {f"{name}_units": int(result.detects(iou_threshold)[:, target].any(1).sum()),
@@ -62,14 +62,14 @@ def headline(result, dataset: str, iou_threshold: float) -> dict:
             "best_digit_unit_iou": float(iou[:, result.concept_names.index("digit")].max())}
 
 
-def unit_table(result, dataset: str) -> pd.DataFrame:
+def unit_table(result, kind: str) -> pd.DataFrame:
     iou = result.iou.numpy()
     table = pd.DataFrame({"unit": result.unit_names(), "layer": [result.layer_names[k] for k in result.unit_layer.tolist()],
                           "channel": result.unit_channel.numpy(), "threshold": result.thresholds.numpy(),
                           "mask_share": result.mask_share.numpy()})
     for k, concept in enumerate(result.concept_names):
         table[f"iou_{concept}"] = iou[:, k]
-    if dataset == "colored_mnist":
+    if kind == "colored_mnist":
         table["iou_color"] = iou[:, 1:].max(1)
     table["best_concept"] = [result.concept_names[k] for k in iou.argmax(1)]
     table["best_iou"] = iou.max(1)
@@ -109,9 +109,9 @@ def picture(model, images: torch.Tensor, concepts: torch.Tensor, result, best: d
                                                         f"unit above its {cfg.quantile:g} quantile; magenta: the concept)")
 
 
-def skip(dataset: str, concepts: list[str], reason: str) -> None:
+def skip(dataset: str, kind: str, concepts: list[str], reason: str) -> None:
     """Outputs that say why nothing was dissected: no unit detects anything, no best IoU."""
-    answer = "shortcut" if dataset == "clever_hans" else "color"
+    answer = "shortcut" if kind == "clever_hans" else "color"
     write_json(paths.metrics_path(dataset, "dissect"), {f"{answer}_units": 0, f"best_{answer}_unit_iou": None, "best_digit_unit_iou": None})
     out = paths.plots_dir(dataset, "dissect")
     write_json(out / "details.json", {"skipped": reason})
@@ -129,16 +129,16 @@ def main(argv: list[str] | None = None) -> None:
         images, concepts, names, sample = sample_and_concepts(ctx, test, meta["class_names"])
         model = load_classifier(paths.classifier_path(ctx.dataset), ctx.device)
         if not conv_layers(model):
-            return skip(ctx.dataset, names, "the classifier has no convolution (classifier.architecture: dense)")
+            return skip(ctx.dataset, ctx.kind, names, "the classifier has no convolution (classifier.architecture: dense)")
         options = DissectionOptions(cfg.quantile, cfg.iou_threshold, cfg.activation, cfg.batch_size)
         result = dissect(model, images.to(ctx.device), concepts.to(ctx.device), names, options)
         best, layers = best_units(result), layer_summary(result, cfg.iou_threshold)
-        metrics = headline(result, ctx.dataset, cfg.iou_threshold)
+        metrics = headline(result, ctx.kind, cfg.iou_threshold)
         write_json(paths.metrics_path(ctx.dataset, "dissect"), metrics)
         out = paths.plots_dir(ctx.dataset, "dissect")
         write_json(out / "details.json", {**sample, "quantile": cfg.quantile, "iou_threshold": cfg.iou_threshold, "activation": cfg.activation,
                                           "n_units": len(result.thresholds), "concepts": concept_table(result, best, cfg), "layers": layers})
-        write_csv(out / "units.csv", unit_table(result, ctx.dataset))
+        write_csv(out / "units.csv", unit_table(result, ctx.kind))
         write_csv(out / "layers.csv", layer_table(layers, names))
         save_figure(picture(model, images, concepts, result, best, cfg, ctx.dataset), out / "units.png")
         ctx.timer.images = len(images)

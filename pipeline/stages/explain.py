@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         generator = ctx.generator("random-map")
 
         truth: dict = {}
-        if ctx.dataset == "colored_mnist":
+        if ctx.kind == "colored_mnist":
             truth["digit"] = to_uint8(pairs.real).amax(dim=1) > 0
         if "shortcut_alpha" in test:
             truth["shortcut"] = shortcut_truth(test, pairs)

@@ -34,7 +34,7 @@ def maximise_options(cfg) -> MaximiseOptions:
 def layer_dream(ctx: StageContext, model: nn.Module, class_names: list[str]) -> dict:
     """The layer dream of the stage: pictures, and its figures for details.json."""
     cfg = ctx.params.feature_viz
-    shortcuts = ctx.params.clever_hans.shortcuts if ctx.dataset == "clever_hans" else []
+    shortcuts = ctx.entry.shortcuts if ctx.kind == "clever_hans" else []
     test = load_prepared(ctx.dataset, "test")
     start = dream_starts(test.get("clean_images", test["images"]), test["labels"], [s.label for s in shortcuts],
                          cfg.dream_images, ctx.generator("dream")).to(ctx.device)

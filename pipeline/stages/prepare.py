@@ -6,7 +6,7 @@ import sys
 import numpy as np
 
 from pipeline import paths
-from pipeline.config import CleverHansParams, Params, fail
+from pipeline.config import Params, ShortcutParams, fail
 from pipeline.data.clever_hans import plant_shortcuts, shortcut_test_sets
 from pipeline.data.colored_mnist import colorize
 from pipeline.data.sources import load_source
@@ -21,9 +21,9 @@ SOURCE_CLASS_NAMES = {
 }
 
 
-def load_split(params: Params, train: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels of one split, cut to ``data.train_size`` / ``data.test_size`` (a seeded subset)."""
-    gray, labels = load_source(params.data.source, params.data.root, train=train, download=params.data.download)
+def load_split(params: Params, source: str, train: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of one split of ``source``, cut to ``data.train_size`` / ``data.test_size`` (a seeded subset)."""
+    gray, labels = load_source(source, params.data.root, train=train, download=params.data.download)
     key = "train_size" if train else "test_size"
     size = getattr(params.data, key)
     if size is not None and size > len(gray):
@@ -33,9 +33,9 @@ def load_split(params: Params, train: bool, rng: np.random.Generator) -> tuple[n
     return gray[keep], labels[keep]
 
 
-def check_every_shortcut_is_planted(labels: np.ndarray, cfg: CleverHansParams) -> None:
+def check_every_shortcut_is_planted(labels: np.ndarray, shortcuts: list[ShortcutParams], where: str) -> None:
     """A shortcut with a positive ``fraction`` must land on at least one training image of its class."""
-    for k, shortcut in enumerate(cfg.shortcuts):
+    for k, shortcut in enumerate(shortcuts):
         members = int((labels == shortcut.label).sum())
         if shortcut.fraction > 0 and int(round(shortcut.fraction * members)) == 0:
             if members == 0:
@@ -43,39 +43,39 @@ def check_every_shortcut_is_planted(labels: np.ndarray, cfg: CleverHansParams) -
             else:
                 allowed = (f"0 or at least {1 / members:.3g}, so that one of the {members} training images of class "
                            f"{shortcut.label} carries it (or raise data.train_size)")
-            fail(f"clever_hans.shortcuts[{k}].fraction", shortcut.fraction, allowed)
+            fail(f"{where}[{k}].fraction", shortcut.fraction, allowed)
 
 
-def build_colored_mnist(params: Params, rng: np.random.Generator) -> tuple[dict, dict, dict]:
-    cfg = params.colored_mnist
-    train = colorize(*load_split(params, True, rng), cfg.colormaps, rng)
-    test = colorize(*load_split(params, False, rng), cfg.colormaps, rng)
-    meta = {"class_names": list(cfg.colormaps), "n_classes": len(cfg.colormaps), "class_is": "colormap"}
+def build_colored_mnist(params: Params, name: str, rng: np.random.Generator) -> tuple[dict, dict, dict]:
+    entry = params.datasets[name]
+    train = colorize(*load_split(params, entry.source, True, rng), entry.colormaps, rng)
+    test = colorize(*load_split(params, entry.source, False, rng), entry.colormaps, rng)
+    meta = {"class_names": list(entry.colormaps), "n_classes": len(entry.colormaps), "class_is": "colormap"}
     return train, test, meta
 
 
-def build_clever_hans(params: Params, rng: np.random.Generator) -> tuple[dict, dict, dict]:
-    cfg = params.clever_hans
-    train_gray, train_labels = load_split(params, True, rng)
-    check_every_shortcut_is_planted(train_labels, cfg)
-    train = plant_shortcuts(train_gray, train_labels, cfg.shortcuts, rng)
-    test_gray, test_labels = load_split(params, False, rng)
-    test = plant_shortcuts(test_gray, test_labels, cfg.shortcuts, rng)  # same distribution as training
-    test.update(shortcut_test_sets(test_gray, cfg.shortcuts))
+def build_clever_hans(params: Params, name: str, rng: np.random.Generator) -> tuple[dict, dict, dict]:
+    entry = params.datasets[name]
+    train_gray, train_labels = load_split(params, entry.source, True, rng)
+    check_every_shortcut_is_planted(train_labels, entry.shortcuts, f"datasets.{name}.shortcuts")
+    train = plant_shortcuts(train_gray, train_labels, entry.shortcuts, rng)
+    test_gray, test_labels = load_split(params, entry.source, False, rng)
+    test = plant_shortcuts(test_gray, test_labels, entry.shortcuts, rng)  # same distribution as training
+    test.update(shortcut_test_sets(test_gray, entry.shortcuts))
     meta = {
-        "class_names": SOURCE_CLASS_NAMES[params.data.source],
-        "n_classes": 10,
-        "class_is": "digit",
-        "shortcuts": [{"label": s.label, "kind": s.kind} for s in cfg.shortcuts],
+        "class_names": SOURCE_CLASS_NAMES[entry.source],
+        "n_classes": entry.n_classes,
+        "class_is": "digit" if entry.source == "mnist" else "class",
+        "shortcuts": [{"label": s.label, "kind": s.kind} for s in entry.shortcuts],
     }
     return train, test, meta
 
 
 def main(argv: list[str] | None = None) -> None:
     with stage("prepare", argv) as ctx:
-        build = build_colored_mnist if ctx.dataset == "colored_mnist" else build_clever_hans
-        train, test, meta = build(ctx.params, ctx.rng())
-        meta.update(dataset=ctx.dataset, source=ctx.params.data.source, n_train=len(train["labels"]), n_test=len(test["labels"]))
+        build = {"colored_mnist": build_colored_mnist, "clever_hans": build_clever_hans}[ctx.kind]
+        train, test, meta = build(ctx.params, ctx.dataset, ctx.rng())
+        meta.update(dataset=ctx.dataset, kind=ctx.kind, source=ctx.entry.source, n_train=len(train["labels"]), n_test=len(test["labels"]))
         out = paths.prepared_dir(ctx.dataset)
         save_arrays(out / "train.npz", **train)
         save_arrays(out / "test.npz", **test)
@@ -94,12 +94,12 @@ def save_examples(dataset: str, train: dict, meta: dict, per_class: int = 6) -> 
     titles = []
     for i in index:
         title = names[train["labels"][i]]
-        if dataset == "colored_mnist":
+        if meta["kind"] == "colored_mnist":
             title += f"\ndigit {train['digits'][i]}"
         elif train["stamped"][i].any():
             title += "\n(shortcut)"
         titles.append(title)
-    fig = image_grid(train["images"][index], titles, ncols=per_class * 2 if dataset == "colored_mnist" else per_class,
+    fig = image_grid(train["images"][index], titles, ncols=per_class * 2 if meta["kind"] == "colored_mnist" else per_class,
                      suptitle=f"{dataset}: training examples (title = class)")
     save_figure(fig, paths.plots_dir(dataset, "prepare") / "examples.png")
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from pipeline import paths
-from pipeline.config import DATASETS, ConfigError, load_params
+from pipeline.config import ConfigError, load_params
 from pipeline.report.document import render_html, render_markdown
 from pipeline.report.run import SECTIONS, DatasetRun
 from pipeline.storage import InputError, atomic_path, read_json, write_json
@@ -28,8 +28,8 @@ def stage_pictures(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.png"), key=lambda p: (len(p.relative_to(folder).parts), p.as_posix()))
 
 
-def read_run(dataset: str) -> DatasetRun:
-    run = DatasetRun(dataset)
+def read_run(dataset: str, kind: str) -> DatasetRun:
+    run = DatasetRun(dataset, kind)
     for stage, metrics_name, _ in SECTIONS:
         if metrics_name:
             path = paths.metrics_path(dataset, metrics_name)
@@ -71,9 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     try:
-        load_params(args.params)  # validate, as every stage does
-        runs = [read_run(d) for d in DATASETS]
-        metas = {d: read_json(paths.prepared_dir(d) / "meta.json", made_by=f"prepare@{d}") for d in DATASETS}
+        datasets = load_params(args.params).datasets
+        runs = [read_run(name, entry.kind) for name, entry in datasets.items()]
+        metas = {d: read_json(paths.prepared_dir(d) / "meta.json", made_by=f"prepare@{d}") for d in datasets}
         timing = collect_timing()
         write_json(paths.METRICS / "timing.json", timing)
         write_text(REPORT_DIR / "index.html", render_html(runs, metas, timing))
