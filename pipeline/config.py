@@ -24,7 +24,7 @@ import yaml
 from pipeline.attribution.names import ATTRIBUTION_METHODS
 from pipeline.counterfactuals.gan_training import GanTrainingOptions
 from pipeline.data.shortcuts import GLYPH_WIDTH, GLYPHS, Shortcut, shortcut_pattern
-from pipeline.data.sources import N_SOURCE_CLASSES, SOURCE_IMAGE_SIZE as IMAGE_SIZE
+from pipeline.data.sources import N_SOURCE_CLASSES, SOURCE_IMAGE_SIZE as IMAGE_SIZE  # also the smallest image a dataset may have
 from pipeline.evaluation.feature_viz import MaximiseOptions
 
 SPLIT_SIZES = {  # images per split of each source, as published
@@ -114,17 +114,16 @@ def check_colormaps(colormaps: list[str], where: str) -> None:
 
 @dataclass(frozen=True)
 class ShortcutParams(Shortcut):
-    """A :class:`~pipeline.data.shortcuts.Shortcut` of a clever_hans dataset, checked against the image."""
+    """A :class:`~pipeline.data.shortcuts.Shortcut` of a clever_hans dataset. What does not depend on the
+    images is checked here; the dataset checks that it fits inside its images (:meth:`check_against`)."""
 
     def check(self, where: str) -> None:
-        if not 0 <= self.label < N_SOURCE_CLASSES:
-            fail(f"{where}.label", self.label, f"a class index in 0..{N_SOURCE_CLASSES - 1}")
+        if self.label < 0:
+            fail(f"{where}.label", self.label, "a class index >= 0")
         if not 0.0 <= self.fraction <= 1.0:
             fail(f"{where}.fraction", self.fraction, "a number in [0, 1]")
         if not 0.0 < self.strength <= 1.0:
             fail(f"{where}.strength", self.strength, "a number in (0, 1]")
-        if len(self.position) != 2 or not all(0 <= p < IMAGE_SIZE for p in self.position):
-            fail(f"{where}.position", self.position, f"[row, col] with both in 0..{IMAGE_SIZE - 1}")
         check_each(self, where, at_least_one, "a positive integer", "size")
         if len(self.color) != 3 or not all(0.0 <= c <= 1.0 for c in self.color):
             fail(f"{where}.color", self.color, "[r, g, b] with each in [0, 1]")
@@ -132,23 +131,30 @@ class ShortcutParams(Shortcut):
             bad = sorted(set(self.text) - set(GLYPHS))
             if not self.text or bad:
                 fail(f"{where}.text", self.text, f"a non-empty string of the characters {''.join(sorted(GLYPHS))!r}")
-        self.check_fits_inside_image(where)
 
-    def check_fits_inside_image(self, where: str) -> None:
+    def check_against(self, size: int, n_classes: int | None, where: str) -> None:
+        """Within images of ``size`` x ``size`` and, where the classes are known, ``n_classes`` classes."""
+        if n_classes is not None and not self.label < n_classes:
+            fail(f"{where}.label", self.label, f"a class index in 0..{n_classes - 1}")
+        if len(self.position) != 2 or not all(0 <= p < size for p in self.position):
+            fail(f"{where}.position", self.position, f"[row, col] with both in 0..{size - 1}")
+        self.check_fits_inside_image(size, where)
+
+    def check_fits_inside_image(self, size: int, where: str) -> None:
         """The stamp must lie wholly inside the image: a clipped stamp is not the shortcut these params describe."""
         height, width = shortcut_pattern(self).shape
-        if height > IMAGE_SIZE or width > IMAGE_SIZE:
-            if self.kind == "text" and shortcut_pattern(dataclasses.replace(self, size=1)).shape[1] > IMAGE_SIZE:
-                fail(f"{where}.text", self.text, f"at most {(IMAGE_SIZE + 1) // (GLYPH_WIDTH + 1)} characters, "
-                     f"so that the text fits inside the {IMAGE_SIZE}x{IMAGE_SIZE} image")
+        if height > size or width > size:
+            if self.kind == "text" and shortcut_pattern(dataclasses.replace(self, size=1)).shape[1] > size:
+                fail(f"{where}.text", self.text, f"at most {(size + 1) // (GLYPH_WIDTH + 1)} characters, "
+                     f"so that the text fits inside the {size}x{size} image")
             unit_height, unit_width = shortcut_pattern(dataclasses.replace(self, size=1)).shape
-            largest = IMAGE_SIZE // max(unit_height, unit_width) if self.kind == "text" else IMAGE_SIZE
+            largest = size // max(unit_height, unit_width) if self.kind == "text" else size
             fail(f"{where}.size", self.size, f"an integer in 1..{largest}, so that the {self.kind} fits inside the "
-                 f"{IMAGE_SIZE}x{IMAGE_SIZE} image (this size makes it {height}x{width})")
+                 f"{size}x{size} image (this size makes it {height}x{width})")
         row, col = self.position
-        if row + height > IMAGE_SIZE or col + width > IMAGE_SIZE:
-            fail(f"{where}.position", self.position, f"[row, col] with row in 0..{IMAGE_SIZE - height} and col in "
-                 f"0..{IMAGE_SIZE - width}, so that the {height}x{width} {self.kind} fits inside the {IMAGE_SIZE}x{IMAGE_SIZE} image")
+        if row + height > size or col + width > size:
+            fail(f"{where}.position", self.position, f"[row, col] with row in 0..{size - height} and col in "
+                 f"0..{size - width}, so that the {height}x{width} {self.kind} fits inside the {size}x{size} image")
 
 
 def check_shortcuts(shortcuts: list[ShortcutParams], where: str) -> None:
@@ -168,34 +174,67 @@ class DatasetParams:
     """One dataset of the pipeline, one entry of the DVC matrix. ``kind`` says what it is built from and
     what its known answer is; the name it is listed under names its folders (data/, metrics/, plots/).
 
-    - ``colored_mnist``: the digits of ``source`` colored by one colormap per class (``colormaps``);
-    - ``clever_hans``: the classes of ``source``, with ``shortcuts`` planted on chosen classes.
+    - ``colored_mnist``: the gray images of ``source`` (mnist, fashion-mnist) colored by one colormap per
+      class (``colormaps``);
+    - ``clever_hans``: the classes of ``source``, with ``shortcuts`` planted on chosen classes. ``source:
+      image_folder`` reads your own images: ``root`` holds ``train/<class>/*`` and ``test/<class>/*`` (any
+      format PIL opens), resized to ``image_size`` x ``image_size`` RGB; the classes are the folder names.
     """
 
     kind: Literal["colored_mnist", "clever_hans"]
-    source: Literal["mnist", "fashion-mnist"] = "mnist"
+    source: Literal["mnist", "fashion-mnist", "image_folder"] = "mnist"
+    root: Optional[str] = None
+    image_size: Optional[int] = None
     colormaps: Optional[list[str]] = None
     shortcuts: Optional[list[ShortcutParams]] = None
 
     KEYS = {"colored_mnist": ("colormaps",), "clever_hans": ("shortcuts",)}  # the settings each kind reads
+    SOURCE_KEYS = {"image_folder": ("root", "image_size")}                   # ... and each source
+
+    @classmethod
+    def unread(cls, values: dict) -> set[str]:
+        """The keys an entry of ``values["kind"]`` and ``values["source"]`` does not read (left out of params.yaml)."""
+        source = values.get("source", "mnist")
+        return ({key for kind, keys in cls.KEYS.items() if kind != values.get("kind") for key in keys}
+                | {key for other, keys in cls.SOURCE_KEYS.items() if other != source for key in keys})
 
     def check(self, where: str) -> None:
-        for kind, keys in self.KEYS.items():
-            for key in keys:
-                value = getattr(self, key)
-                if kind == self.kind and value is None:
-                    fail(f"{where}.{key}", value, f"a list: a {kind} dataset needs its {key}")
-                if kind != self.kind and value is not None:
-                    fail(f"{where}.{key}", value, f"null or left out: only a {kind} dataset has {key}")
+        read = {"kind": self.kind, "source": self.source}
+        for key in (*[k for keys in self.KEYS.values() for k in keys], *[k for keys in self.SOURCE_KEYS.values() for k in keys]):
+            value, owner = getattr(self, key), self.owner_of(key)
+            if key not in self.unread(read) and value is None:
+                fail(f"{where}.{key}", value, f"a value: a {owner} dataset needs its {key}")
+            if key in self.unread(read) and value is not None:
+                fail(f"{where}.{key}", value, f"null or left out: only a {owner} dataset has {key}")
+        if self.source == "image_folder":
+            if self.kind == "colored_mnist":
+                fail(f"{where}.source", self.source, "mnist or fashion-mnist: colored_mnist colors gray images")
+            if not self.root.strip():
+                fail(f"{where}.root", self.root, "the folder that holds train/<class>/ and test/<class>/")
+            if self.image_size < 28 or self.image_size % 4:
+                fail(f"{where}.image_size", self.image_size, "a multiple of 4, at least 28 (the GAN halves it twice)")
         if self.kind == "colored_mnist":
             check_colormaps(self.colormaps, f"{where}.colormaps")
         else:
             check_shortcuts(self.shortcuts, f"{where}.shortcuts")
+            n_classes = None if self.source == "image_folder" else N_SOURCE_CLASSES
+            for i, shortcut in enumerate(self.shortcuts):
+                shortcut.check_against(self.image_shape[0], n_classes, f"{where}.shortcuts[{i}]")
+
+    def owner_of(self, key: str) -> str:
+        return next(name for table in (self.KEYS, self.SOURCE_KEYS) for name, keys in table.items() if key in keys)
 
     @property
-    def n_classes(self) -> int:
-        """Number of classes the dataset's classifier separates."""
-        return len(self.colormaps) if self.kind == "colored_mnist" else N_SOURCE_CLASSES
+    def image_shape(self) -> tuple[int, int]:
+        """(height, width) of the dataset's images."""
+        return (self.image_size, self.image_size) if self.source == "image_folder" else (IMAGE_SIZE, IMAGE_SIZE)
+
+    @property
+    def n_classes(self) -> int | None:
+        """Number of classes the dataset's classifier separates; None for an image folder (its folders say)."""
+        if self.kind == "colored_mnist":
+            return len(self.colormaps)
+        return None if self.source == "image_folder" else N_SOURCE_CLASSES
 
 
 def default_datasets() -> dict[str, DatasetParams]:
@@ -595,7 +634,8 @@ class Params:
             if not DATASET_NAME.fullmatch(name):
                 fail("datasets", name, "names of lower-case letters, digits and _ that start with a letter "
                      "(a dataset's name names its folders and its DVC stages, e.g. explain@fashion_hans)")
-            self.data.check_against(entry.source, "data")
+            if entry.source in SPLIT_SIZES:
+                self.data.check_against(entry.source, "data")
         self.check_test_samples_exist()
 
     def check_test_samples_exist(self) -> None:
@@ -604,7 +644,9 @@ class Params:
         Counts that are caps on a subset known only later (``max_misclassified``, ``n_correct``,
         ``max_pairs``, ``max_images``, ``architectures.n_images``) are left to the stages, which take what there is.
         """
-        sources = sorted({entry.source for entry in self.datasets.values()})
+        sources = sorted({entry.source for entry in self.datasets.values()} & set(SPLIT_SIZES))
+        if not sources:
+            return  # image folders only: prepare checks the counts against the files it finds
         n_test = min(self.data.n_images("test", s) for s in sources)
         source = "data.test_size" if self.data.test_size is not None else f"the {' and '.join(sources)} test split"
         for key, value in (("attribution.n_images", self.attribution.n_images),
@@ -752,7 +794,7 @@ def to_dict(obj: Any) -> Any:
     """Plain-data copy of a params object (for checkpoints and logs), as params.yaml would write it: a
     dataset entry leaves out the settings its kind does not read."""
     if dataclasses.is_dataclass(obj):
-        unread = {key for kind, keys in getattr(obj, "KEYS", {}).items() if kind != getattr(obj, "kind", None) for key in keys}
+        unread = obj.unread(vars(obj)) if hasattr(obj, "unread") else set()
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name not in unread}
     if isinstance(obj, dict):
         return {key: to_dict(value) for key, value in obj.items()}

@@ -1,4 +1,5 @@
 import copy
+import re
 
 import pytest
 import yaml
@@ -174,3 +175,30 @@ def test_yaml_errors_name_the_file_and_line(tmp_path, text, where):
 def test_a_folder_is_not_a_params_file(tmp_path):
     with pytest.raises(ConfigError, match="is a folder, not a file"):
         load_params(tmp_path)
+
+
+def image_folder_entry(**fields):
+    raw = copy.deepcopy(DEFAULTS)
+    shortcut = dict(raw["datasets"]["clever_hans"]["shortcuts"][0], position=[40, 40], size=20)
+    raw["datasets"]["shapes"] = dict({"kind": "clever_hans", "source": "image_folder", "root": "shapes",
+                                      "image_size": 64, "shortcuts": [shortcut]}, **fields)
+    return raw
+
+
+def test_an_image_folder_dataset_checks_its_shortcuts_against_its_own_image_size():
+    params = build(Params, image_folder_entry())
+    assert params.datasets["shapes"].image_shape == (64, 64) and params.datasets["shapes"].n_classes is None
+    assert to_dict(params)["datasets"]["shapes"].keys() == {"kind", "source", "root", "image_size", "shortcuts"}
+    assert "root" not in to_dict(params)["datasets"]["clever_hans"]       # an MNIST entry does not read it
+
+
+@pytest.mark.parametrize("fields, must_name", [
+    ({"image_size": 30}, "datasets.shapes.image_size = 30"),
+    ({"image_size": 48}, "datasets.shapes.shortcuts[0].position = [40, 40]"),
+    ({"root": None}, "datasets.shapes.root = None"),
+    ({"kind": "colored_mnist", "shortcuts": None, "colormaps": ["spring", "summer"]}, "colored_mnist colors gray images"),
+    ({"source": "mnist"}, "datasets.shapes.root = 'shapes'"),
+])
+def test_an_image_folder_entry_that_cannot_work_is_refused(fields, must_name):
+    with pytest.raises(ConfigError, match=re.escape(must_name)):
+        build(Params, image_folder_entry(**fields))

@@ -124,3 +124,67 @@ def test_an_image_is_its_own_exact_counterfactual_and_recoloring_keeps_the_digit
     color = matplotlib.colormaps[colormaps[targets[0]]](colored["positions"][0])[:3]
     expected = np.clip(np.rint(gray[0].astype(np.float32)[None] * np.float32(color)[:, None, None]), 0, 255)
     assert np.array_equal(moved[0], expected.astype(np.uint8))   # the same digit, the target colormap, the same position
+
+
+# --------------------------------------------------------------------------------------------
+# an image folder as the source (a user's own images)
+# --------------------------------------------------------------------------------------------
+def test_an_image_folder_loads_resized_rgb_with_its_folder_names_as_classes(tmp_path):
+    from PIL import Image
+
+    from pipeline.data.sources import load_image_folder
+    from tests.synthetic_images import CLASSES, write_image_folder
+
+    root = write_image_folder(tmp_path / "shapes", n_train=4, n_test=2, size=40)
+    Image.new("L", (10, 20), color=200).save(root / "train" / "plus" / "gray_and_small.png")   # converted and resized
+    images, labels, names = load_image_folder(root, train=True, size=32)
+    assert names == sorted(CLASSES) and images.shape == (13, 3, 32, 32) and images.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [4, 5, 4]
+    small = images[labels == 1][-1]
+    assert (small == 200).all()                 # the gray image: three equal channels, resized
+    test_images, test_labels, _ = load_image_folder(root, train=False, size=32)
+    assert test_images.shape == (6, 3, 32, 32) and np.bincount(test_labels).tolist() == [2, 2, 2]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("no test split", "is not a folder"),
+    ("other classes in test", "both splits need the same class folders"),
+    ("not an image", "cannot be read as an image"),
+    ("empty split", "holds no class folder with images"),
+])
+def test_a_broken_image_folder_is_named_in_one_sentence(tmp_path, damage, message):
+    import shutil
+
+    from pipeline.data.sources import load_image_folder
+    from pipeline.storage import InputError
+    from tests.synthetic_images import write_image_folder
+
+    root = write_image_folder(tmp_path / "shapes", n_train=2, n_test=1, size=32)
+    train = damage not in ("other classes in test", "no test split")
+    if damage == "no test split":
+        shutil.rmtree(root / "test")
+    elif damage == "other classes in test":
+        (root / "test" / "ring").rename(root / "test" / "donut")
+    elif damage == "not an image":
+        (root / "train" / "disk" / "0000.png").write_bytes(b"<html>not found</html>")
+    else:
+        for folder in (root / "train").iterdir():
+            shutil.rmtree(folder)
+            folder.mkdir()
+    with pytest.raises(InputError, match=message):
+        load_image_folder(root, train=train, size=32)
+
+
+def test_shortcuts_are_planted_on_rgb_images_of_any_size():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 100, size=(30, 3, 64, 48), dtype=np.uint8)
+    labels = np.repeat(np.arange(3), 10)
+    shortcuts = [Shortcut(label=2, kind="square", fraction=1.0, position=[40, 30], size=16, color=[1.0, 0.0, 0.0])]
+    out = plant_shortcuts(images, labels, shortcuts, np.random.default_rng(1))
+    assert out["images"].shape == images.shape and out["masks"].shape == (30, 64, 48)
+    assert out["stamped"][:, 0].tolist() == [False] * 20 + [True] * 10
+    assert (out["images"][20:, 0, 40:56, 30:46] == 255).all() and (out["images"][20:, 1:, 40:56, 30:46] == 0).all()
+    assert np.array_equal(out["images"][:20], images[:20]) and out["masks"][20:].sum() == 10 * 256
+    tests = shortcut_test_sets(images, shortcuts)
+    assert tests["clean_images"].shape == images.shape and tests["shortcut_images"].shape == (1, 30, 3, 64, 48)
+    assert tests["shortcut_alpha"].shape == (1, 64, 48)

@@ -60,8 +60,8 @@ def test_params_yaml_sets_every_key_the_code_reads():
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
 
     def not_read(cls, values):
-        """Settings of a dataset entry that its kind does not read (``DatasetParams.KEYS``)."""
-        return {key for kind, keys in getattr(cls, "KEYS", {}).items() if kind != values.get("kind") for key in keys}
+        """Settings of a dataset entry that its kind and source do not read (``DatasetParams.unread``)."""
+        return cls.unread(values) if hasattr(cls, "unread") else set()
 
     def missing(cls, values, where):
         hints = typing.get_type_hints(cls)

@@ -17,9 +17,12 @@ import yaml
 from benchmarks.collect_run import matrix_items
 from benchmarks.reproducibility import flatten, merged  # every leaf as a.b.c, as `dvc metrics show` lists them
 from tests.conftest import REPO
+from tests.synthetic_images import write_image_folder
 
 COPIED = ["pipeline", "dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".gitignore"]
-DATASETS = ("colored_mnist", "clever_hans")
+DATASETS = ("colored_mnist", "clever_hans")   # the MNIST datasets, whose known answers the checks below read
+IMAGE_FOLDER = "shapes"                        # a Clever Hans dataset over a generated folder of 64x64 RGB images
+ALL_DATASETS = DATASETS + (IMAGE_FOLDER,)
 
 
 def run(args: list[str], cwd: Path, stdout_only: bool = False) -> str:
@@ -56,6 +59,10 @@ def workspace(tmp_path_factory, request):
     tiny = yaml.safe_load((REPO / "tests" / "tiny_params.yaml").read_text())
     params = merged(params, tiny)
     params["data"]["root"] = str(mnist_root)
+    images = write_image_folder(tmp_path_factory.mktemp("images"), n_train=200, n_test=100, size=64)  # >= tiny sizes
+    square = dict(params["datasets"]["clever_hans"]["shortcuts"][0], label=2, position=[0, 0], size=20)
+    params["datasets"][IMAGE_FOLDER] = {"kind": "clever_hans", "source": "image_folder", "root": str(images),
+                                        "image_size": 64, "shortcuts": [square]}
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], ws)
     run(["git", "add", "-A"], ws)
@@ -70,8 +77,9 @@ def first_repro(workspace):
 
 def test_repro_runs_every_stage_for_both_datasets(workspace, first_repro):
     ran = stages_run(first_repro)
-    for dataset in DATASETS:
-        assert f"prepare@{dataset}" in ran and f"train_classifier@{dataset}" in ran
+    stages = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]
+    expected = {f"{name}@{d}" if "matrix" in stage else name for name, stage in stages.items() for d in ALL_DATASETS}
+    assert expected <= ran, sorted(expected - ran)
     status = dvc("status", cwd=workspace)
     assert "up to date" in status
 
@@ -149,8 +157,8 @@ def test_changing_classifier_params_reruns_only_downstream_stages(workspace, fir
 def test_cosmetic_gan_param_reruns_only_train_gan(workspace, first_repro):
     output = dvc("exp", "run", "-S", "gan.n_grid_images=3", cwd=workspace)
     ran = stages_run(output)
-    assert ran - {"report"} == {f"train_gan@{d}" for d in DATASETS}, ran   # gan.pt unchanged: nothing downstream re-runs
-    for dataset in DATASETS:   # it resumed the finished checkpoint: no iteration was trained again
+    assert ran - {"report"} == {f"train_gan@{d}" for d in ALL_DATASETS}, ran   # gan.pt unchanged: nothing downstream re-runs
+    for dataset in ALL_DATASETS:   # it resumed the finished checkpoint: no iteration was trained again
         assert read(workspace, "metrics", dataset, "timing", "train_gan.json")["iterations_run"] == 0
 
 
@@ -185,7 +193,7 @@ def test_report_collects_every_stage(workspace, first_repro):
     assert "Verdict" in page and "What this run found" in page and page.count("data:image/png;base64,") >= 6
     timing = read(workspace, "metrics", "timing.json")
     stages = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]
-    expected = {f"{name}@{d}" for name, stage in stages.items() if "matrix" in stage for d in DATASETS}
+    expected = {f"{name}@{d}" for name, stage in stages.items() if "matrix" in stage for d in ALL_DATASETS}
     assert expected <= set(timing["stages"]), expected - set(timing["stages"])
     assert timing["total_seconds"] > 0 and timing["device"] == "cpu"
 
@@ -334,3 +342,22 @@ def test_architectures_are_trained_alike_and_compared_on_the_same_images(workspa
     hans = read(workspace, "plots", "clever_hans", "architectures", "details.json")
     assert hans["architectures"]["cnn"]["shortcut_reliance"] == pytest.approx(
         read(workspace, "metrics", "clever_hans", "architectures.json")["shortcut_reliance_cnn"])
+
+
+def test_a_clever_hans_image_folder_runs_the_whole_chain(workspace, first_repro):
+    """Your own images (a generated folder of 64x64 RGB shapes in 3 classes) with a planted square: every stage
+    and the report run, at the images' own size, and the known-answer figures are there."""
+    import numpy as np
+
+    meta = read(workspace, "data", "prepared", IMAGE_FOLDER, "meta.json")
+    assert meta["class_names"] == ["disk", "plus", "ring"] and meta["n_classes"] == 3 and meta["source"] == "image_folder"
+    test = np.load(workspace / "data" / "prepared" / IMAGE_FOLDER / "test.npz")
+    assert test["images"].shape[1:] == (3, 64, 64) and test["shortcut_alpha"].shape == (1, 64, 64)
+    classifier = read(workspace, "metrics", IMAGE_FOLDER, "classifier.json")
+    assert 0 <= classifier["shortcut_reliance"] <= 1 and 0 <= classifier["clean_accuracy"] <= 1
+    explain = read(workspace, "metrics", IMAGE_FOLDER, "explain.json")
+    assert "stamped_control_shortcut_iou" in explain
+    for name in ("attribution", "counterfactuals", "discover", "influence", "dissect", "spectra"):
+        assert (workspace / "metrics" / IMAGE_FOLDER / f"{name}.json").exists(), name
+    page = (workspace / "report" / "index.html").read_text()
+    assert "Clever Hans images (a planted shortcut): shapes" in page

@@ -83,7 +83,7 @@ def test_report_leads_with_a_verdict_per_dataset(run_dir):
     text = (run_dir / "report" / "README.md").read_text()
     hans = text[text.index("## Clever Hans"):]
     assert hans.index("**Verdict:**") < hans.index("**What this run found:**")
-    assert ("The classifier relies on the planted shortcut: stamped on digits of other classes it moves 94.0 % of them "
+    assert ("The classifier relies on the planted shortcut: stamped on images of other classes it moves 94.0 % of them "
             "into the shortcut's class (without the stamp: 1.0 %)" in hans)
     assert "the discovery stage flags class 7 for a region that recurs in its explanations and, pasted alone into images of other classes, moves them into it; its overlap with the planted shortcut is IoU 0.81, with no false alarm" in hans
     colored = text[:text.index("## Clever Hans")]

@@ -1,37 +1,48 @@
-"""Clever Hans MNIST: chosen classes carry a planted shortcut in training; test images stamped with each."""
+"""Clever Hans data: chosen classes carry a planted shortcut in training; test images stamped with each.
+
+Images are gray (N x H x W uint8, made RGB with equal channels) or RGB (N x 3 x H x W uint8)."""
 from __future__ import annotations
 
-import numpy as np
-
 from typing import Sequence
+
+import numpy as np
 
 from pipeline.data.shortcuts import Shortcut, shortcut_alpha, stamp
 from pipeline.data.sources import gray_to_rgb
 
 
+def as_rgb(images: np.ndarray) -> np.ndarray:
+    """A new N x 3 x H x W uint8 array: gray N x H x W images with equal channels, RGB ones copied."""
+    if images.ndim == 3:
+        return gray_to_rgb(images)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be N x H x W (gray) or N x 3 x H x W (RGB); got {images.shape}")
+    return images.copy()
+
+
 def plant_shortcuts(
-    gray: np.ndarray, labels: np.ndarray, shortcuts: Sequence[Shortcut], rng: np.random.Generator
+    source_images: np.ndarray, labels: np.ndarray, shortcuts: Sequence[Shortcut], rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
     """Stamp ``fraction`` of each shortcut class's images; keep which were stamped and the pixel mask."""
-    images = gray_to_rgb(gray)
-    n = len(images)
+    images = as_rgb(source_images)
+    n, shape = len(images), images.shape[2:]
     stamped = np.zeros((n, len(shortcuts)), dtype=bool)
-    masks = np.zeros((n,) + gray.shape[1:], dtype=bool)
+    masks = np.zeros((n,) + shape, dtype=bool)
     for k, shortcut in enumerate(shortcuts):
         members = np.flatnonzero(labels == shortcut.label)
         count = int(round(shortcut.fraction * len(members)))
         chosen = np.sort(rng.choice(members, size=count, replace=False)) if count else members[:0]
-        alpha = shortcut_alpha(shortcut, gray.shape[1:])
+        alpha = shortcut_alpha(shortcut, shape)
         images[chosen] = stamp(images[chosen], alpha, shortcut.color)
         stamped[chosen, k] = True
         masks[chosen] |= alpha > 0
     return {"images": images, "labels": labels, "digits": labels.copy(), "stamped": stamped, "masks": masks}
 
 
-def shortcut_test_sets(gray: np.ndarray, shortcuts: Sequence[Shortcut]) -> dict[str, np.ndarray]:
+def shortcut_test_sets(source_images: np.ndarray, shortcuts: Sequence[Shortcut]) -> dict[str, np.ndarray]:
     """Every test image stamped with each planted shortcut, for measuring reliance."""
-    clean = gray_to_rgb(gray)
-    alphas = np.stack([shortcut_alpha(s, gray.shape[1:]) for s in shortcuts])
+    clean = as_rgb(source_images)
+    alphas = np.stack([shortcut_alpha(s, clean.shape[2:]) for s in shortcuts])
     stamped = np.stack([stamp(clean, alpha, s.color) for alpha, s in zip(alphas, shortcuts)])
     return {
         "clean_images": clean,

@@ -129,3 +129,41 @@ def check_labels(labels: np.ndarray, path: Path) -> None:
 def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
     """N x H x W uint8 -> N x 3 x H x W uint8 (equal channels)."""
     return np.repeat(gray[:, None], 3, axis=1)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def load_image_folder(root: str | Path, train: bool, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """RGB images (N x 3 x size x size uint8), labels and class names of ``<root>/train`` or ``<root>/test``.
+
+    Each class is a subfolder (its name is the class name, sorted as torchvision's ``ImageFolder`` sorts them);
+    every image is converted to RGB and resized to ``size`` x ``size`` (bilinear). The test split must have
+    the same classes as the training split: the error names what differs.
+    """
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.datasets import ImageFolder
+
+    split = Path(root) / ("train" if train else "test")
+    if not split.is_dir():
+        raise InputError(f"{split} is not a folder: an image_folder dataset needs {Path(root) / 'train'} and "
+                         f"{Path(root) / 'test'}, each with one subfolder of images per class")
+    try:
+        folder = ImageFolder(str(split), loader=lambda path: path, is_valid_file=lambda p: p.lower().endswith(IMAGE_SUFFIXES))
+    except (FileNotFoundError, RuntimeError) as err:
+        raise InputError(f"{split} holds no class folder with images ({' '.join(str(err).split())}); "
+                         f"put the images of each class in {split}/<class>/") from None
+    if not train:
+        trained = sorted(entry.name for entry in (Path(root) / "train").iterdir() if entry.is_dir())
+        if trained != folder.classes:
+            raise InputError(f"{split} has the classes {folder.classes} but {Path(root) / 'train'} has {trained}; "
+                             "both splits need the same class folders")
+    images = np.empty((len(folder.samples), 3, size, size), dtype=np.uint8)
+    for i, (path, _) in enumerate(folder.samples):
+        try:
+            with Image.open(path) as image:
+                resized = image.convert("RGB").resize((size, size), Image.BILINEAR)
+        except (UnidentifiedImageError, OSError) as err:
+            raise InputError(f"{path} cannot be read as an image ({err}); remove or replace it") from None
+        images[i] = np.asarray(resized).transpose(2, 0, 1)
+    return images, np.array(folder.targets, dtype=np.int64), list(folder.classes)

@@ -9,7 +9,7 @@ from pathlib import Path
 from pipeline.report.findings import findings, verdict
 from pipeline.report.run import SECTIONS, DatasetRun
 
-SOURCE_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+SOURCE_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "image_folder": "images"}
 
 
 def title(run: DatasetRun, meta: dict) -> str:

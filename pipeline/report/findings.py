@@ -34,7 +34,7 @@ def verdict(run: DatasetRun, meta: dict) -> list[str]:
     if run.kind == "clever_hans":
         reliance, base = classifier.get("shortcut_reliance"), classifier.get("shortcut_base_rate")
         if known(reliance):
-            lines.append(f"The classifier {reliance_verdict(reliance, base, 'planted shortcut')}: stamped on digits of other "
+            lines.append(f"The classifier {reliance_verdict(reliance, base, 'planted shortcut')}: stamped on images of other "
                          f"classes it moves {pct(reliance)} of them into the shortcut's class (without the stamp: {pct(base)}).")
         if flagged is not None:
             iou = discover.get("shortcut_region_iou")
@@ -112,7 +112,7 @@ def attribution_findings(run: DatasetRun) -> list[str]:
                      f"({methods[ranked[-1]]['randomization_spearman']:.2f}): a map that survives randomisation explains the input, not the model.")
     seg = d.get("gradcam_segmentation") or {}
     if known(seg.get("best_iou")):
-        lines.append(f"Thresholding Grad-CAM at {seg['best_threshold']:.2f} segments the digit with IoU {seg['best_iou']:.2f}.")
+        lines.append(f"Thresholding Grad-CAM at {seg['best_threshold']:.2f} segments the foreground (the digit, the object) with IoU {seg['best_iou']:.2f}.")
     return lines
 
 

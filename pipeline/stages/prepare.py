@@ -6,10 +6,10 @@ import sys
 import numpy as np
 
 from pipeline import paths
-from pipeline.config import Params, ShortcutParams, fail
+from pipeline.config import DatasetParams, Params, ShortcutParams, fail
 from pipeline.data.clever_hans import plant_shortcuts, shortcut_test_sets
 from pipeline.data.colored_mnist import colorize
-from pipeline.data.sources import load_source
+from pipeline.data.sources import load_image_folder, load_source
 from pipeline.data.tensors import subsample
 from pipeline.plotting import image_grid
 from pipeline.runtime import stage
@@ -21,21 +21,30 @@ SOURCE_CLASS_NAMES = {
 }
 
 
-def load_split(params: Params, source: str, train: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels of one split of ``source``, cut to ``data.train_size`` / ``data.test_size`` (a seeded subset)."""
-    gray, labels = load_source(source, params.data.root, train=train, download=params.data.download)
+def load_split(params: Params, entry: DatasetParams, train: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images, labels and class names of one split of the entry's source, cut to ``data.train_size`` /
+    ``data.test_size`` (a seeded subset). MNIST-like sources: gray N x H x W; an image folder: RGB N x 3 x H x W."""
+    if entry.source == "image_folder":
+        images, labels, class_names = load_image_folder(entry.root, train, entry.image_size)
+        root = entry.root
+    else:
+        images, labels = load_source(entry.source, params.data.root, train=train, download=params.data.download)
+        class_names, root = SOURCE_CLASS_NAMES[entry.source], params.data.root
     key = "train_size" if train else "test_size"
     size = getattr(params.data, key)
-    if size is not None and size > len(gray):
-        fail(f"data.{key}", size, f"at most {len(gray)}, the number of {'training' if train else 'test'} images "
-             f"under {params.data.root}, or null for all of them")
-    keep = subsample(len(gray), size, rng)
-    return gray[keep], labels[keep]
+    if size is not None and size > len(images):
+        fail(f"data.{key}", size, f"at most {len(images)}, the number of {'training' if train else 'test'} images "
+             f"under {root}, or null for all of them")
+    keep = subsample(len(images), size, rng)
+    return images[keep], labels[keep], class_names
 
 
-def check_every_shortcut_is_planted(labels: np.ndarray, shortcuts: list[ShortcutParams], where: str) -> None:
-    """A shortcut with a positive ``fraction`` must land on at least one training image of its class."""
+def check_every_shortcut_is_planted(labels: np.ndarray, class_names: list[str], shortcuts: list[ShortcutParams],
+                                    where: str) -> None:
+    """A shortcut must name a class, and with a positive ``fraction`` land on at least one training image of it."""
     for k, shortcut in enumerate(shortcuts):
+        if shortcut.label >= len(class_names):
+            fail(f"{where}[{k}].label", shortcut.label, f"a class index in 0..{len(class_names) - 1} ({', '.join(class_names)})")
         members = int((labels == shortcut.label).sum())
         if shortcut.fraction > 0 and int(round(shortcut.fraction * members)) == 0:
             if members == 0:
@@ -48,23 +57,23 @@ def check_every_shortcut_is_planted(labels: np.ndarray, shortcuts: list[Shortcut
 
 def build_colored_mnist(params: Params, name: str, rng: np.random.Generator) -> tuple[dict, dict, dict]:
     entry = params.datasets[name]
-    train = colorize(*load_split(params, entry.source, True, rng), entry.colormaps, rng)
-    test = colorize(*load_split(params, entry.source, False, rng), entry.colormaps, rng)
+    train = colorize(*load_split(params, entry, True, rng)[:2], entry.colormaps, rng)
+    test = colorize(*load_split(params, entry, False, rng)[:2], entry.colormaps, rng)
     meta = {"class_names": list(entry.colormaps), "n_classes": len(entry.colormaps), "class_is": "colormap"}
     return train, test, meta
 
 
 def build_clever_hans(params: Params, name: str, rng: np.random.Generator) -> tuple[dict, dict, dict]:
     entry = params.datasets[name]
-    train_gray, train_labels = load_split(params, entry.source, True, rng)
-    check_every_shortcut_is_planted(train_labels, entry.shortcuts, f"datasets.{name}.shortcuts")
-    train = plant_shortcuts(train_gray, train_labels, entry.shortcuts, rng)
-    test_gray, test_labels = load_split(params, entry.source, False, rng)
-    test = plant_shortcuts(test_gray, test_labels, entry.shortcuts, rng)  # same distribution as training
-    test.update(shortcut_test_sets(test_gray, entry.shortcuts))
+    train_images, train_labels, class_names = load_split(params, entry, True, rng)
+    check_every_shortcut_is_planted(train_labels, class_names, entry.shortcuts, f"datasets.{name}.shortcuts")
+    train = plant_shortcuts(train_images, train_labels, entry.shortcuts, rng)
+    test_images, test_labels, _ = load_split(params, entry, False, rng)
+    test = plant_shortcuts(test_images, test_labels, entry.shortcuts, rng)  # same distribution as training
+    test.update(shortcut_test_sets(test_images, entry.shortcuts))
     meta = {
-        "class_names": SOURCE_CLASS_NAMES[entry.source],
-        "n_classes": entry.n_classes,
+        "class_names": list(class_names),
+        "n_classes": len(class_names),
         "class_is": "digit" if entry.source == "mnist" else "class",
         "shortcuts": [{"label": s.label, "kind": s.kind} for s in entry.shortcuts],
     }
