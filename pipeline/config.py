@@ -199,13 +199,14 @@ class DatasetParams:
                 | {key for other, keys in cls.SOURCE_KEYS.items() if other != source for key in keys})
 
     def check(self, where: str) -> None:
-        read = {"kind": self.kind, "source": self.source}
-        for key in (*[k for keys in self.KEYS.values() for k in keys], *[k for keys in self.SOURCE_KEYS.values() for k in keys]):
-            value, owner = getattr(self, key), self.owner_of(key)
-            if key not in self.unread(read) and value is None:
-                fail(f"{where}.{key}", value, f"a value: a {owner} dataset needs its {key}")
-            if key in self.unread(read) and value is not None:
-                fail(f"{where}.{key}", value, f"null or left out: only a {owner} dataset has {key}")
+        unread = self.unread(vars(self))
+        for owner, keys in (*self.KEYS.items(), *self.SOURCE_KEYS.items()):
+            for key in keys:
+                value = getattr(self, key)
+                if key not in unread and value is None:
+                    fail(f"{where}.{key}", value, f"a value: a {owner} dataset needs its {key}")
+                if key in unread and value is not None:
+                    fail(f"{where}.{key}", value, f"null or left out: only a {owner} dataset has {key}")
         if self.source == "image_folder":
             if self.kind == "colored_mnist":
                 fail(f"{where}.source", self.source, "mnist or fashion-mnist: colored_mnist colors gray images")
@@ -220,9 +221,6 @@ class DatasetParams:
             n_classes = None if self.source == "image_folder" else N_SOURCE_CLASSES
             for i, shortcut in enumerate(self.shortcuts):
                 shortcut.check_against(self.image_shape[0], n_classes, f"{where}.shortcuts[{i}]")
-
-    def owner_of(self, key: str) -> str:
-        return next(name for table in (self.KEYS, self.SOURCE_KEYS) for name, keys in table.items() if key in keys)
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -788,6 +786,12 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if raw is not None and not isinstance(raw, dict):
         fail(str(path), raw, "a mapping of sections: " + ", ".join(f.name for f in dataclasses.fields(Params)))
     return build(Params, raw)
+
+
+def options_from(section: Any, options: type):
+    """The library's ``options`` dataclass with each of its fields read from the params ``section`` of the same
+    names (a section may hold more: its figure sizes, its sample counts)."""
+    return options(**{f.name: getattr(section, f.name) for f in dataclasses.fields(options)})
 
 
 def to_dict(obj: Any) -> Any:

@@ -12,7 +12,6 @@ segments the digit, and mistakes get a contrastive (predicted vs. true class) vi
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 import warnings
 
@@ -28,7 +27,7 @@ from pipeline.attribution.method_scores import details_record, headline, method_
 from pipeline.attribution.methods import AttributionOptions, noise_baseline, runnable_methods
 from pipeline.attribution.plots import deletion_figure, ig_baselines_figure, localization_figure, method_grids
 from pipeline.attribution.scores import colormap_channel_std, foreground_mask
-from pipeline.config import AttributionParams
+from pipeline.config import AttributionParams, options_from
 from pipeline.prepared import load_meta, load_prepared
 from pipeline.models.inference import predict_probabilities
 from pipeline.models.classifiers import build_seeded_classifier, frozen, load_classifier
@@ -53,11 +52,6 @@ def random_streams(ctx: StageContext) -> dict[str, torch.Generator]:
     GPU run draw the same numbers (except those captum draws on the data's device).
     """
     return {name: ctx.generator(name, device="cpu") for name in RANDOM_STREAMS}
-
-
-def options_from(cfg: AttributionParams, options: type):
-    """The library's ``options`` dataclass with each of its fields read from the ``attribution`` params."""
-    return options(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(options)})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from pipeline import paths
-from pipeline.config import CounterfactualParams
+from pipeline.config import CounterfactualParams, options_from
 from pipeline.counterfactuals.plots import (confusion_figure, gallery, interpolation, interpolation_figure, pca_2d,
                                             style_space_figure, style_space_frame)
 from pipeline.counterfactuals.quality import evaluate, exact_error
@@ -110,8 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         translator = load_translator(paths.gan_path(ctx.dataset), ctx.device)
         classifier = load_classifier(paths.classifier_path(ctx.dataset), ctx.device)
 
-        options = TranslationOptions(n_images=cfg.n_images, reference=cfg.reference,
-                                     n_reference_images=cfg.n_reference_images, batch_size=cfg.batch_size)
+        options = options_from(cfg, TranslationOptions)
         result = make_counterfactuals(translator, classifier, test, references, n_classes, options, ctx.generator())
         save_arrays(paths.counterfactuals_path(ctx.dataset),
                     **{key: result[key].cpu().numpy() for key in CONTRACT_KEYS})

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pipeline import paths
+from pipeline.config import options_from
 from pipeline.data.shortcuts import shortcut_alpha
 from pipeline.evaluation.feature_viz import (STARTS, KnownRegion, MaximiseOptions, build_units, class_probability_table,
                                              curve_table, dream, dream_figure, dream_starts, maximise, summarise,
@@ -26,9 +27,7 @@ from pipeline.storage import save_arrays, save_figure, write_csv, write_json
 
 def maximise_options(cfg) -> MaximiseOptions:
     """The ``feature_viz`` params that steer the ascent."""
-    return MaximiseOptions(steps=cfg.steps, learning_rate=cfg.learning_rate, noise_scale=cfg.noise_scale, jitter=cfg.jitter,
-                           total_variation=cfg.total_variation, blur_every=cfg.blur_every, blur_sigma=cfg.blur_sigma,
-                           parameterization=cfg.parameterization, fourier_decay=cfg.fourier_decay)
+    return options_from(cfg, MaximiseOptions)
 
 
 def layer_dream(ctx: StageContext, model: nn.Module, class_names: list[str]) -> dict:

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from pipeline import paths
-from pipeline.config import OptimizeCounterfactualsParams
+from pipeline.config import OptimizeCounterfactualsParams, options_from
 from pipeline.counterfactuals.frechet import class_matched_frechet
 from pipeline.counterfactuals.optimization import (OptimizationOptions, change_measures, gan_pairs, judge_gan,
                                                    optimize_in_batches, select_images, summary)
@@ -54,8 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         target = torch.from_numpy(chosen["target"]).to(ctx.device)
         real = test["images"][index]
 
-        options = OptimizationOptions(max_steps=cfg.max_steps, learning_rate=cfg.learning_rate, distance=cfg.distance,
-                                      distance_weight=cfg.distance_weight, margin=cfg.margin, batch_size=cfg.batch_size)
+        options = options_from(cfg, OptimizationOptions)
         optimised = optimize_in_batches(model, real, target, options)
         counterfactual, steps, reached = optimised["counterfactual"], optimised["steps"], optimised["reached"]
         probabilities = predict_probabilities(model, counterfactual, cfg.batch_size)  # judged as saved: uint8

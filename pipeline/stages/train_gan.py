@@ -8,14 +8,13 @@ training's timing.
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
 import torch
 
 from pipeline import paths
-from pipeline.config import GanParams
+from pipeline.config import GanParams, options_from
 from pipeline.counterfactuals.gan_training import (LOSS_NAMES, GanStreams, GanTrainingOptions, NonFiniteLoss, code_digest,
                                                    fingerprint, headline_metrics, net_config, train, training_timing,
                                                    translation_grid, translator_settings)
@@ -32,7 +31,7 @@ TRAINING_MODULE = "pipeline.counterfactuals.gan_training"
 def training_options(cfg: GanParams) -> GanTrainingOptions:
     """The ``gan`` params training reads: all but ``n_grid_images``, which only sizes the figure (so it is
     left out of gan.pt and of the fingerprint, and changing it leaves gan.pt byte-identical)."""
-    return GanTrainingOptions(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(GanTrainingOptions)})
+    return options_from(cfg, GanTrainingOptions)
 
 
 def training_code_digest() -> str:
