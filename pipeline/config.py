@@ -170,6 +170,54 @@ def check_shortcuts(shortcuts: list[ShortcutParams], where: str) -> None:
 
 
 @dataclass(frozen=True)
+class OwnClassifierParams:
+    """A dataset's own classifier, used instead of one the pipeline designs: a torchvision architecture (with your
+    ``weights``, a state-dict file, it is evaluated; without, the pipeline trains one with the ``classifier``
+    section's settings) or a ``torchscript`` file (evaluated). ``mean`` / ``std`` / ``input_size`` are its input
+    transform; ``gradcam_layer`` and ``features_layer`` name modules (as ``model.get_submodule`` does) for
+    Grad-CAM and for the penultimate features; left out, the methods that need them are skipped, with the reason.
+    """
+
+    torchvision: Optional[str] = None
+    weights: Optional[str] = None
+    torchscript: Optional[str] = None
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    input_size: Optional[int] = None
+    gradcam_layer: Optional[str] = None
+    features_layer: Optional[str] = None
+
+    def check(self, where: str) -> None:
+        if (self.torchvision is None) == (self.torchscript is None):
+            fail(where, {"torchvision": self.torchvision, "torchscript": self.torchscript},
+                 "exactly one of torchvision (an architecture name, e.g. resnet18) and torchscript (a file)")
+        if self.torchscript is not None and self.weights is not None:
+            fail(f"{where}.weights", self.weights, "null or left out: a TorchScript file holds its own weights")
+        if self.torchvision is not None:
+            from torchvision.models import list_models
+
+            known = list_models()
+            if self.torchvision not in known:
+                fail(f"{where}.torchvision", self.torchvision, "a torchvision.models architecture name, e.g. "
+                     + ", ".join(name for name in ("resnet18", "mobilenet_v3_small", "efficientnet_b0", "vgg11")))
+        if (self.mean is None) != (self.std is None):
+            fail(f"{where}.{'std' if self.std is None else 'mean'}", None,
+                 "a list as long as the other: mean and std are given together (or both left out)")
+        if self.mean is not None:
+            if len(self.mean) != len(self.std) or not self.mean:
+                fail(f"{where}.std", self.std, f"one number per channel, as many as mean has ({len(self.mean)})")
+            if not all(s > 0 for s in self.std):
+                fail(f"{where}.std", self.std, "positive numbers")
+        if self.input_size is not None and self.input_size < 1:
+            fail(f"{where}.input_size", self.input_size, "a positive integer (the side the network takes), or null")
+
+    @property
+    def trained_here(self) -> bool:
+        """True when the pipeline trains this architecture (no weights given)."""
+        return self.torchvision is not None and self.weights is None
+
+
+@dataclass(frozen=True)
 class DatasetParams:
     """One dataset of the pipeline, one entry of the DVC matrix. ``kind`` says what it is built from and
     what its known answer is; the name it is listed under names its folders (data/, metrics/, plots/).
@@ -179,31 +227,47 @@ class DatasetParams:
     - ``clever_hans``: the classes of ``source``, with ``shortcuts`` planted on chosen classes. ``source:
       image_folder`` reads your own images: ``root`` holds ``train/<class>/*`` and ``test/<class>/*`` (any
       format PIL opens), resized to ``image_size`` x ``image_size`` RGB; the classes are the folder names.
+    - ``image_folder``: your own images as they are (``root``, ``image_size``, ``channels``: 3 for RGB, 1 for
+      gray), with no known answer: the stages explain what the classifier does and skip the scores that need
+      an answer.
+
+    Any kind may name its own trained ``classifier`` (:class:`OwnClassifierParams`).
     """
 
-    kind: Literal["colored_mnist", "clever_hans"]
-    source: Literal["mnist", "fashion-mnist", "image_folder"] = "mnist"
+    kind: Literal["colored_mnist", "clever_hans", "image_folder"]
+    source: Optional[Literal["mnist", "fashion-mnist", "image_folder"]] = None  # image_folder kind: image_folder; else mnist
     root: Optional[str] = None
     image_size: Optional[int] = None
+    channels: Optional[int] = None
     colormaps: Optional[list[str]] = None
     shortcuts: Optional[list[ShortcutParams]] = None
+    classifier: Optional[OwnClassifierParams] = None
 
-    KEYS = {"colored_mnist": ("colormaps",), "clever_hans": ("shortcuts",)}  # the settings each kind reads
-    SOURCE_KEYS = {"image_folder": ("root", "image_size")}                   # ... and each source
+    KEYS = {"colored_mnist": ("colormaps",), "clever_hans": ("shortcuts",), "image_folder": ("channels",)}
+    SOURCE_KEYS = {"image_folder": ("root", "image_size")}  # the settings each kind and each source reads
+    OPTIONAL = {"channels"}                                 # read, but null means the default
+
+    def __post_init__(self):
+        if self.source is None:
+            object.__setattr__(self, "source", "image_folder" if self.kind == "image_folder" else "mnist")
 
     @classmethod
     def unread(cls, values: dict) -> set[str]:
         """The keys an entry of ``values["kind"]`` and ``values["source"]`` does not read (left out of params.yaml)."""
-        source = values.get("source", "mnist")
-        return ({key for kind, keys in cls.KEYS.items() if kind != values.get("kind") for key in keys}
-                | {key for other, keys in cls.SOURCE_KEYS.items() if other != source for key in keys})
+        source = values.get("source") or ("image_folder" if values.get("kind") == "image_folder" else "mnist")
+        unread = ({key for kind, keys in cls.KEYS.items() if kind != values.get("kind") for key in keys}
+                  | {key for other, keys in cls.SOURCE_KEYS.items() if other != source for key in keys})
+        return unread | ({"classifier"} if values.get("classifier") is None else set())
 
     def check(self, where: str) -> None:
+        if self.kind == "image_folder" and self.source != "image_folder":
+            fail(f"{where}.source", self.source, "image_folder or left out: an image_folder dataset reads a folder "
+                 "(for a known answer on MNIST, use kind clever_hans or colored_mnist)")
         unread = self.unread(vars(self))
         for owner, keys in (*self.KEYS.items(), *self.SOURCE_KEYS.items()):
             for key in keys:
                 value = getattr(self, key)
-                if key not in unread and value is None:
+                if key not in unread and value is None and key not in self.OPTIONAL:
                     fail(f"{where}.{key}", value, f"a value: a {owner} dataset needs its {key}")
                 if key in unread and value is not None:
                     fail(f"{where}.{key}", value, f"null or left out: only a {owner} dataset has {key}")
@@ -214,9 +278,11 @@ class DatasetParams:
                 fail(f"{where}.root", self.root, "the folder that holds train/<class>/ and test/<class>/")
             if self.image_size < 28 or self.image_size % 4:
                 fail(f"{where}.image_size", self.image_size, "a multiple of 4, at least 28 (the GAN halves it twice)")
+        if self.channels is not None and self.channels not in (1, 3):
+            fail(f"{where}.channels", self.channels, "1 (gray) or 3 (RGB), or null for 3")
         if self.kind == "colored_mnist":
             check_colormaps(self.colormaps, f"{where}.colormaps")
-        else:
+        elif self.kind == "clever_hans":
             check_shortcuts(self.shortcuts, f"{where}.shortcuts")
             n_classes = None if self.source == "image_folder" else N_SOURCE_CLASSES
             for i, shortcut in enumerate(self.shortcuts):
@@ -228,11 +294,23 @@ class DatasetParams:
         return (self.image_size, self.image_size) if self.source == "image_folder" else (IMAGE_SIZE, IMAGE_SIZE)
 
     @property
+    def n_channels(self) -> int:
+        """Channels of the prepared images: 3 (RGB) except for a gray image_folder dataset."""
+        return self.channels or 3
+
+    @property
     def n_classes(self) -> int | None:
         """Number of classes the dataset's classifier separates; None for an image folder (its folders say)."""
         if self.kind == "colored_mnist":
             return len(self.colormaps)
         return None if self.source == "image_folder" else N_SOURCE_CLASSES
+
+    @property
+    def known_answer(self) -> str | None:
+        """What the classifier is known to rely on: "color", "shortcut", or None (your own images)."""
+        return {"colored_mnist": "color", "clever_hans": "shortcut"}.get(self.kind)
+
+    NO_ANSWER = "no known answer: an image_folder dataset has no planted shortcut or color rule to score against"
 
 
 def default_datasets() -> dict[str, DatasetParams]:

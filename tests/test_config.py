@@ -202,3 +202,39 @@ def test_an_image_folder_dataset_checks_its_shortcuts_against_its_own_image_size
 def test_an_image_folder_entry_that_cannot_work_is_refused(fields, must_name):
     with pytest.raises(ConfigError, match=re.escape(must_name)):
         build(Params, image_folder_entry(**fields))
+
+
+def own_images_entry(**fields):
+    raw = copy.deepcopy(DEFAULTS)
+    raw["datasets"]["mine"] = dict({"kind": "image_folder", "root": "photos", "image_size": 64,
+                                    "classifier": {"torchvision": "resnet18", "weights": "resnet18.pt",
+                                                   "gradcam_layer": "layer4", "features_layer": "avgpool"}}, **fields)
+    return raw
+
+
+def test_your_own_images_and_classifier_take_a_few_lines():
+    entry = build(Params, own_images_entry()).datasets["mine"]
+    assert entry.source == "image_folder" and entry.n_channels == 3 and entry.known_answer is None
+    assert not entry.classifier.trained_here
+    written = to_dict(build(Params, own_images_entry()))["datasets"]
+    assert set(written["mine"]) == {"kind", "source", "root", "image_size", "channels", "classifier"}
+    assert "classifier" not in written["clever_hans"] and "channels" not in written["clever_hans"]
+    gray = build(Params, own_images_entry(channels=1, classifier={"torchvision": "resnet18"})).datasets["mine"]
+    assert gray.n_channels == 1 and gray.classifier.trained_here
+
+
+@pytest.mark.parametrize("fields, must_name", [
+    ({"channels": 2}, "datasets.mine.channels = 2"),
+    ({"source": "mnist"}, "datasets.mine.source = 'mnist'"),
+    ({"root": None}, "datasets.mine.root = None"),
+    ({"classifier": {"weights": "w.pt"}}, "exactly one of torchvision"),
+    ({"classifier": {"torchvision": "resnet18", "torchscript": "m.ts"}}, "exactly one of torchvision"),
+    ({"classifier": {"torchvision": "resnet-18"}}, "datasets.mine.classifier.torchvision = 'resnet-18'"),
+    ({"classifier": {"torchscript": "m.ts", "weights": "w.pt"}}, "a TorchScript file holds its own weights"),
+    ({"classifier": {"torchvision": "resnet18", "mean": [0.5, 0.5, 0.5]}}, "mean and std are given together"),
+    ({"classifier": {"torchvision": "resnet18", "mean": [0.5] * 3, "std": [0.2] * 2}}, "one number per channel"),
+    ({"classifier": {"torchvision": "resnet18", "layer": "fc"}}, "unknown key 'datasets.mine.classifier.layer'"),
+])
+def test_an_own_images_entry_that_cannot_work_is_refused(fields, must_name):
+    with pytest.raises(ConfigError, match=re.escape(must_name)):
+        build(Params, own_images_entry(**fields))

@@ -144,6 +144,8 @@ def test_an_image_folder_loads_resized_rgb_with_its_folder_names_as_classes(tmp_
     assert (small == 200).all()                 # the gray image: three equal channels, resized
     test_images, test_labels, _ = load_image_folder(root, train=False, size=32)
     assert test_images.shape == (6, 3, 32, 32) and np.bincount(test_labels).tolist() == [2, 2, 2]
+    gray, gray_labels, _ = load_image_folder(root, train=True, size=32, channels=1)   # channels: 1
+    assert gray.shape == (13, 1, 32, 32) and (gray_labels == labels).all() and (gray[labels == 1][-1] == 200).all()
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -12,17 +12,22 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from benchmarks.collect_run import matrix_items
 from benchmarks.reproducibility import flatten, merged  # every leaf as a.b.c, as `dvc metrics show` lists them
+from examples.own_images import MEAN, STD, train_resnet18
 from tests.conftest import REPO
 from tests.synthetic_images import write_image_folder
 
 COPIED = ["pipeline", "dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".gitignore"]
 DATASETS = ("colored_mnist", "clever_hans")   # the MNIST datasets, whose known answers the checks below read
 IMAGE_FOLDER = "shapes"                        # a Clever Hans dataset over a generated folder of 64x64 RGB images
-ALL_DATASETS = DATASETS + (IMAGE_FOLDER,)
+OWN = "own"                                    # the same folder as it is, with a torchvision ResNet-18 trained elsewhere
+ALL_DATASETS = DATASETS + (IMAGE_FOLDER, OWN)
+OWN_TRANSFORM = {"mean": MEAN, "std": STD}
+RESNET_LAYERS = {"gradcam_layer": "layer4", "features_layer": "avgpool"}
 
 
 def run(args: list[str], cwd: Path, stdout_only: bool = False) -> str:
@@ -62,7 +67,13 @@ def workspace(tmp_path_factory, request):
     images = write_image_folder(tmp_path_factory.mktemp("images"), n_train=200, n_test=100, size=64)  # >= tiny sizes
     square = dict(params["datasets"]["clever_hans"]["shortcuts"][0], label=2, position=[0, 0], size=20)
     params["datasets"][IMAGE_FOLDER] = {"kind": "clever_hans", "source": "image_folder", "root": str(images),
-                                        "image_size": 64, "shortcuts": [square]}
+                                        "image_size": 64, "shortcuts": [square],   # the stamp test, of your architecture:
+                                        "classifier": {"torchvision": "resnet18", **OWN_TRANSFORM, **RESNET_LAYERS}}
+    weights = tmp_path_factory.mktemp("own") / "resnet18.pt"
+    torch.save(train_resnet18(images).state_dict(), weights)   # a user's classifier, trained by code of its own
+    params["datasets"][OWN] = {"kind": "image_folder", "root": str(images), "image_size": 64,
+                               "classifier": {"torchvision": "resnet18", "weights": str(weights), **OWN_TRANSFORM,
+                                              **RESNET_LAYERS}}
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], ws)
     run(["git", "add", "-A"], ws)
@@ -362,3 +373,64 @@ def test_a_clever_hans_image_folder_runs_the_whole_chain(workspace, first_repro)
         assert (workspace / "metrics" / IMAGE_FOLDER / f"{name}.json").exists(), name
     page = (workspace / "report" / "index.html").read_text()
     assert "Clever Hans images (a planted shortcut): shapes" in page
+
+
+def test_your_own_classifier_on_your_own_images_runs_the_whole_chain(workspace, first_repro):
+    """A folder of 64x64 RGB images in 3 classes with no known answer, and a torchvision ResNet-18 trained elsewhere
+    (a state dict): it is evaluated, not trained; every stage runs with it; what needs an answer or per-epoch weights
+    says why it was skipped; the report leads with what was found."""
+    import numpy as np
+    from torchvision.models import resnet18
+
+    from pipeline.models.classifiers import load_classifier
+
+    ran = stages_run(first_repro)
+    stages = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]
+    assert {f"{name}@{OWN}" for name, stage in stages.items() if "matrix" in stage} <= ran
+    meta = read(workspace, "data", "prepared", OWN, "meta.json")
+    assert meta["kind"] == "image_folder" and meta["class_names"] == ["disk", "plus", "ring"]
+    test = np.load(workspace / "data" / "prepared" / OWN / "test.npz")
+    assert set(test.files) == {"images", "labels"} and test["images"].shape[1:] == (3, 64, 64)
+
+    # The pipeline's classifier computes what the user's network computes on the same images: not retrained.
+    params = yaml.safe_load((workspace / "params.yaml").read_text())["datasets"][OWN]["classifier"]
+    network = resnet18(num_classes=3).eval()
+    network.load_state_dict(torch.load(params["weights"], weights_only=True))
+    x = torch.from_numpy(test["images"][:8]).float() / 255
+    mean, std = (torch.tensor(OWN_TRANSFORM[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        torch.testing.assert_close(load_classifier(workspace / "data" / "models" / OWN / "classifier.pt")(x),
+                                   network((x - mean) / std), rtol=1e-4, atol=1e-4)
+    classifier = read(workspace, "metrics", OWN, "classifier.json")
+    assert set(classifier) == {"test_accuracy"} and 0 <= classifier["test_accuracy"] <= 1
+    assert not list((workspace / "data" / "models" / OWN / "classifier_checkpoints").iterdir())
+
+    attribution = read(workspace, "plots", OWN, "attribute", "details.json")
+    assert attribution["skipped"] == {} and {"deeplift", "guided_backprop", "gradcam"} <= set(attribution["methods"])
+    explain = read(workspace, "plots", OWN, "explain", "details.json")
+    assert explain["skipped_methods"] == {} and "stamped_control" not in explain
+    assert "shortcut_iou" not in read(workspace, "metrics", OWN, "explain.json")
+    assert "false_alarms" not in read(workspace, "metrics", OWN, "discover.json")
+    assert "trained elsewhere" in read(workspace, "plots", OWN, "influence", "details.json")["reason"]
+    assert "no known answer" in read(workspace, "plots", OWN, "dissect", "details.json")["skipped"]
+    assert read(workspace, "metrics", OWN, "dissect.json") == {} and read(workspace, "metrics", OWN, "influence.json") == {}
+    prototypes = read(workspace, "plots", OWN, "prototypes", "details.json")
+    assert "skipped" not in prototypes   # the penultimate features come from the named layer
+    page = (workspace / "report" / "index.html").read_text()
+    assert "Your images (no known answer): own" in page and "Not run:" in page
+
+
+def test_the_stamp_test_trains_your_architecture(workspace, first_repro):
+    """The Clever Hans folder names a torchvision architecture without weights: the pipeline trains it, keeps its
+    per-epoch weights (for TracIn) and finds its final layer and named layers."""
+    from pipeline.models.classifiers import load_classifier, missing_parts
+
+    epochs = yaml.safe_load((workspace / "params.yaml").read_text())["classifier"]["epochs"]
+    checkpoints = workspace / "data" / "models" / IMAGE_FOLDER / "classifier_checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [f"epoch_{k}.pt" for k in range(1, epochs + 1)]
+    last = load_classifier(checkpoints / f"epoch_{epochs}.pt")
+    assert type(last.network).__name__ == "ResNet" and missing_parts(last) == {}
+    details = read(workspace, "plots", IMAGE_FOLDER, "influence", "details.json")
+    assert details.get("n_checkpoints", epochs) == epochs and "trained elsewhere" not in details.get("reason", "")
+    assert read(workspace, "plots", IMAGE_FOLDER, "attribute", "details.json")["skipped"] == {}
+    assert "skipped" not in read(workspace, "plots", IMAGE_FOLDER, "prototypes", "details.json")

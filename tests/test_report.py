@@ -163,6 +163,22 @@ def test_the_verdict_says_when_discovery_could_not_judge_any_class():
     assert "too few explained pairs per class to judge any class" in text and "flags no single region" not in text
 
 
+def test_without_a_known_answer_the_verdict_says_what_was_found_and_what_was_not_run():
+    flagged = {"flagged_classes": ["ring"], "sentences": ["Decisions for class ring hinge on a region of about 8x8 pixels."],
+               "classes": {"ring": {"judged": True}}}
+    skipped = {"dissect": {"skipped": "no concept pixels"}, "explain": {"skipped_methods": {"d_deeplift": "a TorchScript network"}},
+               "influence": {"n_queries": 0, "reason": "trained elsewhere"}, "discover": flagged}
+    run = DatasetRun("mine", "image_folder", metrics={"classifier": {"test_accuracy": 0.8}, "discover": {"n_flagged_classes": 1}},
+                     details=skipped)
+    text = " ".join(verdict(run, {"class_names": ["disk", "ring"]}))
+    assert "80.0 %" in text and "no known answer" in text and "Found without being told: Decisions for class ring" in text
+    assert "network dissection (no concept pixels)" in text and "d_deeplift (a TorchScript network)" in text
+    assert "TracIn (trained elsewhere)" in text and "false alarm" not in text
+    quiet = DatasetRun("mine", "image_folder", metrics={"classifier": {"test_accuracy": 0.8}},
+                       details={"discover": {"flagged_classes": [], "classes": {"ring": {"judged": True}}}})
+    assert "finds no region" in " ".join(verdict(quiet, {})) and "Not run" not in " ".join(verdict(quiet, {}))
+
+
 def test_the_influence_sentence_says_whether_the_stamped_images_support_the_decision():
     details = {"n_queries": 100, "n_train": 60000, "n_checkpoints": 4, "clean_control_precision_at_10": 0.0, "scoring": "normalized"}
     run = DatasetRun("clever_hans", "clever_hans", {"influence": {"proponent_precision_at_10": 0.947, "proponent_base_rate": 0.099}},

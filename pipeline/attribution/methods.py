@@ -15,8 +15,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.attribution.names import ATTRIBUTION_METHODS, NEEDS_CONV_LAYER
+from pipeline.attribution.names import ATTRIBUTION_METHODS, NEEDS_CONV_LAYER, NEEDS_HOOKS
 from pipeline.data.tensors import as_float, batch_slices
+from pipeline.models.classifiers import missing_parts
 
 Explainer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -49,8 +50,11 @@ class Negated(nn.Module):
 
 def skip_reason(name: str, model: nn.Module) -> str | None:
     """Why ``name`` cannot run on ``model`` (None when it can)."""
-    if name in NEEDS_CONV_LAYER and getattr(model, "gradcam_layer", None) is None:
-        return f"{name} needs a convolutional layer; the {type(model).__name__} has none"
+    missing = missing_parts(model)
+    if name in NEEDS_HOOKS and "hooks" in missing:
+        return f"{name} hooks the model's activation modules; {missing['hooks']}"
+    if name in NEEDS_CONV_LAYER and "gradcam_layer" in missing:
+        return f"{name} needs a convolutional layer; {missing['gradcam_layer']}"
     return None
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from pipeline.data.tensors import as_float, batch_slices
-from pipeline.models.classifiers import layer_outputs
+from pipeline.models.classifiers import layer_outputs, set_weights
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class TracIn:
         self.train_factors = [self._factors(c, train_images, train_labels) for c in self.checkpoints]
 
     def _factors(self, checkpoint: Checkpoint, images: torch.Tensor, labels: torch.Tensor) -> GradientFactors:
-        self.model.load_state_dict(checkpoint.state_dict)
+        set_weights(self.model, checkpoint.state_dict)
         return gradient_factors(self.model, self.final_layer, images, labels, self.batch_size)
 
     def scores(self, images: torch.Tensor, labels: torch.Tensor, normalize: bool = True) -> torch.Tensor:

@@ -134,11 +134,11 @@ def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-def load_image_folder(root: str | Path, train: bool, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """RGB images (N x 3 x size x size uint8), labels and class names of ``<root>/train`` or ``<root>/test``.
+def load_image_folder(root: str | Path, train: bool, size: int, channels: int = 3) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images (N x channels x size x size uint8), labels and class names of ``<root>/train`` or ``<root>/test``.
 
     Each class is a subfolder (its name is the class name, sorted as torchvision's ``ImageFolder`` sorts them);
-    every image is converted to RGB and resized to ``size`` x ``size`` (bilinear). The test split must have
+    every image is converted to RGB (``channels`` 3) or gray (1) and resized to ``size`` x ``size`` (bilinear). The test split must have
     the same classes as the training split: the error names what differs.
     """
     from PIL import Image, UnidentifiedImageError
@@ -158,12 +158,15 @@ def load_image_folder(root: str | Path, train: bool, size: int) -> tuple[np.ndar
         if trained != folder.classes:
             raise InputError(f"{split} has the classes {folder.classes} but {Path(root) / 'train'} has {trained}; "
                              "both splits need the same class folders")
-    images = np.empty((len(folder.samples), 3, size, size), dtype=np.uint8)
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (gray) or 3 (RGB), not {channels!r}")
+    images = np.empty((len(folder.samples), channels, size, size), dtype=np.uint8)
     for i, (path, _) in enumerate(folder.samples):
         try:
             with Image.open(path) as image:
-                resized = image.convert("RGB").resize((size, size), Image.BILINEAR)
+                resized = image.convert("RGB" if channels == 3 else "L").resize((size, size), Image.BILINEAR)
         except (UnidentifiedImageError, OSError) as err:
             raise InputError(f"{path} cannot be read as an image ({err}); remove or replace it") from None
-        images[i] = np.asarray(resized).transpose(2, 0, 1)
+        pixels = np.asarray(resized)
+        images[i] = pixels.transpose(2, 0, 1) if channels == 3 else pixels[None]
     return images, np.array(folder.targets, dtype=np.int64), list(folder.classes)

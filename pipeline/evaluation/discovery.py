@@ -187,7 +187,7 @@ def discover(masks: torch.Tensor, targets: torch.Tensor, n_classes: int, setting
         raise ValueError(f"masks must be [N, H, W] with one target per mask; got {tuple(masks.shape)} and {len(targets)} targets")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     n, height, width = masks.shape
-    flat = masks.reshape(n, -1).bool()
+    flat = masks.reshape(n, height * width).bool()
     enrichment, frequency, counts = enrichment_of(flat, targets, n_classes)
     null = permutation_max_enrichment(flat, targets, n_classes, settings.n_permutations, generator) if n else \
         torch.zeros(settings.n_permutations, n_classes)
@@ -283,7 +283,8 @@ def chosen_method(arrays: dict, setting: str) -> str:
             raise InputError(f"discover.method = {setting!r} was not run by explain (it ran {', '.join(methods)}); "
                              f"add it to explain.methods or use 'auto'")
         return setting
-    scored = [(float(np.median(arrays[f"{m}_score"])), m) for m in methods if is_discriminative(m) and len(arrays[f"{m}_score"])]
+    scored = [(float(np.median(arrays[f"{m}_score"])), m) for m in methods
+              if is_discriminative(m) and len(arrays.get(f"{m}_score", ()))]
     if not scored:
         return next((m for m in methods if is_discriminative(m)), methods[0])
     return max(scored)[1]

@@ -101,7 +101,12 @@ def colored_mnist_metrics(table: pd.DataFrame, candidates: np.ndarray, train: di
 
 def by_rank(table: pd.DataFrame, figures: dict, shortcut_labels: list[int]) -> pd.DataFrame:
     """Per proponent rank, over all queries: Clever Hans the share of stamped shortcut-class images (beside the base
-    rate), colored MNIST the mean colormap-position gap to the query (beside the class's)."""
+    rate), colored MNIST the mean colormap-position gap to the query (beside the class's); without a known answer,
+    the share of proponents of the query's class and the mean score."""
+    if "stamped" not in table and "position" not in table:
+        same = (table["train_class"] == table["query_class"]).groupby(table["rank"]).mean()
+        return pd.DataFrame({"rank": same.index.to_numpy(), "same_class_share": same.to_numpy(),
+                             "mean_score": table["score"].groupby(table["rank"]).mean().to_numpy()})
     if "stamped" in table:
         hits = stamped_shortcut(table, shortcut_labels)
         return pd.DataFrame({"rank": sorted(table["rank"].unique()), "stamped_share": hits.groupby(table["rank"]).mean().to_numpy(),
@@ -123,7 +128,8 @@ def proponents_figure(table: pd.DataFrame, queries: dict, train: dict, class_nam
         truth = class_names[int(queries["true"][q])] + (f" s={first['query_position']:.2f}" if "query_position" in first else "")
         titles.append(f"test {int(first['test_index'])}: {truth}\nexplained as {class_names[int(first['query_class'])]}")
         for _, p in group.iterrows():
-            note = f"s={p['position']:.2f}" if "position" in p else ("stamped" if p["stamped"] else "clean")
+            note = f"s={p['position']:.2f}" if "position" in p else \
+                ("stamped" if p["stamped"] else "clean") if "stamped" in p else ""
             images.append(train["images"][int(p["train_index"])])
             titles.append(f"#{int(p['rank'])} {class_names[int(p['train_class'])]} {note}\nscore {p['score']:.3g}")
     return image_grid(np.stack(images), titles, ncols=k + 1,

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.models.external import (TORCHSCRIPT, TORCHVISION, ExternalClassifier, build_external, load_weights,
+                                       network_state, read_state_dict)
 from pipeline.storage import load_checkpoint, save_checkpoint
 
 # The input shape of checkpoints (and configs) written before configs recorded "input_shape": they were all
@@ -182,10 +184,13 @@ class ResNetClassifier(nn.Module):
 CLASSIFIERS = {"cnn": CNNClassifier, "dense": DenseClassifier, "resnet": ResNetClassifier}
 
 
-def build_classifier(config: dict) -> nn.Module:
+def build_classifier(config: dict, torchscript: bytes | None = None) -> nn.Module:
     """``config``: {"architecture": "cnn"|"dense"|"resnet", "n_classes": int, "width": int,
     "input_shape": (channels, height, width)}; a config without "input_shape" (written before configs
-    recorded it) is for ``LEGACY_INPUT_SHAPE``, 3 x 28 x 28."""
+    recorded it) is for ``LEGACY_INPUT_SHAPE``, 3 x 28 x 28. Architecture "torchvision" or "torchscript":
+    a network of your own (:func:`~pipeline.models.external.build_external`; ``torchscript`` holds the file)."""
+    if config["architecture"] in (TORCHVISION, TORCHSCRIPT):
+        return build_external(config, torchscript)
     return CLASSIFIERS[config["architecture"]](n_classes=config["n_classes"], width=config["width"],
                                                input_shape=config.get("input_shape", LEGACY_INPUT_SHAPE))
 
@@ -203,7 +208,9 @@ def build_seeded_classifier(config: dict, seed: int) -> nn.Module:
 
 def save_model(path: str | Path, model: nn.Module, config: dict, **extra) -> None:
     """Write ``model``'s weights with the ``config`` that rebuilds it (``build_classifier``). A config without
-    "input_shape" gets the model's, when the model records one; a config that names another shape is refused."""
+    "input_shape" gets the model's, when the model records one; a config that names another shape is refused.
+    A network of your own is saved as its architecture saves it (a TorchScript one also needs ``torchscript=``
+    the file's bytes in ``extra``)."""
     if hasattr(model, "input_shape"):
         shape = tuple(model.input_shape)
         if "input_shape" not in config:
@@ -211,7 +218,10 @@ def save_model(path: str | Path, model: nn.Module, config: dict, **extra) -> Non
         elif tuple(config["input_shape"]) != shape:
             raise ValueError(f"the config says input_shape {tuple(config['input_shape'])} but the model was built "
                              f"for {shape}")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if isinstance(model, ExternalClassifier):
+        state = network_state(model)
+    else:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_checkpoint(path, {"config": config, "state_dict": state, **extra})
 
 
@@ -219,9 +229,50 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu", made_b
     """Rebuild a classifier from its checkpoint, in eval mode, parameters frozen (a checkpoint written before
     configs recorded "input_shape" is for 3 x 28 x 28 images: see ``build_classifier``)."""
     checkpoint = load_checkpoint(path, made_by=made_by)
-    model = build_classifier(checkpoint["config"])
-    model.load_state_dict(checkpoint["state_dict"])
+    model = build_classifier(checkpoint["config"], checkpoint.get("torchscript"))
+    set_weights(model, checkpoint["state_dict"])
     return frozen(model, device)
+
+
+def set_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load weights that ``save_model`` wrote (a network of your own: its architecture's own state dict)."""
+    (model.network if isinstance(model, ExternalClassifier) else model).load_state_dict(state)
+
+
+def classifier_from_file(config: dict, path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """A trained network of your own (``config``: architecture "torchvision" with ``path`` its state dict, or
+    "torchscript" with ``path`` the file), in eval mode on ``device``, checked to give one score per class; and
+    what ``save_model`` must keep with it. Raises FileNotFoundError, or ValueError saying what does not fit."""
+    extra = {}
+    if config["architecture"] == TORCHSCRIPT:
+        extra["torchscript"] = Path(path).read_bytes()
+        model = build_classifier(config, extra["torchscript"])
+    else:
+        if not Path(path).is_file():
+            raise FileNotFoundError(path)
+        model = build_classifier(config)
+        load_weights(model, read_state_dict(path), str(path))
+    model = frozen(model, device)
+    with torch.no_grad():
+        outputs = tuple(model(torch.zeros(2, *config["input_shape"], device=device)).shape)
+    if outputs != (2, config["n_classes"]):
+        raise ValueError(f"{path} gives outputs of shape {outputs[1:]} per image; the dataset has "
+                         f"{config['n_classes']} classes, so one score per class is needed")
+    return model, extra
+
+
+def missing_parts(model: nn.Module) -> dict[str, str]:
+    """What ``model`` cannot offer to the methods that need its inside, and why: "hooks" (DeepLift, guided
+    backpropagation), "gradcam_layer" (Grad-CAM), "embed" (penultimate features), "head" (TracIn)."""
+    if isinstance(model, ExternalClassifier):
+        return model.missing_parts()
+    missing = {}
+    if getattr(model, "gradcam_layer", None) is None:
+        missing["gradcam_layer"] = f"the {type(model).__name__} has no convolution"
+    for part in ("embed", "head"):
+        if getattr(model, part, None) is None:
+            missing[part] = f"the {type(model).__name__} has no {part}"
+    return missing
 
 
 def frozen(model: nn.Module, device: torch.device | str) -> nn.Module:

@@ -16,7 +16,8 @@ def title(run: DatasetRun, meta: dict) -> str:
     """"Clever Hans MNIST (a planted shortcut)"; a dataset named other than its kind adds its name."""
     source = SOURCE_NAMES.get(meta.get("source"), meta.get("source", ""))
     text = {"colored_mnist": f"Colored {source} (the class is the colormap)",
-            "clever_hans": f"Clever Hans {source} (a planted shortcut)"}[run.kind]
+            "clever_hans": f"Clever Hans {source} (a planted shortcut)",
+            "image_folder": "Your images (no known answer)"}[run.kind]
     return text if run.dataset == run.kind else f"{text}: {run.dataset}"
 
 

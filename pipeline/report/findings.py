@@ -47,6 +47,8 @@ def verdict(run: DatasetRun, meta: dict) -> list[str]:
             else:
                 lines.append("Not found without being told: the discovery stage flags no region in the shortcut's class"
                              + (f" (false alarms: {', '.join(flagged)})." if flagged else "."))
+    elif run.kind == "image_folder":
+        lines += own_images_verdict(run, flagged)
     else:
         rule = run.detail("explain").get("color_rule") or {}
         text = f"The classifier tells the colormaps apart ({pct(classifier.get('test_accuracy'))} test accuracy)"
@@ -65,12 +67,47 @@ def verdict(run: DatasetRun, meta: dict) -> list[str]:
     return lines
 
 
+def own_images_verdict(run: DatasetRun, flagged: list[str] | None) -> list[str]:
+    """Your own images: no answer to score against, so the verdict says what was found and what could not be run."""
+    accuracy = run.metric("classifier").get("test_accuracy")
+    lines = [f"The classifier is right on {pct(accuracy)} of the test images. These images carry no known answer, so "
+             "no explanation below is scored against one: they say what the classifier does, not whether it is right to."]
+    sentences = run.detail("discover").get("sentences") or []
+    if flagged:
+        lines.append("Found without being told: " + " ".join(sentences) + " Check those regions in the pictures: a region "
+                     "that decides a class on its own is a candidate shortcut.")
+    elif flagged is not None:
+        lines.append("The discovery stage finds no region that recurs in one class's explanations and decides it on its own.")
+    skipped = skipped_parts(run)
+    if skipped:
+        lines.append("Not run: " + "; ".join(f"{what} ({why})" for what, why in skipped.items()) + ".")
+    return lines
+
+
+def skipped_parts(run: DatasetRun) -> dict[str, str]:
+    """{what was skipped: why}, gathered from the stages' details."""
+    skipped = {}
+    for stage_name, label in (("dissect", "network dissection"), ("prototypes", "prototypes and criticisms")):
+        if run.detail(stage_name).get("skipped"):
+            skipped[label] = run.detail(stage_name)["skipped"]
+    influence = run.detail("influence")
+    if influence.get("n_queries") == 0 and influence.get("reason"):
+        skipped["TracIn"] = influence["reason"]
+    for stage_name in ("attribute", "explain"):
+        for method, why in (run.detail(stage_name).get("skipped" if stage_name == "attribute" else "skipped_methods") or {}).items():
+            skipped.setdefault(method, why)
+    return skipped
+
+
 def shortcut_classes(run: DatasetRun) -> set[str]:
     return {str(key).split("_", 1)[0] for key in run.detail("train_classifier").get("shortcut_reliance_per_class", {})}
 
 
 def classifier_findings(run: DatasetRun, meta: dict) -> list[str]:
     m, d = run.metric("classifier"), run.detail("train_classifier")
+    if run.kind == "image_folder":
+        return [f"On the {len(meta['class_names'])} classes ({', '.join(meta['class_names'])}) the classifier is right on "
+                f"{pct(m.get('test_accuracy'))} of the test images."]
     if run.kind == "colored_mnist":
         return [f"The classifier tells the {len(meta['class_names'])} colormaps ({', '.join(meta['class_names'])}) apart "
                 f"with {pct(m['test_accuracy'])} test accuracy; the digit shape carries no information about the class."]
@@ -111,7 +148,7 @@ def attribution_findings(run: DatasetRun) -> list[str]:
                      f"(rank correlation {methods[ranked[0]]['randomization_spearman']:.2f}), {ranked[-1]} least "
                      f"({methods[ranked[-1]]['randomization_spearman']:.2f}): a map that survives randomisation explains the input, not the model.")
     seg = d.get("gradcam_segmentation") or {}
-    if known(seg.get("best_iou")):
+    if known(seg.get("best_iou")) and run.kind != "image_folder":  # the foreground of your images is not known
         lines.append(f"Thresholding Grad-CAM at {seg['best_threshold']:.2f} segments the foreground (the digit, the object) with IoU {seg['best_iou']:.2f}.")
     return lines
 
@@ -370,7 +407,7 @@ def prototypes_findings(run: DatasetRun) -> list[str]:
 def influence_findings(run: DatasetRun) -> list[str]:
     """TracIn: are the training images that support a decision the ones the known answer names?"""
     m = {**run.detail("influence"), **run.metric("influence")}
-    if not known(m.get("n_queries")):
+    if not known(m.get("n_queries")) or not m["n_queries"]:
         return []
     compared = "by the cosine of" if m.get("scoring") == "normalized" else "by the dot product of"
     intro = (f"TracIn traces {m['n_queries']} test decisions back to {m['n_train']} training images through the classifier's "

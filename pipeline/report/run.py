@@ -27,7 +27,7 @@ class DatasetRun:
     """One dataset's results as the report reads them: metrics, details and pictures per stage."""
 
     dataset: str                                             # its name under `datasets` in params.yaml
-    kind: str                                                # colored_mnist | clever_hans: what its known answer is
+    kind: str                                                # colored_mnist | clever_hans | image_folder (none)
     metrics: dict[str, dict] = field(default_factory=dict)   # metrics file name -> headline figures
     details: dict[str, dict] = field(default_factory=dict)   # stage -> plots/<D>/<stage>/details.json
     pictures: dict[str, list[Path]] = field(default_factory=dict)  # stage -> PNG files

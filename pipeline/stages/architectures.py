@@ -55,7 +55,9 @@ def image_sets(test: dict, n_images: int, rng) -> dict:
 
 
 def known_answer_scores(models: dict, sets: dict, maps: dict, ctx, class_names: list[str], batch_size: int) -> dict:
-    """{score: {architecture: {method: value}}}; the first score is the headline one."""
+    """{score: {architecture: {method: value}}}; the first score is the headline one. None without a known answer."""
+    if ctx.entry.known_answer is None:
+        return {}
     if "stamped" not in sets:
         channel_std = colormap_channel_std(ctx.entry.colormaps)
         return {"colormap_alignment": colormap_alignment(maps["sample"], sets["sample"]["targets"], class_names, channel_std)}
@@ -120,20 +122,22 @@ def main(argv: list[str] | None = None) -> None:
         for a, reasons in skipped.items():
             log(dataset, f"{a}: skipping " + "; ".join(f"{m} ({why})" for m, why in reasons.items()))
         scores = known_answer_scores(models, sets, maps, ctx, meta["class_names"], cfg.internal_batch_size)
-        headline = next(iter(scores))
-        means, shared = mean_over_shared_methods(scores[headline])
+        headline = next(iter(scores), None)
+        means, shared = mean_over_shared_methods(scores[headline]) if headline else ({}, [])
 
         metrics, per_architecture = {}, {}
         for a in names:
             measured = {k: evaluations[a].metrics[k] for k in ("test_accuracy", "shortcut_reliance") if k in evaluations[a].metrics}
-            metrics.update({f"{k}_{a}": v for k, v in measured.items()} | {f"{headline}_{a}": means[a]})
-            per_architecture[a] = evaluations[a].metrics | {headline: means[a], "final_train_loss": histories[a][-1]["train_loss"],
+            scored = {f"{headline}_{a}": means[a]} if headline else {}
+            metrics.update({f"{k}_{a}": v for k, v in measured.items()} | scored)
+            per_architecture[a] = evaluations[a].metrics | {k[: -len(a) - 1]: v for k, v in scored.items()} | {"final_train_loss": histories[a][-1]["train_loss"],
                                                             "parameters": sum(p.numel() for p in models[a].parameters())}
         details = {"epochs": training.epochs, "n_train_images": len(train_split["labels"]), "methods": list(cfg.methods),
                    "n_images": {k: len(s["targets"]) for k, s in sets.items()}, "headline_score": headline,
                    "headline_methods": shared, "skipped": skipped, "architectures": per_architecture, **scores,
                    **{("rank_correlation" if k == "sample" else f"rank_correlation_{k}"): c for k, c in correlations.items()},
-                   "evaluation": {a: e.details for a, e in evaluations.items()}, "history": histories}
+                   "evaluation": {a: e.details for a, e in evaluations.items()}, "history": histories,
+                   **({} if headline else {"skipped_scores": ctx.entry.NO_ANSWER})}
         if "stamped" in sets:   # what a map spread evenly over the image puts on the shortcut
             details["shortcut_area_fraction"] = sets["stamped"]["masks"].float().mean().item()
         write_json(paths.metrics_path(dataset, STAGE), metrics)

@@ -24,7 +24,7 @@ from pipeline.data.tensors import subsample
 from pipeline.prepared import load_meta, load_prepared
 from pipeline.evaluation.dissection import (DissectionOptions, best_units, dissect, iou_ceiling, layer_summary,
                                  top_images, unit_masks, units_figure)
-from pipeline.models.classifiers import conv_layers, load_classifier
+from pipeline.models.classifiers import conv_layers, load_classifier, missing_parts
 from pipeline.plotting import placeholder_figure
 from pipeline.runtime import StageContext, stage
 from pipeline.storage import save_figure, write_csv, write_json
@@ -110,9 +110,10 @@ def picture(model, images: torch.Tensor, concepts: torch.Tensor, result, best: d
 
 
 def skip(dataset: str, kind: str, concepts: list[str], reason: str) -> None:
-    """Outputs that say why nothing was dissected: no unit detects anything, no best IoU."""
-    answer = "shortcut" if kind == "clever_hans" else "color"
-    write_json(paths.metrics_path(dataset, "dissect"), {f"{answer}_units": 0, f"best_{answer}_unit_iou": None, "best_digit_unit_iou": None})
+    """Outputs that say why nothing was dissected: no unit detects anything, no best IoU (no known answer: no figure)."""
+    answer = {"clever_hans": "shortcut", "colored_mnist": "color"}.get(kind)
+    write_json(paths.metrics_path(dataset, "dissect"), {f"{answer}_units": 0, f"best_{answer}_unit_iou": None,
+                                                        "best_digit_unit_iou": None} if answer else {})
     out = paths.plots_dir(dataset, "dissect")
     write_json(out / "details.json", {"skipped": reason})
     write_csv(out / "units.csv", pd.DataFrame(columns=["unit", "layer", "channel"] + [f"iou_{c}" for c in concepts]))
@@ -124,10 +125,15 @@ def skip(dataset: str, kind: str, concepts: list[str], reason: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     with stage("dissect", argv) as ctx:
         cfg = ctx.params.dissect
+        if ctx.entry.known_answer is None:  # the concepts a unit may detect are the known answer's pixels
+            return skip(ctx.dataset, ctx.kind, [], "dissection scores units against the pixels of known concepts, and "
+                                                   "an image_folder dataset has no known answer")
         meta = load_meta(ctx.dataset)
         test = load_prepared(ctx.dataset, "test")
         images, concepts, names, sample = sample_and_concepts(ctx, test, meta["class_names"])
         model = load_classifier(paths.classifier_path(ctx.dataset), ctx.device)
+        if "hooks" in missing_parts(model):
+            return skip(ctx.dataset, ctx.kind, names, missing_parts(model)["hooks"])
         if not conv_layers(model):
             return skip(ctx.dataset, ctx.kind, names, "the classifier has no convolution (classifier.architecture: dense)")
         options = DissectionOptions(cfg.quantile, cfg.iou_threshold, cfg.activation, cfg.batch_size)

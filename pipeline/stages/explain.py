@@ -14,6 +14,7 @@ pair, of the control pairs and of the color rule goes to ``plots/<D>/explain/det
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -22,6 +23,7 @@ import torch
 
 from pipeline import paths
 from pipeline.attribution.discriminative import MaskSettings, size_grid
+from pipeline.attribution.methods import skip_reason
 from pipeline.config import ExplainParams
 from pipeline.data.tensors import to_float, to_uint8
 from pipeline.evaluation.explanation_plots import plot_color_rule, plot_curves, plot_scores, plot_shortcut_overlap, save_gallery
@@ -30,9 +32,10 @@ from pipeline.evaluation.explanations import (NAN, ExplainOptions, Pairs, best_d
                                               explain_every_method, headline_metrics, shortcut_overlap_frame, shortcut_table,
                                               shortcut_truth, stamped_control)
 from pipeline.models.classifiers import load_classifier
+from pipeline.plotting import placeholder_figure
 from pipeline.prepared import load_meta, load_prepared
 from pipeline.runtime import stage
-from pipeline.storage import InputError, load_arrays, save_arrays, write_csv, write_json
+from pipeline.storage import InputError, load_arrays, save_arrays, save_figure, write_csv, write_json
 
 CONTRACT_KEYS = ("real", "counterfactual", "counterfactual_latent", "image_index", "source", "target",
                  "predicted", "target_probability", "predicted_latent", "target_probability_latent")
@@ -82,10 +85,12 @@ def write_shortcut_overlap(methods: list[str], per_method: dict, control: dict, 
 def main(argv: list[str] | None = None) -> None:
     with stage("explain", argv) as ctx:
         cfg = ctx.params.explain
-        options = explain_options(cfg)
         meta = load_meta(ctx.dataset)
         class_names = meta["class_names"]
         model = load_classifier(paths.classifier_path(ctx.dataset), ctx.device)
+        skipped = {m: why for m in cfg.methods if (why := skip_reason(m, model))}
+        methods = [m for m in cfg.methods if m not in skipped]
+        options = dataclasses.replace(explain_options(cfg), methods=tuple(methods))
         test = load_prepared(ctx.dataset, "test", ctx.device)
         pairs = load_pairs(ctx.dataset, cfg, ctx.device, ctx.rng("pairs"))
         n_kept = len(pairs.target)
@@ -105,12 +110,12 @@ def main(argv: list[str] | None = None) -> None:
         else:  # nothing to explain: keep every key, with null values, so downstream reads still work
             print(f"[explain@{ctx.dataset}] warning: no counterfactual reaches its target class; nothing to score",
                   file=sys.stderr)
-            per_method, results, arrays = empty_method_entries(cfg.methods, truth), {}, {}
+            per_method, results, arrays = empty_method_entries(methods, truth), {}, {}
         best = best_discriminative(per_method)
 
         details: dict = {"n_pairs": pairs.n_pairs, "n_pairs_reaching_target": pairs.n_reaching_target, "n_pairs_kept": n_kept,
                          "counterfactual": cfg.counterfactual, "score_convention": cfg.score_convention,
-                         "best_discriminative_method": best, "methods": per_method}
+                         "best_discriminative_method": best, "methods": per_method, "skipped_methods": skipped}
         control = None
         if "shortcut" in truth:
             control = (stamped_control(model, test, options, settings, grid, generator, ctx.rng("control-pairs"))
@@ -126,12 +131,12 @@ def main(argv: list[str] | None = None) -> None:
 
         out = paths.plots_dir(ctx.dataset, "explain")
         grid_host = grid.cpu().numpy()
-        quartiles, score_frame = curve_and_score_summaries(cfg.methods, results, len(grid_host))
+        quartiles, score_frame = curve_and_score_summaries(methods, results, len(grid_host))
         write_csv(out / "curves.csv", curve_table(grid_host, quartiles))
         write_csv(out / "scores.csv", score_frame)
         plot_curves(grid_host, quartiles, ctx.dataset, out / "curves.png")
         plot_scores(score_frame, ctx.dataset, out / "scores.png")
-        gallery_method = best or cfg.methods[0]
+        gallery_method = best or methods[0]
         if n_kept:
             maps, scores = results[gallery_method]
             save_gallery(model, pairs, gallery_method, maps, scores, settings, class_names, cfg.gallery_top_k,
@@ -141,15 +146,18 @@ def main(argv: list[str] | None = None) -> None:
         if "digit" in truth:
             write_color_rule(color_frame, class_names, ctx.dataset, out)
         elif control is not None:
-            write_shortcut_overlap(cfg.methods, per_method, control, ctx.dataset, out)
+            write_shortcut_overlap(methods, per_method, control, ctx.dataset, out)
+        else:   # your own images: nothing to score against
+            (out / "known_answer").mkdir(parents=True, exist_ok=True)
+            save_figure(placeholder_figure(f"{ctx.dataset}: {ctx.entry.NO_ANSWER}"), out / "known_answer.png")
 
         source, target = pairs.source.cpu().numpy(), pairs.target.cpu().numpy()
         save_arrays(explanations_dir(ctx.dataset) / "explanations.npz", image_index=pairs.image_index.cpu().numpy(),
-                    source=source, target=target, methods=np.array(cfg.methods), size_grid=grid_host, **arrays)
+                    source=source, target=target, methods=np.array(methods), size_grid=grid_host, **arrays)
         write_json(out / "details.json", details)
         write_json(paths.metrics_path(ctx.dataset, "explain"), metrics)
-        ctx.timer.images = n_kept * len(cfg.methods) * (cfg.n_thresholds + 1)
-        ranking = ", ".join(f"{m} {per_method[m]['median_score']:.3f}" for m in cfg.methods)
+        ctx.timer.images = n_kept * len(methods) * (cfg.n_thresholds + 1)
+        ranking = ", ".join(f"{m} {per_method[m]['median_score']:.3f}" for m in methods)
         extra = f"; shortcut IoU ({best}) {metrics['shortcut_iou']:.3f}" if control is not None and best else ""
         print(f"[explain@{ctx.dataset}] {n_kept}/{pairs.n_pairs} pairs kept; median scores: {ranking}{extra}", file=sys.stderr)
 

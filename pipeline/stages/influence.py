@@ -13,6 +13,8 @@ known answer:
 - Colored MNIST: the class is the colormap and an image's color its position along it, so a proponent should
   sit near the query on its colormap: ``proponent_position_gap`` (mean |position difference| to the first 10
   proponents) against ``class_position_gap`` (the same to every sampled training image of the predicted class).
+- Your own images (no known answer): seeded test images for their predicted class; nothing is scored, the
+  proponents are shown. A classifier trained elsewhere has no per-epoch weights: the stage says so and skips.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from pipeline.config import PRECISION_AT, InfluenceParams
 from pipeline.data.tensors import subsample
 from pipeline.evaluation.influence import (by_rank, clever_hans_metrics, clever_hans_queries, colored_mnist_metrics,
                                            colored_mnist_queries, precision_at, proponent_table, proponents_figure)
-from pipeline.models.classifiers import load_classifier
+from pipeline.models.classifiers import load_classifier, missing_parts
 from pipeline.plotting import placeholder_figure
 from pipeline.prepared import load_meta, load_prepared
 from pipeline.runtime import stage
@@ -43,19 +45,19 @@ def log(dataset: str, message: str) -> None:
     print(f"[{STAGE}@{dataset}] {message}", file=sys.stderr)
 
 
-def load_checkpoints(dataset: str) -> list[Checkpoint]:
-    """Every epoch's weights and mean learning rate, in epoch order."""
+def load_checkpoints(dataset: str, own) -> list[Checkpoint]:
+    """Every epoch's weights and mean learning rate, in epoch order (none for a classifier trained elsewhere)."""
     files = sorted(paths.classifier_checkpoint_dir(dataset).glob("epoch_*.pt"), key=lambda f: int(f.stem.split("_")[1]))
-    if not files:
+    if not files and (own is None or own.trained_here):
         raise InputError(f"{paths.classifier_checkpoint_dir(dataset)} holds no epoch_<k>.pt; run `dvc repro train_classifier@{dataset}`")
     loaded = [load_checkpoint(f, made_by=f"train_classifier@{dataset}") for f in files]
     return [Checkpoint(c["state_dict"], float(c["learning_rate"])) for c in loaded]
 
 
-def no_queries(ctx, is_clever_hans: bool, n_train: int) -> None:
-    """Every output, saying that no test image qualified (the stamp moves none into its class)."""
-    reason = "the stamp moves no test image of another class into the shortcut's class"
-    keys = HEADLINE[:2] if is_clever_hans else HEADLINE[2:]
+def no_queries(ctx, is_clever_hans: bool, n_train: int,
+               reason: str = "the stamp moves no test image of another class into the shortcut's class") -> None:
+    """Every output, saying that no test image qualified (the stamp moves none into its class), or why none was traced."""
+    keys = HEADLINE[:2] if is_clever_hans else HEADLINE[2:] if ctx.entry.known_answer else ()
     write_json(paths.metrics_path(ctx.dataset, STAGE), dict.fromkeys(keys))
     write_json(paths.plots_dir(ctx.dataset, STAGE) / "details.json", {"n_queries": 0, "n_train": n_train, "reason": reason})
     write_csv(paths.plots_dir(ctx.dataset, STAGE) / "proponents.csv", pd.DataFrame(columns=["query", "rank", "score"]))
@@ -70,10 +72,14 @@ def run(ctx, cfg: InfluenceParams) -> None:
     test = load_prepared(ctx.dataset, "test", ctx.device)
     test_positions = {"positions": test["positions"].cpu().numpy()} if "positions" in test else {}
     classifier = load_classifier(paths.classifier_path(ctx.dataset), ctx.device)
-    checkpoints = load_checkpoints(ctx.dataset)
+    checkpoints = load_checkpoints(ctx.dataset, ctx.entry.classifier)
     rng = ctx.rng("sample")
     candidates = subsample(len(train["labels"]), cfg.n_train, rng)
     is_clever_hans = "shortcut_images" in test
+    if not checkpoints or "head" in missing_parts(classifier):
+        reason = missing_parts(classifier).get("head", "TracIn needs the weights after every training epoch, and a "
+                                               "classifier trained elsewhere comes without them")
+        return no_queries(ctx, is_clever_hans, len(candidates), reason)
     shortcut_labels = sorted({s["label"] for s in meta["shortcuts"]}) if is_clever_hans else []
     queries = (clever_hans_queries if is_clever_hans else colored_mnist_queries)(classifier, test, cfg.n_test, rng)
     if len(queries["images"]) == 0:
@@ -89,7 +95,9 @@ def run(ctx, cfg: InfluenceParams) -> None:
 
     table, other = traced(queries), traced(queries, not cfg.normalize)   # the other scoring, for comparison
     scoring = {True: "normalized", False: "unnormalized"}
-    if is_clever_hans:
+    if ctx.entry.known_answer is None:
+        figures = {"skipped_scores": ctx.entry.NO_ANSWER}
+    elif is_clever_hans:
         figures = clever_hans_metrics(table, traced(queries["control"]), candidates, train, shortcut_labels, PRECISION_AT)
         figures[f"{scoring[not cfg.normalize]}_precision_at_10"] = precision_at(other, PRECISION_AT, shortcut_labels)
     else:

@@ -1,4 +1,5 @@
-"""Stage ``prepare@<dataset>``: build colored MNIST or Clever Hans MNIST from the source digits."""
+"""Stage ``prepare@<dataset>``: build colored MNIST or Clever Hans MNIST from the source digits, or read your
+own image folder as it is (kind ``image_folder``: no known answer)."""
 from __future__ import annotations
 
 import sys
@@ -23,9 +24,10 @@ SOURCE_CLASS_NAMES = {
 
 def load_split(params: Params, entry: DatasetParams, train: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Images, labels and class names of one split of the entry's source, cut to ``data.train_size`` /
-    ``data.test_size`` (a seeded subset). MNIST-like sources: gray N x H x W; an image folder: RGB N x 3 x H x W."""
+    ``data.test_size`` (a seeded subset). MNIST-like sources: gray N x H x W; an image folder: N x C x H x W
+    (RGB, or gray for an image_folder dataset of 1 channel)."""
     if entry.source == "image_folder":
-        images, labels, class_names = load_image_folder(entry.root, train, entry.image_size)
+        images, labels, class_names = load_image_folder(entry.root, train, entry.image_size, entry.n_channels)
         root = entry.root
     else:
         images, labels = load_source(entry.source, params.data.root, train=train, download=params.data.download)
@@ -80,9 +82,18 @@ def build_clever_hans(params: Params, name: str, rng: np.random.Generator) -> tu
     return train, test, meta
 
 
+def build_image_folder(params: Params, name: str, rng: np.random.Generator) -> tuple[dict, dict, dict]:
+    entry = params.datasets[name]
+    train_images, train_labels, class_names = load_split(params, entry, True, rng)
+    test_images, test_labels, _ = load_split(params, entry, False, rng)
+    meta = {"class_names": list(class_names), "n_classes": len(class_names), "class_is": "class"}
+    return {"images": train_images, "labels": train_labels}, {"images": test_images, "labels": test_labels}, meta
+
+
 def main(argv: list[str] | None = None) -> None:
     with stage("prepare", argv) as ctx:
-        build = {"colored_mnist": build_colored_mnist, "clever_hans": build_clever_hans}[ctx.kind]
+        build = {"colored_mnist": build_colored_mnist, "clever_hans": build_clever_hans,
+                 "image_folder": build_image_folder}[ctx.kind]
         train, test, meta = build(ctx.params, ctx.dataset, ctx.rng())
         meta.update(dataset=ctx.dataset, kind=ctx.kind, source=ctx.entry.source, n_train=len(train["labels"]), n_test=len(test["labels"]))
         out = paths.prepared_dir(ctx.dataset)
@@ -105,7 +116,7 @@ def save_examples(dataset: str, train: dict, meta: dict, per_class: int = 6) -> 
         title = names[train["labels"][i]]
         if meta["kind"] == "colored_mnist":
             title += f"\ndigit {train['digits'][i]}"
-        elif train["stamped"][i].any():
+        elif "stamped" in train and train["stamped"][i].any():
             title += "\n(shortcut)"
         titles.append(title)
     fig = image_grid(train["images"][index], titles, ncols=per_class * 2 if meta["kind"] == "colored_mnist" else per_class,

@@ -16,8 +16,8 @@ from pipeline import paths
 from pipeline.config import PrototypesParams
 from pipeline.prepared import load_meta, load_prepared
 from pipeline.models.inference import embed_images
-from pipeline.models.classifiers import load_classifier
-from pipeline.plotting import image_grid
+from pipeline.models.classifiers import load_classifier, missing_parts
+from pipeline.plotting import image_grid, placeholder_figure
 from pipeline.evaluation.mmd_critic import CriticOptions, sample_per_class, select_per_class
 from pipeline.runtime import stage
 from pipeline.storage import save_figure, write_csv, write_json
@@ -91,19 +91,36 @@ def run(ctx, cfg: PrototypesParams) -> None:
     labels = torch.from_numpy(train["labels"])
     sample = sample_per_class(labels, cfg.n_per_class, ctx.generator("sample")).numpy()
     model = load_classifier(paths.classifier_path(ctx.dataset), ctx.device)
+    if "embed" in missing_parts(model):
+        return skip(ctx.dataset, f"the penultimate features are needed: {missing_parts(model)['embed']}")
     features = embed_images(model, torch.from_numpy(train["images"][sample]), cfg.batch_size)
     selections = select_per_class(features, labels[sample].to(features.device), cfg.n_prototypes, cfg.n_criticisms,
                                   CriticOptions(cfg.kernel_bandwidth, cfg.regularize_criticisms))
     table = selection_table(selections, sample, train, meta["class_names"])
     shortcut_labels = sorted({s["label"] for s in meta.get("shortcuts", [])})
-    figures = clever_hans_metrics(table, sample, train, shortcut_labels) if "stamped" in train else colored_mnist_metrics(table, sample, train)
+    if "stamped" in train:
+        figures = clever_hans_metrics(table, sample, train, shortcut_labels)
+    else:
+        figures = colored_mnist_metrics(table, sample, train) if "positions" in train else {}
     metrics = {key: figures[key] for key in HEADLINE if key in figures}  # the rest beside it, in details.json
     write_json(paths.metrics_path(ctx.dataset, STAGE), metrics)
-    write_json(paths.plots_dir(ctx.dataset, STAGE) / "details.json", figures)
+    write_json(paths.plots_dir(ctx.dataset, STAGE) / "details.json",
+               figures if figures else {"skipped_scores": ctx.entry.NO_ANSWER})
     write_csv(paths.plots_dir(ctx.dataset, STAGE) / "selection.csv", table.drop(columns="label"))
     save_pictures(ctx.dataset, table, train, meta["class_names"], shortcut_labels)
     ctx.timer.images = len(sample)
     print(f"[{STAGE}@{ctx.dataset}] {len(sample)} images: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()), file=sys.stderr)
+
+
+def skip(dataset: str, reason: str) -> None:
+    """Outputs that say why no prototypes were picked."""
+    out = paths.plots_dir(dataset, STAGE)
+    write_json(paths.metrics_path(dataset, STAGE), {})
+    write_json(out / "details.json", {"skipped": reason})
+    write_csv(out / "selection.csv", pd.DataFrame(columns=["class", "kind", "rank", "index", "witness"]))
+    for kind in KINDS:
+        save_figure(placeholder_figure(f"{dataset}: no {kind}s: {reason}"), out / f"{kind}s.png")
+    print(f"[{STAGE}@{dataset}] skipped: {reason}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,9 @@
 """Stage ``train_classifier@<dataset>``: train the classifier under study and measure what it relies on.
 
+A dataset that names its own ``classifier`` with weights (a torchvision state dict or a TorchScript file) is
+evaluated, not trained: the same metrics and pictures, no training curve and no per-epoch weights; one that
+names a torchvision architecture without weights is trained here like the pipeline's own.
+
 DVCLive logs the training as it runs (one step per epoch: training loss and accuracy, test accuracy),
 then the test confusion matrix and a picture of example predictions, all under
 ``plots/<D>/train_classifier/live``. ``metrics/<D>/classifier.json`` holds the headline figures;
@@ -18,13 +22,14 @@ from torch import nn
 
 from pipeline import paths
 from pipeline.models.training import EpochCallback, Evaluation, evaluate, predicted_classes, train
-from pipeline.config import ClassifierParams
+from pipeline.config import ClassifierParams, OwnClassifierParams
+from pipeline.models.external import TORCHSCRIPT, TORCHVISION
 from pipeline.prepared import load_meta, load_prepared
-from pipeline.models.classifiers import build_seeded_classifier, save_model
+from pipeline.models.classifiers import build_seeded_classifier, classifier_from_file, save_model
 from pipeline.plotting import confusion_heatmap, image_grid
 from pipeline.runtime import StageContext, open_live, stage
 from pipeline.evaluation.classification import accuracy
-from pipeline.storage import save_figure, write_json
+from pipeline.storage import InputError, save_figure, write_json
 
 STAGE = "train_classifier"
 
@@ -109,29 +114,60 @@ def save_confusion_picture(dataset: str, confusion: torch.Tensor, names: list[st
                 paths.plots_dir(dataset, STAGE) / "confusion.png")
 
 
+# --------------------------------------------------------------------------------------------
+# A classifier of your own
+# --------------------------------------------------------------------------------------------
+def own_model_config(own: OwnClassifierParams, n_classes: int, input_shape: tuple[int, ...]) -> dict:
+    """The classifier config (``build_classifier``) of the dataset's own classifier."""
+    return {"architecture": TORCHVISION if own.torchvision else TORCHSCRIPT, TORCHVISION: own.torchvision,
+            "n_classes": n_classes, "input_shape": tuple(input_shape), "mean": own.mean, "std": own.std,
+            "input_size": own.input_size, "gradcam_layer": own.gradcam_layer, "features_layer": own.features_layer}
+
+
+def given_classifier(own: OwnClassifierParams, config: dict, dataset: str, device) -> tuple[nn.Module, dict]:
+    """Your trained classifier, read from its file and checked against the data; and what to save with it."""
+    try:
+        return classifier_from_file(config, own.weights or own.torchscript, device)
+    except FileNotFoundError:
+        raise InputError(f"{own.weights or own.torchscript} (params: datasets.{dataset}.classifier) does not exist; "
+                         "give the path of your trained model") from None
+    except (ValueError, RuntimeError) as err:
+        raise InputError(f"datasets.{dataset}.classifier: {err}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     with stage(STAGE, argv) as ctx:
-        cfg = ctx.params.classifier
+        cfg, own = ctx.params.classifier, ctx.entry.classifier
         meta = load_meta(ctx.dataset)
         train_split = load_prepared(ctx.dataset, "train", ctx.device)
         test = load_prepared(ctx.dataset, "test", ctx.device)
         model_config = {"architecture": cfg.architecture, "n_classes": meta["n_classes"], "width": cfg.width,
                         "input_shape": tuple(train_split["images"].shape[1:])}
-        model = initial_classifier(ctx, model_config)
-        out = paths.plots_dir(ctx.dataset, STAGE)
-        keep_weights = checkpoint_saver(ctx.dataset, model_config)
+        if own is not None:
+            model_config = own_model_config(own, meta["n_classes"], model_config["input_shape"])
+        out, extra = paths.plots_dir(ctx.dataset, STAGE), {}
 
         with open_live(out / "live") as live:
-            train(model, train_split["images"], train_split["labels"], cfg, data_order_generator(ctx),
-                  on_epoch=both(live_epoch_logger(live, test, cfg, ctx.dataset), keep_weights))
+            if own is None or own.trained_here:
+                model = initial_classifier(ctx, model_config)
+                train(model, train_split["images"], train_split["labels"], cfg, data_order_generator(ctx),
+                      on_epoch=both(live_epoch_logger(live, test, cfg, ctx.dataset),
+                                    checkpoint_saver(ctx.dataset, model_config)))
+            else:
+                shutil.rmtree(paths.classifier_checkpoint_dir(ctx.dataset), ignore_errors=True)
+                paths.classifier_checkpoint_dir(ctx.dataset).mkdir(parents=True)  # no epochs: influence says so
+                model, extra = given_classifier(own, model_config, ctx.dataset, ctx.device)
+                log(ctx.dataset, f"evaluating your classifier ({own.weights or own.torchscript}), not training one")
+                live.log_metric("test_accuracy", accuracy(predicted_classes(model, test["images"], cfg), test["labels"]))
+                live.next_step()  # the training curve of a classifier trained elsewhere: its test accuracy
             evaluation = evaluate(model, test, meta, cfg)
             log_evaluation(live, evaluation, test, meta["class_names"], cfg.n_example_images, ctx.dataset)
 
-        save_model(paths.classifier_path(ctx.dataset), model, model_config, class_names=meta["class_names"])
+        save_model(paths.classifier_path(ctx.dataset), model, model_config, class_names=meta["class_names"], **extra)
         write_json(paths.metrics_path(ctx.dataset, "classifier"), evaluation.metrics)
         write_json(out / "details.json", evaluation.details)
         save_confusion_picture(ctx.dataset, evaluation.confusion, meta["class_names"])
-        ctx.timer.images = cfg.epochs * len(train_split["images"])
+        ctx.timer.images = cfg.epochs * len(train_split["images"]) if own is None or own.trained_here else len(test["labels"])
         log(ctx.dataset, summary(evaluation.metrics))
 
 

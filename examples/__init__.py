@@ -1,0 +1,1 @@
+"""Examples of using the pipeline on your own data."""
