@@ -13,7 +13,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 MEAN, STD = [0.45, 0.45, 0.45], [0.25, 0.25, 0.25]   # the input transform this classifier was trained with
@@ -21,14 +20,14 @@ MEAN, STD = [0.45, 0.45, 0.45], [0.25, 0.25, 0.25]   # the input transform this 
 
 def train_resnet18(images: Path, epochs: int = 1, seed: int = 0) -> torch.nn.Module:
     """torchvision's ResNet-18 trained on ``images/train`` (a plain loop, not the pipeline's)."""
-    from PIL import Image
     from torchvision.models import resnet18
 
-    files = sorted((images / "train").glob("*/*.png"))
-    classes = sorted({f.parent.name for f in files})
-    x = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])).permute(0, 3, 1, 2) / 255
+    from pipeline.data.sources import load_image_folder
+
+    pixels, labels, classes = load_image_folder(images, train=True, size=64)
+    x = torch.from_numpy(pixels) / 255
     x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-    y = torch.tensor([classes.index(f.parent.name) for f in files])
+    y = torch.from_numpy(labels)
     torch.manual_seed(seed)
     network = resnet18(num_classes=len(classes))
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)

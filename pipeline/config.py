@@ -306,6 +306,12 @@ class DatasetParams:
         return None if self.source == "image_folder" else N_SOURCE_CLASSES
 
     @property
+    def trains_classifier(self) -> bool:
+        """True when train_classifier trains this dataset's classifier (ours, or a torchvision architecture
+        named without weights); False when it evaluates one trained elsewhere."""
+        return self.classifier is None or self.classifier.trained_here
+
+    @property
     def known_answer(self) -> str | None:
         """What the classifier is known to rely on: "color", "shortcut", or None (your own images)."""
         return {"colored_mnist": "color", "clever_hans": "shortcut"}.get(self.kind)

@@ -132,8 +132,9 @@ def main(argv: list[str] | None = None) -> None:
         test = load_prepared(ctx.dataset, "test")
         images, concepts, names, sample = sample_and_concepts(ctx, test, meta["class_names"])
         model = load_classifier(paths.classifier_path(ctx.dataset), ctx.device)
-        if "hooks" in missing_parts(model):
-            return skip(ctx.dataset, ctx.kind, names, missing_parts(model)["hooks"])
+        missing = missing_parts(model)
+        if "hooks" in missing:
+            return skip(ctx.dataset, ctx.kind, names, missing["hooks"])
         if not conv_layers(model):
             return skip(ctx.dataset, ctx.kind, names, "the classifier has no convolution (classifier.architecture: dense)")
         options = DissectionOptions(cfg.quantile, cfg.iou_threshold, cfg.activation, cfg.batch_size)

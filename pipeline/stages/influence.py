@@ -45,10 +45,10 @@ def log(dataset: str, message: str) -> None:
     print(f"[{STAGE}@{dataset}] {message}", file=sys.stderr)
 
 
-def load_checkpoints(dataset: str, own) -> list[Checkpoint]:
+def load_checkpoints(dataset: str, trained_here: bool) -> list[Checkpoint]:
     """Every epoch's weights and mean learning rate, in epoch order (none for a classifier trained elsewhere)."""
     files = sorted(paths.classifier_checkpoint_dir(dataset).glob("epoch_*.pt"), key=lambda f: int(f.stem.split("_")[1]))
-    if not files and (own is None or own.trained_here):
+    if not files and trained_here:
         raise InputError(f"{paths.classifier_checkpoint_dir(dataset)} holds no epoch_<k>.pt; run `dvc repro train_classifier@{dataset}`")
     loaded = [load_checkpoint(f, made_by=f"train_classifier@{dataset}") for f in files]
     return [Checkpoint(c["state_dict"], float(c["learning_rate"])) for c in loaded]
@@ -72,12 +72,13 @@ def run(ctx, cfg: InfluenceParams) -> None:
     test = load_prepared(ctx.dataset, "test", ctx.device)
     test_positions = {"positions": test["positions"].cpu().numpy()} if "positions" in test else {}
     classifier = load_classifier(paths.classifier_path(ctx.dataset), ctx.device)
-    checkpoints = load_checkpoints(ctx.dataset, ctx.entry.classifier)
+    checkpoints = load_checkpoints(ctx.dataset, ctx.entry.trains_classifier)
     rng = ctx.rng("sample")
     candidates = subsample(len(train["labels"]), cfg.n_train, rng)
     is_clever_hans = "shortcut_images" in test
-    if not checkpoints or "head" in missing_parts(classifier):
-        reason = missing_parts(classifier).get("head", "TracIn needs the weights after every training epoch, and a "
+    missing = missing_parts(classifier)
+    if not checkpoints or "head" in missing:
+        reason = missing.get("head", "TracIn needs the weights after every training epoch, and a "
                                                "classifier trained elsewhere comes without them")
         return no_queries(ctx, is_clever_hans, len(candidates), reason)
     shortcut_labels = sorted({s["label"] for s in meta["shortcuts"]}) if is_clever_hans else []

@@ -91,8 +91,9 @@ def run(ctx, cfg: PrototypesParams) -> None:
     labels = torch.from_numpy(train["labels"])
     sample = sample_per_class(labels, cfg.n_per_class, ctx.generator("sample")).numpy()
     model = load_classifier(paths.classifier_path(ctx.dataset), ctx.device)
-    if "embed" in missing_parts(model):
-        return skip(ctx.dataset, f"the penultimate features are needed: {missing_parts(model)['embed']}")
+    missing = missing_parts(model)
+    if "embed" in missing:
+        return skip(ctx.dataset, f"the penultimate features are needed: {missing['embed']}")
     features = embed_images(model, torch.from_numpy(train["images"][sample]), cfg.batch_size)
     selections = select_per_class(features, labels[sample].to(features.device), cfg.n_prototypes, cfg.n_criticisms,
                                   CriticOptions(cfg.kernel_bandwidth, cfg.regularize_criticisms))

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         out, extra = paths.plots_dir(ctx.dataset, STAGE), {}
 
         with open_live(out / "live") as live:
-            if own is None or own.trained_here:
+            if ctx.entry.trains_classifier:
                 model = initial_classifier(ctx, model_config)
                 train(model, train_split["images"], train_split["labels"], cfg, data_order_generator(ctx),
                       on_epoch=both(live_epoch_logger(live, test, cfg, ctx.dataset),
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         write_json(paths.metrics_path(ctx.dataset, "classifier"), evaluation.metrics)
         write_json(out / "details.json", evaluation.details)
         save_confusion_picture(ctx.dataset, evaluation.confusion, meta["class_names"])
-        ctx.timer.images = cfg.epochs * len(train_split["images"]) if own is None or own.trained_here else len(test["labels"])
+        ctx.timer.images = cfg.epochs * len(train_split["images"]) if ctx.entry.trains_classifier else len(test["labels"])
         log(ctx.dataset, summary(evaluation.metrics))
 
 
