@@ -10,6 +10,11 @@ holds for one seed only is luck; this says how far the planted shortcut's pull v
     python -m benchmarks.seed_study --seeds 0 1 2 3 --device cpu
     python -m benchmarks.seed_study --set classifier.epochs=2 --set datasets.clever_hans.shortcuts.0.fraction=0.99
     python -m benchmarks.seed_study --jobs 3                  # the seeds side by side (one CPU thread each on the CPU)
+    python -m benchmarks.seed_study --device cpu --threads 1 2  # every seed at 1 and at 2 CPU threads
+
+On the CPU the number of threads changes the order of floating-point sums, and with it the training
+trajectory: the same seed can land at a different reliance. ``--threads`` trains every seed at each
+thread count given, so that the spread covers both; each run's count is recorded in ``threads``.
 """
 from __future__ import annotations
 
@@ -54,13 +59,15 @@ def study_params(seed: int, args: argparse.Namespace) -> dict:
     return params
 
 
-def train_one(seed: int, args: argparse.Namespace) -> dict:
-    """The classifier metrics of one seed, from a fresh temporary folder."""
+def train_one(seed: int, threads: int | None, args: argparse.Namespace) -> dict:
+    """The classifier metrics of one seed (at ``threads`` CPU threads; None = the default), from a fresh temporary folder."""
     with tempfile.TemporaryDirectory(prefix=f"seed-study-{seed}-") as tmp:
         work = Path(tmp)
         (work / "params.yaml").write_text(yaml.safe_dump(study_params(seed, args), sort_keys=False))
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        if args.jobs > 1 and args.device == "cpu":
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = str(threads)
+        elif args.jobs > 1 and args.device == "cpu":
             env.setdefault("OMP_NUM_THREADS", "1")  # side-by-side runs share the cores instead of fighting over them
         for stage in ("prepare", "train_classifier"):
             subprocess.run([sys.executable, "-m", f"pipeline.stages.{stage}", DATASET], cwd=work, env=env, check=True,
@@ -68,10 +75,12 @@ def train_one(seed: int, args: argparse.Namespace) -> dict:
         return json.loads((work / "metrics" / DATASET / "classifier.json").read_text())
 
 
-def summary(seeds: list[int], runs: list[dict], settings: list[str]) -> dict:
+def summary(seeds: list[int], runs: list[dict], settings: list[str], threads: list[int | None] | None = None) -> dict:
+    """One value per run (``seeds[i]`` at ``threads[i]`` CPU threads), and the spread over all runs."""
     reliance = np.array([r["shortcut_reliance"] for r in runs])
     return {
         "seeds": seeds,
+        "threads": threads if threads is not None else [None] * len(seeds),
         "settings": settings,
         "shortcut_reliance": [round(float(v), 6) for v in reliance],
         "shortcut_base_rate": [round(float(r["shortcut_base_rate"]), 6) for r in runs],
@@ -91,18 +100,23 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param (repeatable)")
     parser.add_argument("--out", default=str(REPO / "metrics" / "seed_study.json"))
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained side by side")
+    parser.add_argument("--threads", type=int, nargs="+", default=None,
+                        help="train every seed at each of these CPU thread counts (OMP_NUM_THREADS)")
     args = parser.parse_args()
+    runs_to_do = [(seed, threads) for threads in (args.threads or [None]) for seed in args.seeds]
 
-    def run(seed: int) -> dict:
-        print(f"seed {seed}: training the {DATASET} classifier ...", file=sys.stderr, flush=True)
-        r = train_one(seed, args)
-        print(f"seed {seed}: reliance {r['shortcut_reliance']:.3f} (base rate {r['shortcut_base_rate']:.3f}), "
+    def run(job: tuple[int, int | None]) -> dict:
+        seed, threads = job
+        at = f" at {threads} thread{'s' if threads != 1 else ''}" if threads is not None else ""
+        print(f"seed {seed}{at}: training the {DATASET} classifier ...", file=sys.stderr, flush=True)
+        r = train_one(seed, threads, args)
+        print(f"seed {seed}{at}: reliance {r['shortcut_reliance']:.3f} (base rate {r['shortcut_base_rate']:.3f}), "
               f"clean accuracy {r['clean_accuracy']:.4f}", file=sys.stderr, flush=True)
         return r
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        runs = list(pool.map(run, args.seeds))
-    result = summary(args.seeds, runs, args.set)
+        runs = list(pool.map(run, runs_to_do))
+    result = summary([s for s, _ in runs_to_do], runs, args.set, [t for _, t in runs_to_do])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -18,3 +18,12 @@ def test_summary_reports_each_seed_and_the_spread():
     result = summary([0, 1, 2], runs, [])
     assert result["shortcut_reliance"] == [0.9, 0.6, 0.75] and result["shortcut_reliance_min"] == 0.6
     assert result["shortcut_reliance_mean"] == pytest.approx(0.75) and result["shortcut_reliance_std"] == pytest.approx(0.15)
+
+
+def test_summary_records_the_thread_count_of_each_run():
+    runs = [{"shortcut_reliance": r, "shortcut_base_rate": 0.0, "clean_accuracy": 0.99, "test_accuracy": 0.995}
+            for r in (0.95, 0.91, 0.93, 0.97)]
+    result = summary([0, 1, 0, 1], runs, [], threads=[1, 1, 2, 2])
+    assert result["seeds"] == [0, 1, 0, 1] and result["threads"] == [1, 1, 2, 2]
+    assert result["shortcut_reliance_min"] == 0.91
+    assert summary([0], runs[:1], [])["threads"] == [None]
