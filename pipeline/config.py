@@ -569,11 +569,14 @@ class DiscoverParams:
     alpha: float = 0.01                  # significance level (family-wise over pixels, and per region)
     min_trigger_rate: float = 0.5        # a recurring region flags its class when, pasted alone, it moves this share of other images
     n_trigger_images: int = 1000         # test images of other classes the region is pasted into
+    region_shape: str = "hull"           # hull: a region is the convex hull of its candidate pixels | pixels: those alone
 
     def check(self, where: str) -> None:
         allowed = ("auto",) + EXPLAIN_METHODS
         if self.method not in allowed:
             fail(f"{where}.method", self.method, ", ".join(allowed))
+        if self.region_shape not in ("hull", "pixels"):
+            fail(f"{where}.region_shape", self.region_shape, "hull or pixels")
         check_each(self, where, at_least_one, "a positive integer", "min_pairs", "min_area", "max_regions", "n_permutations",
                    "n_trigger_images")
         if not 0.0 < self.min_trigger_rate <= 1.0:

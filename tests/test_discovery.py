@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.evaluation.discovery import (DiscoverySettings, chosen_method, describe, discover, region_iou, score_against_truth,
-                                           where_in_image)
+from pipeline.evaluation.discovery import (DiscoverySettings, chosen_method, convex_hull, describe, discover, region_iou,
+                                           score_against_truth, where_in_image)
 
 H = W = 28
 
@@ -44,6 +44,33 @@ def test_a_planted_recurring_region_is_flagged_at_its_place():
     assert region.background < 0.05 and region.p_value <= 0.01
     assert where_in_image(region, H, W) == "top-left"
     assert describe(region, "7", H, W).startswith("Decisions for class 7 hinge on a region of about 8×8 pixels at the top-left in 9")
+
+
+def test_a_planted_patch_that_overlaps_the_shared_centre_is_found_whole():
+    # every class's masks cover the centre (the digit) in 90 % of pairs; class 2's also cover a 12x12 patch whose
+    # lower-right corner lies in that centre. The corner is not enriched (1.0 vs 0.9), so the enriched pixels form
+    # an L; the region is their convex hull.
+    masks, targets, generator = case(seed=11)
+    planted, centre = square(0, 0, 12), square(6, 6, 14)
+    masks[torch.rand(len(targets), generator=generator) < 0.9] |= centre
+    masks[targets == 2] |= planted
+    found = {shape: discover(masks, targets, 4, DiscoverySettings(region_shape=shape), torch.Generator().manual_seed(12))
+             for shape in ("pixels", "hull")}
+    iou = {shape: region_iou(next(r for r in f.classes[2].regions if r.significant).mask, planted) for shape, f in found.items()}
+    assert iou["pixels"] < 0.8 <= 0.85 <= iou["hull"]
+    assert all(f.flagged_classes == [2] for f in found.values())
+
+
+def test_the_convex_hull_fills_notches_and_keeps_a_convex_region():
+    notched = square(2, 2, 10)
+    notched[7:12, 7:12] = False                       # an L: the hull cuts the missing corner diagonally
+    hull = torch.from_numpy(convex_hull(notched.numpy()))
+    assert (hull >= notched).all() and hull.sum() > notched.sum() and not hull[11, 11] and hull[8, 8]
+    assert torch.equal(torch.from_numpy(convex_hull(square(3, 4, 6).numpy())), square(3, 4, 6))
+    single = torch.zeros(H, W, dtype=torch.bool)
+    single[5, 9] = True
+    assert torch.equal(torch.from_numpy(convex_hull(single.numpy())), single)
+    assert not convex_hull(torch.zeros(H, W, dtype=torch.bool).numpy()).any()
 
 
 def test_random_regions_are_not_flagged():

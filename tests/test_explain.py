@@ -11,7 +11,7 @@ import yaml
 
 from pipeline import paths
 from pipeline.attribution.discriminative import DISCRIMINATIVE, METHODS, MaskSettings, size_grid
-from pipeline.evaluation.explanations import ExplainOptions, stamped_control
+from pipeline.evaluation.explanations import ExplainOptions, Pairs, carries_shortcut, stamped_control
 from pipeline.models.classifiers import DenseClassifier, save_model
 from pipeline.stages.explain import main
 from pipeline.storage import save_arrays, write_json
@@ -116,8 +116,8 @@ def test_the_stage_finds_the_square_the_classifier_reads(dataset, tmp_path, monk
 
     expected = probability_gain(N_CLASSES[dataset]) * (1 - 8 / PIXELS)
     headline = ["n_pairs_kept"] + [f"median_score_{m}" for m in ("d_ig", "d_deeplift", "ig", "deeplift", "residual", "random")]
-    headline += ["shortcut_iou", "stamped_control_shortcut_iou"] if dataset == "clever_hans" else []
-    assert list(metrics) == headline and len(metrics) <= 9
+    headline += ["shortcut_iou", "stamped_control_shortcut_iou", "gan_shortcut_fraction"] if dataset == "clever_hans" else []
+    assert list(metrics) == headline and len(metrics) <= 10
     assert metrics["n_pairs_kept"] == made["n_pairs"] == details["n_pairs"] == details["n_pairs_reaching_target"]
     for method in ("d_ig", "d_deeplift", "residual"):
         assert metrics[f"median_score_{method}"] == pytest.approx(expected, abs=1e-3), method
@@ -132,6 +132,8 @@ def test_the_stage_finds_the_square_the_classifier_reads(dataset, tmp_path, monk
 
     if dataset == "clever_hans":
         assert metrics["shortcut_iou"] == metrics["stamped_control_shortcut_iou"] == 1.0
+        assert metrics["gan_shortcut_fraction"] == 1.0 and details["n_pairs_carrying_shortcut"] == made["n_pairs"]
+        assert details["methods"]["d_ig"]["shortcut_iou_carried"] == 1.0
         assert details["methods"]["ig"]["shortcut_iou"] == 0.0 and details["methods"]["random"]["shortcut_iou"] < 0.5
         assert details["stamped_control"]["n_pairs"] == 11  # every test image but the one 7
         bars = pd.read_csv(out / "known_answer" / "shortcut_iou.csv")
@@ -284,3 +286,24 @@ def test_per_channel_masks_of_the_counterfactual_class_copy_only_the_changed_cha
     assert metrics["median_score_d_ig"] > probability_gain(10) * (1 - 8 / PIXELS)   # smaller masks score higher
     masks = np.load(tmp_path / "data" / "explanations" / "clever_hans" / "explanations.npz")["d_ig_optimal_mask"]
     assert masks[:, 0].any() and not masks[:, 1:].any()   # red only
+
+
+def test_a_counterfactual_carries_the_shortcut_when_it_is_closer_to_the_stamped_image_than_to_the_clean_one():
+    """Into the shortcut class: the stamped image itself, a faint copy of the stamp (closer to stamped), the digit
+    redrawn without the stamp (the clean image changed elsewhere) and a square of the wrong color; into another class
+    the stamped image, which does not count (no shortcut is planted there)."""
+    clean = torch.zeros(5, 3, 28, 28, dtype=torch.uint8)
+    clean[:, :, 10:20, 10:20] = 200
+    stamped = clean.clone()
+    stamped[:, 0, SQUARE[0], SQUARE[1]] = 255
+    alpha = torch.zeros(1, 28, 28)
+    alpha[0][SQUARE] = 1.0
+    test = {"clean_images": clean, "shortcut_images": stamped[None], "shortcut_alpha": alpha, "shortcut_labels": torch.tensor([7])}
+    counterfactual = stamped.float() / 255
+    counterfactual[1, 0][SQUARE] = 0.6                                   # a faint red square
+    counterfactual[2] = clean[2].float() / 255
+    counterfactual[2, :, 20:25, 5:10] = 1.0                              # redrawn elsewhere, no square
+    counterfactual[3, 0][SQUARE], counterfactual[3, 1][SQUARE] = 0.0, 1.0  # green, not red
+    target = torch.tensor([7, 7, 7, 7, 3])
+    pairs = Pairs(clean.float() / 255, counterfactual, torch.arange(5), torch.zeros(5, dtype=torch.long), target, 5, 5)
+    assert carries_shortcut(test, pairs).tolist() == [True, True, False, False, False]

@@ -194,3 +194,16 @@ def test_the_influence_sentence_says_whether_the_stamped_images_support_the_deci
                         {"influence": {**details, "proponent_same_class_share": 1.0}})
     assert "sit 0.220 from it along the colormap, a random training image of the predicted class 0.320" in influence_findings(colors)[0]
     assert influence_findings(DatasetRun("clever_hans", "clever_hans", {}, {})) == []
+
+
+def test_the_report_says_when_the_gan_pairs_do_not_carry_the_shortcut():
+    from pipeline.report.findings import gan_shortcut_sentence
+
+    details = {"n_pairs_carrying_shortcut": 0, "n_pairs_into_shortcut_class": 46, "best_discriminative_method": "d_ig",
+               "methods": {"d_ig": {"shortcut_iou_carried": None}}}
+    low = gan_shortcut_sentence(0.0, details)
+    assert low.startswith("The GAN painted the shortcut on 0 % of its counterfactuals into that class (0 of 46)")
+    assert "test the digit, not the shortcut" in low and "stamped control" in low
+    details.update(n_pairs_carrying_shortcut=40, methods={"d_ig": {"shortcut_iou_carried": 0.47}})
+    high = gan_shortcut_sentence(40 / 46, details)
+    assert high == "The GAN painted the shortcut on 87 % of its counterfactuals into that class (40 of 46); on those, the optimal masks overlap it with IoU 0.47."

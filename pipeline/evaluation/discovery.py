@@ -13,7 +13,10 @@ class is compared with the pairs into all other classes, never with an absolute 
    of each permutation gives a threshold that controls the family-wise error over pixels. Pixels above
    both that threshold and ``min_enrichment`` are candidate evidence.
 3. Candidates are grouped into 8-connected regions (at most ``max_regions`` per class, the largest
-   first, at least ``min_area`` pixels). Per region: ``consistency`` = share of pairs into c whose mask
+   first, at least ``min_area`` pixels). With ``region_shape = "hull"`` each region is the convex hull
+   of its candidate pixels: a shortcut is a compact patch, and where it overlaps the place every class's
+   evidence shares (the digit's centre) its pixels are not enriched, which would cut a notch into it.
+   Per region: ``consistency`` = share of pairs into c whose mask
    covers at least ``coverage`` of the region, ``background`` = the same share among pairs into other
    classes, and a permutation p-value of their difference.
 4. A region is *recurring* when it is significant (p <= ``alpha``) and its consistency exceeds its
@@ -40,6 +43,9 @@ import torch
 from pipeline.storage import InputError
 
 
+REGION_SHAPES = ("hull", "pixels")
+
+
 @dataclass(frozen=True)
 class DiscoverySettings:
     min_pairs: int = 20            # classes with fewer explained pairs are not judged
@@ -50,8 +56,11 @@ class DiscoverySettings:
     n_permutations: int = 200
     alpha: float = 0.01            # family-wise error over pixels, and the region's significance level
     min_trigger_rate: float = 0.5  # share of other classes' images the pasted region must move into the class
+    region_shape: str = "hull"     # hull: a region is the convex hull of its candidate pixels | pixels: the pixels alone
 
     def __post_init__(self) -> None:
+        if self.region_shape not in REGION_SHAPES:
+            raise ValueError(f"unknown region shape {self.region_shape!r}; known: {', '.join(REGION_SHAPES)}")
         if self.n_permutations + 1 < 1 / self.alpha:
             raise ValueError(f"n_permutations = {self.n_permutations} cannot reach p <= alpha = {self.alpha}: "
                              f"the smallest permutation p-value is 1 / (n_permutations + 1); use at least {int(np.ceil(1 / self.alpha)) - 1}")
@@ -150,6 +159,19 @@ def connected_regions(candidates: np.ndarray, min_area: int, max_regions: int) -
     return components[:max_regions]
 
 
+def convex_hull(mask: np.ndarray) -> np.ndarray:
+    """bool [H, W]: the pixels whose centres lie in the convex hull of ``mask``'s pixels, each pixel taken as its
+    unit square (so a single pixel or a one-pixel line is its own hull), and the pixels of ``mask`` themselves."""
+    from scipy.spatial import Delaunay
+
+    if not mask.any():
+        return mask.copy()
+    corners = np.argwhere(mask)[:, None, :] + np.array([[-0.5, -0.5], [-0.5, 0.5], [0.5, -0.5], [0.5, 0.5]])[None]
+    centres = np.argwhere(np.ones(mask.shape, dtype=bool))
+    inside = Delaunay(corners.reshape(-1, 2)).find_simplex(centres) >= 0
+    return inside.reshape(mask.shape) | mask
+
+
 def region_use(masks: torch.Tensor, region: torch.Tensor, coverage: float) -> torch.Tensor:
     """[N] bool: which pairs' masks cover at least ``coverage`` of ``region`` (both flattened)."""
     covered = (masks.float() @ region.float()) / region.float().sum().clamp_min(1)
@@ -201,6 +223,8 @@ def discover(masks: torch.Tensor, targets: torch.Tensor, n_classes: int, setting
             candidates = (enrichment[c] > max(threshold, settings.min_enrichment)).reshape(height, width).cpu().numpy()
             into = targets == c
             for component in connected_regions(candidates, settings.min_area, settings.max_regions):
+                if settings.region_shape == "hull":
+                    component = convex_hull(component)
                 region = torch.from_numpy(component).to(flat.device)
                 consistency, background, p_value = region_p_value(
                     region_use(flat, region.flatten(), settings.coverage), into, settings.n_permutations, generator)

@@ -98,6 +98,26 @@ def shortcut_truth(test: dict, pairs: Pairs) -> tuple[torch.Tensor, torch.Tensor
     return selected, truth
 
 
+def carries_shortcut(test: dict, pairs: Pairs) -> torch.Tensor:
+    """[N] bool: whether each pair's counterfactual carries the shortcut planted on its target class, i.e. within
+    the shortcut's pixels it is closer (mean absolute difference) to its real image stamped than to the same image
+    clean. A GAN that learned the class's look from the training data paints the shortcut too; one that only redraws
+    the digit does not, and then its pairs test the digit, not the shortcut. False for targets without a shortcut."""
+    alpha, labels = test["shortcut_alpha"], test["shortcut_labels"]
+    carried = torch.zeros(len(pairs.target), dtype=torch.bool, device=pairs.target.device)
+    for k in range(len(labels)):
+        into = torch.nonzero(pairs.target == labels[k]).flatten()
+        if len(into) == 0:
+            continue
+        region = (alpha[k] > 0).to(pairs.target.device)
+        index = pairs.image_index[into]
+        counterfactual = pairs.counterfactual[into][..., region]
+        to_stamped = (counterfactual - to_float(test["shortcut_images"][k, index])[..., region]).abs().flatten(1).mean(1)
+        to_clean = (counterfactual - to_float(test["clean_images"][index])[..., region]).abs().flatten(1).mean(1)
+        carried[into] = to_stamped < to_clean
+    return carried
+
+
 def stamped_control_pairs(model, test: dict, n_pairs: int, rng: np.random.Generator) -> Pairs:
     """GAN-free control pairs: (clean test image, the same image with a shortcut stamped on it), for
     images of other classes that the stamp alone moves into the shortcut's class (at most ``n_pairs``,
@@ -123,12 +143,16 @@ def explain_pairs(method: str, model, pairs: Pairs, options: ExplainOptions, set
     return maps, scores, binary, soft
 
 
-def shortcut_overlap(binary: torch.Tensor, soft: torch.Tensor, truth: tuple[torch.Tensor, torch.Tensor]) -> dict:
-    """Mean IoU and share of mask mass on the shortcut over the pairs ``truth`` selects."""
-    selected, masks = truth
+def shortcut_overlap(binary: torch.Tensor, soft: torch.Tensor, truth: tuple[torch.Tensor, ...]) -> dict:
+    """Mean IoU and share of mask mass on the shortcut over the pairs ``truth`` selects; with a third element
+    (:func:`carries_shortcut`), also the IoU over the selected pairs whose counterfactual carries the shortcut."""
+    selected, masks = truth[:2]
     iou, share = mask_overlap(binary[selected], soft[selected], masks[selected])
-    return {"shortcut_iou": iou.mean().item() if len(iou) else float("nan"),
-            "shortcut_mass_fraction": share.mean().item() if len(share) else float("nan")}
+    mean = lambda values: values.mean().item() if len(values) else float("nan")  # noqa: E731
+    overlap = {"shortcut_iou": mean(iou), "shortcut_mass_fraction": mean(share)}
+    if len(truth) > 2:
+        overlap["shortcut_iou_carried"] = mean(iou[truth[2][selected]])
+    return overlap
 
 
 def stamped_control(model, test: dict, options: ExplainOptions, settings: MaskSettings, grid: torch.Tensor,
@@ -157,11 +181,13 @@ HEADLINE_METHODS = ("d_ig", "d_deeplift", "ig", "deeplift", "residual", "random"
 NAN = float("nan")
 
 
-def headline_metrics(n_kept: int, per_method: dict, best: str | None, control: dict | None) -> dict:
+def headline_metrics(n_kept: int, per_method: dict, best: str | None, control: dict | None,
+                     gan_shortcut_fraction: float = NAN) -> dict:
     """What ``metrics/<D>/explain.json`` holds: the pairs explained, the median score of each headline
     method (discriminative, vanilla and the two controls; NaN when not run) and, where a shortcut is
     planted (``control`` given, possibly empty), the shortcut IoU of the best discriminative method on
-    GAN pairs into the shortcut class and on the stamped control pairs."""
+    GAN pairs into the shortcut class and on the stamped control pairs, and the share of those GAN
+    pairs whose counterfactual carries the shortcut at all (:func:`carries_shortcut`)."""
     metrics = {"n_pairs_kept": n_kept}
     metrics.update({f"median_score_{m}": per_method.get(m, {}).get("median_score", NAN) for m in HEADLINE_METHODS})
     if control is not None:
@@ -169,6 +195,7 @@ def headline_metrics(n_kept: int, per_method: dict, best: str | None, control: d
         control_best = best or best_discriminative(control_methods)
         metrics["shortcut_iou"] = per_method.get(best, {}).get("shortcut_iou", NAN)
         metrics["stamped_control_shortcut_iou"] = control_methods.get(control_best, {}).get("shortcut_iou", NAN)
+        metrics["gan_shortcut_fraction"] = gan_shortcut_fraction
     return metrics
 
 
@@ -314,7 +341,7 @@ def explain_every_method(model, pairs: Pairs, options: ExplainOptions, settings:
 def empty_method_entries(methods: list[str], truth: dict) -> dict:
     """Every per-method key with NaN values, for a run where no pair reaches its target."""
     keys = ("median_score", "iqr_score", "mean_optimal_mask_size", "reached_target_fraction")
-    keys += ("shortcut_iou", "shortcut_mass_fraction") if "shortcut" in truth else ()
+    keys += ("shortcut_iou", "shortcut_mass_fraction", "shortcut_iou_carried") if "shortcut" in truth else ()
     keys += ("digit_mass_fraction", "background_mass_fraction") if "digit" in truth else ()
     return {method: dict.fromkeys(keys, NAN) for method in methods}
 

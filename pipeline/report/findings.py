@@ -262,6 +262,24 @@ def counterfactual_findings(run: DatasetRun) -> list[str]:
 SAME_SCORE = 0.01  # median scores closer than this are reported as about equal
 
 
+GAN_MISSES_SHORTCUT = 0.5  # below this share of counterfactuals carrying the shortcut, the GAN pairs test the digit
+
+
+def gan_shortcut_sentence(fraction: float, details: dict) -> str:
+    """Whether the GAN's counterfactuals into the shortcut class carry the shortcut at all, and what that means for
+    the shortcut IoU on GAN pairs."""
+    carrying = details.get("n_pairs_carrying_shortcut")
+    into = details.get("n_pairs_into_shortcut_class")
+    counted = f" ({carrying} of {into})" if carrying is not None and into is not None else ""
+    text = f"The GAN painted the shortcut on {100 * fraction:.0f} % of its counterfactuals into that class{counted}"
+    if fraction < GAN_MISSES_SHORTCUT:
+        return (text + ": it converts them by redrawing the digit, so those pairs test the digit, not the shortcut, and the "
+                "stamped control is the test of whether the explanation finds the shortcut. A GAN trained longer learns "
+                "the shortcut from the training images of the class.")
+    iou = (details.get("methods", {}).get(details.get("best_discriminative_method"), {}) or {}).get("shortcut_iou_carried")
+    return text + (f"; on those, the optimal masks overlap it with IoU {iou:.2f}." if known(iou) else ".")
+
+
 def explain_findings(run: DatasetRun) -> list[str]:
     m, d = run.metric("explain"), run.detail("explain")
     scores = {key.removeprefix("median_score_"): v for key, v in m.items() if key.startswith("median_score_") and known(v)}
@@ -285,6 +303,8 @@ def explain_findings(run: DatasetRun) -> list[str]:
     if known(m.get("shortcut_iou")):
         lines.append(f"For images translated into the shortcut class, the best discriminative method's optimal mask overlaps "
                      f"the stamped shortcut with IoU {m['shortcut_iou']:.2f}.")
+    if known(m.get("gan_shortcut_fraction")):
+        lines.append(gan_shortcut_sentence(m["gan_shortcut_fraction"], d))
     control = d.get("stamped_control") or {}
     if known(m.get("stamped_control_shortcut_iou")):
         lines.append(f"On the GAN-free control ({control.get('n_pairs', '?')} clean images vs. the same images stamped, "

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         masks = binary_masks(arrays, method)
         targets = torch.from_numpy(arrays["target"]).long()
         settings = DiscoverySettings(cfg.min_pairs, cfg.min_enrichment, cfg.min_area, cfg.max_regions, cfg.coverage,
-                                     cfg.n_permutations, cfg.alpha, cfg.min_trigger_rate)
+                                     cfg.n_permutations, cfg.alpha, cfg.min_trigger_rate, cfg.region_shape)
         test = load_prepared(ctx.dataset, "test")
         if len(masks) == 0:
             masks = torch.zeros(0, *test["images"].shape[-2:], dtype=torch.bool)

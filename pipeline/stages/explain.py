@@ -27,8 +27,8 @@ from pipeline.attribution.methods import skip_reason
 from pipeline.config import ExplainParams
 from pipeline.data.tensors import to_float, to_uint8
 from pipeline.evaluation.explanation_plots import plot_color_rule, plot_curves, plot_scores, plot_shortcut_overlap, save_gallery
-from pipeline.evaluation.explanations import (NAN, ExplainOptions, Pairs, best_discriminative, class_pair_details, color_rule,
-                                              color_rule_table, curve_and_score_summaries, curve_table, empty_method_entries,
+from pipeline.evaluation.explanations import (NAN, ExplainOptions, Pairs, best_discriminative, carries_shortcut, class_pair_details,
+                                              color_rule, color_rule_table, curve_and_score_summaries, curve_table, empty_method_entries,
                                               explain_every_method, headline_metrics, shortcut_overlap_frame, shortcut_table,
                                               shortcut_truth, stamped_control)
 from pipeline.models.classifiers import load_classifier
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         if ctx.kind == "colored_mnist":
             truth["digit"] = to_uint8(pairs.real).amax(dim=1) > 0
         if "shortcut_alpha" in test:
-            truth["shortcut"] = shortcut_truth(test, pairs)
+            truth["shortcut"] = shortcut_truth(test, pairs) + (carries_shortcut(test, pairs),)
 
         if n_kept:
             per_method, results, arrays = explain_every_method(model, pairs, options, settings, grid, generator, truth,
@@ -120,14 +120,17 @@ def main(argv: list[str] | None = None) -> None:
         if "shortcut" in truth:
             control = (stamped_control(model, test, options, settings, grid, generator, ctx.rng("control-pairs"))
                        if cfg.control_pairs else {})
-            details["n_pairs_into_shortcut_class"] = int(truth["shortcut"][0].sum())
+            into, _, carried = truth["shortcut"]
+            details["n_pairs_into_shortcut_class"] = int(into.sum())
+            details["n_pairs_carrying_shortcut"] = int((carried & into).sum())
+            gan_shortcut_fraction = (carried[into].float().mean().item() if into.any() else NAN)
             details["stamped_control"] = control
         if "digit" in truth:
             details["digit_pixel_fraction"] = truth["digit"].float().mean().item() if n_kept else NAN
             rule, color_frame = color_rule(model, test, class_names, cfg.batch_size)
             details["color_rule"] = rule
         details["per_class_pair"] = class_pair_details(pairs, results, class_names)
-        metrics = headline_metrics(n_kept, per_method, best, control)
+        metrics = headline_metrics(n_kept, per_method, best, control, gan_shortcut_fraction if control is not None else NAN)
 
         out = paths.plots_dir(ctx.dataset, "explain")
         grid_host = grid.cpu().numpy()
