@@ -84,6 +84,8 @@ def summary(seeds: list[int], runs: list[dict], settings: list[str], threads: li
         "settings": settings,
         "shortcut_reliance": [round(float(v), 6) for v in reliance],
         "shortcut_base_rate": [round(float(r["shortcut_base_rate"]), 6) for r in runs],
+        "shortcut_occlusion_rate": [round(float(r["shortcut_occlusion_rate"]), 6) if "shortcut_occlusion_rate" in r else None
+                                    for r in runs],
         "clean_accuracy": [round(float(r["clean_accuracy"]), 6) for r in runs],
         "test_accuracy": [round(float(r["test_accuracy"]), 6) for r in runs],
         "shortcut_reliance_min": round(float(reliance.min()), 6),

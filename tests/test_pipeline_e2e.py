@@ -136,7 +136,8 @@ def test_classifier_metrics_and_details(workspace, first_repro):
         details = read(workspace, "plots", dataset, "train_classifier", "details.json")
         assert set(details["per_class_accuracy"]) == {str(c) for c in range(n_classes)}
     hans = read(workspace, "metrics", "clever_hans", "classifier.json")
-    assert set(hans) == {"test_accuracy", "clean_accuracy", "shortcut_reliance", "shortcut_base_rate"}
+    assert set(hans) == {"test_accuracy", "clean_accuracy", "shortcut_reliance", "shortcut_base_rate", "shortcut_occlusion_rate"}
+    assert 0.0 <= hans["shortcut_occlusion_rate"] <= 1.0
     hans_details = read(workspace, "plots", "clever_hans", "train_classifier", "details.json")
     assert hans_details["shortcut_reliance_per_class"]["7_square"] == pytest.approx(hans["shortcut_reliance"])
     live = workspace / "plots" / "clever_hans" / "train_classifier" / "live"

@@ -254,6 +254,28 @@ def shortcut_test_split() -> dict:
             "shortcut_labels": torch.tensor([7])}
 
 
+def test_blacking_out_the_stamp_area_is_the_occlusion_control():
+    """The occlusion control hides what the stamp hides, without its colour. Blacking out the stamp's pixel
+    (1, 1), where the red is read, changes nothing: the base rate. Blacking out pixel (0, 0), where the class is
+    written, makes every image read as class 0, so none as 7; half opacity halves the written value."""
+    from pipeline.models.training import blacked_out
+
+    split = shortcut_test_split()
+    meta = {"n_classes": 10, "shortcuts": [{"label": 7, "kind": "square"}]}
+    rate = {}
+    for pixel in ((1, 1), (0, 0)):
+        alpha = torch.zeros(1, 28, 28)
+        alpha[(0, *pixel)] = 1.0
+        split["shortcut_alpha"] = alpha
+        evaluation = evaluate(ReadsTheAnswer(), split, meta, ClassifierParams(mixed_precision=False))
+        rate[pixel] = evaluation.metrics["shortcut_occlusion_rate"]
+        assert evaluation.details["shortcut_occlusion_rate_per_class"] == {"7_square": rate[pixel]}
+    assert rate == {(1, 1): pytest.approx(0.25), (0, 0): 0.0}
+    half = torch.zeros(28, 28)
+    half[0, 0] = 0.5
+    assert blacked_out(split["clean_images"], half)[4, 1, 0, 0] == 30   # the 3 writes 60
+
+
 def test_shortcut_reliance_is_reported_beside_the_base_rate_without_the_stamp():
     meta = {"n_classes": 10, "shortcuts": [{"label": 7, "kind": "square"}]}
     evaluation = evaluate(ReadsTheAnswer(), shortcut_test_split(), meta, ClassifierParams(mixed_precision=False))
@@ -316,7 +338,8 @@ def test_the_confusion_matrix_and_examples_go_through_dvclive(tmp_path):
 # the stage
 # ---------------------------------------------------------------------------------------------
 HEADLINE_KEYS = {"colored_mnist": {"test_accuracy"},
-                 "clever_hans": {"test_accuracy", "clean_accuracy", "shortcut_reliance", "shortcut_base_rate"}}
+                 "clever_hans": {"test_accuracy", "clean_accuracy", "shortcut_reliance", "shortcut_base_rate",
+                                 "shortcut_occlusion_rate"}}
 
 
 def write_prepared(dataset: str) -> None:
@@ -329,7 +352,10 @@ def write_prepared(dataset: str) -> None:
         if dataset == "clever_hans":
             stamped = images.clone()
             stamped[:, 0, 1:5, 1:5] = 255
-            arrays.update(clean_images=images.numpy(), shortcut_images=stamped[None].numpy(), shortcut_labels=np.array([7]))
+            alpha = np.zeros((1, 28, 28), dtype=np.float32)
+            alpha[0, 1:5, 1:5] = 1.0
+            arrays.update(clean_images=images.numpy(), shortcut_images=stamped[None].numpy(), shortcut_labels=np.array([7]),
+                          shortcut_alpha=alpha)
             meta["shortcuts"] = [{"label": 7, "kind": "square"}]
         save_arrays(paths.prepared_dir(dataset) / f"{split}.npz", **arrays)
     write_json(paths.prepared_dir(dataset) / "meta.json", meta)

@@ -99,13 +99,22 @@ def predicted_classes(model: nn.Module, images: torch.Tensor, cfg: TrainingSetti
     return predict_probabilities(model, images, cfg.eval_batch_size, cfg.mixed_precision).argmax(1)
 
 
+def blacked_out(images: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """``images`` (uint8 [N,C,H,W]) with the pixels of a stamp's opacity ``alpha`` [H, W] blended towards black."""
+    keep = 1.0 - alpha.to(images.device, torch.float32)
+    return (images.float() * keep).round().to(images.dtype)
+
+
 def evaluate(model: nn.Module, test: dict, meta: dict, cfg: TrainingSettings) -> Evaluation:
     """Accuracy on the test split; for Clever Hans also on clean images, and what each shortcut does.
 
     Per shortcut: ``shortcut_reliance`` is the share of test images *not* of the shortcut's class
     that the classifier assigns to that class once the shortcut is stamped on them;
-    ``shortcut_base_rate`` is the same share on the clean images, without any stamp. The headline
-    figures are means over the shortcuts.
+    ``shortcut_base_rate`` is the same share on the clean images, without any stamp; and
+    ``shortcut_occlusion_rate`` (when the split holds the stamps' ``shortcut_alpha``) the same share
+    once the stamp's pixels are blacked out instead (same shape and opacity, no colour): what hiding
+    that part of the digit does on its own, so that a large stamp's reliance is not mistaken for its
+    colour's. The headline figures are means over the shortcuts.
     """
     predicted = predicted_classes(model, test["images"], cfg)
     confusion = confusion_matrix(test["labels"], predicted, meta["n_classes"])
@@ -114,15 +123,21 @@ def evaluate(model: nn.Module, test: dict, meta: dict, cfg: TrainingSettings) ->
     if "shortcut_images" in test:
         clean = predicted_classes(model, test["clean_images"], cfg)
         metrics["clean_accuracy"] = accuracy(clean, test["labels"])
-        reliance, base_rate = {}, {}
+        reliance, base_rate, occlusion = {}, {}, {}
         for k, label in enumerate(test["shortcut_labels"].tolist()):
             key = f"{label}_{meta['shortcuts'][k]['kind']}"
             stamped = predicted_classes(model, test["shortcut_images"][k], cfg)
             reliance[key] = share_of_others_assigned(stamped, test["labels"], label)
             base_rate[key] = share_of_others_assigned(clean, test["labels"], label)
+            if "shortcut_alpha" in test:
+                occluded = predicted_classes(model, blacked_out(test["clean_images"], test["shortcut_alpha"][k]), cfg)
+                occlusion[key] = share_of_others_assigned(occluded, test["labels"], label)
         metrics["shortcut_reliance"] = float(np.mean(list(reliance.values())))
         metrics["shortcut_base_rate"] = float(np.mean(list(base_rate.values())))
         details["shortcut_reliance_per_class"] = reliance
         details["shortcut_base_rate_per_class"] = base_rate
+        if occlusion:
+            metrics["shortcut_occlusion_rate"] = float(np.mean(list(occlusion.values())))
+            details["shortcut_occlusion_rate_per_class"] = occlusion
     return Evaluation(metrics, details, confusion, predicted)
 

@@ -114,11 +114,13 @@ def classifier_findings(run: DatasetRun, meta: dict) -> list[str]:
     lines = [f"On test images drawn like the training set the classifier is right {pct(m['test_accuracy'])} of the time; "
              f"on clean test images (no shortcut anywhere) {pct(m.get('clean_accuracy'))}."]
     base_rates = d.get("shortcut_base_rate_per_class", {})
+    occlusion_rates = d.get("shortcut_occlusion_rate_per_class", {})
     for key, reliance in d.get("shortcut_reliance_per_class", {}).items():
         label, kind = key.split("_", 1)
         base = base_rates.get(key)
+        occluded = f"; with its pixels blacked out instead: {pct(occlusion_rates[key])}" if known(occlusion_rates.get(key)) else ""
         lines.append(f"Once the {kind} is stamped on test images of other classes, the classifier assigns {pct(reliance)} "
-                     f"of them to class {label} (without the stamp: {pct(base)}): it {reliance_verdict(reliance, base, kind)}.")
+                     f"of them to class {label} (without the stamp: {pct(base)}{occluded}): it {reliance_verdict(reliance, base, kind)}.")
     return lines
 
 
