@@ -59,6 +59,14 @@ def study_params(seed: int, args: argparse.Namespace) -> dict:
     return params
 
 
+def default_threads(args: argparse.Namespace) -> int | None:
+    """CPU threads per run without ``--threads``: one when seeds run side by side on the CPU (they share the cores
+    instead of fighting over them), else ``OMP_NUM_THREADS`` if set, else None (torch's default)."""
+    if args.jobs > 1 and args.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        return 1
+    return int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS", "").isdigit() else None
+
+
 def train_one(seed: int, threads: int | None, args: argparse.Namespace) -> dict:
     """The classifier metrics of one seed (at ``threads`` CPU threads; None = the default), from a fresh temporary folder."""
     with tempfile.TemporaryDirectory(prefix=f"seed-study-{seed}-") as tmp:
@@ -67,8 +75,6 @@ def train_one(seed: int, threads: int | None, args: argparse.Namespace) -> dict:
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         if threads is not None:
             env["OMP_NUM_THREADS"] = str(threads)
-        elif args.jobs > 1 and args.device == "cpu":
-            env.setdefault("OMP_NUM_THREADS", "1")  # side-by-side runs share the cores instead of fighting over them
         for stage in ("prepare", "train_classifier"):
             subprocess.run([sys.executable, "-m", f"pipeline.stages.{stage}", DATASET], cwd=work, env=env, check=True,
                            stdout=subprocess.DEVNULL)
@@ -105,7 +111,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=None,
                         help="train every seed at each of these CPU thread counts (OMP_NUM_THREADS)")
     args = parser.parse_args()
-    runs_to_do = [(seed, threads) for threads in (args.threads or [None]) for seed in args.seeds]
+    runs_to_do = [(seed, threads) for threads in (args.threads or [default_threads(args)]) for seed in args.seeds]
 
     def run(job: tuple[int, int | None]) -> dict:
         seed, threads = job

@@ -27,3 +27,15 @@ def test_summary_records_the_thread_count_of_each_run():
     assert result["seeds"] == [0, 1, 0, 1] and result["threads"] == [1, 1, 2, 2]
     assert result["shortcut_reliance_min"] == 0.91
     assert summary([0], runs[:1], [])["threads"] == [None]
+
+
+def test_side_by_side_cpu_runs_default_to_one_thread_each(monkeypatch):
+    from argparse import Namespace
+
+    from benchmarks.seed_study import default_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert default_threads(Namespace(jobs=3, device="cpu")) == 1
+    assert default_threads(Namespace(jobs=1, device="cpu")) is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert default_threads(Namespace(jobs=3, device="cpu")) == 2
