@@ -207,3 +207,13 @@ def test_the_report_says_when_the_gan_pairs_do_not_carry_the_shortcut():
     details.update(n_pairs_carrying_shortcut=40, methods={"d_ig": {"shortcut_iou_carried": 0.47}})
     high = gan_shortcut_sentence(40 / 46, details)
     assert high == "The GAN painted the shortcut on 87 % of its counterfactuals into that class (40 of 46); on those, the optimal masks overlap it with IoU 0.47."
+
+
+def test_the_classifier_sentence_says_when_hiding_the_digit_does_the_work():
+    from pipeline.report.findings import occlusion_caveat
+
+    assert occlusion_caveat(0.998, 0.067, "square") == ""                       # the colour does it
+    assert occlusion_caveat(1.0, 0.878, "square") == (", but blacking out the same area does most of that: what the square "
+                                                      "hides of the digit, more than its colour, moves the decision")
+    assert "does all of that" in occlusion_caveat(0.8, 0.9, "square")
+    assert occlusion_caveat(0.9, None, "square") == ""

@@ -23,6 +23,15 @@ def reliance_verdict(reliance: float, base_rate: float, kind: str) -> str:
             else f"hardly uses the {kind}")
 
 
+def occlusion_caveat(reliance: float, occlusion: float | None, kind: str) -> str:
+    """When blacking out the stamp's area moves at least half as many images as the stamp does, what the stamp
+    hides, more than its colour, is what moves them: said, so that reliance is not read as a colour shortcut."""
+    if not known(occlusion) or not known(reliance) or occlusion < 0.5 * reliance:
+        return ""
+    return (f", but blacking out the same area does {'most' if occlusion < reliance else 'all'} of that: "
+            f"what the {kind} hides of the digit, more than its colour, moves the decision")
+
+
 def verdict(run: DatasetRun, meta: dict) -> list[str]:
     """The answer first: what the classifier relies on, how sure the pipeline is, how that scores against the truth."""
     classifier, discover = run.metric("classifier"), run.metric("discover")
@@ -118,9 +127,11 @@ def classifier_findings(run: DatasetRun, meta: dict) -> list[str]:
     for key, reliance in d.get("shortcut_reliance_per_class", {}).items():
         label, kind = key.split("_", 1)
         base = base_rates.get(key)
-        occluded = f"; with its pixels blacked out instead: {pct(occlusion_rates[key])}" if known(occlusion_rates.get(key)) else ""
+        occlusion = occlusion_rates.get(key)
+        occluded = f"; with its pixels blacked out instead: {pct(occlusion)}" if known(occlusion) else ""
         lines.append(f"Once the {kind} is stamped on test images of other classes, the classifier assigns {pct(reliance)} "
-                     f"of them to class {label} (without the stamp: {pct(base)}{occluded}): it {reliance_verdict(reliance, base, kind)}.")
+                     f"of them to class {label} (without the stamp: {pct(base)}{occluded}): it {reliance_verdict(reliance, base, kind)}"
+                     f"{occlusion_caveat(reliance, occlusion, kind)}.")
     return lines
 
 
