@@ -437,6 +437,7 @@ class CounterfactualParams:
         if self.interpolation_steps < 2:
             fail(f"{where}.interpolation_steps", self.interpolation_steps, "an integer >= 2")
 EXPLAIN_METHODS = ("d_ig", "d_deeplift", "d_inputxgrad", "ig", "deeplift", "residual", "random")
+REGION_SHAPES = ("hull", "pixels")   # discover.region_shape; the same as pipeline.evaluation.discovery.REGION_SHAPES
 
 
 @dataclass(frozen=True)
@@ -575,8 +576,8 @@ class DiscoverParams:
         allowed = ("auto",) + EXPLAIN_METHODS
         if self.method not in allowed:
             fail(f"{where}.method", self.method, ", ".join(allowed))
-        if self.region_shape not in ("hull", "pixels"):
-            fail(f"{where}.region_shape", self.region_shape, "hull or pixels")
+        if self.region_shape not in REGION_SHAPES:
+            fail(f"{where}.region_shape", self.region_shape, " or ".join(REGION_SHAPES))
         check_each(self, where, at_least_one, "a positive integer", "min_pairs", "min_area", "max_regions", "n_permutations",
                    "n_trigger_images")
         if not 0.0 < self.min_trigger_rate <= 1.0:

@@ -238,3 +238,10 @@ def test_your_own_images_and_classifier_take_a_few_lines():
 def test_an_own_images_entry_that_cannot_work_is_refused(fields, must_name):
     with pytest.raises(ConfigError, match=re.escape(must_name)):
         build(Params, own_images_entry(**fields))
+
+
+def test_the_region_shapes_config_accepts_are_the_ones_discovery_knows():
+    from pipeline.config import REGION_SHAPES
+    from pipeline.evaluation.discovery import REGION_SHAPES as KNOWN
+
+    assert REGION_SHAPES == KNOWN

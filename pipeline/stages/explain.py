@@ -116,21 +116,21 @@ def main(argv: list[str] | None = None) -> None:
         details: dict = {"n_pairs": pairs.n_pairs, "n_pairs_reaching_target": pairs.n_reaching_target, "n_pairs_kept": n_kept,
                          "counterfactual": cfg.counterfactual, "score_convention": cfg.score_convention,
                          "best_discriminative_method": best, "methods": per_method, "skipped_methods": skipped}
-        control = None
+        control, gan_shortcut_fraction = None, NAN
         if "shortcut" in truth:
             control = (stamped_control(model, test, options, settings, grid, generator, ctx.rng("control-pairs"))
                        if cfg.control_pairs else {})
             into, _, carried = truth["shortcut"]
             details["n_pairs_into_shortcut_class"] = int(into.sum())
             details["n_pairs_carrying_shortcut"] = int((carried & into).sum())
-            gan_shortcut_fraction = (carried[into].float().mean().item() if into.any() else NAN)
+            gan_shortcut_fraction = carried[into].float().mean().item() if into.any() else NAN
             details["stamped_control"] = control
         if "digit" in truth:
             details["digit_pixel_fraction"] = truth["digit"].float().mean().item() if n_kept else NAN
             rule, color_frame = color_rule(model, test, class_names, cfg.batch_size)
             details["color_rule"] = rule
         details["per_class_pair"] = class_pair_details(pairs, results, class_names)
-        metrics = headline_metrics(n_kept, per_method, best, control, gan_shortcut_fraction if control is not None else NAN)
+        metrics = headline_metrics(n_kept, per_method, best, control, gan_shortcut_fraction)
 
         out = paths.plots_dir(ctx.dataset, "explain")
         grid_host = grid.cpu().numpy()
