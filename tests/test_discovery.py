@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.evaluation.discovery import (DiscoverySettings, chosen_method, convex_hull, describe, discover, region_iou,
-                                           score_against_truth, where_in_image)
+from pipeline.evaluation.discovery import (DiscoverySettings, Region, chosen_method, convex_hull, describe, discover,
+                                           region_iou, score_against_truth, where_in_image)
 
 H = W = 28
 
@@ -43,7 +43,23 @@ def test_a_planted_recurring_region_is_flagged_at_its_place():
     assert abs(region.consistency - carriers[targets == 2].float().mean().item()) < 0.05
     assert region.background < 0.05 and region.p_value <= 0.01
     assert where_in_image(region, H, W) == "top-left"
-    assert describe(region, "7", H, W).startswith("Decisions for class 7 hinge on a region of about 8×8 pixels at the top-left in 9")
+    assert describe(region, "7", H, W).startswith(
+        "Decisions for class 7 hinge on a region of about 8×8 pixels at the top-left (rows 1–8, columns 1–8) in 9")
+
+
+def box(top: int, left: int, bottom: int, right: int) -> Region:
+    return Region(0, torch.zeros(H, W, dtype=torch.bool), 0, top, left, bottom, right, 1.0, 0.0, 0.0, True)
+
+
+def test_a_region_is_placed_by_the_borders_it_touches_before_its_centre():
+    # a 20x20 square in the corner has its centre near the middle (row and column 9.5 of 27), yet it is in the corner
+    assert where_in_image(box(0, 0, 19, 19), H, W) == "top-left"
+    assert where_in_image(box(8, 8, 27, 27), H, W) == "bottom-right"
+    assert where_in_image(box(0, 4, 19, 23), H, W) == "top"
+    # touching both borders of an axis, or neither: the centre decides
+    assert where_in_image(box(0, 0, 27, 5), H, W) == "left"
+    assert where_in_image(box(9, 9, 18, 18), H, W) == "centre"
+    assert where_in_image(box(2, 20, 6, 25), H, W) == "top-right"
 
 
 def test_a_planted_patch_that_overlaps_the_shared_centre_is_found_whole():

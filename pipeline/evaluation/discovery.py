@@ -267,12 +267,21 @@ def region_iou(region: torch.Tensor, truth: torch.Tensor) -> float:
     return (region & truth).sum().item() / union if union else float("nan")
 
 
+def third(start: int, end: int, size: int) -> int:
+    """0, 1 or 2: the third of an axis of ``size`` pixels that the span ``start..end`` (inclusive) lies towards. A span
+    that touches one border, and not the other, lies towards that border wherever its centre falls (a 20-pixel
+    square in a 28-pixel image's corner is in the corner, though its centre is near the middle)."""
+    touches_start, touches_end = start == 0, end == size - 1
+    if touches_start != touches_end:
+        return 0 if touches_start else 2
+    centre = (start + end) / 2 / max(size - 1, 1)
+    return 0 if centre < 1 / 3 else 2 if centre > 2 / 3 else 1
+
+
 def where_in_image(region: Region, height: int, width: int) -> str:
-    """'top-left', 'centre', 'bottom-right', ... from the region's centre in a 3 x 3 division of the image."""
-    row = (region.top + region.bottom) / 2 / max(height - 1, 1)
-    col = (region.left + region.right) / 2 / max(width - 1, 1)
-    vertical = "top" if row < 1 / 3 else "bottom" if row > 2 / 3 else "middle"
-    horizontal = "left" if col < 1 / 3 else "right" if col > 2 / 3 else "centre"
+    """'top-left', 'centre', 'bottom-right', ... from the region's box in a 3 x 3 division of the image (:func:`third`)."""
+    vertical = ("top", "middle", "bottom")[third(region.top, region.bottom, height)]
+    horizontal = ("left", "centre", "right")[third(region.left, region.right, width)]
     if vertical == "middle":
         return "centre" if horizontal == "centre" else horizontal
     return f"{vertical}-{horizontal}" if horizontal != "centre" else vertical
@@ -281,7 +290,8 @@ def where_in_image(region: Region, height: int, width: int) -> str:
 def describe(region: Region, class_name: str, height: int, width: int) -> str:
     """Plain sentences: what the decisions for a class hinge on, where, how often, and whether it works alone."""
     text = (f"Decisions for class {class_name} hinge on a region of about {region.height}×{region.width} pixels "
-            f"at the {where_in_image(region, height, width)} in {100 * region.consistency:.0f} % of pairs "
+            f"at the {where_in_image(region, height, width)} (rows {region.top}–{region.bottom}, columns "
+            f"{region.left}–{region.right}) in {100 * region.consistency:.0f} % of pairs "
             f"(pairs into other classes: {100 * region.background:.0f} %; permutation p = {region.p_value:.3g}).")
     if region.trigger_rate == region.trigger_rate:  # tested
         verdict = ("a shortcut: it works on its own" if region.shortcut
