@@ -36,9 +36,9 @@ def image_grid(images: np.ndarray, titles: list[str] | None = None, ncols: int =
             ax.imshow(as_hwc(images[i]), interpolation="nearest")
             if titles:
                 ax.set_title(titles[i], fontsize=7)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
+    if suptitle:  # above the figure (saved with bbox_inches="tight"), so it never covers the first row's titles
+        fig.suptitle(suptitle, fontsize=9, y=1.0, va="bottom")
     return fig
 
 

@@ -84,7 +84,7 @@ def plot_shortcut_overlap(frame: pd.DataFrame, dataset: str, path) -> None:
     ax.set_yticks(y, frame["method"])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08))  # below the bars, never over them
     ax.set_title(f"{dataset}: pairs translated into a shortcut class", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)

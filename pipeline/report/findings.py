@@ -293,6 +293,23 @@ def gan_shortcut_sentence(fraction: float, details: dict) -> str:
     return text + (f"; on those, the optimal masks overlap it with IoU {iou:.2f}." if known(iou) else ".")
 
 
+def shortcut_overlap_sentence(iou: float, details: dict) -> str:
+    """How the best discriminative method's optimal masks on pairs into the shortcut class overlap the shortcut, beside
+    what the random map's masks reach there: the floor, which a large shortcut raises (a square on half the image
+    overlaps any large mask)."""
+    methods = details.get("methods", {})
+    best = methods.get(details.get("best_discriminative_method"), {}) or {}
+    random = methods.get("random", {}) or {}
+    mass = best.get("shortcut_mass_fraction")
+    text = (f"For images translated into the shortcut class, the best discriminative method's optimal mask overlaps "
+            f"the stamped shortcut with IoU {iou:.2f}" + (f" and puts {100 * mass:.0f} % of its mass on it" if known(mass) else ""))
+    if known(random.get("shortcut_iou")):
+        random_mass = random.get("shortcut_mass_fraction")
+        text += (f"; the smoothed random map's masks reach IoU {random['shortcut_iou']:.2f}"
+                 + (f" and {100 * random_mass:.0f} %" if known(random_mass) else "") + ", the level of chance")
+    return text + "."
+
+
 def explain_findings(run: DatasetRun) -> list[str]:
     m, d = run.metric("explain"), run.detail("explain")
     scores = {key.removeprefix("median_score_"): v for key, v in m.items() if key.startswith("median_score_") and known(v)}
@@ -314,8 +331,7 @@ def explain_findings(run: DatasetRun) -> list[str]:
         lines.append(f"A smoothed random map scores {scores['random']:.2f}; the residual |real − counterfactual| "
                      f"scores {scores.get('residual', float('nan')):.2f}.")
     if known(m.get("shortcut_iou")):
-        lines.append(f"For images translated into the shortcut class, the best discriminative method's optimal mask overlaps "
-                     f"the stamped shortcut with IoU {m['shortcut_iou']:.2f}.")
+        lines.append(shortcut_overlap_sentence(m["shortcut_iou"], d))
     if known(m.get("gan_shortcut_fraction")):
         lines.append(gan_shortcut_sentence(m["gan_shortcut_fraction"], d))
     control = d.get("stamped_control") or {}
