@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.evaluation.discovery import (DiscoverySettings, Region, chosen_method, convex_hull, describe, discover,
-                                           region_iou, score_against_truth, where_in_image)
+                                           discovery_details, region_iou, score_against_truth, where_in_image)
 
 H = W = 28
 
@@ -126,6 +126,20 @@ def test_the_result_is_the_same_for_the_same_seed():
     assert runs[0].flagged_classes == runs[1].flagged_classes == [3]
     assert [r.p_value for r in runs[0].classes[3].regions] == [r.p_value for r in runs[1].classes[3].regions]
     assert where_in_image(runs[0].classes[3].regions[0], H, W) == "top-right"
+
+
+def test_the_sentences_name_shortcuts_before_regions_that_only_recur():
+    masks, targets, generator = case(seed=11)
+    for target, top_left in ((1, (20, 2)), (3, (2, 18))):
+        masks[(targets == target) & (torch.rand(len(targets), generator=generator) < 0.9)] |= square(*top_left, 6)
+    found = discover(masks, targets, 4, DiscoverySettings(), torch.Generator().manual_seed(3))
+    assert found.flagged_classes == [1, 3]
+    for region in found.classes[1].regions:  # as when class 1's region fails the trigger test
+        region.shortcut = False
+    sentences = discovery_details(found, ["a", "b", "c", "d"], "d_ig", len(targets))["sentences"]
+    assert len(sentences) == 2
+    assert sentences[0].startswith("Decisions for class d")   # the shortcut, though b comes first in class order
+    assert sentences[1].startswith("Decisions for class b")
 
 
 def test_too_few_permutations_for_alpha_is_refused():

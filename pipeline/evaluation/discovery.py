@@ -358,14 +358,15 @@ def score_against_truth(found: Discovery, truth: dict[int, torch.Tensor]) -> dic
 
 def discovery_details(found: Discovery, class_names: list[str], method: str, n_pairs: int) -> dict:
     """Per class: its pairs, whether it was judged and flagged, and every region's box and statistics;
-    and the sentences (:func:`describe`) of every recurring region."""
+    and the sentences (:func:`describe`) of every recurring region, shortcuts first (then in class order)."""
     height, width = found.frequency.shape[-2:]
+    recurring = [r for c in found.classes for r in c.regions if r.significant]
+    recurring.sort(key=lambda r: not r.shortcut)  # stable: class order within each group
     return {
         "method": method,
         "n_pairs": n_pairs,
         "flagged_classes": [class_names[c] for c in found.flagged_classes],
-        "sentences": [describe(r, class_names[c.target], height, width)
-                      for c in found.classes for r in c.regions if r.significant],
+        "sentences": [describe(r, class_names[r.target], height, width) for r in recurring],
         "classes": {class_names[c.target]: {
             "n_pairs": c.n_pairs, "judged": c.judged, "flagged": c.flagged, "pixel_threshold": c.pixel_threshold,
             "max_enrichment": found.enrichment[c.target].max().item(),
