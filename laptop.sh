@@ -3,12 +3,21 @@
 # overridden by configs/laptop.yaml (fewer images, a smaller GAN, fewer pairs). It runs as a DVC
 # experiment, so `dvc exp show` lists it beside other runs. The workspace keeps the experiment's
 # params.yaml, metrics and report; `git checkout params.yaml dvc.lock` returns to the defaults.
+#
+#   bash laptop.sh [CONFIG [STAGE ...]]
+#
+# CONFIG: another file of overrides (default configs/laptop.yaml; configs/cpu_explain.yaml is the README's
+# CPU measurement of explain and discover); STAGEs: DVC targets that limit the run to them and what they
+# depend on (default: every stage and the report).
 set -euo pipefail
 cd "$(dirname "$0")"
+config=${1:-configs/laptop.yaml}
+shift $(( $# > 0 ? 1 : 0 ))
+[ -f "$config" ] || { echo "laptop.sh: no config file $config" >&2; exit 2; }
 bash setup.sh
-# One `-S key=value` per value of configs/laptop.yaml (nested keys joined by dots, values as JSON,
+# One `-S key=value` per value of the config (nested keys joined by dots, values as JSON,
 # which DVC reads as YAML).
-mapfile -t overrides < <(.venv/bin/python - configs/laptop.yaml <<'PY'
+mapfile -t overrides < <(.venv/bin/python - "$config" <<'PY'
 import json, sys, yaml
 
 def leaves(node, prefix=""):
@@ -24,5 +33,5 @@ PY
 )
 . .venv/bin/activate   # the stages' `python` is the virtual environment's
 started=$(date +%s)
-dvc exp run -m "laptop configuration (configs/laptop.yaml)" "${overrides[@]}"
-echo "laptop run: $(( $(date +%s) - started )) s; the report is report/index.html"
+dvc exp run -m "CPU configuration ($config)" "${overrides[@]}" "$@"
+echo "run of $config: $(( $(date +%s) - started )) s; metrics/ and plots/ hold its outputs (report/index.html when the report ran)"

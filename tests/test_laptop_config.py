@@ -1,4 +1,5 @@
-"""configs/laptop.yaml: every override names an existing param, and the merged params pass validation."""
+"""configs/*.yaml: every override names an existing param, and the merged params pass validation; laptop.sh runs them."""
+import pytest
 import yaml
 
 from benchmarks.reproducibility import merged
@@ -7,6 +8,7 @@ from tests.conftest import REPO
 
 DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
 LAPTOP = yaml.safe_load((REPO / "configs" / "laptop.yaml").read_text())
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def leaf_keys(node: dict, prefix: str = "") -> list[str]:
@@ -22,14 +24,24 @@ def lookup(node: dict, dotted: str):
     return node
 
 
-def test_every_laptop_override_names_an_existing_param():
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)
+def test_every_override_names_an_existing_param_and_the_params_validate(path):
+    overrides = yaml.safe_load(path.read_text())
     missing = []
-    for key in leaf_keys(LAPTOP):
+    for key in leaf_keys(overrides):
         try:
             lookup(DEFAULTS, key)
         except (KeyError, TypeError):
             missing.append(key)
-    assert not missing, f"configs/laptop.yaml overrides params that params.yaml lacks: {missing}"
+    assert not missing, f"{path.name} overrides params that params.yaml lacks: {missing}"
+    params = to_dict(build(Params, merged(DEFAULTS, overrides)))
+    assert all(lookup(params, key) == lookup(overrides, key) for key in leaf_keys(overrides))
+
+
+def test_the_cpu_explain_config_keeps_full_data_and_a_gan_that_learns_the_shortcut():
+    params = build(Params, merged(DEFAULTS, yaml.safe_load((REPO / "configs" / "cpu_explain.yaml").read_text())))
+    assert params.data.train_size is None and params.data.test_size is None
+    assert params.gan.iterations * params.gan.batch_size >= 1500 * 64
 
 
 def test_laptop_params_validate_and_are_smaller_than_the_defaults():
@@ -40,4 +52,11 @@ def test_laptop_params_validate_and_are_smaller_than_the_defaults():
 
 def test_laptop_script_runs_the_config_as_a_dvc_experiment():
     script = (REPO / "laptop.sh").read_text()
-    assert "configs/laptop.yaml" in script and "dvc exp run" in script
+    assert "config=${1:-configs/laptop.yaml}" in script and 'dvc exp run -m "CPU configuration ($config)" "${overrides[@]}" "$@"' in script
+
+
+def test_laptop_sh_refuses_a_missing_config_before_setting_anything_up(tmp_path):
+    import subprocess
+
+    run = subprocess.run(["bash", str(REPO / "laptop.sh"), str(tmp_path / "none.yaml")], capture_output=True, text=True)
+    assert run.returncode == 2 and "no config file" in run.stderr
