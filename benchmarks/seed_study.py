@@ -60,11 +60,12 @@ def study_params(seed: int, args: argparse.Namespace) -> dict:
 
 
 def default_threads(args: argparse.Namespace) -> int | None:
-    """CPU threads per run without ``--threads``: one when seeds run side by side on the CPU (they share the cores
-    instead of fighting over them), else ``OMP_NUM_THREADS`` if set, else None (torch's default)."""
-    if args.jobs > 1 and args.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        return 1
-    return int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS", "").isdigit() else None
+    """CPU threads per run without ``--threads``: ``OMP_NUM_THREADS`` when it is set to a number; else one when seeds
+    run side by side on the CPU (they share the cores instead of fighting over them); else None (torch's default)."""
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit():
+        return int(omp)
+    return 1 if args.jobs > 1 and args.device == "cpu" else None
 
 
 def train_one(seed: int, threads: int | None, args: argparse.Namespace) -> dict:

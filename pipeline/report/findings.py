@@ -278,6 +278,11 @@ SAME_SCORE = 0.01  # median scores closer than this are reported as about equal
 GAN_MISSES_SHORTCUT = 0.5  # below this share of counterfactuals carrying the shortcut, the GAN pairs test the digit
 
 
+def method_details(details: dict, method: str | None = None) -> dict:
+    """explain's details of one method (default: the best discriminative one); {} when it was not run."""
+    return details.get("methods", {}).get(method or details.get("best_discriminative_method"), {}) or {}
+
+
 def gan_shortcut_sentence(fraction: float, details: dict) -> str:
     """Whether the GAN's counterfactuals into the shortcut class carry the shortcut at all, and what that means for
     the shortcut IoU on GAN pairs."""
@@ -289,7 +294,7 @@ def gan_shortcut_sentence(fraction: float, details: dict) -> str:
         return (text + ": it converts them by redrawing the digit, so those pairs test the digit, not the shortcut, and the "
                 "stamped control is the test of whether the explanation finds the shortcut. A GAN trained longer learns "
                 "the shortcut from the training images of the class.")
-    iou = (details.get("methods", {}).get(details.get("best_discriminative_method"), {}) or {}).get("shortcut_iou_carried")
+    iou = method_details(details).get("shortcut_iou_carried")
     return text + (f"; on those, the optimal masks overlap it with IoU {iou:.2f}." if known(iou) else ".")
 
 
@@ -297,10 +302,8 @@ def shortcut_overlap_sentence(iou: float, details: dict) -> str:
     """How the best discriminative method's optimal masks on pairs into the shortcut class overlap the shortcut, beside
     what the random map's masks reach there: the floor, which a large shortcut raises (a square on half the image
     overlaps any large mask)."""
-    methods = details.get("methods", {})
-    best = methods.get(details.get("best_discriminative_method"), {}) or {}
-    random = methods.get("random", {}) or {}
-    mass = best.get("shortcut_mass_fraction")
+    random = method_details(details, "random")
+    mass = method_details(details).get("shortcut_mass_fraction")
     text = (f"For images translated into the shortcut class, the best discriminative method's optimal mask overlaps "
             f"the stamped shortcut with IoU {iou:.2f}" + (f" and puts {100 * mass:.0f} % of its mass on it" if known(mass) else ""))
     if known(random.get("shortcut_iou")):
