@@ -7,8 +7,10 @@ Settings come in :class:`FaithfulnessOptions`; the methods' own settings in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from annotated_types import Ge, Gt
 from torch import nn
 
 from pipeline.attribution.methods import AttributionOptions, as_captum_explanation, attribute_batches, make_explainer
@@ -21,12 +23,12 @@ from pipeline.models.inference import predict_probabilities
 class FaithfulnessOptions:
     """How many images each faithfulness score uses, and how it perturbs them."""
 
-    deletion_steps: int = 20          # points of the deletion curve after the intact image
-    n_faithfulness_images: int = 128  # images of infidelity and of the randomisation check
-    infidelity_samples: int = 16
-    n_sensitivity_images: int = 16
-    sensitivity_samples: int = 8
-    sensitivity_radius: float = 0.02
+    deletion_steps: Annotated[int, Ge(1)] = 20  # points of the deletion curve after the intact image
+    n_faithfulness_images: Annotated[int, Ge(1)] = 128  # images of infidelity and of the randomisation check
+    infidelity_samples: Annotated[int, Ge(1)] = 16
+    n_sensitivity_images: Annotated[int, Ge(1)] = 16
+    sensitivity_samples: Annotated[int, Ge(1)] = 8
+    sensitivity_radius: Annotated[float, Gt(0)] = 0.02
 
 
 def random_deletion_order(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:

@@ -9,9 +9,10 @@ the channel sum is the Grad-CAM map itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Annotated, Callable
 
 import torch
+from annotated_types import Ge, Gt, Predicate
 from torch import nn
 from tqdm import tqdm
 
@@ -26,15 +27,15 @@ Explainer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class AttributionOptions:
     """How the methods of ``make_explainer`` are set up, and how many images go through them at a time."""
 
-    batch_size: int = 256            # images per attribution call
-    internal_batch_size: int = 4096  # interpolated or perturbed images per forward pass
-    ig_steps: int = 32
-    blur_kernel_size: int = 11       # the ig_blur baseline
-    blur_sigma: float = 3.0
-    occlusion_window: int = 4
-    occlusion_stride: int = 2
-    smoothgrad_samples: int = 16
-    smoothgrad_stdev: float = 0.15
+    batch_size: Annotated[int, Ge(1)] = 256  # images per attribution call
+    internal_batch_size: Annotated[int, Ge(1)] = 4096  # interpolated or perturbed images per forward pass
+    ig_steps: Annotated[int, Ge(1)] = 32
+    blur_kernel_size: Annotated[int, Ge(3), Predicate(lambda n: n % 2 == 1), "odd"] = 11  # the ig_blur baseline
+    blur_sigma: Annotated[float, Gt(0)] = 3.0
+    occlusion_window: Annotated[int, Ge(1)] = 4
+    occlusion_stride: Annotated[int, Ge(1)] = 2
+    smoothgrad_samples: Annotated[int, Ge(1)] = 16
+    smoothgrad_stdev: Annotated[float, Gt(0)] = 0.15
 
 
 class Negated(nn.Module):

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from annotated_types import Ge, Gt
 from torch import nn
 from tqdm import tqdm
 
@@ -28,12 +29,12 @@ class OptimizationOptions:
     ``distance_weight`` (lambda) times the ``distance`` penalty (``l1`` = sum |x'-x|, ``l2`` =
     sum (x'-x)^2), stopping at ``margin``; ``batch_size`` images are optimised together."""
 
-    max_steps: int = 300
-    learning_rate: float = 0.1
+    max_steps: Annotated[int, Ge(1)] = 300
+    learning_rate: Annotated[float, Gt(0)] = 0.1
     distance: Literal["l1", "l2"] = "l1"
-    distance_weight: float = 0.05
-    margin: float = 1.0
-    batch_size: int = 4096
+    distance_weight: Annotated[float, Ge(0)] = 0.05
+    margin: Annotated[float, Ge(0)] = 1.0
+    batch_size: Annotated[int, Ge(1)] = 4096
 
 
 def select_images(predicted: np.ndarray, labels: np.ndarray, n_classes: int, max_misclassified: int, n_correct: int,

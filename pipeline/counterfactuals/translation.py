@@ -7,9 +7,10 @@ codes, and ``translator.config["latent_dim"]`` is the size of a latent. The clas
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from annotated_types import Ge
 from torch import nn
 
 from pipeline.data.tensors import batch_slices, to_float, to_uint8
@@ -28,10 +29,10 @@ class TranslationOptions:
     the class) or ``fixed_image`` (the style of one random image of the class).
     """
 
-    n_images: int = 1000
+    n_images: Annotated[int, Ge(1)] = 1000
     reference: Literal["mean_style", "fixed_image"] = "mean_style"
-    n_reference_images: int = 64
-    batch_size: int = 1024
+    n_reference_images: Annotated[int, Ge(1)] = 64
+    batch_size: Annotated[int, Ge(1)] = 1024
 
 
 def all_other_targets(sources: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

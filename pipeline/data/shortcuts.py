@@ -7,9 +7,10 @@ shortcut is ``alpha > 0``. Nothing downstream removes it: images stay in [0, 1] 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
+from annotated_types import Ge, Interval, Len
 
 @dataclass(frozen=True)
 class Shortcut:
@@ -20,13 +21,14 @@ class Shortcut:
     ``fraction`` is the share of that class's training images that carry it.
     """
 
-    label: int
+    label: Annotated[int, Ge(0)]
     kind: Literal["square", "text", "watermark", "gradient"]
-    fraction: float = 1.0
-    position: list[int] = field(default_factory=lambda: [1, 1])
-    size: int = 4
-    strength: float = 1.0
-    color: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    fraction: Annotated[float, Interval(ge=0, le=1)] = 1.0
+    position: Annotated[list[Annotated[int, Ge(0)]], Len(2, 2), "[row, col]"] = field(default_factory=lambda: [1, 1])
+    size: Annotated[int, Ge(1)] = 4
+    strength: Annotated[float, Interval(gt=0, le=1)] = 1.0
+    color: Annotated[list[Annotated[float, Interval(ge=0, le=1)]], Len(3, 3), "[r, g, b]"] = field(
+        default_factory=lambda: [1.0, 1.0, 1.0])
     text: str = "09:41"
 
 # 3x5 pixel glyphs for time-stamp-like strings, one string of rows per character.

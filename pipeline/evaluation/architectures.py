@@ -12,10 +12,11 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Annotated, Callable, Literal
 
 import numpy as np
 import torch
+from annotated_types import Ge, Len
 from torch import nn
 
 from pipeline.attribution.methods import AttributionOptions, make_explainer, skip_reason
@@ -23,6 +24,7 @@ from pipeline.attribution.scores import color_scores, nanmean, pixel_map, rank_c
 from pipeline.models.training import TrainingSettings, train
 from pipeline.data.tensors import as_float, batch_slices
 
+COMPARISON_METHODS = ("ig_zero", "saliency", "inputxgrad", "deeplift", "guided_backprop", "gradcam", "guided_gradcam")
 Maps = dict[str, dict[str, torch.Tensor]]   # architecture -> method -> N x C x H x W attributions
 
 
@@ -34,10 +36,10 @@ class ComparisonOptions:
     saliency, inputxgrad, deeplift, guided_backprop, gradcam, guided_gradcam.
     """
 
-    methods: tuple[str, ...] = ("ig_zero", "saliency", "gradcam")
-    ig_steps: int = 32
-    batch_size: int = 256           # images per attribution call
-    internal_batch_size: int = 4096  # interpolated images per forward pass
+    methods: Annotated[tuple[Literal[COMPARISON_METHODS], ...], Len(1)] = ("ig_zero", "saliency", "gradcam")
+    ig_steps: Annotated[int, Ge(1)] = 32
+    batch_size: Annotated[int, Ge(1)] = 256  # images per attribution call
+    internal_batch_size: Annotated[int, Ge(1)] = 4096  # interpolated images per forward pass
 
     def attribution_options(self) -> AttributionOptions:
         """The settings ``make_explainer`` reads: these, and the defaults for methods this comparison does not run."""

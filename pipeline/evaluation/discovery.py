@@ -35,10 +35,11 @@ against a planted answer, a per-class summary of it and its figure.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Annotated, Callable, Literal
 
 import numpy as np
 import torch
+from annotated_types import Ge, Interval
 
 from pipeline.storage import InputError
 
@@ -48,22 +49,22 @@ REGION_SHAPES = ("hull", "pixels")
 
 @dataclass(frozen=True)
 class DiscoverySettings:
-    min_pairs: int = 20            # classes with fewer explained pairs are not judged
-    min_enrichment: float = 0.25   # pixel and region: share into the class minus share into the others
-    min_area: int = 4              # pixels; smaller connected regions are ignored
-    max_regions: int = 3           # per class, the largest first
-    coverage: float = 0.5          # a pair "uses" a region when its mask covers at least this share of it
-    n_permutations: int = 200
-    alpha: float = 0.01            # family-wise error over pixels, and the region's significance level
-    min_trigger_rate: float = 0.5  # share of other classes' images the pasted region must move into the class
-    region_shape: str = "hull"     # hull: a region is the convex hull of its candidate pixels | pixels: the pixels alone
+    min_pairs: Annotated[int, Ge(1)] = 20  # classes with fewer explained pairs are not judged
+    min_enrichment: Annotated[float, Interval(gt=0, le=1)] = 0.25  # share into the class minus share into the others
+    min_area: Annotated[int, Ge(1)] = 4  # pixels; smaller connected regions are ignored
+    max_regions: Annotated[int, Ge(1)] = 3  # per class, the largest first
+    coverage: Annotated[float, Interval(gt=0, le=1)] = 0.5  # a pair "uses" a region its mask covers this much of
+    n_permutations: Annotated[int, Ge(1)] = 200
+    alpha: Annotated[float, Interval(gt=0, lt=1)] = 0.01  # family-wise error over pixels; the region's level
+    min_trigger_rate: Annotated[float, Interval(gt=0, le=1)] = 0.5  # share of others' images the pasted region moves
+    region_shape: Literal[REGION_SHAPES] = "hull"  # hull: the convex hull of its candidate pixels | pixels: those alone
 
     def __post_init__(self) -> None:
         if self.region_shape not in REGION_SHAPES:
             raise ValueError(f"unknown region shape {self.region_shape!r}; known: {', '.join(REGION_SHAPES)}")
         if self.n_permutations + 1 < 1 / self.alpha:
-            raise ValueError(f"n_permutations = {self.n_permutations} cannot reach p <= alpha = {self.alpha}: "
-                             f"the smallest permutation p-value is 1 / (n_permutations + 1); use at least {int(np.ceil(1 / self.alpha)) - 1}")
+            raise ValueError(f"n_permutations = {self.n_permutations!r} is not valid; allowed: at least "
+                             f"{int(np.ceil(1 / self.alpha)) - 1} for alpha = {self.alpha} (the smallest permutation p-value is 1 / (n_permutations + 1))")
 
 
 @dataclass

@@ -24,11 +24,12 @@ The library takes tensors and an ``nn.Module``; it knows nothing of params files
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Annotated, Literal, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Interval
 from torch import nn
 
 from pipeline.data.tensors import as_float
@@ -41,10 +42,12 @@ Layers = Sequence[tuple[str, nn.Module]]
 class DissectionOptions:
     """How units become masks and when a mask detects a concept."""
 
-    quantile: float = 0.85                # a unit's mask: its values above its own quantile of the sample
-    iou_threshold: float = 0.5            # a unit detects a concept from this IoU on
+    # a unit's mask: its values above its own quantile of the sample
+    quantile: Annotated[float, Interval(ge=0.5, lt=1),
+                        "each unit's top 1 - quantile of values is kept in memory while its threshold is found"] = 0.85
+    iou_threshold: Annotated[float, Interval(gt=0, le=1)] = 0.5  # a unit detects a concept from this IoU on
     activation: Literal["post_relu", "pre_relu"] = "post_relu"
-    batch_size: int = 256                 # images per forward pass
+    batch_size: Annotated[int, Ge(1)] = 256  # images per forward pass
 
     def __post_init__(self):
         if not 0.0 < self.quantile < 1.0:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import sys
 import warnings
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from annotated_types import Ge, Len
 
 from pipeline.attribution.discriminative import (DISCRIMINATIVE, METHODS, MaskSettings, attribution_maps, batched, mask_overlap,
                                                  normalise_maps, optimal_masks, score_pairs, sweep)
@@ -30,15 +32,15 @@ class ExplainOptions:
     """Which methods run and how: attribution (``ig_steps``, ``random_sigma``, ``attributed``,
     ``mask_channels``), batch sizes of the sweep and of attribution, and the stamped control's size."""
 
-    methods: tuple[str, ...] = METHODS
-    mask_channels: str = "per_channel"    # sum | max | per_channel: see normalise_maps
-    attributed: str = "counterfactual"    # real | counterfactual | logit_gap: see attribution_maps
-    ig_steps: int = 32
-    random_sigma: float = 2.0
-    batch_size: int = 16384               # most images per forward pass of the sweep
-    attribution_batch_size: int = 256
+    methods: Annotated[tuple[Literal[METHODS], ...], Len(1)] = METHODS
+    mask_channels: Literal["sum", "max", "per_channel"] = "per_channel"  # see normalise_maps
+    attributed: Literal["real", "counterfactual", "logit_gap"] = "counterfactual"  # see attribution_maps
+    ig_steps: Annotated[int, Ge(1)] = 32
+    random_sigma: Annotated[float, Ge(0)] = 2.0
+    batch_size: Annotated[int, Ge(1)] = 16384  # most images per forward pass of the sweep
+    attribution_batch_size: Annotated[int, Ge(1)] = 256
     mixed_precision: bool = True
-    control_pairs: int = 512              # most stamped control pairs (0 = no control)
+    control_pairs: Annotated[int, Ge(0), "0 = no control"] = 512  # most stamped control pairs
 
 
 @dataclass

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Annotated, Iterator, Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from annotated_types import Ge, Gt
 from torch import nn
 from tqdm import tqdm
 
@@ -38,15 +39,15 @@ CLASS_LAYER = "class"
 class MaximiseOptions:
     """How :func:`maximise` ascends: steps, the optimiser, the starts, the regularisers and the parameterisation."""
 
-    steps: int = 256
-    learning_rate: float = 0.05          # Adam on the input; re-standardised after every step
-    noise_scale: float = 1.0             # std of the noise start (the other start is all ones)
-    jitter: int = 0                      # regulariser: random shift by up to this many pixels per step (0 = off)
-    total_variation: float = 0.0         # regulariser: weight of the total-variation penalty (0 = off)
-    blur_every: int = 0                  # regulariser: Gaussian blur of the input every k steps (0 = off)
-    blur_sigma: float = 0.5
+    steps: Annotated[int, Ge(1)] = 256
+    learning_rate: Annotated[float, Gt(0)] = 0.05  # Adam on the input; re-standardised after every step
+    noise_scale: Annotated[float, Gt(0)] = 1.0  # std of the noise start (the other start is all ones)
+    jitter: Annotated[int, Ge(0), "0 = off"] = 0  # regulariser: random shift by up to this many pixels per step
+    total_variation: Annotated[float, Ge(0), "0 = off"] = 0.0  # regulariser: weight of the total-variation penalty
+    blur_every: Annotated[int, Ge(0), "0 = off"] = 0  # regulariser: Gaussian blur of the input every k steps
+    blur_sigma: Annotated[float, Gt(0)] = 0.5
     parameterization: Literal["pixel", "fourier"] = "pixel"  # fourier: decorrelated 1/f frequency basis
-    fourier_decay: float = 1.0           # spectrum scale 1/f**decay of the fourier parameterisation
+    fourier_decay: Annotated[float, Ge(0)] = 1.0  # spectrum scale 1/f**decay of the fourier parameterisation
 
 
 @dataclass

@@ -32,10 +32,12 @@ Verdict. ``frequency_artifacts_detected`` is true when the detector's accuracy i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
 import torch
+from annotated_types import Ge, Gt
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold, cross_validate
 from sklearn.pipeline import Pipeline
@@ -52,9 +54,9 @@ FEATURE_BATCH = 4096
 class DetectorSettings:
     """How spectra are taken and the detector is fitted and scored."""
 
-    epsilon: float = 1e-3   # log(|F| + epsilon)
-    C: float = 0.1          # inverse L2 strength of the logistic regression
-    folds: int = 5          # cross-validation folds, grouped by test-image index
+    epsilon: Annotated[float, Gt(0)] = 1e-3  # log(|F| + epsilon)
+    C: Annotated[float, Gt(0)] = 0.1  # inverse L2 strength of the logistic regression
+    folds: Annotated[int, Ge(2)] = 5  # cross-validation folds, grouped by test-image index
     seed: int = 0           # shuffles the groups into folds
 
 
