@@ -10,6 +10,8 @@ from torch import nn
 
 from pipeline import paths
 from pipeline.config import ClassifierParams, Params
+from pipeline.data.known_answer import ColorRule, PlantedShortcuts, Unknown
+from pipeline.data.shortcuts import Shortcut
 from pipeline.models.classifiers import build_classifier, build_seeded_classifier, input_shape, load_classifier, save_model
 from pipeline.runtime import StageContext, StageTimer, open_live
 from pipeline.storage import load_checkpoint, save_arrays, save_checkpoint, write_json
@@ -237,7 +239,7 @@ class ReadsTheAnswer(nn.Module):
 
     def forward(self, x):
         written = (x[:, 1, 0, 0] * 255 / 20).round().long()
-        decided = torch.where(x[:, 0, 1, 1] > 0.5, 7, written)
+        decided = torch.where((x[:, 0, 1, 1] > 0.5) & (written < 8), 7, written)   # the stamp does not reach 8 and 9
         return nn.functional.one_hot(decided, self.n_classes).float() * 10
 
 
@@ -248,43 +250,51 @@ def shortcut_test_split() -> dict:
     written = torch.where((labels == 1) | (labels == 2), 7, labels)
     clean = torch.zeros(10, 3, 28, 28, dtype=torch.uint8)
     clean[:, 1, 0, 0] = (written * 20).to(torch.uint8)
-    stamped = clean.clone()
-    stamped[labels <= 7, 0, 1, 1] = 255
-    return {"images": clean, "labels": labels, "clean_images": clean, "shortcut_images": stamped[None],
-            "shortcut_labels": torch.tensor([7])}
+    return {"images": clean, "labels": labels, "clean_images": clean}
+
+
+def red_pixel(row: int, col: int, strength: float = 1.0) -> PlantedShortcuts:
+    """A red one-pixel stamp at (row, col) on class 7, on 28 x 28 images."""
+    return PlantedShortcuts((Shortcut(label=7, kind="square", position=[row, col], size=1, strength=strength,
+                                      color=[1.0, 0.0, 0.0]),), (28, 28))
+
+
+CLASS_NAMES = [str(c) for c in range(10)]
 
 
 def test_blacking_out_the_stamp_area_is_the_occlusion_control():
     """The occlusion control hides what the stamp hides, without its colour. Blacking out the stamp's pixel
     (1, 1), where the red is read, changes nothing: the base rate. Blacking out pixel (0, 0), where the class is
     written, makes every image read as class 0, so none as 7; half opacity halves the written value."""
-    from pipeline.models.training import blacked_out
-
     split = shortcut_test_split()
-    meta = {"n_classes": 10, "shortcuts": [{"label": 7, "kind": "square"}]}
     rate = {}
     for pixel in ((1, 1), (0, 0)):
-        alpha = torch.zeros(1, 28, 28)
-        alpha[(0, *pixel)] = 1.0
-        split["shortcut_alpha"] = alpha
-        evaluation = evaluate(ReadsTheAnswer(), split, meta, ClassifierParams(mixed_precision=False))
+        evaluation = evaluate(ReadsTheAnswer(), split, red_pixel(*pixel), CLASS_NAMES, ClassifierParams(mixed_precision=False))
         rate[pixel] = evaluation.metrics["shortcut_occlusion_rate"]
-        assert evaluation.details["shortcut_occlusion_rate_per_class"] == {"7_square": rate[pixel]}
+        assert [row["occlusion_rate"] for row in evaluation.details["shortcuts"]] == [rate[pixel]]
     assert rate == {(1, 1): pytest.approx(0.25), (0, 0): 0.0}
-    half = torch.zeros(28, 28)
-    half[0, 0] = 0.5
-    assert blacked_out(split["clean_images"], half)[4, 1, 0, 0] == 30   # the 3 writes 60
+    assert red_pixel(0, 0, strength=0.5).occlude_tensor(split["clean_images"], 0)[4, 1, 0, 0] == 30   # the 3 writes 60
 
 
 def test_shortcut_reliance_is_reported_beside_the_base_rate_without_the_stamp():
-    meta = {"n_classes": 10, "shortcuts": [{"label": 7, "kind": "square"}]}
-    evaluation = evaluate(ReadsTheAnswer(), shortcut_test_split(), meta, ClassifierParams(mixed_precision=False))
+    evaluation = evaluate(ReadsTheAnswer(), shortcut_test_split(), red_pixel(1, 1), CLASS_NAMES,
+                          ClassifierParams(mixed_precision=False))
     assert evaluation.metrics == pytest.approx({"test_accuracy": 0.8, "clean_accuracy": 0.8,
                                                 "shortcut_reliance": 0.75,    # 6 of the 8 others say 7 once stamped ...
-                                                "shortcut_base_rate": 0.25})  # ... 2 of them said 7 already
-    assert evaluation.details["shortcut_reliance_per_class"] == {"7_square": 0.75}
-    assert evaluation.details["shortcut_base_rate_per_class"] == {"7_square": 0.25}
+                                                "shortcut_base_rate": 0.25,   # ... 2 of them said 7 already
+                                                "shortcut_occlusion_rate": 0.25})
+    (row,) = evaluation.details["shortcuts"]
+    assert row == pytest.approx({"class": "7", "kind": "square", "area_fraction": 1 / 784, "reliance": 0.75,
+                                 "base_rate": 0.25, "occlusion_rate": 0.25})
     assert evaluation.details["per_class_accuracy"]["1"] == 0.0 and evaluation.details["per_class_accuracy"]["3"] == 1.0
+
+
+def test_the_negative_control_has_clean_accuracy_and_no_shortcut_figures():
+    nothing_planted = PlantedShortcuts((), (28, 28))
+    evaluation = evaluate(ReadsTheAnswer(), shortcut_test_split(), nothing_planted, CLASS_NAMES,
+                          ClassifierParams(mixed_precision=False))
+    assert evaluation.metrics == pytest.approx({"test_accuracy": 0.8, "clean_accuracy": 0.8})
+    assert evaluation.details["shortcuts"] == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,9 +328,8 @@ def test_training_is_logged_to_dvclive_while_it_runs(tmp_path):
 
 
 def test_the_confusion_matrix_and_examples_go_through_dvclive(tmp_path):
-    meta = {"n_classes": 10, "shortcuts": [{"label": 7, "kind": "square"}]}
     split = shortcut_test_split()
-    evaluation = evaluate(ReadsTheAnswer(), split, meta, ClassifierParams(mixed_precision=False))
+    evaluation = evaluate(ReadsTheAnswer(), split, red_pixel(1, 1), CLASS_NAMES, ClassifierParams(mixed_precision=False))
     names = [f"digit {c}" for c in range(10)]
     with open_live(tmp_path / "live") as live:
         log_evaluation(live, evaluation, split, names, 4, "clever_hans")
@@ -350,13 +359,11 @@ def write_prepared(dataset: str) -> None:
         images, labels = color_task(n, seed, n_classes)
         arrays = {"images": images.numpy(), "labels": labels.numpy()}
         if dataset == "clever_hans":
-            stamped = images.clone()
-            stamped[:, 0, 1:5, 1:5] = 255
-            alpha = np.zeros((1, 28, 28), dtype=np.float32)
-            alpha[0, 1:5, 1:5] = 1.0
-            arrays.update(clean_images=images.numpy(), shortcut_images=stamped[None].numpy(), shortcut_labels=np.array([7]),
-                          shortcut_alpha=alpha)
-            meta["shortcuts"] = [{"label": 7, "kind": "square"}]
+            arrays.update(clean_images=images.numpy())
+            square = Shortcut(label=7, kind="square", position=[1, 1], size=4, color=[1.0, 0.0, 0.0])
+            meta["known_answer"] = PlantedShortcuts((square,), (28, 28)).to_meta()
+        else:
+            meta["known_answer"] = ColorRule(tuple(f"c{c}" for c in range(n_classes))).to_meta()
         save_arrays(paths.prepared_dir(dataset) / f"{split}.npz", **arrays)
     write_json(paths.prepared_dir(dataset) / "meta.json", meta)
 
@@ -382,7 +389,7 @@ def test_stage_writes_the_headline_metrics_details_and_every_declared_output(dat
     details = json.loads((paths.plots_dir(dataset, "train_classifier") / "details.json").read_text())
     assert len(details["per_class_accuracy"]) == (4 if dataset == "colored_mnist" else 10)
     if dataset == "clever_hans":
-        assert set(details["shortcut_reliance_per_class"]) == set(details["shortcut_base_rate_per_class"]) == {"7_square"}
+        assert [(row["class"], row["kind"]) for row in details["shortcuts"]] == [("7", "square")]
     live = paths.plots_dir(dataset, "train_classifier") / "live"
     logged = read_tsv(live / "plots" / "metrics" / "test_accuracy.tsv")
     assert len(logged) == 2 and float(logged[-1]["test_accuracy"]) == pytest.approx(metrics["test_accuracy"], abs=1e-6)
@@ -398,7 +405,8 @@ def test_the_stage_builds_the_classifier_for_the_shape_of_the_prepared_images(tm
         labels = torch.arange(n) % 2
         images = (torch.rand(n, 1, 32, 32, generator=gen) * 100 + labels.view(-1, 1, 1, 1) * 150).to(torch.uint8)
         save_arrays(paths.prepared_dir("colored_mnist") / f"{split}.npz", images=images.numpy(), labels=labels.numpy())
-    write_json(paths.prepared_dir("colored_mnist") / "meta.json", {"n_classes": 2, "class_names": ["dark", "light"]})
+    write_json(paths.prepared_dir("colored_mnist") / "meta.json", {"n_classes": 2, "class_names": ["dark", "light"],
+                                                                       "known_answer": Unknown().to_meta()})
     settings = {"epochs": 1, "batch_size": 32, "width": 2, "eval_batch_size": 64, "n_example_images": 4,
                 "mixed_precision": False}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "classifier": settings}))

@@ -42,8 +42,10 @@ def plant_shortcuts(
 def shortcut_test_sets(source_images: np.ndarray, shortcuts: Sequence[Shortcut]) -> dict[str, np.ndarray]:
     """Every test image stamped with each planted shortcut, for measuring reliance."""
     clean = as_rgb(source_images)
-    alphas = np.stack([shortcut_alpha(s, clean.shape[2:]) for s in shortcuts])
-    stamped = np.stack([stamp(clean, alpha, s.color) for alpha, s in zip(alphas, shortcuts)])
+    alphas = np.stack([shortcut_alpha(s, clean.shape[2:]) for s in shortcuts]) if shortcuts else \
+        np.zeros((0, *clean.shape[2:]), dtype=np.float32)
+    stamped = np.stack([stamp(clean, alpha, s.color) for alpha, s in zip(alphas, shortcuts)]) if shortcuts else \
+        np.zeros((0, *clean.shape), dtype=np.uint8)
     return {
         "clean_images": clean,
         "shortcut_images": stamped,

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pipeline.data.known_answer import KnownAnswer, PlantedShortcuts
 from pipeline.data.tensors import to_float
 from pipeline.models.inference import autocast, predict_probabilities
 from pipeline.evaluation.classification import accuracy, confusion_matrix, per_class_accuracy, share_of_others_assigned
@@ -99,45 +100,36 @@ def predicted_classes(model: nn.Module, images: torch.Tensor, cfg: TrainingSetti
     return predict_probabilities(model, images, cfg.eval_batch_size, cfg.mixed_precision).argmax(1)
 
 
-def blacked_out(images: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """``images`` (uint8 [N,C,H,W]) with the pixels of a stamp's opacity ``alpha`` [H, W] blended towards black."""
-    keep = 1.0 - alpha.to(images.device, torch.float32)
-    return (images.float() * keep).round().to(images.dtype)
+def evaluate(model: nn.Module, test: dict, answer: KnownAnswer, class_names: list[str], cfg: TrainingSettings) -> Evaluation:
+    """Accuracy on the test split; where shortcuts are planted (``answer``) also on clean images, and what each does.
 
-
-def evaluate(model: nn.Module, test: dict, meta: dict, cfg: TrainingSettings) -> Evaluation:
-    """Accuracy on the test split; for Clever Hans also on clean images, and what each shortcut does.
-
-    Per shortcut: ``shortcut_reliance`` is the share of test images *not* of the shortcut's class
-    that the classifier assigns to that class once the shortcut is stamped on them;
-    ``shortcut_base_rate`` is the same share on the clean images, without any stamp; and
-    ``shortcut_occlusion_rate`` (when the split holds the stamps' ``shortcut_alpha``) the same share
-    once the stamp's pixels are blacked out instead (same shape and opacity, no colour): what hiding
-    that part of the digit does on its own, so that a large stamp's reliance is not mistaken for its
-    colour's. The headline figures are means over the shortcuts.
+    Per shortcut: ``reliance`` is the share of test images *not* of the shortcut's class that the classifier
+    assigns to that class once the shortcut is stamped on them; ``base_rate`` is the same share on the clean
+    images, without any stamp; and ``occlusion_rate`` the same share once the stamp's pixels are blacked out
+    instead (same shape and opacity, no colour): what hiding that part of the image does on its own, so that a
+    large stamp's reliance is not mistaken for its colour's. The headline figures are means over the shortcuts;
+    the negative control (nothing planted) has clean accuracy and no shortcut figures.
     """
     predicted = predicted_classes(model, test["images"], cfg)
-    confusion = confusion_matrix(test["labels"], predicted, meta["n_classes"])
+    confusion = confusion_matrix(test["labels"], predicted, len(class_names))
     metrics = {"test_accuracy": accuracy(predicted, test["labels"])}
     details = {"per_class_accuracy": per_class_accuracy(confusion)}
-    if "shortcut_images" in test:
-        clean = predicted_classes(model, test["clean_images"], cfg)
-        metrics["clean_accuracy"] = accuracy(clean, test["labels"])
-        reliance, base_rate, occlusion = {}, {}, {}
-        for k, label in enumerate(test["shortcut_labels"].tolist()):
-            key = f"{label}_{meta['shortcuts'][k]['kind']}"
-            stamped = predicted_classes(model, test["shortcut_images"][k], cfg)
-            reliance[key] = share_of_others_assigned(stamped, test["labels"], label)
-            base_rate[key] = share_of_others_assigned(clean, test["labels"], label)
-            if "shortcut_alpha" in test:
-                occluded = predicted_classes(model, blacked_out(test["clean_images"], test["shortcut_alpha"][k]), cfg)
-                occlusion[key] = share_of_others_assigned(occluded, test["labels"], label)
-        metrics["shortcut_reliance"] = float(np.mean(list(reliance.values())))
-        metrics["shortcut_base_rate"] = float(np.mean(list(base_rate.values())))
-        details["shortcut_reliance_per_class"] = reliance
-        details["shortcut_base_rate_per_class"] = base_rate
-        if occlusion:
-            metrics["shortcut_occlusion_rate"] = float(np.mean(list(occlusion.values())))
-            details["shortcut_occlusion_rate_per_class"] = occlusion
+    if isinstance(answer, PlantedShortcuts):
+        clean_images, labels = test["clean_images"], test["labels"]
+        clean = predicted_classes(model, clean_images, cfg)
+        metrics["clean_accuracy"] = accuracy(clean, labels)
+        rows = []
+        for k, label in enumerate(answer.labels):
+            stamped = predicted_classes(model, answer.stamp_tensor(clean_images, k), cfg)
+            occluded = predicted_classes(model, answer.occlude_tensor(clean_images, k), cfg)
+            rows.append({"class": class_names[label], "kind": answer.shortcuts[k].kind,
+                         "area_fraction": answer.area_fraction(k),
+                         "reliance": share_of_others_assigned(stamped, labels, label),
+                         "base_rate": share_of_others_assigned(clean, labels, label),
+                         "occlusion_rate": share_of_others_assigned(occluded, labels, label)})
+        details["shortcuts"] = rows
+        for figure in ("reliance", "base_rate", "occlusion_rate"):
+            if rows:
+                metrics[f"shortcut_{figure}"] = float(np.mean([row[figure] for row in rows]))
     return Evaluation(metrics, details, confusion, predicted)
 

@@ -24,7 +24,7 @@ from pipeline.evaluation.architectures import (ComparisonOptions, attribution_ma
                                             maps_figure, mean_over_shared_methods, pairwise_correlations,
                                             shortcut_relevance, train_alike)
 from pipeline.data.tensors import subsample
-from pipeline.prepared import load_meta, load_prepared
+from pipeline.prepared import load_known_answer, load_meta, load_prepared
 from pipeline.models.inference import predict_probabilities
 from pipeline.models.classifiers import build_seeded_classifier, frozen, save_model
 from pipeline.runtime import stage
@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
         log(dataset, f"training {', '.join(names)} for {training.epochs} epochs on {len(train_split['labels'])} images each")
         histories, seconds = train_alike(models, train_split["images"], train_split["labels"], training,
                                          lambda: ctx.generator("data_order"))
-        evaluations = {a: evaluate(m, test, meta, training) for a, m in models.items()}
+        answer = load_known_answer(dataset)
+        evaluations = {a: evaluate(m, test, answer, meta["class_names"], training) for a, m in models.items()}
         for a, model in models.items():
             save_model(paths.architectures_dir(dataset) / f"{a}.pt", model, configs[a], class_names=meta["class_names"])
         models = {a: frozen(m, device) for a, m in models.items()}

@@ -10,6 +10,7 @@ from pipeline import paths
 from pipeline.config import DatasetParams, Params, ShortcutParams, fail
 from pipeline.data.clever_hans import plant_shortcuts, shortcut_test_sets
 from pipeline.data.colored_mnist import colorize
+from pipeline.data.known_answer import ColorRule, PlantedShortcuts, Unknown
 from pipeline.data.sources import load_image_folder, load_source
 from pipeline.data.tensors import subsample
 from pipeline.plotting import image_grid
@@ -61,7 +62,8 @@ def build_colored_mnist(params: Params, name: str, rng: np.random.Generator) -> 
     entry = params.datasets[name]
     train = colorize(*load_split(params, entry, True, rng)[:2], entry.colormaps, rng)
     test = colorize(*load_split(params, entry, False, rng)[:2], entry.colormaps, rng)
-    meta = {"class_names": list(entry.colormaps), "n_classes": len(entry.colormaps), "class_is": "colormap"}
+    meta = {"class_names": list(entry.colormaps), "n_classes": len(entry.colormaps), "class_is": "colormap",
+            "known_answer": ColorRule(tuple(entry.colormaps)).to_meta()}
     return train, test, meta
 
 
@@ -77,7 +79,7 @@ def build_clever_hans(params: Params, name: str, rng: np.random.Generator) -> tu
         "class_names": list(class_names),
         "n_classes": len(class_names),
         "class_is": "digit" if entry.source == "mnist" else "class",
-        "shortcuts": [{"label": s.label, "kind": s.kind} for s in entry.shortcuts],
+        "known_answer": PlantedShortcuts(tuple(entry.shortcuts), train["images"].shape[-2:]).to_meta(),
     }
     return train, test, meta
 
@@ -86,7 +88,8 @@ def build_image_folder(params: Params, name: str, rng: np.random.Generator) -> t
     entry = params.datasets[name]
     train_images, train_labels, class_names = load_split(params, entry, True, rng)
     test_images, test_labels, _ = load_split(params, entry, False, rng)
-    meta = {"class_names": list(class_names), "n_classes": len(class_names), "class_is": "class"}
+    meta = {"class_names": list(class_names), "n_classes": len(class_names), "class_is": "class",
+            "known_answer": Unknown().to_meta()}
     return {"images": train_images, "labels": train_labels}, {"images": test_images, "labels": test_labels}, meta
 
 

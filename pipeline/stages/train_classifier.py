@@ -24,7 +24,7 @@ from pipeline import paths
 from pipeline.models.training import EpochCallback, Evaluation, evaluate, predicted_classes, train
 from pipeline.config import ClassifierParams, OwnClassifierParams
 from pipeline.models.external import TORCHSCRIPT, TORCHVISION
-from pipeline.prepared import load_meta, load_prepared
+from pipeline.prepared import load_known_answer, load_meta, load_prepared
 from pipeline.models.classifiers import build_seeded_classifier, classifier_from_file, save_model
 from pipeline.plotting import confusion_heatmap, image_grid
 from pipeline.runtime import StageContext, open_live, stage
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
                 log(ctx.dataset, f"evaluating your classifier ({own.weights or own.torchscript}), not training one")
                 live.log_metric("test_accuracy", accuracy(predicted_classes(model, test["images"], cfg), test["labels"]))
                 live.next_step()  # the training curve of a classifier trained elsewhere: its test accuracy
-            evaluation = evaluate(model, test, meta, cfg)
+            evaluation = evaluate(model, test, load_known_answer(ctx.dataset), meta["class_names"], cfg)
             log_evaluation(live, evaluation, test, meta["class_names"], cfg.n_example_images, ctx.dataset)
 
         save_model(paths.classifier_path(ctx.dataset), model, model_config, class_names=meta["class_names"], **extra)
