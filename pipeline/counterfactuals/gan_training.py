@@ -26,10 +26,11 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Annotated, Callable, ClassVar
 
 import numpy as np
 import torch
+from annotated_types import Ge, Gt, Interval
 from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
@@ -55,26 +56,26 @@ class GanTrainingOptions:
     """Everything GAN training reads: the networks' sizes, the optimisers, the loss weights, how long to
     train, and how often losses are checked and logged and a checkpoint is written."""
 
-    iterations: int = 2000
-    batch_size: int = 256
-    style_dim: int = 32
-    latent_dim: int = 16
-    width: int = 32
-    learning_rate: float = 4e-4
-    mapping_learning_rate: float = 4e-5
-    beta1: float = 0.0
-    beta2: float = 0.99
-    weight_decay: float = 1e-4
-    adversarial_weight: float = 1.0
-    r1_weight: float = 1.0
-    style_weight: float = 1.0
-    cycle_weight: float = 1.0
-    ema_beta: float = 0.999
+    iterations: Annotated[int, Ge(1)] = 2000
+    batch_size: Annotated[int, Ge(2), "half latent-, half reference-guided"] = 256
+    style_dim: Annotated[int, Ge(1)] = 32
+    latent_dim: Annotated[int, Ge(1)] = 16
+    width: Annotated[int, Ge(1)] = 32
+    learning_rate: Annotated[float, Gt(0)] = 4e-4
+    mapping_learning_rate: Annotated[float, Gt(0)] = 4e-5
+    beta1: Annotated[float, Interval(ge=0, lt=1)] = 0.0
+    beta2: Annotated[float, Interval(ge=0, lt=1)] = 0.99
+    weight_decay: Annotated[float, Ge(0)] = 1e-4
+    adversarial_weight: Annotated[float, Ge(0)] = 1.0
+    r1_weight: Annotated[float, Ge(0)] = 1.0
+    style_weight: Annotated[float, Ge(0)] = 1.0
+    cycle_weight: Annotated[float, Ge(0)] = 1.0
+    ema_beta: Annotated[float, Interval(ge=0, lt=1)] = 0.999
     mixed_precision: bool = False
     cuda_graph: bool = False
-    checkpoint_every: int = 500
-    log_every: int = 50
-    max_loss: float = 1e4
+    checkpoint_every: Annotated[int, Ge(1)] = 500
+    log_every: Annotated[int, Ge(1)] = 50
+    max_loss: Annotated[float, Gt(0)] = 1e4
 
 
 class NonFiniteLoss(RuntimeError):
