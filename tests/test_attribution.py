@@ -15,8 +15,7 @@ from pipeline.attribution.method_scores import headline
 from pipeline.attribution.methods import (ATTRIBUTION_METHODS, AttributionOptions, Negated, blurred, gradcam_explainer,
                                           make_explainer, noise_baseline, skip_reason)
 from pipeline.attribution.scores import (channel_shares, color_scores, colormap_channel_std, curve_area, deletion_curve,
-                                         foreground_mask, pixel_map, pointing_game, rank_correlation, relevance_mass,
-                                         segmentation_iou)
+                                         foreground_mask, pixel_map, rank_correlation, segmentation_iou)
 from pipeline.config import ConfigError, Params, build
 from pipeline.models.classifiers import DenseClassifier, build_seeded_classifier, frozen, save_model
 from pipeline.runtime import StageContext, StageTimer
@@ -32,58 +31,6 @@ class OnePixel(nn.Module):
     def forward(self, x):
         value = 6.0 * (x[:, PIXEL[0], PIXEL[1], PIXEL[2]] - 0.5)
         return torch.stack([value, -value], dim=1)
-
-
-def square_mask(size=28, top=1, left=1, side=4):
-    mask = torch.zeros(size, size, dtype=torch.bool)
-    mask[top:top + side, left:left + side] = True
-    return mask
-
-
-# ---------------------------------------------------------------------------------------------
-# localization
-# ---------------------------------------------------------------------------------------------
-def test_relevance_mass_of_the_mask_itself_is_one():
-    mask = square_mask()
-    attribution = mask.float().expand(5, 3, 28, 28)
-    assert torch.allclose(relevance_mass(attribution, mask), torch.ones(5))
-    assert torch.allclose(pointing_game(attribution, mask), torch.ones(5))
-
-
-def test_relevance_mass_of_a_random_map_is_about_the_mask_area():
-    mask = square_mask(side=7)
-    attribution = torch.rand(400, 3, 28, 28, generator=torch.Generator().manual_seed(0))
-    mass = relevance_mass(attribution, mask).mean().item()
-    assert mass == pytest.approx(49 / 784, abs=0.005)
-    hits = pointing_game(attribution, mask).mean().item()
-    assert hits == pytest.approx(49 / 784, abs=0.025)  # the top pixel of a random map lands anywhere
-
-
-def test_relevance_mass_counts_only_positive_relevance_and_handles_empty_maps():
-    mask = square_mask()
-    attribution = torch.zeros(3, 1, 28, 28)
-    attribution[0, 0, 2, 2] = 1.0     # inside
-    attribution[0, 0, 20, 20] = -5.0  # negative: ignored
-    attribution[1, 0, 2, 2] = 1.0
-    attribution[1, 0, 20, 20] = 3.0   # three quarters outside
-    mass = relevance_mass(attribution, mask)
-    assert mass[0].item() == pytest.approx(1.0) and mass[1].item() == pytest.approx(0.25)
-    assert torch.isnan(mass[2])       # nothing positive: undefined, not a perfect score
-    assert pointing_game(attribution, mask)[:2].tolist() == [1.0, 0.0]
-
-
-def test_localization_scores_of_no_images_are_empty_not_an_error():
-    """A classifier that ignores the shortcut leaves no flipped images to score."""
-    none = torch.zeros(0, 3, 28, 28)
-    for masks in (square_mask(), torch.zeros(0, 28, 28, dtype=torch.bool)):
-        assert relevance_mass(none, masks).shape == (0,) and pointing_game(none, masks).shape == (0,)
-
-
-def test_per_image_masks_are_respected():
-    masks = torch.stack([square_mask(top=0, left=0), square_mask(top=20, left=20)])
-    attribution = torch.zeros(2, 3, 28, 28)
-    attribution[:, :, 1, 1] = 1.0     # inside the first image's mask only
-    assert relevance_mass(attribution, masks).tolist() == [1.0, 0.0]
 
 
 # ---------------------------------------------------------------------------------------------

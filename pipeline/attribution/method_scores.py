@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from pipeline.attribution.faithfulness import FaithfulnessOptions, faithfulness_scores, probability_function
 from pipeline.attribution.methods import AttributionOptions
-from pipeline.attribution.scores import (CHANNELS, color_scores, curve_area, deletion_curve, nanmean, pointing_game,
-                                         relevance_mass)
+from pipeline.attribution.scores import CHANNELS, color_scores, curve_area, deletion_curve, nanmean
+from pipeline.scoring.relevance import pointing_game, relevance_mass
 from pipeline.data.tensors import to_float
 
 

@@ -24,26 +24,11 @@ def _flat(maps: torch.Tensor) -> torch.Tensor:
     return maps.flatten(1)
 
 
-def _flat_mask(mask: torch.Tensor, n: int) -> torch.Tensor:
+def flat_mask(mask: torch.Tensor, n: int) -> torch.Tensor:
     mask = mask.bool()
     if mask.dim() == 2:
         mask = mask.expand(n, *mask.shape)
     return mask.flatten(1)
-
-
-def relevance_mass(attributions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per image: the share of *positive* pixel relevance that lies inside ``mask`` (NaN without any)."""
-    positive = _flat(pixel_map(attributions)).clamp(min=0)
-    inside = (positive * _flat_mask(mask, len(positive))).sum(dim=1)
-    total = positive.sum(dim=1)
-    return torch.where(total > 0, inside / total.clamp(min=torch.finfo(total.dtype).tiny), torch.nan)
-
-
-def pointing_game(attributions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per image: 1.0 when the most relevant pixel lies inside ``mask`` (ties: the first such pixel)."""
-    maps = _flat(pixel_map(attributions))
-    top = maps.argmax(dim=1, keepdim=True)
-    return _flat_mask(mask, len(maps)).gather(1, top).squeeze(1).float()
 
 
 def deletion_order_rank(attributions: torch.Tensor) -> torch.Tensor:
@@ -151,7 +136,7 @@ def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
 def segmentation_iou(maps: torch.Tensor, truth: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """IoU of ``normalised map >= t`` with ``truth`` for every threshold and image (T x N)."""
     maps = _flat(normalise_maps(pixel_map(maps)))
-    truth = _flat_mask(truth, len(maps))
+    truth = flat_mask(truth, len(maps))
     segments = maps.unsqueeze(0) >= thresholds.to(maps).reshape(-1, 1, 1)  # T x N x P
     intersection = (segments & truth).sum(dim=2).float()
     union = (segments | truth).sum(dim=2).float()

@@ -20,7 +20,8 @@ from annotated_types import Ge, Len
 from torch import nn
 
 from pipeline.attribution.methods import AttributionOptions, make_explainer, skip_reason
-from pipeline.attribution.scores import color_scores, nanmean, pixel_map, rank_correlation, relevance_mass
+from pipeline.attribution.scores import color_scores, nanmean, pixel_map, rank_correlation
+from pipeline.scoring.relevance import relevance_mass
 from pipeline.models.training import TrainingSettings, train
 from pipeline.data.tensors import as_float, batch_slices
 

@@ -1,0 +1,81 @@
+"""Masks against a truth region, and their chance levels: the whole-image mask and random masks of the same area.
+
+A method's mask (its optimal mask in explain, a discovered region) is scored by its IoU with the truth and by the
+share of its mass on the truth. Two masks that know nothing set the chance level, scored by the same code:
+
+- the **whole-image mask**: IoU = the truth's share of the image, mass share the same; a big truth region makes
+  this high (a 20x20 square on a 28x28 image: 0.51);
+- **random masks of the same area**: per item, smooth random blobs (Gaussian-blurred noise, kept at the item's
+  mask area exactly), so that a method is not credited for the size of its masks, only for where they are.
+
+Masks are bool [N, H, W] (one spatial mask per item; a per-channel mask counts a pixel when any channel is on).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+WHOLE_IMAGE = "the whole-image mask"
+RANDOM_MASKS = "random masks of the same area"
+
+
+def spatial(mask: torch.Tensor) -> torch.Tensor:
+    """bool [N, H, W] from a [N, H, W] or a per-channel [N, C, H, W] mask (a pixel is on when any channel is)."""
+    return (mask.amax(dim=1) > 0.5) if mask.dim() == 4 else mask.bool()
+
+
+def iou(masks: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """[N] intersection over union of bool [N, H, W] masks with bool [N, H, W] (or [H, W]) truth; 0 when both are empty."""
+    truth = truth.bool().expand_as(masks)
+    inter = (masks & truth).flatten(1).sum(1).float()
+    union = (masks | truth).flatten(1).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
+
+
+def mass_share(weights: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """[N] share of non-negative ``weights`` [N, H, W] on the truth (NaN for an all-zero weight: nothing to share)."""
+    weights = weights.float().clamp_min(0).flatten(1)
+    total = weights.sum(1)
+    on_truth = (weights * truth.bool().expand(len(weights), *truth.shape[-2:]).flatten(1).float()).sum(1)
+    return torch.where(total > 0, on_truth / total.clamp_min(1e-12), torch.full_like(total, float("nan")))
+
+
+def smooth_noise(n: int, shape: tuple[int, int], sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """[n, H, W] Gaussian noise blurred with ``sigma`` pixels (drawn on the CPU from ``generator``). The noise is drawn
+    on a canvas larger by the kernel's reach and cropped, so the blur's border handling favours no part of the image."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    reach = math.ceil(3 * sigma) if sigma > 0 else 0
+    noise = torch.randn(n, 1, shape[0] + 2 * reach, shape[1] + 2 * reach, generator=generator)
+    if reach:
+        noise = gaussian_blur(noise, [2 * reach + 1, 2 * reach + 1], [sigma, sigma])
+    return noise[:, 0, reach:reach + shape[0], reach:reach + shape[1]]
+
+
+def random_masks_like(areas: torch.Tensor, shape: tuple[int, int], sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """bool [N, H, W]: for each item a smooth random blob of exactly ``areas[i]`` pixels (the top of blurred noise)."""
+    areas = areas.long().cpu()
+    noise = smooth_noise(len(areas), shape, sigma, generator).flatten(1)
+    rank = noise.argsort(dim=1, descending=True).argsort(dim=1)          # 0 = the highest noise value
+    return (rank < areas[:, None]).reshape(len(areas), *shape)
+
+
+def mask_chance(masks: torch.Tensor, truth: torch.Tensor, sigma: float, generator: torch.Generator,
+                draws: int = 8) -> dict[str, dict[str, torch.Tensor]]:
+    """The chance levels of ``masks`` (bool [N, H, W]) against ``truth`` [N, H, W]: {figure: {chance level: [N]}}
+    for figures ``iou`` and ``mass_share``, from the whole-image mask and from ``draws`` random masks per item of the
+    item's own mask area (their mean)."""
+    masks, truth = masks.cpu(), truth.bool().cpu().expand_as(masks.cpu())
+    n, shape = len(masks), tuple(masks.shape[-2:])
+    whole = torch.ones_like(masks)
+    areas = masks.flatten(1).sum(1)
+    random_iou = torch.zeros(n)
+    random_share = torch.zeros(n)
+    for _ in range(draws):
+        random = random_masks_like(areas, shape, sigma, generator)
+        random_iou += iou(random, truth) / draws
+        random_share += torch.nan_to_num(mass_share(random.float(), truth), nan=0.0) / draws
+    random_share = torch.where(areas > 0, random_share, torch.full_like(random_share, float("nan")))
+    return {"iou": {WHOLE_IMAGE: iou(whole, truth), RANDOM_MASKS: random_iou},
+            "mass_share": {WHOLE_IMAGE: mass_share(whole.float(), truth), RANDOM_MASKS: random_share}}
