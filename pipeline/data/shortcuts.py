@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 import numpy as np
-from annotated_types import Ge, Interval, Len
+from annotated_types import Ge, Interval, Len, Predicate
 
 @dataclass(frozen=True)
 class Shortcut:
@@ -29,7 +29,7 @@ class Shortcut:
     strength: Annotated[float, Interval(gt=0, le=1)] = 1.0
     color: Annotated[list[Annotated[float, Interval(ge=0, le=1)]], Len(3, 3), "[r, g, b]"] = field(
         default_factory=lambda: [1.0, 1.0, 1.0])
-    text: str = "09:41"
+    text: Annotated[str, Predicate(renderable), "of the characters of GLYPHS: digits, ' -./:'"] = "09:41"
 
 # 3x5 pixel glyphs for time-stamp-like strings, one string of rows per character.
 GLYPHS = {
@@ -50,6 +50,11 @@ GLYPHS = {
     " ": ("000", "000", "000", "000", "000"),
 }
 GLYPH_WIDTH = 3  # columns of every glyph; render_text puts one blank column between glyphs
+
+
+def renderable(text: str) -> bool:
+    """Whether ``text`` is a non-empty string of the characters of ``GLYPHS``."""
+    return bool(text) and set(text) <= set(GLYPHS)
 WATERMARK_PERIOD = 3
 
 
