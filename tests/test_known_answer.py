@@ -95,6 +95,12 @@ def test_the_negative_control_plants_nothing():
     assert not selected.any() and truth.shape == (2, 28, 28)
 
 
+def test_a_shortcut_on_no_training_image_is_a_negative_control_that_still_names_its_region():
+    phantom = planted(Shortcut(label=7, kind="square", position=[0, 0], size=8, fraction=0.0))
+    assert phantom.is_negative_control and phantom.labels == [7] and phantom.region(0).sum() == 64
+    assert not planted(Shortcut(label=7, kind="square", fraction=0.5)).is_negative_control
+
+
 def test_one_shortcut_per_class():
     with pytest.raises(ValueError, match="one shortcut per class"):
         planted(Shortcut(label=7, kind="square"), Shortcut(label=7, kind="text"))

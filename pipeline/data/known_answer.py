@@ -104,7 +104,9 @@ class PlantedShortcuts(KnownAnswer):
 
     @property
     def is_negative_control(self) -> bool:
-        return not self.shortcuts
+        """Nothing is planted: no shortcut, or each on no training image (``fraction`` 0). A shortcut planted on no
+        image still names a class and a region: every detector is scored against it, and must stay at chance."""
+        return all(s.fraction == 0 for s in self.shortcuts)
 
     def shortcut_of(self, label: int) -> int | None:
         """Index of the shortcut planted on class ``label``, or None."""
