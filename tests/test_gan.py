@@ -14,8 +14,8 @@ from pipeline.config import GanParams
 from pipeline.counterfactuals.gan_training import (LOSS_NAMES, CheckpointMismatch, ClassSampler, GanStreams,
                                                    GanTrainingOptions, NonFiniteLoss, check_losses, ema_beta_at,
                                                    ema_update, fingerprint, train)
-from pipeline.models.gan import (Discriminator, GanNets, Generator, StyleEncoder, Translator, load_translator,
-                                 save_translator)
+from pipeline.models.gan import (MASK_START_LOGIT, Discriminator, EditGenerator, GanNets, Generator, StyleEncoder,
+                                 Translator, apply_edit, load_translator, save_translator)
 from pipeline.runtime import stage_seed, torch_generator
 from pipeline.stages import train_gan
 from pipeline.storage import load_checkpoint, save_arrays, save_checkpoint, write_json
@@ -51,9 +51,9 @@ def tiny_cfg(**overrides):
     return GanTrainingOptions(**values)
 
 
-def fresh_nets():
+def fresh_nets(config=CONFIG):
     torch.manual_seed(0)
-    return GanNets(CONFIG)
+    return GanNets(config)
 
 
 def seeded_streams(device="cpu", seed=1):
@@ -61,10 +61,12 @@ def seeded_streams(device="cpu", seed=1):
 
 
 def run(tmp_path, cfg, on_log=None, name="last.pt", device="cpu", streams=None):
-    """Train fresh nets on the toy data on ``device``; ``streams`` (seeded 1 when None) are left advanced."""
+    """Train fresh nets (of the generator ``cfg`` names) on the toy data on ``device``; ``streams`` (seeded 1 when
+    None) are left advanced."""
     images, labels = (t.to(device) for t in toy_data())
-    nets = fresh_nets().to(device)
-    stamp = fingerprint(cfg, CONFIG, 0, images, labels, CODE)
+    config = {**CONFIG, "generator": cfg.generator}
+    nets = fresh_nets(config).to(device)
+    stamp = fingerprint(cfg, config, 0, images, labels, CODE)
     streams = streams if streams is not None else seeded_streams(device)
     result = train(nets, images, labels, cfg, streams, tmp_path / name, stamp, on_log=on_log)
     return nets, result
@@ -109,14 +111,15 @@ def test_class_sampler_draws_only_requested_classes():
         ClassSampler(labels, 4)
 
 
-def test_interrupted_training_resumes_to_the_same_result(tmp_path):
-    cfg = tiny_cfg()
+@pytest.mark.parametrize("choice", [{}, {"generator": "edit", "r1_every": 2}])
+def test_interrupted_training_resumes_to_the_same_result(tmp_path, choice):
+    cfg = tiny_cfg(**choice)
     full_nets, full = run(tmp_path, cfg, name="full.pt")
 
     class Interrupt(Exception):
         pass
 
-    def interrupt_at_4(record):
+    def interrupt_at_4(record, ema):
         if record["iteration"] == 4:  # after the losses of 3-4 were checked, before checkpoint 4 is written
             raise Interrupt
 
@@ -132,9 +135,9 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 6
 
     # more iterations continue from the finished checkpoint; other params start over
-    _, longer = run(tmp_path, tiny_cfg(iterations=8))
+    _, longer = run(tmp_path, tiny_cfg(iterations=8, **choice))
     assert longer["iterations_run"] == 2
-    _, other = run(tmp_path, tiny_cfg(iterations=8, cycle_weight=2.0))
+    _, other = run(tmp_path, tiny_cfg(iterations=8, cycle_weight=2.0, **choice))
     assert other["iterations_run"] == 8
 
 
@@ -197,7 +200,8 @@ def test_fingerprint_follows_the_maths_not_the_cosmetics():
     for harmless in (dict(log_every=3), dict(checkpoint_every=3), dict(max_loss=5.0), dict(iterations=60),
                      dict(cuda_graph=True)):
         assert fingerprint(tiny_cfg(**harmless), CONFIG, 0, images, labels, CODE) == base, harmless
-    for maths in (dict(learning_rate=1e-3), dict(r1_weight=2.0), dict(batch_size=6), dict(ema_beta=0.9)):
+    for maths in (dict(learning_rate=1e-3), dict(r1_weight=2.0), dict(batch_size=6), dict(ema_beta=0.9),
+                  dict(generator="edit"), dict(r1_every=4)):
         assert fingerprint(tiny_cfg(**maths), CONFIG, 0, images, labels, CODE) != base, maths
     assert fingerprint(tiny_cfg(), CONFIG, 1, images, labels, CODE) != base
     assert fingerprint(tiny_cfg(), CONFIG, 0, images, labels, CODE, deterministic=True) != base
@@ -455,3 +459,75 @@ def test_the_stage_builds_the_gan_for_the_shape_of_the_prepared_images(tmp_path,
     train_gan.main(["colored_mnist"])
     assert tuple(load_checkpoint("data/models/colored_mnist/gan.pt")["config"]["image_shape"]) == (1, 32, 32)
     assert load_translator("data/models/colored_mnist/gan.pt").image_shape == (1, 32, 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# the edit generator, lazy R1, and the choice of generator
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(3, 28, 28), (1, 32, 36)])
+def test_the_edit_generator_returns_a_colour_and_a_mask_in_the_unit_interval(shape):
+    torch.manual_seed(0)
+    generator = EditGenerator(style_dim=4, width=4, image_shape=shape)
+    with torch.no_grad():  # a trained-looking head: large weights, so colour and mask reach both ends
+        generator.head[-1].weight.normal_(0, 50)
+    x = torch.rand(5, *shape, generator=torch.Generator().manual_seed(1))
+    colour, mask = generator.edit(x, torch.randn(5, 4))
+    assert colour.shape == (5, *shape) and mask.shape == (5, 1, *shape[1:])
+    for values in (colour, mask):
+        assert values.min() >= 0 and values.max() <= 1
+        assert values.min() < 0.01 and values.max() > 0.99
+    out = generator(x, torch.randn(5, 4))
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+
+
+def test_an_edit_leaves_the_pixels_outside_its_mask_unchanged():
+    gen = torch.Generator().manual_seed(0)
+    x, colour = torch.rand(2, 3, 28, 28, generator=gen), torch.rand(2, 3, 28, 28, generator=gen)
+    mask = torch.zeros(2, 1, 28, 28)
+    mask[:, :, :8, :8] = 1.0     # a square replaced by the colour
+    mask[:, :, 20:, 20:] = 0.25  # a corner moved a quarter of the way towards it
+    out = apply_edit(x, colour, mask)
+    outside = (mask == 0).expand_as(x)
+    assert torch.equal(out[outside], x[outside])
+    assert torch.allclose(out[:, :, :8, :8], colour[:, :, :8, :8])
+    assert torch.allclose(out[:, :, 20:, 20:], 0.75 * x[:, :, 20:, 20:] + 0.25 * colour[:, :, 20:, 20:])
+
+
+def test_the_edit_generator_applies_its_own_edit_and_starts_as_almost_the_identity():
+    torch.manual_seed(0)
+    generator = EditGenerator(style_dim=4, width=4)
+    x = toy_data(4)[0].float() / 255
+    style = torch.randn(4, 4)
+    colour, mask = generator.edit(x, style)
+    assert torch.equal(generator(x, style), apply_edit(x, colour, mask))
+    # untrained: mid-grey colour, the mask closed at sigmoid(MASK_START_LOGIT) everywhere
+    assert torch.allclose(colour, torch.full_like(colour, 0.5))
+    assert torch.allclose(mask, torch.full_like(mask, torch.sigmoid(torch.tensor(MASK_START_LOGIT)).item()))
+    assert (generator(x, style) - x).abs().max() <= 0.5 * torch.sigmoid(torch.tensor(MASK_START_LOGIT)) + 1e-6
+
+
+def test_the_config_chooses_the_generator_and_a_config_without_one_is_stargan(tmp_path):
+    assert isinstance(GanNets(CONFIG).generator, Generator)   # written before configs named the generator
+    assert isinstance(GanNets({**CONFIG, "generator": "stargan"}).generator, Generator)
+    nets = fresh_nets({**CONFIG, "generator": "edit"})
+    assert isinstance(nets.generator, EditGenerator)
+    save_translator(tmp_path / "gan.pt", nets, nets.config)
+    translator = load_translator(tmp_path / "gan.pt")
+    assert isinstance(translator.generator, EditGenerator)
+    x = toy_data(2)[0].float() / 255
+    style = translator.latent_style(torch.randn(2, 2), torch.tensor([0, 2]))
+    assert torch.equal(translator(x, style), nets(x, style))
+    assert gan_training.net_config(tiny_cfg(generator="edit"), 3, (3, 28, 28))["generator"] == "edit"
+
+
+def test_lazy_r1_takes_the_penalty_every_kth_step_weighted_k_times(tmp_path, monkeypatch):
+    calls = []
+    real_penalty = gan_training.r1_penalty
+    monkeypatch.setattr(gan_training, "r1_penalty", lambda *args: calls.append(1) or real_penalty(*args))
+    _, result = run(tmp_path, tiny_cfg(iterations=6, r1_every=3, log_every=1, checkpoint_every=6))
+    assert len(calls) == 2  # iterations 1 and 4 (counted from 1)
+    r1 = [record["d_r1"] for record in result["history"]]
+    assert [value > 0 for value in r1] == [True, False, False, True, False, False]
+    # the first step is the same in both runs: the lazy penalty is the plain one, three times
+    _, every_step = run(tmp_path, tiny_cfg(iterations=1, log_every=1, checkpoint_every=1), name="every.pt")
+    assert r1[0] == pytest.approx(3 * every_step["history"][0]["d_r1"], rel=1e-5)

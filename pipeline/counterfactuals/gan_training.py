@@ -3,7 +3,9 @@
 One iteration = one discriminator step and one generator step on a batch whose first half is
 translated with latent-guided styles (mapping network) and second half with reference-guided styles
 (style encoder on a random training image of the target class). Losses: non-saturating adversarial,
-R1 penalty on reals (fp32), style reconstruction and cycle consistency. An exponential moving average
+R1 penalty on reals (fp32; "lazy" with ``r1_every`` = k > 1: every k-th step, weighted k times),
+style reconstruction and cycle consistency. ``generator`` picks the generator network
+(:data:`pipeline.models.gan.GENERATORS`). An exponential moving average
 (EMA) of generator, mapping network and style encoder is kept and is what later stages use.
 
 Random streams (see :class:`GanStreams`): which images form a batch, their target classes and the
@@ -26,13 +28,14 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Callable, ClassVar
+from typing import Annotated, Callable, ClassVar, Literal
 
 import numpy as np
 import torch
 from annotated_types import Ge, Gt, Interval
 from torch import nn
 from torch.nn import functional as F
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from pipeline.data.tensors import to_float
@@ -58,6 +61,7 @@ class GanTrainingOptions:
 
     iterations: Annotated[int, Ge(1)] = 2000
     batch_size: Annotated[int, Ge(2), "half latent-, half reference-guided"] = 256
+    generator: Literal["stargan", "edit"] = "stargan"  # network of the generator (pipeline.models.gan.GENERATORS)
     style_dim: Annotated[int, Ge(1)] = 32
     latent_dim: Annotated[int, Ge(1)] = 16
     width: Annotated[int, Ge(1)] = 32
@@ -68,6 +72,7 @@ class GanTrainingOptions:
     weight_decay: Annotated[float, Ge(0)] = 1e-4
     adversarial_weight: Annotated[float, Ge(0)] = 1.0
     r1_weight: Annotated[float, Ge(0)] = 1.0
+    r1_every: Annotated[int, Ge(1)] = 1  # lazy R1: the penalty on every k-th discriminator step only, weighted k times
     style_weight: Annotated[float, Ge(0)] = 1.0
     cycle_weight: Annotated[float, Ge(0)] = 1.0
     ema_beta: Annotated[float, Interval(ge=0, lt=1)] = 0.999
@@ -213,7 +218,7 @@ def net_config(cfg: GanTrainingOptions, n_classes: int, image_shape: tuple[int, 
     """The architecture settings :class:`GanNets` and the saved translator are built from; ``image_shape``
     (channels, height, width) is the training images' (``images.shape[1:]``)."""
     return {"n_classes": n_classes, "style_dim": cfg.style_dim, "latent_dim": cfg.latent_dim, "width": cfg.width,
-            "image_shape": tuple(int(n) for n in image_shape)}
+            "image_shape": tuple(int(n) for n in image_shape), "generator": cfg.generator}
 
 
 def make_optimizers(nets: GanNets, cfg: GanTrainingOptions, graphable: bool = False) -> dict[str, torch.optim.Optimizer]:
@@ -323,9 +328,12 @@ class StepInputs:
 
 
 def training_step(nets: GanNets, optimizers: dict, images: torch.Tensor, labels: torch.Tensor, inputs: StepInputs,
-                  cfg: GanTrainingOptions, latent: torch.Generator) -> torch.Tensor:
+                  cfg: GanTrainingOptions, latent: torch.Generator, with_r1: bool = True) -> torch.Tensor:
     """One discriminator and one generator update on the images ``inputs`` indexes, with latent codes drawn
-    from ``latent``; returns the losses (len(LOSS_NAMES), on the device)."""
+    from ``latent``; returns the losses (len(LOSS_NAMES), on the device). ``with_r1``: whether this step takes the
+    R1 penalty (weighted ``r1_every`` times; its reported ``d_r1`` is that weighted term, 0 on the steps without,
+    so the mean over steps is the penalty as applied). The phases are labelled for the profiler
+    (``benchmarks/gan_step.py``)."""
     device = images.device
     x_real, y_org, y_trg = to_float(images[inputs.index]), labels[inputs.index], inputs.targets
     half = cfg.batch_size // 2
@@ -337,23 +345,27 @@ def training_step(nets: GanNets, optimizers: dict, images: torch.Tensor, labels:
 
     # discriminator
     nets.discriminator.requires_grad_(True)
-    with torch.no_grad(), autocast(device, cfg.mixed_precision):
-        x_fake = nets.generator(x_real, target_styles())
-    x_real_grad = x_real.detach().requires_grad_(True)
-    real_logits = nets.discriminator(x_real_grad, y_org)  # fp32: the R1 penalty needs exact gradients
-    d_real = adversarial_loss(real_logits, real=True)
-    d_r1 = r1_penalty(real_logits, x_real_grad)
-    with autocast(device, cfg.mixed_precision):
-        fake_logits = nets.discriminator(x_fake.float(), y_trg)
-    d_fake = adversarial_loss(fake_logits, real=False)
+    with record_function("d_forward"):
+        with torch.no_grad(), autocast(device, cfg.mixed_precision):
+            x_fake = nets.generator(x_real, target_styles())
+        x_real_grad = x_real.detach().requires_grad_(with_r1)
+        real_logits = nets.discriminator(x_real_grad, y_org)  # fp32: the R1 penalty needs exact gradients
+        d_real = adversarial_loss(real_logits, real=True)
+        with autocast(device, cfg.mixed_precision):
+            fake_logits = nets.discriminator(x_fake.float(), y_trg)
+        d_fake = adversarial_loss(fake_logits, real=False)
+    with record_function("d_r1"):
+        d_r1 = cfg.r1_every * r1_penalty(real_logits, x_real_grad) if with_r1 else torch.zeros((), device=device)
     d_loss = cfg.adversarial_weight * (d_real + d_fake) + cfg.r1_weight * d_r1
-    optimizers["discriminator"].zero_grad(set_to_none=True)
-    d_loss.backward()
-    optimizers["discriminator"].step()
+    with record_function("d_backward"):
+        optimizers["discriminator"].zero_grad(set_to_none=True)
+        d_loss.backward()
+    with record_function("d_optimizer"):
+        optimizers["discriminator"].step()
 
     # generator, mapping network, style encoder
     nets.discriminator.requires_grad_(False)
-    with autocast(device, cfg.mixed_precision):
+    with record_function("g_forward"), autocast(device, cfg.mixed_precision):
         s_trg = target_styles()
         x_fake = nets.generator(x_real, s_trg)
         g_adversarial = adversarial_loss(nets.discriminator(x_fake, y_trg), real=True)
@@ -361,9 +373,11 @@ def training_step(nets: GanNets, optimizers: dict, images: torch.Tensor, labels:
         x_cycle = nets.generator(x_fake, nets.style_encoder(x_real, y_org))
         g_cycle = cycle_loss(x_cycle, x_real)
     g_loss = cfg.adversarial_weight * g_adversarial + cfg.style_weight * g_style + cfg.cycle_weight * g_cycle
-    optimizers["translator"].zero_grad(set_to_none=True)
-    g_loss.backward()
-    optimizers["translator"].step()
+    with record_function("g_backward"):
+        optimizers["translator"].zero_grad(set_to_none=True)
+        g_loss.backward()
+    with record_function("g_optimizer"):
+        optimizers["translator"].step()
     nets.discriminator.requires_grad_(True)
     return torch.stack([d_real, d_fake, d_r1, g_adversarial, g_style, g_cycle]).detach().float()
 
@@ -453,12 +467,15 @@ def train(nets: GanNets, images: torch.Tensor, labels: torch.Tensor, cfg: GanTra
     """Train ``nets`` on device-resident uint8 ``images``, resuming from ``checkpoint_path`` when it matches.
 
     Returns {"ema": Translator, "history": [...], "smoothed_losses": {name: value}, "iterations_run": int,
-    "seconds": float}. ``on_log(record)`` is called at every log point (after the losses were checked).
+    "seconds": float}. ``on_log(record, ema)`` is called at every log point (after the losses were checked) with
+    the EMA translator as it stands.
     """
     device = images.device
     n_classes = nets.config["n_classes"]
     sampler = ClassSampler(labels.cpu(), n_classes)
     graphed = cfg.cuda_graph and device.type == "cuda"
+    if graphed and cfg.r1_every != 1:
+        raise ValueError(f"gan.cuda_graph replays one captured step, so it needs gan.r1_every: 1 (got {cfg.r1_every})")
     optimizers = make_optimizers(nets, cfg, graphable=graphed)
     ema = Translator(nets.config).to(device)
     ema.load_state_dict(translator_state(nets))
@@ -473,8 +490,10 @@ def train(nets: GanNets, images: torch.Tensor, labels: torch.Tensor, cfg: GanTra
     row = 0
     inputs = StepInputs(cfg.batch_size, device)
 
+    with_r1 = True
+
     def step() -> torch.Tensor:
-        return training_step(nets, optimizers, images, labels, inputs, cfg, streams.latent)
+        return training_step(nets, optimizers, images, labels, inputs, cfg, streams.latent, with_r1)
 
     run_step = GraphedStep(step, streams.latent) if graphed else step
     started = time.perf_counter()
@@ -482,21 +501,24 @@ def train(nets: GanNets, images: torch.Tensor, labels: torch.Tensor, cfg: GanTra
                file=sys.stderr, mininterval=2)
     for iteration in bar:
         inputs.load(draw_indices(streams, sampler, len(images), n_classes, cfg.batch_size))
+        with_r1 = iteration % cfg.r1_every == 0
         buffer[row] = run_step()
-        ema_update(ema, nets, ema_beta_at(iteration, cfg.ema_beta))
+        with record_function("ema"):
+            ema_update(ema, nets, ema_beta_at(iteration, cfg.ema_beta))
         row += 1
         done = iteration + 1
         if done % flush_every == 0 or done == cfg.iterations:
-            losses = buffer[:row].cpu().numpy()
-            check_losses(losses, done - row + 1, cfg, last_good)
-            progress.add(losses)
-            record = {"iteration": done, **{name: float(v) for name, v in zip(LOSS_NAMES, losses.mean(0))}}
-            progress.history.append(record)
-            row = 0
-            bar.set_postfix(d=f"{record['d_real'] + record['d_fake']:.3f}", g=f"{record['g_adversarial']:.3f}",
-                            cyc=f"{record['g_cycle']:.3f}", refresh=False)
+            with record_function("logging"):
+                losses = buffer[:row].cpu().numpy()
+                check_losses(losses, done - row + 1, cfg, last_good)
+                progress.add(losses)
+                record = {"iteration": done, **{name: float(v) for name, v in zip(LOSS_NAMES, losses.mean(0))}}
+                progress.history.append(record)
+                row = 0
+                bar.set_postfix(d=f"{record['d_real'] + record['d_fake']:.3f}", g=f"{record['g_adversarial']:.3f}",
+                                cyc=f"{record['g_cycle']:.3f}", refresh=False)
             if on_log is not None:
-                on_log(record)
+                on_log(record, ema)
             if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
                 save_training_state(checkpoint_path, nets, ema, optimizers, streams, progress, stamp, device)
                 last_good = f"the last good checkpoint {checkpoint_path} (iteration {done}) is kept"

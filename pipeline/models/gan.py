@@ -1,10 +1,18 @@
 """Networks of the counterfactual GAN (StarGAN v2 style), sized by the image shape (channels, height, width)
 their config names (MNIST: 3 x 28 x 28); height and width must be multiples of 4 and at least 28.
 
-- :class:`Generator` — an encoder-decoder: the encoder (instance-normalised, so it keeps shape and
-  drops colour statistics) maps the image to an H/4 x W/4 content map (7 x 7 for MNIST); the decoder is
-  modulated by a style code through AdaIN and returns a per-pixel change of the input in logit space
-  (zero at start), so the output stays in (0, 1) and an untrained generator is the identity.
+- Two generators, chosen by the config's "generator" (:data:`GENERATORS`); both are encoder-decoders whose
+  encoder is instance-normalised (it keeps shape and drops colour statistics) and whose decoder is modulated by
+  a style code through AdaIN, and both are the identity when untrained:
+
+  - :class:`Generator` (``stargan``) — H -> H/4 and back with a bottleneck block per side; returns a per-pixel
+    change of the input in logit space (zero at start), so the output stays in (0, 1). MNIST pixels sit at
+    0 and 1, where the logit's slope is flat, so learning to paint on them is slow.
+  - :class:`EditGenerator` (``edit``) — an edit of the real image: per pixel a colour ``c`` and a mask ``m``
+    in [0, 1], ``out = x + m * (c - x)`` (:func:`apply_edit`). Painting a solid patch or recolouring a stroke
+    is one step of the mask; where the mask is 0 the pixel is the input's. Skip connections carry the encoder's
+    maps to the decoder, and its 1x1 head sees the input's pixels, so a mask can follow a stroke exactly.
+
 - :class:`MappingNetwork` — random latent + target class -> style code (latent-guided translation).
 - :class:`StyleEncoder` — reference image + its class -> style code (reference-guided translation).
 - :class:`Discriminator` — one real/fake logit per class (multi-task); the logit of the image's
@@ -29,6 +37,11 @@ PIXEL_EPS = 0.01  # input pixels are clamped to [eps, 1 - eps] before the logit
 # The image shape of GAN configs (and ``gan.pt`` files) written before configs recorded "image_shape": they
 # were all MNIST-sized, 3 x 28 x 28.
 LEGACY_IMAGE_SHAPE = (3, 28, 28)
+# The generator of configs written before configs recorded "generator".
+LEGACY_GENERATOR = "stargan"
+# The edit generator's mask logit at start: sigmoid(-4) = 0.018, so an untrained edit changes a pixel by at most
+# 1.8 % of its distance to the (mid-grey) start colour, about 2/255 at most after rounding to uint8.
+MASK_START_LOGIT = -4.0
 
 
 def checked_image_shape(image_shape) -> tuple[int, int, int]:
@@ -107,6 +120,11 @@ class DecoderBlock(nn.Module):
         return (self.skip(x) + h) / 2**0.5
 
 
+def downsampling_blocks(w: int) -> list[EncoderBlock]:
+    """The encoder's two halvings: w -> 2w channels at H/2 x W/2 (14 x 14), 2w -> 4w at H/4 x W/4 (7 x 7)."""
+    return [EncoderBlock(w, 2 * w, downsample=True), EncoderBlock(2 * w, 4 * w, downsample=True)]
+
+
 class Generator(nn.Module):
     """H -> H/2 -> H/4 encoder, one bottleneck block per side, H/4 -> H/2 -> H AdaIN decoder
     (28 -> 14 -> 7 -> 14 -> 28 for MNIST)."""
@@ -116,11 +134,7 @@ class Generator(nn.Module):
         self.image_shape = checked_image_shape(image_shape)
         channels, w = self.image_shape[0], width
         self.stem = nn.Conv2d(channels, w, 3, padding=1)
-        self.encoder = nn.ModuleList([
-            EncoderBlock(w, 2 * w, downsample=True),        # H/2 x W/2 (14 x 14)
-            EncoderBlock(2 * w, 4 * w, downsample=True),    # H/4 x W/4 (7 x 7)
-            EncoderBlock(4 * w, 4 * w, downsample=False),
-        ])
+        self.encoder = nn.ModuleList([*downsampling_blocks(w), EncoderBlock(4 * w, 4 * w, downsample=False)])
         self.decoder = nn.ModuleList([
             DecoderBlock(4 * w, 4 * w, style_dim, upsample=False),
             DecoderBlock(4 * w, 2 * w, style_dim, upsample=True),   # H/2 x W/2 (14 x 14)
@@ -140,6 +154,53 @@ class Generator(nn.Module):
             h = block(h, style)
         change = self.to_image(h).float()
         return torch.sigmoid(torch.logit(x.float().clamp(PIXEL_EPS, 1 - PIXEL_EPS)) + change)
+
+
+def apply_edit(x: torch.Tensor, colour: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x + mask * (colour - x)``: images (N x C x H x W in [0, 1]) moved towards ``colour`` (N x C x H x W in
+    [0, 1]) by ``mask`` (N x 1 x H x W in [0, 1]); a pixel whose mask is 0 is returned unchanged."""
+    return x + mask * (colour - x)
+
+
+class EditGenerator(nn.Module):
+    """H -> H/2 -> H/4 encoder, H/4 -> H/2 -> H AdaIN decoder with the encoder's maps added at each size
+    (28 -> 14 -> 7 -> 14 -> 28 for MNIST), and a per-pixel head on the decoder's map and the input's pixels that
+    returns an edit: a colour and a mask (:meth:`edit`, applied by :func:`apply_edit`)."""
+
+    def __init__(self, style_dim: int = 32, width: int = 32, image_shape: tuple[int, int, int] = LEGACY_IMAGE_SHAPE):
+        super().__init__()
+        self.image_shape = checked_image_shape(image_shape)
+        channels, w = self.image_shape[0], width
+        self.stem = nn.Conv2d(channels, w, 3, padding=1)
+        self.encoder = nn.ModuleList(downsampling_blocks(w))
+        self.decoder = nn.ModuleList([
+            DecoderBlock(4 * w, 2 * w, style_dim, upsample=True),   # H/2 x W/2, + the encoder's 14 x 14 map
+            DecoderBlock(2 * w, w, style_dim, upsample=True),       # H x W, + the stem's map
+        ])
+        self.head = nn.Sequential(nn.Conv2d(w + channels, w, 1), nn.LeakyReLU(0.2), nn.Conv2d(w, channels + 1, 1))
+        # An untrained edit changes (almost) nothing: no colour preference (mid-grey) and a closed mask.
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+        nn.init.constant_(self.head[-1].bias[channels:], MASK_START_LOGIT)
+
+    def edit(self, x: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(colour N x C x H x W, mask N x 1 x H x W), both in [0, 1], for images ``x`` and styles ``style`` (N x S)."""
+        h = self.stem(x * 2 - 1)
+        skips = [h]
+        for block in self.encoder:
+            h = block(h)
+            skips.append(h)
+        for block, skip in zip(self.decoder, reversed(skips[:-1])):
+            h = block(h, style) + skip
+        out = self.head(torch.cat([h, x * 2 - 1], dim=1)).float()
+        return torch.sigmoid(out[:, :-1]), torch.sigmoid(out[:, -1:])
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        colour, mask = self.edit(x, style)
+        return apply_edit(x.float(), colour, mask)
+
+
+GENERATORS = {"stargan": Generator, "edit": EditGenerator}  # the config's "generator" -> network
 
 
 class MappingNetwork(nn.Module):
@@ -202,8 +263,9 @@ class Discriminator(nn.Module):
 class Translator(nn.Module):
     """The trained image-to-image translator used downstream (EMA weights, no discriminator).
 
-    ``config``: {"n_classes", "style_dim", "latent_dim", "width", "image_shape": (channels, height, width)}; a
-    config without "image_shape" (written before configs recorded it) is for 3 x 28 x 28 images.
+    ``config``: {"n_classes", "style_dim", "latent_dim", "width", "image_shape": (channels, height, width),
+    "generator": a key of :data:`GENERATORS`}; a config without "image_shape" (written before configs recorded it)
+    is for 3 x 28 x 28 images, one without "generator" has the ``stargan`` generator.
     """
 
     def __init__(self, config: dict):
@@ -211,7 +273,7 @@ class Translator(nn.Module):
         self.config = dict(config)
         c = self.config
         self.image_shape = image_shape_of(c)
-        self.generator = Generator(c["style_dim"], c["width"], self.image_shape)
+        self.generator = GENERATORS[c.get("generator", LEGACY_GENERATOR)](c["style_dim"], c["width"], self.image_shape)
         self.mapping = MappingNetwork(c["latent_dim"], c["style_dim"], c["n_classes"])
         self.style_encoder = StyleEncoder(c["style_dim"], c["n_classes"], c["width"], self.image_shape)
 
@@ -227,8 +289,7 @@ class Translator(nn.Module):
 
 class GanNets(Translator):
     """All networks of the GAN together, so they move, save and load as one: the translator's three
-    networks plus the discriminator. ``config``: {"n_classes", "style_dim", "latent_dim", "width", "image_shape"}
-    (see :class:`Translator`).
+    networks plus the discriminator. ``config``: see :class:`Translator`.
     """
 
     def __init__(self, config: dict):
