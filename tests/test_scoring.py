@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pipeline.scoring.chance import lift_between, lift_over_chance, not_judged
-from pipeline.scoring.masks import RANDOM_MASKS, WHOLE_IMAGE, iou, mask_chance, mass_share, random_masks_like
+from pipeline.scoring.masks import (RANDOM_MASKS, WHOLE_IMAGE, iou, mask_chance, mass_share, random_masks_like,
+                                    random_placements)
 from pipeline.scoring.relevance import pointing_game, relevance_mass, support_share
 
 
@@ -169,3 +170,25 @@ def test_two_independent_groups_are_compared_each_resampled():
     lift = lift_between(stamped_queries, clean_queries, "clean queries", generator())
     assert lift.verdict == "above chance" and lift.lift == pytest.approx(0.4, abs=0.02)
     assert lift_between(clean_queries, clean_queries, "itself", generator()).verdict == "no better than chance"
+
+
+def test_a_region_at_random_other_places_keeps_its_shape_and_scores_its_chance_iou_by_hand():
+    """A 4x4 square in the corner of 28x28 has 25 x 25 - 1 other places; only the 15 shifts by 0-3 rows and columns
+    overlap it, each with IoU (4 - a)(4 - b) / (32 - (4 - a)(4 - b))."""
+    region = square_mask(top=0, left=0, side=4)
+    placed = random_placements(region, 20000, generator())
+    assert placed.shape == (20000, 28, 28) and (placed.flatten(1).sum(1) == 16).all()
+    rows, cols = placed.any(2).float().argmax(1), placed.any(1).float().argmax(1)
+    assert torch.equal(placed, torch.stack([square_mask(top=int(r), left=int(c)) for r, c in zip(rows, cols)]))
+    assert not ((rows == 0) & (cols == 0)).any() and rows.max() == 24 and cols.max() == 24
+    by_hand = sum((4 - a) * (4 - b) / (32 - (4 - a) * (4 - b)) for a in range(4) for b in range(4) if a or b) / 624
+    assert iou(placed, region).mean().item() == pytest.approx(by_hand, abs=0.0015)
+
+
+def test_placements_apart_share_the_fewest_pixels_with_the_region():
+    small = square_mask(top=0, left=0, side=4)
+    assert not (random_placements(small, 500, generator(), apart=True) & small).any()
+    big = square_mask(top=0, left=0, side=20)     # every other place overlaps; the least is the shift by 8 and 8
+    assert torch.equal(random_placements(big, 5, generator(), apart=True), square_mask(top=8, left=8, side=20).expand(5, 28, 28))
+    assert not random_placements(torch.zeros(28, 28, dtype=torch.bool), 3, generator()).any()
+    assert random_placements(square_mask(top=0, left=0, side=28), 3, generator()).shape == (0, 28, 28)

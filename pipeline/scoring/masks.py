@@ -1,12 +1,14 @@
 """Masks against a truth region, and their chance levels: the whole-image mask and random masks of the same area.
 
 A method's mask (its optimal mask in explain, a discovered region) is scored by its IoU with the truth and by the
-share of its mass on the truth. Two masks that know nothing set the chance level, scored by the same code:
+share of its mass on the truth. Masks that know nothing set the chance level, scored by the same code:
 
 - the **whole-image mask**: IoU = the truth's share of the image, mass share the same; a big truth region makes
   this high (a 20x20 square on a 28x28 image: 0.51);
 - **random masks of the same area**: per item, smooth random blobs (Gaussian-blurred noise, kept at the item's
-  mask area exactly), so that a method is not credited for the size of its masks, only for where they are.
+  mask area exactly), so that a method is not credited for the size of its masks, only for where they are;
+- **the same shape at random other places** (:func:`random_placements`): for one region found without the answer
+  (discover), where a region of exactly that shape lands by chance.
 
 Masks are bool [N, H, W] (one spatial mask per item; a per-channel mask counts a pixel when any channel is on).
 """
@@ -18,6 +20,7 @@ import torch
 
 WHOLE_IMAGE = "the whole-image mask"
 RANDOM_MASKS = "random masks of the same area"
+PLACEMENTS = "the same shape at random other places"
 
 
 def spatial(mask: torch.Tensor) -> torch.Tensor:
@@ -59,6 +62,33 @@ def random_masks_like(areas: torch.Tensor, shape: tuple[int, int], sigma: float,
     noise = smooth_noise(len(areas), shape, sigma, generator).flatten(1)
     rank = noise.argsort(dim=1, descending=True).argsort(dim=1)          # 0 = the highest noise value
     return (rank < areas[:, None]).reshape(len(areas), *shape)
+
+
+def random_placements(region: torch.Tensor, n: int, generator: torch.Generator, apart: bool = False) -> torch.Tensor:
+    """bool [n, H, W]: ``region`` (bool [H, W]) moved to ``n`` random other places inside the image, drawn uniformly
+    (from ``generator``, on the CPU) among the shifts that keep its bounding box inside the image, the zero shift left
+    out: the same shape and area, anywhere else. ``apart``: only the shifts whose box shares the fewest pixels with
+    the region's own box (none, wherever such a place exists). An empty region gives empty masks; a region without
+    another place (its box spans the image) gives none: [0, H, W]."""
+    region = region.bool().cpu()
+    height, width = region.shape
+    rows, cols = torch.nonzero(region, as_tuple=True)
+    if len(rows) == 0:
+        return torch.zeros(n, height, width, dtype=torch.bool)
+    top, left, bottom, right = int(rows.min()), int(cols.min()), int(rows.max()), int(cols.max())
+    dy, dx = (d.flatten() for d in torch.meshgrid(torch.arange(-top, height - bottom), torch.arange(-left, width - right),
+                                                   indexing="ij"))
+    other = (dy != 0) | (dx != 0)
+    dy, dx = dy[other], dx[other]
+    if apart and len(dy):
+        shared = (bottom - top + 1 - dy.abs()).clamp_min(0) * (right - left + 1 - dx.abs()).clamp_min(0)
+        dy, dx = dy[shared == shared.min()], dx[shared == shared.min()]
+    if len(dy) == 0:
+        return torch.zeros(0, height, width, dtype=torch.bool)
+    pick = torch.randint(len(dy), (n,), generator=generator)
+    placed = torch.zeros(n, height * width, dtype=torch.bool)
+    placed.scatter_(1, (rows[None] + dy[pick, None]) * width + cols[None] + dx[pick, None], True)
+    return placed.reshape(n, height, width)
 
 
 def mask_chance(masks: torch.Tensor, truth: torch.Tensor, sigma: float, generator: torch.Generator,
