@@ -571,6 +571,7 @@ class DiscoverParams:
     min_trigger_rate: float = 0.5        # a recurring region flags its class when, pasted alone, it moves this share of other images
     n_trigger_images: int = 1000         # test images of other classes the region is pasted into
     region_shape: str = "hull"           # hull: a region is the convex hull of its candidate pixels | pixels: those alone
+    held_out_share: float = 0.5          # of each class's pairs: the half that scores the regions the other half chose
 
     def check(self, where: str) -> None:
         allowed = ("auto",) + EXPLAIN_METHODS
