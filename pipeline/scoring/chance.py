@@ -61,6 +61,11 @@ class Lift:
             record["reason"] = self.reason
         return record
 
+    def metrics(self, name: str) -> dict:
+        """The metrics file's keys for headline figure ``name``: ``<name>_lift``, ``<name>_lift_low``,
+        ``<name>_lift_high`` (NaN, written as null, when nothing was judged)."""
+        return {f"{name}_lift": self.lift, f"{name}_lift_low": self.low, f"{name}_lift_high": self.high}
+
     def sentence(self, what: str, digits: int = 2) -> str:
         """'<what> 0.72 against 0.08 by chance (a whole-image mask): lift 0.64 [0.58, 0.70], above chance'."""
         if self.verdict == "not judged":
