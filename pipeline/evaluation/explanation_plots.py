@@ -73,18 +73,34 @@ def plot_scores(score_rows: pd.DataFrame, dataset: str, path) -> None:
 
 
 def plot_shortcut_overlap(frame: pd.DataFrame, dataset: str, path) -> None:
+    """Per method, the IoU of its optimal masks with the shortcut on GAN pairs and on the distractor control
+    (:func:`~pipeline.evaluation.explanations.shortcut_table`), each bar beside its chance level (a black tick) with
+    the lift's 95 % interval placed on the bar; a figure not judged is left empty and says so."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 0.45 * len(frame) + 1.2))
-    y = np.arange(len(frame))
-    ax.barh(y - 0.27, frame["shortcut_iou"], height=0.27, label="IoU of the optimal mask with the shortcut")
-    ax.barh(y, frame["shortcut_mass_fraction"], height=0.27, label="share of mask mass on the shortcut")
-    ax.barh(y + 0.27, frame["control_shortcut_iou"], height=0.27, color="tab:gray",
-            label="IoU on the control (clean image vs. the same image stamped)")
-    ax.set_yticks(y, frame["method"])
+    methods = list(dict.fromkeys(frame["method"]))
+    pair_sets = list(dict.fromkeys(frame["pair_set"]))
+    fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(methods) * len(pair_sets) + 1.8))
+    height = 0.8 / len(pair_sets)
+    palette = {pair_set: color for pair_set, color in zip(pair_sets, ("tab:blue", "tab:gray", "tab:orange"))}
+    for j, pair_set in enumerate(pair_sets):
+        rows = frame[frame["pair_set"] == pair_set].set_index("method").loc[methods]
+        y = np.arange(len(methods)) + (j - (len(pair_sets) - 1) / 2) * height
+        score, chance = rows["shortcut_iou"].to_numpy(float), rows["chance"].to_numpy(float)
+        low, high = chance + rows["lift_low"].to_numpy(float), chance + rows["lift_high"].to_numpy(float)
+        ax.barh(y, np.nan_to_num(score), height=height, color=palette[pair_set], label=f"IoU on {pair_set}")
+        judged = np.isfinite(score) & np.isfinite(low)
+        ax.errorbar(score[judged], y[judged], xerr=[np.clip(score - low, 0, None)[judged], np.clip(high - score, 0, None)[judged]],
+                    fmt="none", ecolor="black", capsize=2, linewidth=0.8)
+        ax.scatter(chance[judged], y[judged], marker="|", s=120, color="black", zorder=3,
+                   label="chance level" if j == 0 else None)
+        for yy in y[~judged]:
+            ax.text(0.01, yy, "not judged", va="center", fontsize=7)
+    ax.set_yticks(np.arange(len(methods)), methods)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08))  # below the bars, never over them
+    ax.set_xlabel("IoU of the optimal mask with the shortcut (bar: lift's 95 % interval; tick: chance)")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)  # below the bars, never over them
     ax.set_title(f"{dataset}: pairs translated into a shortcut class", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)

@@ -1,46 +1,76 @@
-"""Discriminative attribution on (real, counterfactual) pairs, scored and summarised.
+"""Discriminative attribution on (real, counterfactual) pairs, scored beside chance and the known answer.
 
 For every pair, each attribution method gives a map; the sweep (:mod:`pipeline.attribution.discriminative`)
 turns it into masks of growing size, copies the masked region from the counterfactual into the real
 image, and records how far the target's probability rises. This module runs every method on a set of
-pairs (:func:`explain_every_method`), on GAN-free control pairs with a shortcut stamped on
-(:func:`stamped_control`), and summarises the results: per method, per class pair, against a known
-answer (the planted shortcut, the digit vs. the color, the color rule the classifier learned), and the
-headline figures (:func:`headline_metrics`) and plot tables. The figures are in
-:mod:`pipeline.evaluation.explanation_plots`.
+pairs (:func:`explain_every_method`) and scores what it finds. Every figure is a
+:class:`~pipeline.scoring.chance.Lift`: the figure beside its reference, computed by the same code on the same
+pairs, with a paired bootstrap 95 % interval; what each one measures:
+
+- **Score over the random map and over the residual** (every dataset). A pair's score (the area under its
+  curve) against the score of a smooth random map on the same pair (:func:`random_maps`: independent noise per
+  channel, so a per-channel method's masks are not three times smaller than the random map's for free), and
+  against the residual ``|real - counterfactual|``, which needs no classifier at all. A method that does not beat
+  the residual has shown nothing the pair itself did not show.
+- **Shortcut IoU and mask mass on GAN pairs** (planted shortcuts, the negative control too). The optimal masks
+  of the pairs translated into a shortcut's class against the shortcut's truth region, over the whole-image mask
+  and random masks of each pair's own mask area (:func:`~pipeline.scoring.masks.mask_chance`; the highest binds).
+  The IoU over the pairs whose counterfactual carries the shortcut at all is given apart, and the share of those
+  pairs (``gan_shortcut_fraction``) is a property of the generator, kept as a plain figure. On the negative
+  control the same figures are taken against the unplanted class and region: they must come out at chance.
+- **The distractor control** (planted shortcuts; :func:`distractor_control_pairs`). GAN-free pairs: a clean
+  test image, and the same image stamped *and* changed elsewhere, in a box as large as the stamp's, by the pixels
+  of another test image of its class, kept only when the classifier assigns the real image's class with that
+  change alone and the shortcut's class with both. A method must choose between two changes of the same size,
+  one the classifier uses and one it ignores, so the control can fail: the residual and any map that copies
+  every change spread their masks over both. It measures whether a method finds what moves the decision, apart
+  from what a generator changes besides it. (Pairs that differ only in the stamp would measure how much of the
+  stamp flips the decision: any map weighted by ``real - counterfactual`` finds it by construction.)
+- **Digit mass fraction** (colored MNIST): the share of optimal-mask mass on the digit's pixels, where the
+  colour is, over a uniform map (the coloured pixels' share of the image) and area-matched random masks.
+
+Not judged stays not judged: a figure with no pair to score (no pair into the shortcut's class, a method not run,
+no control pair) is NaN with its reason, never 0. The figures are drawn by :mod:`pipeline.evaluation.explanation_plots`.
 """
 from __future__ import annotations
 
 import sys
 import warnings
-from dataclasses import dataclass
-from typing import Annotated, Literal
+from dataclasses import dataclass, field
+from typing import Annotated, Callable, Literal
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from annotated_types import Ge, Len
 
-from pipeline.attribution.discriminative import (DISCRIMINATIVE, METHODS, MaskSettings, attribution_maps, batched, mask_overlap,
+from pipeline.attribution.discriminative import (DISCRIMINATIVE, METHODS, MaskSettings, attribution_maps, batched,
                                                  normalise_maps, optimal_masks, score_pairs, sweep)
+from pipeline.data.known_answer import ColorRule, KnownAnswer, PlantedShortcuts
 from pipeline.data.tensors import subsample, to_float, to_uint8
-from pipeline.models.inference import moved_by_stamp, predict_probabilities
+from pipeline.models.inference import predict_probabilities
+from pipeline.scoring.chance import Lift, lift_over_chance, not_judged
+from pipeline.scoring.masks import iou, mask_chance, mass_share, smooth_noise, spatial
+
+Streams = Callable[[str], torch.Generator]   # a seeded CPU stream per name (the stage context's ``generator``)
+NAN = float("nan")
 
 
 @dataclass(frozen=True)
 class ExplainOptions:
     """Which methods run and how: attribution (``ig_steps``, ``random_sigma``, ``attributed``,
-    ``mask_channels``), batch sizes of the sweep and of attribution, and the stamped control's size."""
+    ``mask_channels``), batch sizes of the sweep and of attribution, and the distractor control's size."""
 
     methods: Annotated[tuple[Literal[METHODS], ...], Len(1)] = METHODS
     mask_channels: Literal["sum", "max", "per_channel"] = "per_channel"  # see normalise_maps
     attributed: Literal["real", "counterfactual", "logit_gap"] = "counterfactual"  # see attribution_maps
     ig_steps: Annotated[int, Ge(1)] = 32
-    random_sigma: Annotated[float, Ge(0)] = 2.0
+    random_sigma: Annotated[float, Ge(0)] = 2.0  # the random map's smoothing, and that of the random masks of chance
     batch_size: Annotated[int, Ge(1)] = 16384  # most images per forward pass of the sweep
     attribution_batch_size: Annotated[int, Ge(1)] = 256
     mixed_precision: bool = True
-    control_pairs: Annotated[int, Ge(0), "0 = no control"] = 512  # most stamped control pairs
+    control_pairs: Annotated[int, Ge(0), "0 = no control"] = 512  # most distractor control pairs
 
 
 @dataclass
@@ -56,82 +86,32 @@ class Pairs:
     n_reaching_target: int        # of those, assigned to their target (before max_pairs)
 
 
+# --------------------------------------------------------------------------------------------
+# Maps, the sweep and its per-method summary
+# --------------------------------------------------------------------------------------------
+def random_maps(real: torch.Tensor, sigma: float, generator: torch.Generator | None) -> torch.Tensor:
+    """[N,C,H,W] >= 0: smooth random maps of ``real``'s shape, independent noise per pair *and channel*
+    (:func:`~pipeline.scoring.masks.smooth_noise`, drawn on the CPU), each shifted to start at 0 so that its
+    order is the noise's. With one noise copied to every channel, a per-channel mask of the random map covers
+    all channels of its pixels, three times the footprint a method that takes one channel needs."""
+    n, c, h, w = real.shape
+    noise = smooth_noise(n * c, (h, w), sigma, generator).reshape(n, c, h, w)
+    return (noise - noise.flatten(2).amin(dim=2)[..., None, None]).to(real.device)
+
+
 def method_maps(method: str, model, pairs: Pairs, options: ExplainOptions, generator: torch.Generator) -> torch.Tensor:
-    """Normalised maps of every pair for one method, batched."""
+    """Normalised maps of every pair for one method, batched (the random map from :func:`random_maps`)."""
     def one_batch(part: slice) -> torch.Tensor:
-        raw = attribution_maps(method, model, pairs.real[part], pairs.counterfactual[part], pairs.source[part],
-                               ig_steps=options.ig_steps, random_sigma=options.random_sigma, generator=generator,
-                               target=pairs.target[part], attributed=options.attributed)
+        if method == "random":
+            raw = random_maps(pairs.real[part], options.random_sigma, generator)
+        else:
+            raw = attribution_maps(method, model, pairs.real[part], pairs.counterfactual[part], pairs.source[part],
+                                   ig_steps=options.ig_steps, target=pairs.target[part], attributed=options.attributed)
         return normalise_maps(raw, options.mask_channels)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # captum notes that it sets requires_grad on inputs
         return batched(one_batch, len(pairs.real), options.attribution_batch_size, desc=f"{method} maps")
-
-
-def summarise(values: torch.Tensor) -> tuple[float, float]:
-    """Median and interquartile range (NaN when empty)."""
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    q = torch.quantile(values.float().cpu(), torch.tensor([0.25, 0.5, 0.75]))
-    return q[1].item(), (q[2] - q[0]).item()
-
-
-def method_metrics(scores, target: torch.Tensor) -> dict:
-    median, iqr = summarise(scores.score)
-    n = len(scores.score)
-    return {
-        "median_score": median,
-        "iqr_score": iqr,
-        "mean_optimal_mask_size": scores.optimal_mask_size.mean().item() if n else float("nan"),
-        "reached_target_fraction": (scores.optimal_predicted == target).float().mean().item() if n else float("nan"),
-    }
-
-
-def shortcut_truth(test: dict, pairs: Pairs) -> tuple[torch.Tensor, torch.Tensor]:
-    """(selected [N] bool, truth masks [N,H,W]): pairs translated into a shortcut class and its mask."""
-    alpha, labels = test["shortcut_alpha"], test["shortcut_labels"]
-    selected = torch.zeros(len(pairs.target), dtype=torch.bool, device=pairs.target.device)
-    truth = torch.zeros(len(pairs.target), *alpha.shape[1:], dtype=torch.bool, device=pairs.target.device)
-    for k in range(len(labels)):
-        into = pairs.target == labels[k]
-        selected |= into
-        truth[into] |= alpha[k] > 0
-    return selected, truth
-
-
-def carries_shortcut(test: dict, pairs: Pairs) -> torch.Tensor:
-    """[N] bool: whether each pair's counterfactual carries the shortcut planted on its target class, i.e. within
-    the shortcut's pixels it is closer (mean absolute difference) to its real image stamped than to the same image
-    clean. A GAN that learned the class's look from the training data paints the shortcut too; one that only redraws
-    the digit does not, and then its pairs test the digit, not the shortcut. False for targets without a shortcut."""
-    alpha, labels = test["shortcut_alpha"], test["shortcut_labels"]
-    carried = torch.zeros(len(pairs.target), dtype=torch.bool, device=pairs.target.device)
-    for k in range(len(labels)):
-        into = torch.nonzero(pairs.target == labels[k]).flatten()
-        if len(into) == 0:
-            continue
-        region = (alpha[k] > 0).to(pairs.target.device)
-        index = pairs.image_index[into]
-        counterfactual = pairs.counterfactual[into][..., region]
-        to_stamped = (counterfactual - to_float(test["shortcut_images"][k, index])[..., region]).abs().flatten(1).mean(1)
-        to_clean = (counterfactual - to_float(test["clean_images"][index])[..., region]).abs().flatten(1).mean(1)
-        carried[into] = to_stamped < to_clean
-    return carried
-
-
-def stamped_control_pairs(model, test: dict, n_pairs: int, rng: np.random.Generator) -> Pairs:
-    """GAN-free control pairs: (clean test image, the same image with a shortcut stamped on it), for
-    images of other classes that the stamp alone moves into the shortcut's class (at most ``n_pairs``,
-    seeded). Their only difference is the stamp, so a method's optimal masks here show how well it
-    can find the shortcut at all, apart from what the GAN changes besides it."""
-    clean, labels, shortcut_labels = test["clean_images"], test["labels"], test["shortcut_labels"]
-    shortcut, index, n_candidates = moved_by_stamp(model, test)
-    n_moved = len(index)
-    keep = torch.as_tensor(subsample(n_moved, n_pairs, rng), device=index.device)
-    shortcut, index = shortcut[keep], index[keep]
-    return Pairs(to_float(clean[index]), to_float(test["shortcut_images"][shortcut, index]), index, labels[index],
-                 shortcut_labels[shortcut], n_pairs=n_candidates, n_reaching_target=n_moved)
 
 
 def explain_pairs(method: str, model, pairs: Pairs, options: ExplainOptions, settings: MaskSettings, grid: torch.Tensor,
@@ -145,60 +125,361 @@ def explain_pairs(method: str, model, pairs: Pairs, options: ExplainOptions, set
     return maps, scores, binary, soft
 
 
-def shortcut_overlap(binary: torch.Tensor, soft: torch.Tensor, truth: tuple[torch.Tensor, ...]) -> dict:
-    """Mean IoU and share of mask mass on the shortcut over the pairs ``truth`` selects; with a third element
-    (:func:`carries_shortcut`), also the IoU over the selected pairs whose counterfactual carries the shortcut."""
-    selected, masks = truth[:2]
-    iou, share = mask_overlap(binary[selected], soft[selected], masks[selected])
-    mean = lambda values: values.mean().item() if len(values) else float("nan")  # noqa: E731
-    overlap = {"shortcut_iou": mean(iou), "shortcut_mass_fraction": mean(share)}
-    if len(truth) > 2:
-        overlap["shortcut_iou_carried"] = mean(iou[truth[2][selected]])
-    return overlap
+def summarise(values: torch.Tensor) -> tuple[float, float]:
+    """Median and interquartile range (NaN when empty)."""
+    if len(values) == 0:
+        return NAN, NAN
+    q = torch.quantile(values.float().cpu(), torch.tensor([0.25, 0.5, 0.75]))
+    return q[1].item(), (q[2] - q[0]).item()
 
 
-def stamped_control(model, test: dict, options: ExplainOptions, settings: MaskSettings, grid: torch.Tensor,
-                    generator: torch.Generator, rng: np.random.Generator) -> dict:
-    """Every method on the stamped control pairs: median score, IoU and mass share on the shortcut."""
-    pairs = stamped_control_pairs(model, test, options.control_pairs, rng)
-    truth = shortcut_truth(test, pairs)
-    methods = {}
-    for method in options.methods if len(pairs.target) else ():
-        _, scores, binary, soft = explain_pairs(method, model, pairs, options, settings, grid, generator)
-        methods[method] = {"median_score": summarise(scores.score)[0], **shortcut_overlap(binary, soft, truth)}
-    return {"n_pairs": len(pairs.target), "n_moved_by_stamp": pairs.n_reaching_target, "methods": methods}
+METHOD_KEYS = ("median_score", "iqr_score", "mean_optimal_mask_size", "reached_target_fraction")
+
+
+def method_metrics(scores, target: torch.Tensor) -> dict:
+    """A method's plain figures on the pairs (:data:`METHOD_KEYS`)."""
+    median, iqr = summarise(scores.score)
+    n = len(scores.score)
+    return {
+        "median_score": median,
+        "iqr_score": iqr,
+        "mean_optimal_mask_size": scores.optimal_mask_size.mean().item() if n else NAN,
+        "reached_target_fraction": (scores.optimal_predicted == target).float().mean().item() if n else NAN,
+    }
 
 
 def best_discriminative(metrics: dict) -> str | None:
-    """The discriminative method with the highest median score in ``metrics`` (method -> entry)."""
+    """The discriminative method with the highest median score in ``metrics`` (method -> entry): chosen by the
+    sweep's score, never by a known-answer figure."""
     candidates = [(m, metrics[m]["median_score"]) for m in DISCRIMINATIVE if m in metrics]
     candidates = [(m, s) for m, s in candidates if s == s]  # drop NaN
     return max(candidates, key=lambda item: item[1])[0] if candidates else None
 
 
 # --------------------------------------------------------------------------------------------
+# Scores beside their references
+# --------------------------------------------------------------------------------------------
+SCORE_REFERENCES = {"score_vs_random": ("random", "the random map's score on the same pairs"),
+                    "score_vs_residual": ("residual", "the residual |real - counterfactual|'s score on the same pairs")}
+
+
+def score_lifts(scores: dict[str, torch.Tensor], streams: Streams) -> dict[str, dict[str, Lift]]:
+    """{figure: {method: Lift}}: each method's per-pair score over the random map's and over the residual's on the
+    same pairs (paired; :data:`SCORE_REFERENCES`), for every method that ran but the reference itself."""
+    lifts: dict[str, dict[str, Lift]] = {}
+    for figure, (reference, words) in SCORE_REFERENCES.items():
+        lifts[figure] = {}
+        for method, values in scores.items():
+            if method == reference:
+                continue
+            if reference not in scores:
+                lifts[figure][method] = not_judged(f"{reference} was not run (explain.methods)", words)
+                continue
+            lifts[figure][method] = lift_over_chance(values, {words: scores[reference]},
+                                                     streams(f"bootstrap/{figure}/{method}"),
+                                                     reason_if_empty="no pair has a score")
+    return lifts
+
+
+MASK_FIGURES = {"iou": "iou", "mass_fraction": "mass_share"}   # figure suffix -> mask_chance's figure
+
+
+@dataclass(frozen=True)
+class MaskJudge:
+    """Scores optimal masks against a truth region beside their chance levels (the whole-image mask, random masks
+    of each pair's own mask area; :func:`~pipeline.scoring.masks.mask_chance`): figures ``<prefix>_iou`` and
+    ``<prefix>_mass_fraction`` (those of ``figures``) over the ``selected`` pairs, and ``<prefix>_iou_<name>`` over
+    each subset of them. A binary mask counts a pixel when any channel is on; a soft mask's mass is its channel
+    mean."""
+
+    prefix: str                   # "shortcut", "control_shortcut", "digit"
+    truth: torch.Tensor           # bool [N,H,W]
+    selected: torch.Tensor        # bool [N]: the pairs judged
+    reason: str                   # why nothing is judged when no pair is selected
+    sigma: float                  # smoothing of the random masks (the random map's)
+    streams: Streams
+    figures: tuple[str, ...] = ("iou", "mass_fraction")
+    subsets: dict[str, tuple[torch.Tensor, str]] = field(default_factory=dict)  # name -> (bool [N], reason if empty)
+
+    def names(self) -> list[str]:
+        return [f"{self.prefix}_{f}" for f in self.figures] + [f"{self.prefix}_iou_{name}" for name in self.subsets]
+
+    def __call__(self, method: str, binary: torch.Tensor, soft: torch.Tensor) -> dict[str, Lift]:
+        keep = self.selected.bool().cpu()
+        if not keep.any():
+            return self.none(self.reason)
+        on = keep.to(binary.device)
+        masks, truth = spatial(binary[on]).cpu(), self.truth[on].bool().cpu()
+        chance = mask_chance(masks, truth, self.sigma, self.streams(f"random-masks/{self.prefix}/{method}"))
+        items = {"iou": iou(masks, truth), "mass_share": mass_share(soft[on].float().mean(dim=1).cpu(), truth)}
+        lifts = {}
+        for figure in self.figures:
+            name, key = f"{self.prefix}_{figure}", MASK_FIGURES[figure]
+            lifts[name] = lift_over_chance(items[key], chance[key], self.streams(f"bootstrap/{name}/{method}"),
+                                           reason_if_empty="every optimal mask is empty")
+        for subset, (members, reason) in self.subsets.items():
+            within = members.bool().cpu()[keep]
+            name = f"{self.prefix}_iou_{subset}"
+            lifts[name] = lift_over_chance(items["iou"][within], {c: v[within] for c, v in chance["iou"].items()},
+                                           self.streams(f"bootstrap/{name}/{method}"), reason_if_empty=reason)
+        return lifts
+
+    def none(self, reason: str) -> dict[str, Lift]:
+        """Every figure not judged, for ``reason``."""
+        return {name: not_judged(reason) for name in self.names()}
+
+
+def class_list(labels, class_names: list[str]) -> str:
+    return " and ".join(class_names[label] for label in labels)
+
+
+def known_answer_judges(answer: KnownAnswer, pairs: Pairs, test: dict, class_names: list[str], sigma: float,
+                        streams: Streams) -> list[MaskJudge]:
+    """The judges of the GAN pairs' optimal masks against ``answer``: the shortcut's truth region on the pairs into
+    its class (planted shortcuts and the negative control, with the pairs that carry it as a subset), or the digit's
+    pixels (a colour rule); none for unknown images."""
+    if isinstance(answer, PlantedShortcuts):
+        selected, truth = answer.truth_for_targets(pairs.target)
+        into = class_list(answer.labels, class_names)
+        return [MaskJudge("shortcut", truth, selected, f"no GAN pair goes into {into}", sigma, streams,
+                          subsets={"carried": (carried_shortcut(answer, pairs, test),
+                                               f"no counterfactual into {into} carries its shortcut")})]
+    if isinstance(answer, ColorRule):
+        return [MaskJudge("digit", answer.colored_pixels(pairs.real), torch.ones_like(pairs.target, dtype=torch.bool),
+                          "no pair", sigma, streams, figures=("mass_fraction",))]
+    return []
+
+
+def carried_shortcut(answer: PlantedShortcuts, pairs: Pairs, test: dict) -> torch.Tensor:
+    """[N] bool: whether each pair's counterfactual carries the shortcut of its target class
+    (:meth:`~pipeline.data.known_answer.PlantedShortcuts.carries`, against its clean test image)."""
+    clean = to_float(test["clean_images"][pairs.image_index.to(test["clean_images"].device)]).to(pairs.real.device)
+    return answer.carries(pairs.counterfactual, clean, pairs.target)
+
+
+# --------------------------------------------------------------------------------------------
+# The distractor control
+# --------------------------------------------------------------------------------------------
+CONTROL_MEASURES = ("whether a method's optimal mask picks the stamp, which moves the decision, over a change of the "
+                    "same size elsewhere that does not (pixels of another test image of the same class); pairs: clean "
+                    "test image vs. the same image stamped and changed there")
+FUNNEL = ("n_candidates", "n_assigned_own_class", "n_moved_by_stamp", "n_with_distractor", "n_distractor_keeps_class",
+          "n_usable")
+
+
+def stamp_box(answer: PlantedShortcuts, k: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the box around the pixels shortcut ``k`` paints."""
+    rows, cols = np.nonzero(answer.alpha(k) > 0)
+    return int(rows.min()), int(cols.min()), int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+
+
+def distractor_places(shape: tuple[int, int], box: tuple[int, int, int, int]) -> torch.Tensor:
+    """bool [H-h+1, W-w+1]: the top-left corners of an h x w box (``box``'s size) that shares no pixel with ``box``."""
+    top, left, h, w = box
+    rows = torch.arange(shape[0] - h + 1)[:, None]
+    cols = torch.arange(shape[1] - w + 1)[None, :]
+    return (rows + h <= top) | (rows > top + h - 1) | (cols + w <= left) | (cols > left + w - 1)
+
+
+def paste_distractor(real: torch.Tensor, donor: torch.Tensor, size: tuple[int, int],
+                     places: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``real`` with an h x w box of ``donor`` pasted in, how many pixels that changes) for uint8 [N,3,H,W] images:
+    per image the allowed place (``places``, see :func:`distractor_places`) where the two differ in the most pixels,
+    the first in reading order among equals."""
+    n, _, height, width = real.shape
+    h, w = size
+    if n == 0:
+        return real, torch.zeros(0, dtype=torch.long, device=real.device)
+    differs = (real != donor).any(dim=1, keepdim=True).float()
+    counts = F.avg_pool2d(differs, (h, w), stride=1).mul(h * w).round().long()[:, 0]       # [N, H-h+1, W-w+1]
+    n_places = places.numel()
+    order = torch.arange(n_places - 1, -1, -1, device=real.device).view(places.shape)      # earlier places first
+    key = torch.where(places.to(real.device), counts * n_places + order, torch.full_like(counts, -1))
+    best = key.flatten(1).argmax(dim=1)
+    changed = counts.flatten(1).gather(1, best[:, None]).squeeze(1)
+    top, left = best // places.shape[1], best % places.shape[1]
+    rows = torch.arange(height, device=real.device)[None, :, None]
+    cols = torch.arange(width, device=real.device)[None, None, :]
+    inside = ((rows >= top[:, None, None]) & (rows < top[:, None, None] + h)
+              & (cols >= left[:, None, None]) & (cols < left[:, None, None] + w))
+    return torch.where(inside[:, None], donor, real), changed
+
+
+def same_class_donors(labels: torch.Tensor, index: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """[len(index)]: for each test image ``index[i]`` another test image of its class, drawn at random (-1 where its
+    class has no other image)."""
+    labels_host, index_host = labels.cpu().numpy(), index.cpu().numpy()
+    donors = np.full(len(index_host), -1, dtype=np.int64)
+    for label in np.unique(labels_host[index_host]):
+        members = np.flatnonzero(labels_host == label)
+        chosen = np.flatnonzero(labels_host[index_host] == label)
+        if len(members) < 2:
+            continue
+        draw = rng.integers(0, len(members) - 1, size=len(chosen))
+        own = np.searchsorted(members, index_host[chosen])
+        donors[chosen] = members[draw + (draw >= own)]
+    return torch.from_numpy(donors).to(index.device)
+
+
+def distractor_control_pairs(model, answer: PlantedShortcuts, test: dict, n_pairs: int, rng: np.random.Generator,
+                             batch_size: int = 4096) -> tuple[Pairs, dict[str, int], str]:
+    """The distractor control's pairs (see the module docstring), at most ``n_pairs`` (seeded), with the funnel of
+    counts (:data:`FUNNEL`) that led to them and, when there is none, why.
+
+    Per shortcut k and test image x of another class s: the classifier assigns x to s; the stamp alone moves x into
+    k's class c; a random other test image of class s gives the distractor: its pixels in a box of the stamp's size
+    that shares no pixel with the stamp's box, at the place where the two differ most; with that change alone x
+    stays in s, with the stamp as well it goes to c. The counterfactual is x changed there and stamped."""
+    clean, labels = test["clean_images"], test["labels"]
+    decide = lambda images: predict_probabilities(model, images, batch_size).argmax(1).to(labels.device)  # noqa: E731
+    own_class = decide(clean) == labels
+    counts = dict.fromkeys(FUNNEL, 0)
+    reals, counterfactuals, index, targets, no_room = [], [], [], [], []
+    for k, label in enumerate(answer.labels):
+        others = torch.nonzero(labels != label).flatten()
+        counts["n_candidates"] += len(others)
+        box = stamp_box(answer, k)
+        places = distractor_places(tuple(clean.shape[-2:]), box)
+        if not places.any():
+            no_room.append(label)
+            continue
+        others = others[own_class[others]]
+        counts["n_assigned_own_class"] += len(others)
+        moved = others[decide(answer.stamp_tensor(clean[others], k)) == label]
+        counts["n_moved_by_stamp"] += len(moved)
+        donors = same_class_donors(labels, moved, rng)
+        moved, donors = moved[donors >= 0], donors[donors >= 0]
+        distracted, changed = paste_distractor(clean[moved], clean[donors], box[2:], places)
+        moved, distracted = moved[changed > 0], distracted[changed > 0]
+        counts["n_with_distractor"] += len(moved)
+        keeps = decide(distracted) == labels[moved]
+        moved, distracted = moved[keeps], distracted[keeps]
+        counts["n_distractor_keeps_class"] += len(moved)
+        stamped = answer.stamp_tensor(distracted, k)
+        both = decide(stamped) == label
+        counts["n_usable"] += int(both.sum())
+        reals.append(clean[moved[both]])
+        counterfactuals.append(stamped[both])
+        index.append(moved[both])
+        targets.append(torch.full_like(moved[both], label))
+    empty = torch.zeros(0, dtype=torch.long, device=labels.device)
+    index, targets = torch.cat(index) if index else empty, torch.cat(targets) if targets else empty
+    keep = torch.as_tensor(subsample(len(index), n_pairs, rng), device=labels.device)
+    real = torch.cat(reals)[keep] if reals else clean[:0]
+    counterfactual = torch.cat(counterfactuals)[keep] if counterfactuals else clean[:0]
+    pairs = Pairs(to_float(real), to_float(counterfactual), index[keep], labels[index[keep]], targets[keep],
+                  counts["n_candidates"], counts["n_usable"])
+    return pairs, counts, control_reason(counts, no_room, len(answer.labels)) if len(keep) == 0 else ""
+
+
+def control_reason(counts: dict[str, int], no_room: list[int], n_shortcuts: int) -> str:
+    """Why the distractor control has no pair: the first step of :data:`FUNNEL` that left none."""
+    if len(no_room) == n_shortcuts:
+        return "no room for a distractor as large as the stamp that does not overlap it"
+    steps = {"n_candidates": "no test image of another class",
+             "n_assigned_own_class": "the classifier assigns no test image of another class to its own class",
+             "n_moved_by_stamp": "the stamp alone moves no test image into the shortcut's class",
+             "n_with_distractor": "no other test image of the same class differs from the real one beside the stamp",
+             "n_distractor_keeps_class": "every distractor alone moves the decision",
+             "n_usable": "the stamp with the distractor moves no image into the shortcut's class"}
+    return next((words for step, words in steps.items() if counts[step] == 0), "no pair")
+
+
+def distractor_control(model, answer: PlantedShortcuts, test: dict, options: ExplainOptions, settings: MaskSettings,
+                       grid: torch.Tensor, streams: Streams, rng: np.random.Generator) -> tuple[dict, dict[str, dict[str, Lift]]]:
+    """Every method on the distractor control pairs: (details: what it measures, the funnel of counts, each
+    method's median score; {figure: {method: Lift}} of the optimal masks against the shortcut's truth region)."""
+    pairs, counts, reason = distractor_control_pairs(model, answer, test, options.control_pairs, rng, options.batch_size)
+    selected, truth = answer.truth_for_targets(pairs.target)
+    judge = MaskJudge("control_shortcut", truth, selected, reason, options.random_sigma, streams)
+    details = {"measures": CONTROL_MEASURES, **counts, "n_pairs": len(pairs.target), "methods": {}}
+    if reason:
+        details["reason"] = reason
+    lifts: dict[str, dict[str, Lift]] = {name: {} for name in judge.names()}
+    for method in options.methods:
+        if len(pairs.target):
+            _, scores, binary, soft = explain_pairs(method, model, pairs, options, settings, grid,
+                                                    streams("control-random-map"))
+            details["methods"][method] = {"median_score": summarise(scores.score)[0]}
+            found = judge(method, binary, soft)
+        else:
+            found = judge.none(reason)
+        for name, lift in found.items():
+            lifts[name][method] = lift
+    return details, lifts
+
+
+# --------------------------------------------------------------------------------------------
+# Every method on the pairs
+# --------------------------------------------------------------------------------------------
+def explain_every_method(model, pairs: Pairs, options: ExplainOptions, settings: MaskSettings, grid: torch.Tensor,
+                         generator: torch.Generator, judges: list[MaskJudge], dataset: str) -> tuple[dict, dict, dict, dict]:
+    """Every configured method on the pairs: (per-method figures (:data:`METHOD_KEYS`), method -> (maps, scores),
+    arrays for the explanations file, {figure: {method: Lift}} of each judge's figures)."""
+    per_method, results, arrays = {}, {}, {}
+    lifts: dict[str, dict[str, Lift]] = {name: {} for judge in judges for name in judge.names()}
+    for method in options.methods:
+        maps, scores, binary, soft = explain_pairs(method, model, pairs, options, settings, grid, generator,
+                                                   progress=f"{method} sweep")
+        per_method[method] = method_metrics(scores, pairs.target)
+        for judge in judges:
+            for name, lift in judge(method, binary, soft).items():
+                lifts[name][method] = lift
+        results[method] = (maps, scores)
+        arrays.update({f"{method}_score": scores.score.cpu().numpy(), f"{method}_curve": scores.curve.cpu().numpy(),
+                       f"{method}_optimal_threshold": scores.optimal_threshold.cpu().numpy(),
+                       f"{method}_optimal_mask_size": scores.optimal_mask_size.cpu().numpy(),
+                       f"{method}_optimal_score_change": scores.optimal_score_change.cpu().numpy(),
+                       f"{method}_optimal_predicted": scores.optimal_predicted.cpu().numpy(),
+                       f"{method}_optimal_mask": to_uint8(soft).cpu().numpy()})
+        print(f"[explain@{dataset}] {method}: median score {per_method[method]['median_score']:.3f}, "
+              f"optimal mask {per_method[method]['mean_optimal_mask_size']:.3f}", file=sys.stderr)
+    return per_method, results, arrays, lifts
+
+
+def empty_method_entries(methods: list[str]) -> dict:
+    """Every per-method key with NaN values, for a run where no pair reaches its target."""
+    return {method: dict.fromkeys(METHOD_KEYS, NAN) for method in methods}
+
+
+def not_judged_for(methods, names, reason: str) -> dict[str, dict[str, Lift]]:
+    """{figure: {method: not judged, for ``reason``}} for every figure of ``names`` and method of ``methods``."""
+    return {name: {method: not_judged(reason) for method in methods} for name in names}
+
+
+# --------------------------------------------------------------------------------------------
 # Metrics: the headline figures, and the details beside them
 # --------------------------------------------------------------------------------------------
-HEADLINE_METHODS = ("d_ig", "d_deeplift", "ig", "deeplift", "residual", "random")
-NAN = float("nan")
+HEADLINE = ("score_vs_random", "score_vs_residual", "shortcut_iou", "control_shortcut_iou", "digit_mass_fraction")
 
 
-def headline_metrics(n_kept: int, per_method: dict, best: str | None, control: dict | None,
-                     gan_shortcut_fraction: float = NAN) -> dict:
-    """What ``metrics/<D>/explain.json`` holds: the pairs explained, the median score of each headline
-    method (discriminative, vanilla and the two controls; NaN when not run) and, where a shortcut is
-    planted (``control`` given, possibly empty), the shortcut IoU of the best discriminative method on
-    GAN pairs into the shortcut class and on the stamped control pairs, and the share of those GAN
-    pairs whose counterfactual carries the shortcut at all (:func:`carries_shortcut`)."""
-    metrics = {"n_pairs_kept": n_kept}
-    metrics.update({f"median_score_{m}": per_method.get(m, {}).get("median_score", NAN) for m in HEADLINE_METHODS})
-    if control is not None:
-        control_methods = control.get("methods", {})
-        control_best = best or best_discriminative(control_methods)
-        metrics["shortcut_iou"] = per_method.get(best, {}).get("shortcut_iou", NAN)
-        metrics["stamped_control_shortcut_iou"] = control_methods.get(control_best, {}).get("shortcut_iou", NAN)
+def headline_lifts(chance: dict[str, dict[str, Lift]], best: str | None) -> dict[str, Lift]:
+    """The best discriminative method's Lift of every headline figure (:data:`HEADLINE`) present in ``chance``."""
+    missing = not_judged("no discriminative method has a score (explain.methods, or no pair reaches its target)")
+    return {figure: chance[figure].get(best, missing) if best else missing for figure in HEADLINE if figure in chance}
+
+
+def headline_metrics(n_kept: int, lifts: dict[str, Lift], gan_shortcut_fraction: float | None = None) -> dict:
+    """What ``metrics/<D>/explain.json`` holds: the pairs explained, and for each headline figure (``lifts``, the
+    best discriminative method's) ``<figure>_lift`` with ``_lift_low`` and ``_lift_high`` (NaN, written null, when not
+    judged); where a shortcut is planted the share of GAN pairs into its class that carry it."""
+    metrics: dict = {"n_pairs_kept": n_kept}
+    for figure, lift in lifts.items():
+        metrics.update(lift.metrics(figure))
+    if gan_shortcut_fraction is not None:
         metrics["gan_shortcut_fraction"] = gan_shortcut_fraction
     return metrics
+
+
+def not_judged_reasons(lifts: dict[str, Lift]) -> dict[str, str]:
+    """{metric key: reason} for every headline lift that is not judged: what the report says instead of a figure."""
+    return {f"{figure}_lift": lift.reason or "nothing to score" for figure, lift in lifts.items()
+            if lift.verdict == "not judged"}
+
+
+def chance_details(chance: dict[str, dict[str, Lift]]) -> dict:
+    """details.json's ``chance``: {figure: {method: Lift.to_dict()}}."""
+    return {figure: {method: lift.to_dict() for method, lift in per_method.items()} for figure, per_method in chance.items()}
 
 
 def class_pair_details(pairs: Pairs, results: dict, class_names: list[str]) -> dict:
@@ -288,64 +569,21 @@ def curve_table(grid: np.ndarray, quartiles: dict[str, np.ndarray]) -> pd.DataFr
     return frame
 
 
-def shortcut_table(methods: list[str], per_method: dict, control: dict) -> pd.DataFrame:
-    """One bar per (method, pair set): IoU of the optimal masks with the shortcut on GAN pairs into
-    the shortcut class and on the stamped control pairs (one series: the bars' labels carry both)."""
-    control_methods = control.get("methods", {})
+SHORTCUT_PAIR_SETS = {"shortcut_iou": "GAN pairs", "control_shortcut_iou": "distractor control"}
+
+
+def shortcut_table(methods: list[str], chance: dict[str, dict[str, Lift]]) -> pd.DataFrame:
+    """One row per (method, pair set): the IoU of the optimal masks with the shortcut's truth region on GAN pairs
+    into its class and on the distractor control, its binding chance level and the lift's interval (NaN when not
+    judged). The bars' labels carry both, so `dvc plots` draws one series."""
     rows = []
     for method in methods:
-        rows.append({"pairs": f"{method}: GAN pairs", "shortcut_iou": per_method[method].get("shortcut_iou", NAN)})
-        rows.append({"pairs": f"{method}: stamped control", "shortcut_iou": control_methods.get(method, {}).get("shortcut_iou", NAN)})
+        for figure, pair_set in SHORTCUT_PAIR_SETS.items():
+            lift = chance.get(figure, {}).get(method) or not_judged("not run")
+            rows.append({"pairs": f"{method}: {pair_set}", "method": method, "pair_set": pair_set,
+                         "shortcut_iou": lift.score, "chance": lift.chance, "lift": lift.lift,
+                         "lift_low": lift.low, "lift_high": lift.high})
     return pd.DataFrame(rows)
-
-
-def shortcut_overlap_frame(methods: list[str], per_method: dict, control: dict) -> pd.DataFrame:
-    """Per method: IoU and mass share of the optimal masks on the shortcut (GAN pairs into the
-    shortcut class), and IoU on the stamped control pairs (the picture's three bars)."""
-    control_methods = control.get("methods", {})
-    return pd.DataFrame([{"method": m, "shortcut_iou": per_method[m]["shortcut_iou"],
-                          "shortcut_mass_fraction": per_method[m]["shortcut_mass_fraction"],
-                          "control_shortcut_iou": control_methods.get(m, {}).get("shortcut_iou", NAN)}
-                         for m in methods])
-
-
-# --------------------------------------------------------------------------------------------
-# Every method on the pairs
-# --------------------------------------------------------------------------------------------
-def explain_every_method(model, pairs: Pairs, options: ExplainOptions, settings: MaskSettings, grid: torch.Tensor,
-                         generator: torch.Generator, truth: dict, dataset: str) -> tuple[dict, dict, dict]:
-    """Every configured method on the pairs: (per-method details, method -> (maps, scores), arrays
-    for the explanations file). ``truth`` may hold ``shortcut`` (selected, masks) and ``digit`` masks."""
-    per_method, results, arrays = {}, {}, {}
-    for method in options.methods:
-        maps, scores, binary, soft = explain_pairs(method, model, pairs, options, settings, grid, generator,
-                                                   progress=f"{method} sweep")
-        entry = method_metrics(scores, pairs.target)
-        if "shortcut" in truth:
-            entry.update(shortcut_overlap(binary, soft, truth["shortcut"]))
-        if "digit" in truth:
-            _, share = mask_overlap(binary, soft, truth["digit"])
-            entry["digit_mass_fraction"] = share.mean().item() if len(share) else NAN
-            entry["background_mass_fraction"] = 1.0 - entry["digit_mass_fraction"]
-        per_method[method] = entry
-        results[method] = (maps, scores)
-        arrays.update({f"{method}_score": scores.score.cpu().numpy(), f"{method}_curve": scores.curve.cpu().numpy(),
-                       f"{method}_optimal_threshold": scores.optimal_threshold.cpu().numpy(),
-                       f"{method}_optimal_mask_size": scores.optimal_mask_size.cpu().numpy(),
-                       f"{method}_optimal_score_change": scores.optimal_score_change.cpu().numpy(),
-                       f"{method}_optimal_predicted": scores.optimal_predicted.cpu().numpy(),
-                       f"{method}_optimal_mask": to_uint8(soft).cpu().numpy()})
-        print(f"[explain@{dataset}] {method}: median score {entry['median_score']:.3f}, "
-              f"optimal mask {entry['mean_optimal_mask_size']:.3f}", file=sys.stderr)
-    return per_method, results, arrays
-
-
-def empty_method_entries(methods: list[str], truth: dict) -> dict:
-    """Every per-method key with NaN values, for a run where no pair reaches its target."""
-    keys = ("median_score", "iqr_score", "mean_optimal_mask_size", "reached_target_fraction")
-    keys += ("shortcut_iou", "shortcut_mass_fraction", "shortcut_iou_carried") if "shortcut" in truth else ()
-    keys += ("digit_mass_fraction", "background_mass_fraction") if "digit" in truth else ()
-    return {method: dict.fromkeys(keys, NAN) for method in methods}
 
 
 def score_row(method: str, scores) -> dict:

@@ -4,13 +4,18 @@ For every pair whose counterfactual the classifier assigns to its target, each a
 gives a map; the sweep (:mod:`pipeline.attribution.discriminative`) turns it into masks of growing size, copies
 the masked region from the counterfactual into the real image, and records how far the target's
 probability rises. The area under that curve is the method's score for the pair; the mask that
-minimises (size - score change) is its optimal mask. Where the answer is known (the planted
-shortcut, the digit vs. the color) the optimal masks are scored against it.
+minimises (size - score change) is its optimal mask. Every figure stands beside its reference, computed by the
+same code on the same pairs: the score beside the random map's and the residual's; where the answer is known
+(the planted shortcut, also on the negative control; the digit vs. the colour) the optimal masks beside the
+whole-image mask and random masks of their own area, on GAN pairs and on the distractor control
+(:mod:`pipeline.evaluation.explanations` says what each measures).
 
 The computation lives in :mod:`pipeline.evaluation.explanations` and its figures in
-:mod:`pipeline.evaluation.explanation_plots`. ``metrics/<D>/explain.json`` holds the headline figures
-only (:func:`~pipeline.evaluation.explanations.headline_metrics`); every figure per method, per class
-pair, of the control pairs and of the color rule goes to ``plots/<D>/explain/details.json``.
+:mod:`pipeline.evaluation.explanation_plots`. ``metrics/<D>/explain.json`` holds the headline figures only, the
+best discriminative method's lifts with their intervals
+(:func:`~pipeline.evaluation.explanations.headline_metrics`); ``plots/<D>/explain/details.json`` holds every
+method's figures, each lift in full under ``chance``, why a headline is not judged (``not_judged``), the class
+pairs, the distractor control's funnel and the colour rule.
 """
 from __future__ import annotations
 
@@ -25,16 +30,19 @@ from pipeline import paths
 from pipeline.attribution.discriminative import MaskSettings, size_grid
 from pipeline.attribution.methods import skip_reason
 from pipeline.config import ExplainParams
-from pipeline.data.tensors import to_float, to_uint8
+from pipeline.data.known_answer import ColorRule, PlantedShortcuts
+from pipeline.data.tensors import to_float
 from pipeline.evaluation.explanation_plots import plot_color_rule, plot_curves, plot_scores, plot_shortcut_overlap, save_gallery
-from pipeline.evaluation.explanations import (NAN, ExplainOptions, Pairs, best_discriminative, carries_shortcut, class_pair_details,
-                                              color_rule, color_rule_table, curve_and_score_summaries, curve_table, empty_method_entries,
-                                              explain_every_method, headline_metrics, shortcut_overlap_frame, shortcut_table,
-                                              shortcut_truth, stamped_control)
+from pipeline.evaluation.explanations import (NAN, ExplainOptions, Pairs, best_discriminative, chance_details,
+                                              class_pair_details, color_rule, color_rule_table, curve_and_score_summaries,
+                                              curve_table, distractor_control, empty_method_entries, explain_every_method,
+                                              headline_lifts, headline_metrics, known_answer_judges, not_judged_for,
+                                              not_judged_reasons, score_lifts, shortcut_table)
 from pipeline.models.classifiers import load_classifier
 from pipeline.plotting import placeholder_figure
-from pipeline.prepared import load_meta, load_prepared
+from pipeline.prepared import load_known_answer, load_meta, load_prepared
 from pipeline.runtime import stage
+from pipeline.scoring.chance import not_judged
 from pipeline.storage import InputError, load_arrays, save_arrays, save_figure, write_csv, write_json
 
 CONTRACT_KEYS = ("real", "counterfactual", "counterfactual_latent", "image_index", "source", "target",
@@ -70,23 +78,11 @@ def explain_options(cfg: ExplainParams) -> ExplainOptions:
                           control_pairs=cfg.control_pairs)
 
 
-def write_color_rule(frame: pd.DataFrame, class_names: list[str], dataset: str, out) -> None:
-    """Colored MNIST's known answer: the color rule the classifier learned (plot data and picture)."""
-    write_csv(out / "known_answer" / "color_rule.csv", color_rule_table(frame))
-    plot_color_rule(frame, class_names, dataset, out / "known_answer.png")
-
-
-def write_shortcut_overlap(methods: list[str], per_method: dict, control: dict, dataset: str, out) -> None:
-    """Clever Hans's known answer: how well each method's optimal masks find the shortcut."""
-    write_csv(out / "known_answer" / "shortcut_iou.csv", shortcut_table(methods, per_method, control))
-    plot_shortcut_overlap(shortcut_overlap_frame(methods, per_method, control), dataset, out / "known_answer.png")
-
-
 def main(argv: list[str] | None = None) -> None:
     with stage("explain", argv) as ctx:
         cfg = ctx.params.explain
-        meta = load_meta(ctx.dataset)
-        class_names = meta["class_names"]
+        class_names = load_meta(ctx.dataset)["class_names"]
+        answer = load_known_answer(ctx.dataset)
         model = load_classifier(paths.classifier_path(ctx.dataset), ctx.device)
         skipped = {m: why for m in cfg.methods if (why := skip_reason(m, model))}
         methods = [m for m in cfg.methods if m not in skipped]
@@ -96,41 +92,52 @@ def main(argv: list[str] | None = None) -> None:
         n_kept = len(pairs.target)
         settings = MaskSettings(cfg.n_thresholds, cfg.closing_size, cfg.blur_sigma, cfg.score_convention)
         grid = size_grid(cfg.n_grid, ctx.device)
-        generator = ctx.generator("random-map")
-
-        truth: dict = {}
-        if ctx.kind == "colored_mnist":
-            truth["digit"] = to_uint8(pairs.real).amax(dim=1) > 0
-        if "shortcut_alpha" in test:
-            truth["shortcut"] = shortcut_truth(test, pairs) + (carries_shortcut(test, pairs),)
+        judges = known_answer_judges(answer, pairs, test, class_names, cfg.random_sigma, ctx.generator)
+        names = [name for judge in judges for name in judge.names()]
 
         if n_kept:
-            per_method, results, arrays = explain_every_method(model, pairs, options, settings, grid, generator, truth,
-                                                               ctx.dataset)
+            per_method, results, arrays, chance = explain_every_method(model, pairs, options, settings, grid,
+                                                                       ctx.generator("random-map"), judges, ctx.dataset)
+            chance = {**score_lifts({m: results[m][1].score for m in methods}, ctx.generator), **chance}
         else:  # nothing to explain: keep every key, with null values, so downstream reads still work
             print(f"[explain@{ctx.dataset}] warning: no counterfactual reaches its target class; nothing to score",
                   file=sys.stderr)
-            per_method, results, arrays = empty_method_entries(methods, truth), {}, {}
+            per_method, results, arrays = empty_method_entries(methods), {}, {}
+            chance = not_judged_for(methods, ["score_vs_random", "score_vs_residual", *names],
+                                    "no counterfactual reaches its target class")
         best = best_discriminative(per_method)
 
         details: dict = {"n_pairs": pairs.n_pairs, "n_pairs_reaching_target": pairs.n_reaching_target, "n_pairs_kept": n_kept,
                          "counterfactual": cfg.counterfactual, "score_convention": cfg.score_convention,
                          "best_discriminative_method": best, "methods": per_method, "skipped_methods": skipped}
-        control, gan_shortcut_fraction = None, NAN
-        if "shortcut" in truth:
-            control = (stamped_control(model, test, options, settings, grid, generator, ctx.rng("control-pairs"))
-                       if cfg.control_pairs else {})
-            into, _, carried = truth["shortcut"]
-            details["n_pairs_into_shortcut_class"] = int(into.sum())
-            details["n_pairs_carrying_shortcut"] = int((carried & into).sum())
-            gan_shortcut_fraction = carried[into].float().mean().item() if into.any() else NAN
-            details["stamped_control"] = control
-        if "digit" in truth:
-            details["digit_pixel_fraction"] = truth["digit"].float().mean().item() if n_kept else NAN
+        gan_shortcut_fraction = None
+        if isinstance(answer, PlantedShortcuts):
+            selected, carried = judges[0].selected, judges[0].subsets["carried"][0]
+            details["shortcut_classes"] = [class_names[label] for label in answer.labels]
+            details["negative_control"] = answer.is_negative_control
+            details["n_pairs_into_shortcut_class"] = int(selected.sum())
+            details["n_pairs_carrying_shortcut"] = int((carried & selected).sum())
+            gan_shortcut_fraction = carried[selected].float().mean().item() if selected.any() else NAN
+            details["gan_shortcut_fraction"] = gan_shortcut_fraction
+            if cfg.control_pairs:
+                details["distractor_control"], control = distractor_control(
+                    model, answer, test, options, settings, grid, ctx.generator, ctx.rng("control-pairs"))
+            else:
+                control = not_judged_for(methods, ["control_shortcut_iou", "control_shortcut_mass_fraction"],
+                                         "no control pairs (explain.control_pairs = 0)")
+            chance.update(control)
+        if isinstance(answer, ColorRule):
             rule, color_frame = color_rule(model, test, class_names, cfg.batch_size)
             details["color_rule"] = rule
+        for figure in chance.values():   # a method skipped for this model is not judged, with the reason
+            figure.update({m: not_judged(f"skipped: {why}") for m, why in skipped.items()})
+        headline = headline_lifts(chance, best)
+        details["chance"] = chance_details(chance)
+        details["not_judged"] = not_judged_reasons(headline)
+        if gan_shortcut_fraction is not None and gan_shortcut_fraction != gan_shortcut_fraction:
+            details["not_judged"]["gan_shortcut_fraction"] = judges[0].reason
         details["per_class_pair"] = class_pair_details(pairs, results, class_names)
-        metrics = headline_metrics(n_kept, per_method, best, control, gan_shortcut_fraction)
+        metrics = headline_metrics(n_kept, headline, gan_shortcut_fraction)
 
         out = paths.plots_dir(ctx.dataset, "explain")
         grid_host = grid.cpu().numpy()
@@ -146,13 +153,16 @@ def main(argv: list[str] | None = None) -> None:
                          out / "gallery", ctx.dataset)
         else:
             (out / "gallery").mkdir(parents=True, exist_ok=True)
-        if "digit" in truth:
-            write_color_rule(color_frame, class_names, ctx.dataset, out)
-        elif control is not None:
-            write_shortcut_overlap(methods, per_method, control, ctx.dataset, out)
+        if isinstance(answer, ColorRule):
+            write_csv(out / "known_answer" / "color_rule.csv", color_rule_table(color_frame))
+            plot_color_rule(color_frame, class_names, ctx.dataset, out / "known_answer.png")
+        elif isinstance(answer, PlantedShortcuts):
+            frame = shortcut_table(methods, chance)
+            write_csv(out / "known_answer" / "shortcut_iou.csv", frame)
+            plot_shortcut_overlap(frame, ctx.dataset, out / "known_answer.png")
         else:   # your own images: nothing to score against
             (out / "known_answer").mkdir(parents=True, exist_ok=True)
-            save_figure(placeholder_figure(f"{ctx.dataset}: {ctx.entry.NO_ANSWER}"), out / "known_answer.png")
+            save_figure(placeholder_figure(f"{ctx.dataset}: {answer.reason}"), out / "known_answer.png")
 
         source, target = pairs.source.cpu().numpy(), pairs.target.cpu().numpy()
         save_arrays(explanations_dir(ctx.dataset) / "explanations.npz", image_index=pairs.image_index.cpu().numpy(),
@@ -160,9 +170,9 @@ def main(argv: list[str] | None = None) -> None:
         write_json(out / "details.json", details)
         write_json(paths.metrics_path(ctx.dataset, "explain"), metrics)
         ctx.timer.images = n_kept * len(methods) * (cfg.n_thresholds + 1)
-        ranking = ", ".join(f"{m} {per_method[m]['median_score']:.3f}" for m in methods)
-        extra = f"; shortcut IoU ({best}) {metrics['shortcut_iou']:.3f}" if control is not None and best else ""
-        print(f"[explain@{ctx.dataset}] {n_kept}/{pairs.n_pairs} pairs kept; median scores: {ranking}{extra}", file=sys.stderr)
+        said = "; ".join(lift.sentence(f"{best or 'no discriminative method'}: {figure}")
+                         for figure, lift in headline.items())
+        print(f"[explain@{ctx.dataset}] {n_kept}/{pairs.n_pairs} pairs kept; {said}", file=sys.stderr)
 
 
 if __name__ == "__main__":
