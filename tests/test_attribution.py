@@ -17,6 +17,10 @@ from pipeline.attribution.methods import (ATTRIBUTION_METHODS, AttributionOption
 from pipeline.attribution.scores import (channel_shares, color_scores, colormap_channel_std, curve_area, deletion_curve,
                                          foreground_mask, pixel_map, rank_correlation, segmentation_iou)
 from pipeline.config import ConfigError, Params, build
+from pipeline.scoring.chance import Lift, not_judged
+from pipeline.scoring.relevance import SUPPORT
+from pipeline.data.known_answer import ColorRule, PlantedShortcuts
+from pipeline.data.shortcuts import Shortcut
 from pipeline.models.classifiers import DenseClassifier, build_seeded_classifier, frozen, save_model
 from pipeline.runtime import StageContext, StageTimer
 from pipeline.storage import save_arrays, write_json
@@ -292,45 +296,126 @@ def test_every_random_draw_of_the_attribute_stage_has_its_own_stream():
     assert not any(torch.equal(draws[k], other_seed[k]) for k in draws)
 
 
-def test_headline_keeps_numbers_only_and_names_the_best_methods():
+def test_headline_picks_the_method_with_the_largest_lift_not_the_largest_score():
+    """a puts 0.9 of its relevance on the shortcut, but a uniform map on its support puts 0.9 there too: lift 0;
+    c puts 0.5 there against 0.1: c is the best method."""
     details = {"random_order_deletion_auc": 0.4, "methods": {
-        "a": {"deletion_auc": 0.30, "relevance_mass_flipped": 0.2, "channel_share": {"red": 1.0}},
-        "b": {"deletion_auc": 0.10, "relevance_mass_flipped": float("nan")},
-        "c": {"deletion_auc": 0.20, "relevance_mass_flipped": 0.7},
+        "a": {"deletion_auc": 0.30, "channel_share": {"red": 1.0}},
+        "b": {"deletion_auc": 0.10},
+        "c": {"deletion_auc": 0.20},
     }}
-    metrics, best = headline(details)
-    assert metrics == {"best_deletion_auc": 0.10, "random_order_deletion_auc": 0.4,
-                       "best_shortcut_relevance_mass_flipped": 0.7}
-    assert best == {"best_deletion_auc": "b", "best_shortcut_relevance_mass_flipped": "c"}
+    lifts = {"relevance_mass_flipped": {"a": Lift(0.9, 0.9, -0.02, 0.02, 50, SUPPORT), "b": not_judged("empty maps"),
+                                        "c": Lift(0.5, 0.1, 0.35, 0.45, 50, SUPPORT)}}
+    metrics, best = headline(details, lifts, ("shortcut_relevance_mass_flipped",))
+    assert metrics == pytest.approx({"best_deletion_auc": 0.10, "random_order_deletion_auc": 0.4,
+                                     "shortcut_relevance_mass_flipped_lift": 0.4,
+                                     "shortcut_relevance_mass_flipped_lift_low": 0.35,
+                                     "shortcut_relevance_mass_flipped_lift_high": 0.45})
+    assert best == {"best_deletion_auc": "b", "shortcut_relevance_mass_flipped": "c"}
 
 
-def test_image_sets_for_clever_hans_pick_the_shortcut_class_and_flipped_images():
+def test_a_headline_no_method_was_judged_on_is_null_not_zero(tmp_path):
+    details = {"random_order_deletion_auc": 0.4, "methods": {"a": {"deletion_auc": 0.3}}}
+    metrics, best = headline(details, {"relevance_mass_flipped": {"a": not_judged("empty maps")}},
+                             ("shortcut_relevance_mass_flipped",))
+    assert best["shortcut_relevance_mass_flipped"] is None
+    write_json(tmp_path / "metrics.json", metrics)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert [written[f"shortcut_relevance_mass_flipped_lift{end}"] for end in ("", "_low", "_high")] == [None] * 3
+
+
+def stamped_digits(n=40):
+    """n images: a gray digit stroke (48 pixels) and a red 4x4 stamp in the corner (16 pixels); and the stamp's region."""
+    images = torch.zeros(n, 3, 28, 28)
+    images[:, :, 10:16, 10:18] = 0.5
+    images[:, 0, :4, :4] = 1.0
+    region = torch.zeros(28, 28, dtype=torch.bool)
+    region[:4, :4] = True
+    return images, region
+
+
+def streams(name: str) -> torch.Generator:
+    return torch.Generator().manual_seed(len(name))
+
+
+def test_an_input_times_gradient_map_on_a_stamped_digit_is_held_to_the_stamps_share_of_its_non_black_pixels():
+    """A map that knows nothing, input x a gradient of 1 everywhere, credits only the 64 non-black pixels; 16 of
+    them lie on the stamp. Its chance level is 16 / 64 for relevance mass and pointing game alike (not 16 / 784, the
+    stamp's share of the image, which its relevance mass 16 / (16 + 48 x 1.5) = 0.18 would beat). A saliency-like
+    map that is 1 everywhere is held to 16 / 784."""
+    from pipeline.attribution.method_scores import localization_lifts
+
+    images, region = stamped_digits()
+    support_chance = 16 / 64
+    uninformative = localization_lifts(images * 1.0, region, streams, "none")
+    assert uninformative["relevance_mass"].chance == pytest.approx(support_chance)
+    assert uninformative["relevance_mass"].score == pytest.approx(16 / 88)
+    assert uninformative["relevance_mass"].verdict == "below chance"
+    assert uninformative["pointing_game"].chance == pytest.approx(support_chance)
+    assert uninformative["pointing_game"].score == 0.0   # a tie for the top pixel (16 red pixels at 1.0): a miss
+    assert uninformative["pointing_game"].verdict == "below chance"
+    flat = localization_lifts(torch.ones(40, 3, 28, 28), region, streams, "none")
+    assert flat["relevance_mass"].chance == pytest.approx(16 / 784) and flat["relevance_mass"].lift == pytest.approx(0)
+    on_stamp = images.clone()
+    on_stamp[:, :, 10:16, 10:18] *= 0.01              # the same support, nearly all relevance on the stamp
+    on_stamp[:, 0, 1, 1] += 1.0                      # a single top pixel, on the stamp
+    found = localization_lifts(on_stamp, region, streams, "none")
+    assert found["relevance_mass"].chance == pytest.approx(support_chance)
+    assert found["relevance_mass"].verdict == "above chance" and found["relevance_mass"].score > 0.95
+    assert found["pointing_game"].score == 1.0 and found["pointing_game"].lift == pytest.approx(1 - support_chance)
+
+
+def test_an_all_zero_map_is_not_judged_on_relevance_mass_and_misses_the_pointing_game():
+    from pipeline.attribution.method_scores import localization_lifts
+
+    _, region = stamped_digits()
+    corner = torch.zeros(28, 28, dtype=torch.bool)
+    corner[:20, :20] = True                           # the all-zero map's tie falls on pixel (0, 0), inside
+    for mask in (region, corner):
+        empty = localization_lifts(torch.zeros(10, 3, 28, 28), mask, streams, "no image")
+        assert empty["relevance_mass"].verdict == "not judged"
+        assert empty["relevance_mass"].reason == "no map credits any pixel positively"
+        assert empty["pointing_game"].score == 0.0 and empty["pointing_game"].chance == 0.0
+    none = localization_lifts(torch.zeros(0, 3, 28, 28), region, streams, "the stamp moves no image")
+    assert none["pointing_game"].verdict == "not judged" and none["pointing_game"].reason == "the stamp moves no image"
+
+
+class SquareMeansSeven(nn.Module):
+    """Class 7 when pixel (2, 2) is bright red, else class 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))  # inference helpers find the device from a parameter
+
+    def forward(self, x):
+        logits = torch.zeros(len(x), 10)
+        logits[:, 7] = (x[:, 0, 2, 2] > 0.5).float() * 10
+        logits[:, 0] = 1.0
+        return logits
+
+
+def test_image_sets_for_planted_shortcuts_stamp_the_shortcut_class_and_the_images_the_stamp_flips():
+    from pipeline.data.known_answer import PlantedShortcuts
+    from pipeline.data.shortcuts import Shortcut
+
     n = 40
     labels = torch.arange(n) % 10
-    alpha = torch.zeros(1, 28, 28)
-    alpha[0, 1:5, 1:5] = 1.0
-    test = {"images": torch.zeros(n, 3, 28, 28, dtype=torch.uint8), "labels": labels,
-            "shortcut_images": torch.zeros(1, n, 3, 28, 28, dtype=torch.uint8), "shortcut_alpha": alpha,
-            "shortcut_labels": torch.tensor([7])}
-    test["shortcut_images"][0, :, :, 1:5, 1:5] = 255
-
-    class SquareMeansSeven(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.unused = nn.Parameter(torch.zeros(1))  # inference helpers find the device from a parameter
-
-        def forward(self, x):
-            logits = torch.zeros(len(x), 10)
-            logits[:, 7] = (x[:, 0, 2, 2] > 0.5).float() * 10
-            logits[:, 0] = 1.0
-            return logits
-
-    sets = image_sets(test, torch.zeros(n, dtype=torch.long), SquareMeansSeven(), 8, 3, 4096, np.random.default_rng(0))
+    answer = PlantedShortcuts((Shortcut(label=7, kind="square", position=[1, 1], size=4, color=[1.0, 0.0, 0.0]),), (28, 28))
+    clean = torch.zeros(n, 3, 28, 28, dtype=torch.uint8)
+    clean[:5, 0, 2, 2] = 255   # five images already red there: stamped or not, the model calls them 7; not flipped by it
+    clean[:5, 1:, 2, 2] = 255
+    test = {"images": clean, "clean_images": clean, "labels": labels}
+    sets = image_sets(test, torch.zeros(n, dtype=torch.long), SquareMeansSeven(), 8, 3, 4096, np.random.default_rng(0),
+                      answer)
     assert len(sets["sample"]["targets"]) == 8
     assert (labels[sets["shortcut"]["index"]] == 7).all() and len(sets["shortcut"]["index"]) == 3
     assert (labels[sets["flipped"]["index"]] != 7).all() and len(sets["flipped"]["index"]) == 3
     assert (sets["flipped"]["targets"] == 7).all()
+    assert (sets["flipped"]["images"][:, 0, 1:5, 1:5] == 255).all() and (sets["flipped"]["images"][:, 1:, 1:5, 1:5] == 0).all()
     assert sets["flipped"]["masks"].shape == (3, 28, 28) and sets["flipped"]["masks"][0].sum() == 16
+    assert torch.equal(sets["flipped"]["masks"][0], torch.from_numpy(answer.region(0)))
+    without = image_sets(test, torch.zeros(n, dtype=torch.long), SquareMeansSeven(), 8, 3, 4096, np.random.default_rng(0))
+    assert list(without) == ["sample"]
 
 
 @pytest.mark.parametrize("key, value, must_name", [
@@ -349,8 +434,10 @@ def test_invalid_attribution_params_are_named(key, value, must_name):
 # the stage: headline metrics, details and declared outputs
 # ---------------------------------------------------------------------------------------------
 HEADLINE_KEYS = {
-    "colored_mnist": {"best_deletion_auc", "random_order_deletion_auc", "best_colormap_alignment"},
-    "clever_hans": {"best_deletion_auc", "random_order_deletion_auc", "best_shortcut_relevance_mass_flipped"},
+    "colored_mnist": {"best_deletion_auc", "random_order_deletion_auc", "digit_relevance_mass_lift",
+                      "digit_relevance_mass_lift_low", "digit_relevance_mass_lift_high"},
+    "clever_hans": {"best_deletion_auc", "random_order_deletion_auc", "shortcut_relevance_mass_flipped_lift",
+                    "shortcut_relevance_mass_flipped_lift_low", "shortcut_relevance_mass_flipped_lift_high"},
 }
 STAGE_METHODS = ["ig_noise", "saliency", "gradcam"]
 
@@ -362,14 +449,11 @@ def write_stage_inputs(dataset: str, n_images: int = 12) -> None:
     images = (rng.random((n_images, 3, 28, 28)) < 0.2).astype(np.uint8) * 200
     labels = (np.arange(n_images) % n_classes).astype(np.int64)
     test = {"images": images, "labels": labels}
-    meta = {"n_classes": n_classes, "class_names": [str(c) for c in range(n_classes)]}
+    meta = {"n_classes": n_classes, "class_names": [str(c) for c in range(n_classes)],
+            "known_answer": ColorRule(("spring", "summer", "autumn", "winter")).to_meta()}
     if dataset == "clever_hans":
-        alpha = np.zeros((1, 28, 28), dtype=np.float32)
-        alpha[0, 1:5, 1:5] = 1.0
-        stamped = images.copy()
-        stamped[:, :, 1:5, 1:5] = 255
-        test.update(shortcut_alpha=alpha, shortcut_labels=np.array([7]), clean_images=images, shortcut_images=stamped[None])
-        meta["shortcuts"] = [{"label": 7, "kind": "square"}]
+        test.update(clean_images=images)
+        meta["known_answer"] = PlantedShortcuts((Shortcut(label=7, kind="square", position=[1, 1], size=4),), (28, 28)).to_meta()
     save_arrays(paths.prepared_dir(dataset) / "test.npz", **test)
     write_json(paths.prepared_dir(dataset) / "meta.json", meta)
     config = {"architecture": "cnn", "n_classes": n_classes, "width": 4}
@@ -411,6 +495,17 @@ def test_stage_writes_three_headline_numbers_and_every_declared_output(dataset, 
     assert metrics["best_deletion_auc"] == pytest.approx(min(deletion.values()), abs=1e-6)
     assert deletion[details["best_methods"]["best_deletion_auc"]] == pytest.approx(min(deletion.values()), abs=1e-6)
     assert metrics["random_order_deletion_auc"] == details["random_order_deletion_auc"]
+    figure = "relevance_mass_flipped" if dataset == "clever_hans" else "relevance_mass_digit"
+    assert set(details["chance"][figure]) == set(STAGE_METHODS)
+    best = details["best_methods"][next(k for k in details["best_methods"] if k != "best_deletion_auc")]
+    judged = {m: r for m, r in details["chance"][figure].items() if r["verdict"] != "not judged"}
+    if judged:   # the best method by its lift's point value, its interval beside it
+        assert best == max(judged, key=lambda m: judged[m]["lift"])
+        key = next(k for k in metrics if k.endswith("_lift"))
+        assert metrics[key] == pytest.approx(judged[best]["lift"], abs=1e-6)
+        assert [metrics[key + "_low"], metrics[key + "_high"]] == pytest.approx(judged[best]["interval"], abs=1e-6)
+    for record in (r for per_method in details["chance"].values() for r in per_method.values()):
+        assert record["verdict"] == "not judged" or record["chance_level"] == "a uniform map on the method's own support"
     scores = pd.read_csv(paths.plots_dir(dataset, "attribute") / "method_scores.csv")
     assert scores["method"].tolist() == STAGE_METHODS
     assert scores["deletion_auc"].tolist() == pytest.approx(list(deletion.values()), abs=1e-5)

@@ -14,42 +14,38 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.attribution.methods import AttributionOptions, attribute_batches, make_explainer
+from pipeline.data.known_answer import KnownAnswer, PlantedShortcuts
 from pipeline.data.tensors import subsample
-from pipeline.models.inference import predict_probabilities
+from pipeline.models.inference import moved_by_stamp
 
 
 def image_sets(test: dict, predicted: torch.Tensor, model: nn.Module, n_images: int, n_localization_images: int,
-               internal_batch_size: int, rng: np.random.Generator) -> dict:
+               internal_batch_size: int, rng: np.random.Generator, answer: KnownAnswer | None = None) -> dict:
     """The images each method explains, as {name: {"index", "images", "targets", ...}}.
 
-    ``sample``: a seeded sample of ``n_images`` test images, explained for the predicted class. For Clever Hans
-    also ``shortcut``: shortcut-class test images carrying their shortcut, explained for that class,
-    with the ground-truth mask; and ``flipped``: images of *other* classes stamped with the shortcut
-    that the model assigns to the shortcut class (where the Clever Hans strategy shows); ``n_localization_images``
-    of each per shortcut. ``internal_batch_size``: images per forward pass of the model.
+    ``sample``: a seeded sample of ``n_images`` test images, explained for the predicted class. Where shortcuts are
+    planted (``answer``), per shortcut also ``shortcut``: clean test images of its class with it stamped on, explained
+    for that class; and ``flipped``: clean test images of *other* classes that the stamp alone moves into its class,
+    stamped (where the Clever Hans strategy shows); ``n_localization_images`` of each per shortcut, with the
+    shortcut's truth region as ``masks``. ``internal_batch_size``: images per forward pass of the model.
     """
     device = test["images"].device
     chosen = torch.as_tensor(subsample(len(test["labels"]), n_images, rng), device=device)
     sets = {"sample": {"index": chosen, "images": test["images"][chosen], "targets": predicted[chosen],
                        "which": torch.full_like(chosen, -1)}}
-    if "shortcut_images" not in test:
+    if not isinstance(answer, PlantedShortcuts) or not answer.shortcuts:
         return sets
-    labels = test["labels"]
+    labels, clean = test["labels"], test["clean_images"]
+    moved_shortcut, moved_index, _ = moved_by_stamp(model, test, answer, internal_batch_size)
     for name in ("shortcut", "flipped"):
         parts = []
-        for k, label in enumerate(test["shortcut_labels"].tolist()):
-            stamped = test["shortcut_images"][k]
-            if name == "shortcut":
-                members = labels == label
-            else:
-                stamped_prediction = predict_probabilities(model, stamped, internal_batch_size).argmax(1)
-                members = (labels != label) & (stamped_prediction == label)
-            candidates = torch.nonzero(members).squeeze(1)
+        for k, label in enumerate(answer.labels):
+            candidates = torch.nonzero(labels == label).squeeze(1) if name == "shortcut" else moved_index[moved_shortcut == k]
             keep = candidates[torch.as_tensor(subsample(len(candidates), n_localization_images, rng), device=device)]
-            parts.append({"index": keep, "images": stamped[keep], "targets": torch.full_like(keep, label),
+            parts.append({"index": keep, "images": answer.stamp_tensor(clean[keep], k), "targets": torch.full_like(keep, label),
                           "which": torch.full_like(keep, k)})
         sets[name] = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
-        sets[name]["masks"] = test["shortcut_alpha"][sets[name]["which"]] > 0
+        sets[name]["masks"] = answer.regions(device)[sets[name]["which"]]
     return sets
 
 

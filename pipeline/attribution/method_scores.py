@@ -3,11 +3,19 @@
 Scores: faithfulness (:mod:`pipeline.attribution.faithfulness`), localisation on the planted shortcut and on the
 digit, and for colored MNIST the alignment of the channel shares with the colormaps
 (:mod:`pipeline.attribution.scores`). ``headline`` turns the details into the few numbers of a metrics file.
+
+Localisation is scored beside its chance level (:mod:`pipeline.scoring.relevance`): relevance mass and the
+pointing game of each method's maps against the same figures of a uniform map on that method's own support (the
+pixels its map of that image can credit at all), per image, as a lift with a bootstrap 95 % interval over the images.
+An input x gradient-type map credits only non-black pixels, so on a stamped digit most of what it can credit lies on
+the stamp: its chance level there is that share, not the stamp's share of the image. A tie for the top pixel and an
+empty map miss the pointing game; an empty map's uniform counterpart misses too (chance 0 for that image).
 """
 from __future__ import annotations
 
 import math
 import sys
+from typing import Callable
 
 import numpy as np
 import torch
@@ -16,20 +24,46 @@ from tqdm import tqdm
 
 from pipeline.attribution.faithfulness import FaithfulnessOptions, faithfulness_scores, probability_function
 from pipeline.attribution.methods import AttributionOptions
-from pipeline.attribution.scores import CHANNELS, color_scores, curve_area, deletion_curve, nanmean
-from pipeline.scoring.relevance import pointing_game, relevance_mass
+from pipeline.attribution.scores import CHANNELS, color_scores, curve_area, deletion_curve
+from pipeline.data.known_answer import ColorRule, KnownAnswer, PlantedShortcuts
 from pipeline.data.tensors import to_float
+from pipeline.scoring.chance import Lift, lift_over_chance, not_judged
+from pipeline.scoring.relevance import SUPPORT, pointing_game, relevance_mass, support_share
+
+Streams = Callable[[str], torch.Generator]   # a named random stream: one per use (here: per bootstrap)
+
+# image set: (suffix of its per-method scores, why nothing is judged on it when it holds no image)
+LOCATED = {
+    "shortcut": ("", "no test image of the shortcut's class to stamp"),
+    "flipped": ("_flipped", "the stamp moves no test image of another class into the shortcut's class"),
+    "digit": ("_digit", "no sampled image"),
+}
+
+
+def localization_lifts(attributions: torch.Tensor, masks: torch.Tensor, streams: Streams,
+                       reason_if_empty: str) -> dict[str, Lift]:
+    """Relevance mass and pointing game of ``attributions`` [N, C, H, W] on ``masks`` ([N, H, W] or [H, W]), each as
+    a :class:`Lift` over a uniform map on the method's own support (``streams(figure)``: the figure's bootstrap)."""
+    chance = support_share(attributions, masks)
+    if len(attributions):
+        reason_if_empty = "no map credits any pixel positively"
+    return {"relevance_mass": lift_over_chance(relevance_mass(attributions, masks), {SUPPORT: chance},
+                                               streams("relevance_mass"), reason_if_empty=reason_if_empty),
+            "pointing_game": lift_over_chance(pointing_game(attributions, masks), {SUPPORT: chance.nan_to_num(0.0)},
+                                              streams("pointing_game"), reason_if_empty=reason_if_empty)}
 
 
 def score_methods(methods: list[str], model: nn.Module, random_model: nn.Module, sets: dict, attributions: dict,
                   digit_masks: torch.Tensor, labels: torch.Tensor, class_names: list[str], channel_std: np.ndarray | None,
                   options: AttributionOptions, faithfulness: FaithfulnessOptions, noise: torch.Tensor,
-                  perturb) -> tuple[dict, dict]:
-    """Every score of every method on the sample ({method: {score: value}}), and its mean deletion curve."""
+                  perturb, streams: Streams) -> tuple[dict, dict, dict]:
+    """Every score of every method on the sample ({method: {score: value}}), its mean deletion curve, and the
+    localisation figures beside their chance level ({figure: {method: Lift}}, figure e.g. ``relevance_mass_flipped``)."""
     sample = sets["sample"]
     images = to_float(sample["images"])
     probability = probability_function(model, options.internal_batch_size)
-    results, curves = {}, {}
+    located = {key: sets[key]["masks"] for key in ("shortcut", "flipped") if key in sets} | {"digit": digit_masks}
+    results, curves, lifts = {}, {}, {}
     for name in tqdm(methods, desc="scores", file=sys.stderr, leave=False):
         maps = attributions[name]["sample"]
         curve = deletion_curve(probability, images, maps, sample["targets"], 0.0, faithfulness.deletion_steps)
@@ -37,25 +71,27 @@ def score_methods(methods: list[str], model: nn.Module, random_model: nn.Module,
         record = {"deletion_auc": curve_area(curve).mean().item()}
         record.update(faithfulness_scores(name, model, random_model, sample["images"], sample["targets"], maps, options,
                                           faithfulness, noise, perturb))
-        if "shortcut" in sets:
-            for key, suffix in (("shortcut", ""), ("flipped", "_flipped")):
-                maps_k, masks = attributions[name][key], sets[key]["masks"]
-                record[f"relevance_mass{suffix}"] = nanmean(relevance_mass(maps_k, masks))
-                record[f"pointing_game{suffix}"] = nanmean(pointing_game(maps_k, masks))
-        record["relevance_mass_digit"] = nanmean(relevance_mass(maps, digit_masks))
-        record["pointing_game_digit"] = nanmean(pointing_game(maps, digit_masks))
+        for key, masks in located.items():
+            suffix, reason = LOCATED[key]
+            scored = localization_lifts(attributions[name][key if key != "digit" else "sample"], masks,
+                                        lambda figure: streams(f"{figure}_{key}/{name}"), reason)
+            for figure, lift in scored.items():
+                record[f"{figure}{suffix}"] = lift.score
+                lifts.setdefault(f"{figure}_{key}", {})[name] = lift
         if channel_std is not None and name != "gradcam":  # Grad-CAM has no per-channel relevance
             record.update(color_scores(maps, labels, class_names, channel_std))
         results[name] = record
-    return results, curves
+    return results, curves, lifts
 
 
-def details_record(sets: dict, results: dict, skipped: dict, random_curve: torch.Tensor, digit_masks: torch.Tensor,
-                   channel_std: np.ndarray | None, class_names: list[str]) -> dict:
-    """The scores of every method (``score_methods``), those skipped, the random-order reference (per-image
-    deletion curves) and the sizes of what was measured: the shortcut and digit area fractions."""
+def details_record(sets: dict, results: dict, lifts: dict, skipped: dict, random_curve: torch.Tensor,
+                   digit_masks: torch.Tensor, channel_std: np.ndarray | None, class_names: list[str]) -> dict:
+    """The scores of every method (``score_methods``), the localisation figures beside chance (``chance``: {figure:
+    {method: Lift as a dict}}), those skipped, the random-order reference (per-image deletion curves) and the sizes
+    of what was measured: the shortcut and digit area fractions."""
     details = {"n_images": len(sets["sample"]["targets"]), "methods": results, "skipped": skipped,
-               "random_order_deletion_auc": curve_area(random_curve).mean().item()}
+               "random_order_deletion_auc": curve_area(random_curve).mean().item(),
+               "chance": {figure: {m: lift.to_dict() for m, lift in per_method.items()} for figure, per_method in lifts.items()}}
     if "shortcut" in sets:
         details["localization"] = {
             "n_shortcut_images": len(sets["shortcut"]["targets"]),
@@ -68,11 +104,16 @@ def details_record(sets: dict, results: dict, skipped: dict, random_curve: torch
     return details
 
 
-BEST_OF = {  # metrics key: (per-method score, True when higher is better)
-    "best_deletion_auc": ("deletion_auc", False),
-    "best_shortcut_relevance_mass_flipped": ("relevance_mass_flipped", True),
-    "best_colormap_alignment": ("colormap_alignment", True),
-}
+# metrics name of a localisation headline: the details' figure it is read from (the first one measured is the headline)
+HEADLINE_LIFTS = {"shortcut_relevance_mass_flipped": "relevance_mass_flipped",   # planted shortcuts
+                  "digit_relevance_mass": "relevance_mass_digit"}                 # colored MNIST
+
+
+def headline_figures(answer: KnownAnswer) -> tuple[str, ...]:
+    """The localisation headline a known answer scores: the shortcut on flipped images, or colored MNIST's digit."""
+    if isinstance(answer, PlantedShortcuts):
+        return ("shortcut_relevance_mass_flipped",)
+    return ("digit_relevance_mass",) if isinstance(answer, ColorRule) else ()
 
 
 def best_method(results: dict, score: str, higher_is_better: bool) -> str | None:
@@ -83,33 +124,38 @@ def best_method(results: dict, score: str, higher_is_better: bool) -> str | None
     return (max if higher_is_better else min)(finite, key=finite.get)
 
 
-def headline(details: dict) -> tuple[dict, dict]:
-    """The metrics file (numbers only) and, for details.json, the method behind each ``best_*`` figure.
+def headline(details: dict, lifts: dict[str, dict[str, Lift]], figures: tuple[str, ...]) -> tuple[dict, dict]:
+    """The metrics file (numbers only) and, for details.json, the method behind each headline figure.
 
-    ``best_deletion_auc`` (lowest: most faithful) sits beside ``random_order_deletion_auc``, the same
-    area for pixels removed in random order; the known answer adds the best relevance mass on the
-    shortcut of images the stamp turned into the shortcut class (Clever Hans) or the best alignment
-    of the channel shares with the colormaps' channels (colored MNIST). Scores a dataset does not
-    measure are left out.
+    ``best_deletion_auc`` (lowest: most faithful) sits beside ``random_order_deletion_auc``, the same area for pixels
+    removed in random order. ``figures``: the metrics names (keys of :data:`HEADLINE_LIFTS`) the known answer scores;
+    each becomes the lift over chance of the method with the largest lift (chosen by the lift's point value) among
+    ``lifts`` ({figure: {method: Lift}}), with its interval: ``<figure>_lift``, ``_lift_low``, ``_lift_high`` (null
+    when no method was judged).
     """
     results = details["methods"]
-    measured = {key: spec for key, spec in BEST_OF.items() if any(spec[0] in r for r in results.values())}
-    methods = {key: best_method(results, score, higher_is_better) for key, (score, higher_is_better) in measured.items()}
-    best = {key: results[method][measured[key][0]] if method else float("nan") for key, method in methods.items()}
-    metrics = {"best_deletion_auc": best.pop("best_deletion_auc"),
-               "random_order_deletion_auc": details["random_order_deletion_auc"], **best}
-    return metrics, methods
+    best = {"best_deletion_auc": best_method(results, "deletion_auc", False)}
+    metrics = {"best_deletion_auc": results[best["best_deletion_auc"]]["deletion_auc"] if best["best_deletion_auc"] else None,
+               "random_order_deletion_auc": details["random_order_deletion_auc"]}
+    for name in figures:
+        judged = {m: lift for m, lift in lifts.get(HEADLINE_LIFTS[name], {}).items() if lift.verdict != "not judged"}
+        best[name] = max(judged, key=lambda m: judged[m].lift) if judged else None
+        metrics |= (judged[best[name]] if judged else not_judged("no method was judged")).metrics(name)
+    return metrics, best
 
 
-def summary(details: dict, localization: bool) -> str:
-    key = "relevance_mass" if localization else "deletion_auc"
-    ranked = sorted(((v.get(key, float("nan")), k) for k, v in details["methods"].items()), reverse=localization)
-    best = ", ".join(f"{k} {v:.3f}" for v, k in ranked[:3])
+def summary(details: dict, metrics: dict) -> str:
+    """One line for the log: the headline lifts with their methods, Grad-CAM's segmentation and the mistakes."""
+    parts = [f"best deletion AUC {metrics['best_deletion_auc']:.3f} (random order {metrics['random_order_deletion_auc']:.3f})"
+             if metrics["best_deletion_auc"] is not None else "no deletion AUC"]
+    for name in (n for n in HEADLINE_LIFTS if f"{n}_lift" in metrics):
+        lift = metrics[f"{name}_lift"]
+        parts.append(f"{name} lift " + (f"{lift:.3f} [{metrics[f'{name}_lift_low']:.3f}, {metrics[f'{name}_lift_high']:.3f}] "
+                                        f"({details['best_methods'][name]})" if lift is not None else "not judged"))
     seg = details["gradcam_segmentation"]
-    text = f"best {key}: {best}"
     if seg.get("best_iou") is not None:
-        text += f"; Grad-CAM digit IoU {seg['best_iou']:.3f} at {seg['best_threshold']:.2f}"
-    return text + f"; {details['contrastive']['n_misclassified']} mistakes"
+        parts.append(f"Grad-CAM digit IoU {seg['best_iou']:.3f} at {seg['best_threshold']:.2f}")
+    return "; ".join(parts) + f"; {details['contrastive']['n_misclassified']} mistakes"
 
 
 def method_scores_frame(results: dict):

@@ -48,15 +48,21 @@ def embed_images(model: nn.Module, images: torch.Tensor, batch_size: int = 4096)
     return map_batches(model.embed, images, model_device(model), batch_size)
 
 
-def moved_by_stamp(model: nn.Module, test: dict, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor, int]:
+def moved_by_stamp(model: nn.Module, test: dict, answer, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(which shortcut, which test image) for every test image of another class that the shortcut's stamp alone
-    moves into its class, and how many (shortcut, image of another class) candidates there were."""
+    moves into its class, and how many (shortcut, image of another class) candidates there were.
+
+    ``answer``: the planted shortcuts (:class:`~pipeline.data.known_answer.PlantedShortcuts`), each stamped on the
+    clean test images (``test["clean_images"]``) as prepare plants it."""
     labels, shortcut, index, n_candidates = test["labels"], [], [], 0
-    for k, label in enumerate(test["shortcut_labels"].tolist()):
+    for k, label in enumerate(answer.labels):
         others = torch.nonzero(labels != label).flatten()
         n_candidates += len(others)
-        predicted = predict_probabilities(model, test["shortcut_images"][k][others], batch_size).argmax(1)
-        moved = others[predicted == label]
+        stamped = answer.stamp_tensor(test["clean_images"][others], k)
+        moved = others[predict_probabilities(model, stamped, batch_size).argmax(1).to(others.device) == label]
         shortcut.append(torch.full_like(moved, k))
         index.append(moved)
+    if not index:
+        empty = torch.zeros(0, dtype=torch.long, device=labels.device)
+        return empty, empty, 0
     return torch.cat(shortcut), torch.cat(index), n_candidates

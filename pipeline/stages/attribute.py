@@ -2,13 +2,15 @@
 
 Every method explains the classifier's *predicted* class on a seeded sample of test images, and is
 scored for faithfulness (deletion curve, infidelity, max-sensitivity), for the model-randomisation
-sanity check, and against the ground truth: the planted shortcut's pixels (``clever_hans``), the
-digit's pixels, and the RGB channels that carry the colormap (``colored_mnist``). Grad-CAM also
-segments the digit, and mistakes get a contrastive (predicted vs. true class) view.
+sanity check, and against the known answer: the planted shortcut's truth region (planted shortcuts, the
+negative control too), the digit's pixels, and the RGB channels that carry the colormap (colored MNIST).
+Relevance mass and pointing game stand beside a uniform map on the method's own support, as lifts with
+bootstrap intervals (``chance`` in details.json). Grad-CAM also segments the digit, and mistakes get a
+contrastive (predicted vs. true class) view.
 
-``metrics/<D>/attribution.json`` holds three headline figures (see
-:func:`~pipeline.attribution.method_scores.headline`); every score of every method goes to
-``plots/<D>/attribute/details.json`` and ``method_scores.csv``.
+``metrics/<D>/attribution.json`` holds the best deletion AUC beside the random order's and the best method's
+localisation lift with its interval (see :func:`~pipeline.attribution.method_scores.headline`); every score of
+every method goes to ``plots/<D>/attribute/details.json`` and ``method_scores.csv``.
 """
 from __future__ import annotations
 
@@ -23,12 +25,14 @@ from pipeline.attribution.contrastive import contrastive_analysis
 from pipeline.attribution.faithfulness import FaithfulnessOptions, gaussian_perturbation, random_order_curve
 from pipeline.attribution.gradcam import gradcam_views
 from pipeline.attribution.image_sets import attribute_all, attribution_arrays, gallery, gallery_rows, image_sets
-from pipeline.attribution.method_scores import details_record, headline, method_scores_frame, score_methods, summary
+from pipeline.attribution.method_scores import (details_record, headline, headline_figures, method_scores_frame,
+                                                score_methods, summary)
 from pipeline.attribution.methods import AttributionOptions, noise_baseline, runnable_methods
 from pipeline.attribution.plots import deletion_figure, ig_baselines_figure, localization_figure, method_grids
 from pipeline.attribution.scores import colormap_channel_std, foreground_mask
 from pipeline.config import AttributionParams, options_from
-from pipeline.prepared import load_meta, load_prepared
+from pipeline.data.known_answer import ColorRule, PlantedShortcuts
+from pipeline.prepared import load_known_answer, load_meta, load_prepared
 from pipeline.models.inference import predict_probabilities
 from pipeline.models.classifiers import build_seeded_classifier, frozen, load_classifier
 from pipeline.runtime import StageContext, stage
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         options, faithfulness = options_from(cfg, AttributionOptions), options_from(cfg, FaithfulnessOptions)
         streams = random_streams(ctx)
         torch.manual_seed(streams["captum"].initial_seed())  # NoiseTunnel and sensitivity_max draw from the global one
-        meta = load_meta(dataset)
+        meta, answer = load_meta(dataset), load_known_answer(dataset)
         names = meta["class_names"]
         test = load_prepared(dataset, "test", device)
         model_path = paths.classifier_path(dataset)
@@ -76,21 +80,22 @@ def main(argv: list[str] | None = None) -> None:
             log(dataset, f"skipping {name}: {reason}")
         predicted = predict_probabilities(model, test["images"], cfg.internal_batch_size).argmax(1)
         sets = image_sets(test, predicted, model, cfg.n_images, cfg.n_localization_images, cfg.internal_batch_size,
-                          ctx.rng("images"))
+                          ctx.rng("images"), answer)
         sample = sets["sample"]
         log(dataset, f"{len(methods)} methods on " + ", ".join(f"{len(s['targets'])} {k}" for k, s in sets.items()) + " images")
         attributions = attribute_all(methods, model, sets, options, noise)
 
-        digit_source = test["clean_images"] if "clean_images" in test else test["images"]
+        digit_source = test["clean_images"] if isinstance(answer, PlantedShortcuts) else test["images"]
         digit_masks = foreground_mask(digit_source[sample["index"]])
-        channel_std = colormap_channel_std(ctx.entry.colormaps) if ctx.kind == "colored_mnist" else None
-        results, curves = score_methods(methods, model, random_model, sets, attributions, digit_masks,
-                                        test["labels"][sample["index"]], names, channel_std, options, faithfulness, noise,
-                                        gaussian_perturbation(cfg.infidelity_noise, streams["infidelity"]))
+        channel_std = colormap_channel_std(list(answer.colormaps)) if isinstance(answer, ColorRule) else None
+        results, curves, lifts = score_methods(methods, model, random_model, sets, attributions, digit_masks,
+                                               test["labels"][sample["index"]], names, channel_std, options, faithfulness,
+                                               noise, gaussian_perturbation(cfg.infidelity_noise, streams["infidelity"]),
+                                               lambda name: ctx.generator(f"chance/{name}"))
         random_curve = random_order_curve(model, sample["images"], sample["targets"], streams["deletion_order"],
                                           cfg.internal_batch_size, cfg.deletion_steps)
         curves["random order"] = random_curve.mean(dim=0)
-        details = details_record(sets, results, skipped, random_curve, digit_masks, channel_std, names)
+        details = details_record(sets, results, lifts, skipped, random_curve, digit_masks, channel_std, names)
 
         out = paths.plots_dir(dataset, STAGE)
         rows = gallery_rows(sets, cfg.n_gallery_images)
@@ -103,13 +108,13 @@ def main(argv: list[str] | None = None) -> None:
             model, test["images"], test["labels"], predicted, cfg.contrastive_method, options, noise,
             cfg.n_contrastive_images, ctx.rng("contrastive"), names, cfg.n_gallery_images, dataset)
         save_figure(figure, out / "contrastive.png")
-        metrics, details["best_methods"] = headline(details)
+        metrics, details["best_methods"] = headline(details, lifts, headline_figures(answer))
         write_json(paths.metrics_path(dataset, "attribution"), metrics)
         write_json(out / "details.json", details)
         save_arrays(paths.DATA / "attributions" / dataset / "attributions.npz", **attribution_arrays(sets, attributions))
         save_plots(dataset, sets, attributions, methods, rows, curves, details, names, cfg, noise, out)
         ctx.timer.images = sum(len(s["targets"]) for s in sets.values()) * max(1, len(methods))
-        log(dataset, summary(details, "shortcut" in sets))
+        log(dataset, summary(details, metrics))
 
 
 def save_plots(dataset: str, sets: dict, attributions: dict, methods: list[str], rows: dict, curves: dict,
