@@ -1,4 +1,7 @@
 """TracIn proponents (pipeline.attribution.tracin) and their known-answer figures (pipeline.evaluation.influence), on constructed cases."""
+import json
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +12,11 @@ from captum.influence import TracInCPFast
 from pipeline.attribution.tracin import Checkpoint, Proponents, TracIn, gradient_factors
 from pipeline.config import PRECISION_AT, ConfigError, InfluenceParams
 from pipeline.data.tensors import subsample, to_float
-from pipeline.evaluation.influence import by_rank, clever_hans_metrics, colored_mnist_metrics, proponent_table
+from pipeline.evaluation.influence import (CLASS_BASE_RATE, NO_BASE_RATE, NO_RANKING, Traced, by_rank, class_base_rates,
+                                           colored_mnist_figures, per_query_share, planted_figures, planted_lifts,
+                                           planted_queries, precision_lift, proponent_table, within_class_auc)
+from pipeline.scoring.chance import lift_over_chance
+from pipeline.storage import write_json
 from pipeline.models.classifiers import build_seeded_classifier
 
 CONFIG = {"architecture": "dense", "n_classes": 3, "width": 2}
@@ -126,53 +133,116 @@ def test_top_k_beyond_the_training_set_and_no_checkpoint_are_refused(trained):
 # ----------------------------------------------------------------------------------------------
 # The known-answer figures on constructed proponents
 # ----------------------------------------------------------------------------------------------
-def constructed_clever_hans(top_k=10):
-    """20 training images: 0-9 class 7 stamped, 10-14 class 7 clean, 15-19 class 3; two queries, both into 7."""
-    train = {"labels": np.array([7] * 15 + [3] * 5), "stamped": np.array([[True]] * 10 + [[False]] * 10),
-             "images": np.zeros((20, 3, 28, 28), np.uint8)}
-    first = list(range(top_k))                    # all stamped 7s
-    second = [10, 11, 12, 13, 14, 15, 16, 17, 0, 1][:top_k]   # two stamped 7s, at ranks 9 and 10
-    found = Proponents(torch.tensor([first, second]), torch.linspace(1, 0, top_k).repeat(2, 1))
-    queries = {"test_index": torch.tensor([4, 8]), "targets": torch.tensor([7, 7])}
-    return train, found, queries
+def generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
-def test_clever_hans_precision_counts_stamped_images_of_the_shortcut_class():
-    train, found, queries = constructed_clever_hans()
-    candidates = np.arange(20)
-    table = proponent_table(found, queries, candidates, train, {})
-    control = proponent_table(Proponents(torch.tensor([[15] * 10, [10] * 10]), torch.zeros(2, 10)),
-                              {"test_index": queries["test_index"], "targets": torch.tensor([3, 7])}, candidates, train, {})
-    figures = clever_hans_metrics(table, control, candidates, train, [7], PRECISION_AT)
-    assert figures["proponent_precision_at_10"] == pytest.approx(12 / 20)
-    assert figures["proponent_base_rate"] == pytest.approx(10 / 20)
-    assert figures["clean_control_precision_at_10"] == 0.0
-    assert figures["precision_at_k"][1] == pytest.approx(0.5)
-    assert figures["precision_at_k"][8] == pytest.approx(8 / 16)
-    assert figures["proponent_shortcut_class_share"] == pytest.approx(17 / 20)
-    rank = by_rank(table, figures, [7])
-    assert rank["stamped_share"].tolist() == [0.5] * 8 + [1.0, 1.0]
+def streams(name: str) -> torch.Generator:
+    return generator(len(name))
+
+
+def class_95_percent_stamped():
+    """40 searched training images: 0-18 class 7 stamped, 19 class 7 clean (95 % of the 7s stamped), 20-39 class 3."""
+    labels = np.array([7] * 20 + [3] * 20)
+    carries = np.arange(40) < 19
+    return labels, carries
+
+
+def merely_the_class(n_queries=20, top_k=10):
+    """Each query's proponents are 10 images of class 7 in cyclic order: every 7 is a proponent equally often."""
+    indices = torch.tensor([[(q + j) % 20 for j in range(top_k)] for q in range(n_queries)])
+    return Proponents(indices, torch.linspace(1, 0, top_k).repeat(n_queries, 1))
+
+
+def queries_into(label, n):
+    return {"test_index": torch.arange(n), "targets": torch.full((n,), label)}
+
+
+def test_proponents_that_are_merely_the_class_s_images_score_its_base_rate_lift_zero():
+    """95 % of the 7s are stamped: proponents that are merely 7s are 95 % stamped by chance. Held to the share of
+    stamped images among *all* searched training images (19 / 40) they would look like a find."""
+    labels, carries = class_95_percent_stamped()
+    table = proponent_table(merely_the_class(), queries_into(7, 20), np.arange(40), labels, carries)
+    targets = np.full(20, 7)
+    np.testing.assert_allclose(class_base_rates(targets, labels, carries), 0.95)
+    lift = precision_lift(table, targets, labels, carries, PRECISION_AT, generator())
+    assert lift.score == pytest.approx(0.95) and lift.chance == pytest.approx(0.95) and lift.lift == pytest.approx(0)
+    assert lift.verdict == "no better than chance" and lift.reference == CLASS_BASE_RATE
+    flattering = lift_over_chance(per_query_share(table, PRECISION_AT), {"all searched images": 19 / 40}, generator())
+    assert flattering.verdict == "above chance"
+    only_stamped = Proponents(torch.tensor([[j for j in range(10)]] * 20), torch.ones(20, 10))
+    found = precision_lift(proponent_table(only_stamped, queries_into(7, 20), np.arange(40), labels, carries),
+                           targets, labels, carries, PRECISION_AT, generator())
+    assert found.lift == pytest.approx(0.05) and found.verdict == "above chance"
+
+
+def test_the_within_class_ranking_is_an_auc_over_the_class_s_images_with_ties_counted_half():
+    labels = np.array([7, 7, 7, 7, 7, 3])
+    carries = np.array([True, True, True, False, False, False])
+    scores = torch.tensor([[3.0, 2.0, 1.5, 2.5, 1.0, 9.0],     # 4 of the 6 (stamped, unstamped) pairs ordered right
+                           [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],     # all tied: 0.5
+                           [0.0, 0.0, 0.0, 1.0, 1.0, 5.0]])    # every unstamped 7 above every stamped one: 0
+    auc = within_class_auc(scores, np.array([7, 7, 7]), labels, carries)
+    assert auc.tolist() == pytest.approx([4 / 6, 0.5, 0.0])
+    assert torch.isnan(within_class_auc(scores[:1], np.array([3]), labels, carries)).all()   # class 3: nothing stamped
+
+
+def test_stamped_queries_that_rank_the_stamped_images_first_beat_clean_queries_that_do_not():
+    labels, carries = class_95_percent_stamped()
+    n = 20
+    ranks_stamped_first = torch.where(torch.from_numpy(carries), 1.0, 0.0) + 0.01 * torch.rand(n, 40, generator=generator())
+    at_random = torch.rand(n, 40, generator=generator(1))
+    found = merely_the_class(n)
+    groups = {"stamped": Traced(proponent_table(found, queries_into(7, n), np.arange(40), labels, carries),
+                                ranks_stamped_first, np.full(n, 7)),
+              "clean": Traced(proponent_table(found, queries_into(7, n), np.arange(40), labels, carries), at_random,
+                              np.full(n, 7))}
+    lifts = planted_lifts(groups, labels, carries, PRECISION_AT, streams)
+    assert lifts["within_class_auc_stamped"].score == pytest.approx(1.0) and lifts["within_class_auc_stamped"].chance == 0.5
+    assert lifts["within_class_auc_clean"].verdict == "no better than chance"
+    assert lifts["within_class_auc"].verdict == "above chance" and lifts["within_class_auc"].reference.startswith("the clean")
+    assert lifts["proponent_precision_at_10"].lift == pytest.approx(0) == lifts["clean_query_precision_at_10"].lift
+
+
+def test_the_negative_control_has_no_stamped_training_image_so_nothing_is_judged_and_nothing_is_zero(tmp_path):
+    labels, carries = class_95_percent_stamped()
+    none = np.zeros_like(carries)
+    table = proponent_table(merely_the_class(), queries_into(7, 20), np.arange(40), labels, none)
+    groups = {g: Traced(table, torch.rand(20, 40, generator=generator()), np.full(20, 7)) for g in ("stamped", "clean")}
+    lifts = planted_lifts(groups, labels, none, PRECISION_AT, streams)
+    assert all(lift.verdict == "not judged" for lift in lifts.values())
+    assert lifts["proponent_precision_at_10"].reason == NO_BASE_RATE and lifts["within_class_auc"].reason == NO_RANKING
+    write_json(tmp_path / "metrics.json", lifts["within_class_auc"].metrics("within_class_auc"))
+    assert json.loads((tmp_path / "metrics.json").read_text()) == dict.fromkeys(
+        ["within_class_auc_lift", "within_class_auc_lift_low", "within_class_auc_lift_high"])
+    figures = planted_figures(groups["stamped"], labels, none, PRECISION_AT)
+    assert math.isnan(figures["class_base_rate"]) and figures["precision_at_k"][1] == 0.0
 
 
 def test_candidates_map_proponents_back_to_training_indices():
-    train, found, queries = constructed_clever_hans()
-    candidates = np.arange(20)[::-1].copy()      # proponent j is training image 19 - j
-    table = proponent_table(found, queries, candidates, train, {})
-    assert table.loc[table["query"] == 0, "train_index"].tolist() == [19 - j for j in range(10)]
-    assert table["test_index"].tolist() == [4] * 10 + [8] * 10
+    labels, carries = class_95_percent_stamped()
+    candidates = np.arange(40)[::-1].copy()      # proponent j is training image 39 - j
+    table = proponent_table(merely_the_class(2), queries_into(7, 2), candidates, labels, carries)
+    assert table.loc[table["query"] == 0, "train_index"].tolist() == [39 - j for j in range(10)]
+    assert table["test_index"].tolist() == [0] * 10 + [1] * 10
 
 
-def test_colored_mnist_gap_of_proponents_and_of_the_class():
-    train = {"labels": np.array([0] * 4 + [1] * 4), "positions": np.array([0.1, 0.2, 0.5, 0.9, 0.0, 0.3, 0.6, 1.0], np.float32),
-             "images": np.zeros((8, 3, 28, 28), np.uint8)}
-    test = {"positions": np.array([0.15, 0.5], np.float32)}
-    queries = {"test_index": torch.tensor([0, 1]), "targets": torch.tensor([0, 0])}
+def test_colored_mnist_proponents_closer_on_the_colormap_than_the_class_s_images():
+    labels = np.array([0] * 4 + [1] * 4)
+    positions = np.array([0.1, 0.2, 0.5, 0.9, 0.0, 0.3, 0.6, 1.0], np.float32)
+    test_positions = np.array([0.15, 0.5], np.float32)
     found = Proponents(torch.tensor([[0, 1] * 5, [2, 6] * 5]), torch.ones(2, 10))
-    table = proponent_table(found, queries, np.arange(8), train, test)
-    figures = colored_mnist_metrics(table, np.arange(8), train, queries, test, PRECISION_AT)
-    assert figures["proponent_position_gap"] == pytest.approx((0.05 + 0.05 + 0.0 + 0.1) / 4)
-    assert figures["class_position_gap"] == pytest.approx((np.mean([0.05, 0.05, 0.35, 0.75]) + np.mean([0.4, 0.3, 0.0, 0.4])) / 2)
+    table = proponent_table(found, queries_into(0, 2), np.arange(8), labels, positions=(positions, test_positions))
+    figures, lift = colored_mnist_figures(table, labels, positions, test_positions, PRECISION_AT, generator())
+    gap = [(0.05 + 0.05) / 2, (0.0 + 0.1) / 2]
+    class_gap = [np.mean([0.05, 0.05, 0.35, 0.75]), np.mean([0.4, 0.3, 0.0, 0.4])]
+    assert figures["proponent_position_gap"] == pytest.approx(np.mean(gap))
+    assert figures["class_position_gap"] == pytest.approx(np.mean(class_gap))
     assert figures["proponent_same_class_share"] == pytest.approx(0.75)
+    assert lift.score == pytest.approx(1 - np.mean(gap)) and lift.chance == pytest.approx(1 - np.mean(class_gap))
+    assert lift.lift == pytest.approx(np.mean(class_gap) - np.mean(gap))
+    rank = by_rank(table, figures)
+    assert rank["position_gap"].tolist()[:2] == pytest.approx([0.025, 0.075])
 
 
 def test_sample_indices_are_seeded_sorted_and_capped():
@@ -194,18 +264,17 @@ def test_picture_of_queries_and_proponents(tmp_path, kind):
     from pipeline.evaluation.influence import proponents_figure
     from pipeline.storage import save_figure
 
+    queries = queries_into(7, 2) | {"images": torch.zeros(2, 3, 28, 28, dtype=torch.uint8), "true": torch.tensor([1, 0])}
     if kind == "clever_hans":
-        train, found, queries = constructed_clever_hans()
-        test = {}
+        labels, carries = class_95_percent_stamped()
+        table = proponent_table(merely_the_class(2), queries, np.arange(40), labels, carries)
     else:   # a float column (positions) makes pandas rows float: indices must still work
-        train = {"labels": np.array([0, 1] * 4), "positions": np.linspace(0, 1, 8, dtype=np.float32),
-                 "images": np.zeros((8, 3, 28, 28), np.uint8)}
-        test, queries = {"positions": np.array([0.2, 0.7], np.float32)}, {"test_index": torch.tensor([0, 1]), "targets": torch.tensor([0, 1])}
+        labels = np.array([0, 1] * 20)
         found = Proponents(torch.arange(8).repeat(2, 2)[:, :10], torch.linspace(1, 0, 10).repeat(2, 1))
-    queries |= {"images": torch.zeros(2, 3, 28, 28, dtype=torch.uint8), "true": torch.tensor([1, 0])}
-    table = proponent_table(found, queries, np.arange(len(train["labels"])), train, test)
-    save_figure(proponents_figure(table, queries, train, [str(c) for c in range(10)], n_show=1, dataset=kind),
-                tmp_path / "proponents.png")
+        table = proponent_table(found, queries, np.arange(40), labels,
+                                positions=(np.linspace(0, 1, 40, dtype=np.float32), np.array([0.2, 0.7], np.float32)))
+    save_figure(proponents_figure(table, queries, np.zeros((40, 3, 28, 28), np.uint8), [str(c) for c in range(10)],
+                                  n_show=1, dataset=kind), tmp_path / "proponents.png")
     assert (tmp_path / "proponents.png").stat().st_size > 1000
 
 
@@ -220,14 +289,39 @@ class AlwaysClass(nn.Module):
         return self.logits.expand(len(x), -1) + 0 * x.flatten(1)[:, :1]
 
 
+def square_on_seven():
+    from pipeline.data.known_answer import PlantedShortcuts
+    from pipeline.data.shortcuts import Shortcut
+
+    return PlantedShortcuts((Shortcut(label=7, kind="square", position=[0, 0], size=4, color=[1.0, 0.0, 0.0]),), (28, 28))
+
+
 def test_no_image_moved_by_the_stamp_gives_empty_queries_not_a_crash():
-    from pipeline.evaluation.influence import clever_hans_queries
     from pipeline.models.inference import predict_probabilities
 
     model = AlwaysClass(label=3)
     assert predict_probabilities(model, torch.zeros(0, 3, 28, 28, dtype=torch.uint8)).shape == (0, 10)
-    images = torch.zeros(6, 3, 28, 28, dtype=torch.uint8)
-    test = {"labels": torch.tensor([0, 1, 2, 3, 4, 5]), "clean_images": images, "shortcut_images": images[None],
-            "shortcut_labels": torch.tensor([7])}
-    queries = clever_hans_queries(model, test, n_test=4, rng=np.random.default_rng(0))
-    assert len(queries["images"]) == 0 and queries["control"]["targets"].shape == (0,)
+    test = {"labels": torch.tensor([0, 1, 2, 3, 4, 5]), "clean_images": torch.zeros(6, 3, 28, 28, dtype=torch.uint8)}
+    queries = planted_queries(model, test, square_on_seven(), n_test=4, rng=np.random.default_rng(0))
+    assert len(queries["stamped"]["images"]) == 0 and queries["clean"]["targets"].shape == (0,)
+
+
+class RedCornerMeansSeven(AlwaysClass):
+    """Class 7 when pixel (0, 0) is red (not white), else the image's mean decides between 1 (bright) and 7 (dark)."""
+
+    def forward(self, x):
+        seven = (x[:, 0, 0, 0] > 0.5) & (x[:, 1, 0, 0] < 0.5) | (x.mean((1, 2, 3)) < 0.1)
+        return torch.nn.functional.one_hot(torch.where(seven, 7, 1), 10).float() * 5 + 0 * self.logits
+
+
+def test_planted_queries_are_images_the_stamp_moves_and_clean_images_of_the_class_assigned_to_it():
+    images = torch.zeros(8, 3, 28, 28, dtype=torch.uint8)
+    images[:4] = 200                           # bright: called 1 unless stamped
+    labels = torch.tensor([1, 1, 2, 7, 7, 7, 7, 3])
+    queries = planted_queries(RedCornerMeansSeven(7), {"labels": labels, "clean_images": images}, square_on_seven(),
+                              n_test=10, rng=np.random.default_rng(0))
+    stamped, clean = queries["stamped"], queries["clean"]
+    assert stamped["test_index"].tolist() == [0, 1, 2, 7] and (stamped["targets"] == 7).all()
+    assert (stamped["images"][:, 0, :4, :4] == 255).all() and (stamped["images"][:, 1:, :4, :4] == 0).all()
+    assert clean["test_index"].tolist() == [4, 5, 6]   # 7 at index 3 is bright: the classifier calls it 1
+    assert torch.equal(clean["images"], images[[4, 5, 6]]) and (clean["targets"] == 7).all()
