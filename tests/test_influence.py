@@ -16,7 +16,7 @@ from pipeline.evaluation.influence import (CLASS_BASE_RATE, NO_BASE_RATE, NO_RAN
                                            colored_mnist_figures, per_query_share, planted_figures, planted_lifts,
                                            planted_queries, precision_lift, proponent_table, within_class_auc)
 from pipeline.scoring.chance import lift_over_chance
-from pipeline.storage import write_json
+from pipeline.storage import save_arrays, write_json
 from pipeline.models.classifiers import build_seeded_classifier
 
 CONFIG = {"architecture": "dense", "n_classes": 3, "width": 2}
@@ -325,3 +325,98 @@ def test_planted_queries_are_images_the_stamp_moves_and_clean_images_of_the_clas
     assert (stamped["images"][:, 0, :4, :4] == 255).all() and (stamped["images"][:, 1:, :4, :4] == 0).all()
     assert clean["test_index"].tolist() == [4, 5, 6]   # 7 at index 3 is bright: the classifier calls it 1
     assert torch.equal(clean["images"], images[[4, 5, 6]]) and (clean["targets"] == 7).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage
+# ----------------------------------------------------------------------------------------------
+def red_corner_means_seven(model: nn.Module) -> nn.Module:
+    """The dense classifier with two paths into class 7's logit: the top-left 8x8 corner's red minus green (a red
+    corner stamp moves any image into 7; gray digits have red = green) and a bright bottom-right block (the 7s)."""
+    first, second = model.embedding[1], model.embedding[3]
+    with torch.no_grad():
+        corner, block = torch.zeros(3, 28, 28), torch.zeros(3, 28, 28)
+        corner[0, :8, :8], corner[1, :8, :8] = 1.0, -1.0
+        block[:, 24:, 24:] = 1.0
+        for unit, weights in enumerate((corner, block)):
+            first.weight[unit], first.bias[unit] = weights.flatten(), 0.0
+            second.weight[unit], second.bias[unit] = 0.0, 0.0
+            second.weight[unit, unit] = 1.0
+            model.head.weight[:, unit] = 0.0
+            if len(model.head.weight) > 7:
+                model.head.weight[7, unit] = 1.0
+    return model
+
+
+def write_influence_inputs(dataset: str, fraction: float | None) -> None:
+    """Prepared splits, meta, a classifier and its two epoch checkpoints, as prepare and train_classifier leave them."""
+    from pipeline import paths
+    from pipeline.data.known_answer import ColorRule, PlantedShortcuts
+    from pipeline.data.shortcuts import Shortcut
+    from pipeline.models.classifiers import save_model
+
+    rng = np.random.default_rng(0)
+    n_classes = 4 if fraction is None else 10
+    config = {"architecture": "dense", "n_classes": n_classes, "width": 4}
+    model = red_corner_means_seven(build_seeded_classifier(config, 0))
+    splits = {}
+    for split, n in (("train", 60), ("test", 30)):
+        gray = (rng.random((n, 28, 28)) < 0.2).astype(np.uint8) * 200
+        labels = np.arange(n) % n_classes
+        gray[labels == 7, 24:, 24:] = 255
+        splits[split] = {"images": np.repeat(gray[:, None], 3, axis=1), "labels": labels}
+    if fraction is None:
+        answer = ColorRule(("spring", "summer", "autumn", "winter"))
+        for split in splits.values():
+            split["positions"] = rng.random(len(split["labels"])).astype(np.float32)
+    else:
+        answer = PlantedShortcuts((Shortcut(label=7, kind="square", position=[0, 0], size=8, fraction=fraction,
+                                             color=[1.0, 0.0, 0.0]),), (28, 28))
+        train = splits["train"]
+        train["stamped"] = ((train["labels"] == 7) & (np.arange(60) > 7) & (fraction > 0))[:, None]   # 5 of 6 7s
+        train["images"] = train["images"].copy()
+        train["images"][train["stamped"][:, 0]] = answer.stamp(train["images"][train["stamped"][:, 0]], 0)
+        splits["test"]["clean_images"] = splits["test"]["images"]
+    for name, arrays in splits.items():
+        save_arrays(paths.prepared_dir(dataset) / f"{name}.npz", **arrays)
+    write_json(paths.prepared_dir(dataset) / "meta.json", {"n_classes": n_classes, "known_answer": answer.to_meta(),
+                                                           "class_names": [str(c) for c in range(n_classes)]})
+    save_model(paths.classifier_path(dataset), model, config)
+    for epoch in (1, 2):
+        save_model(paths.classifier_checkpoint_path(dataset, epoch), model, config, epoch=epoch, learning_rate=0.01)
+
+
+@pytest.mark.parametrize("dataset, fraction", [("clever_hans", 0.95), ("negative_control", 0.0), ("colored_mnist", None)])
+def test_the_stage_writes_each_headline_lift_with_its_interval_and_null_where_nothing_is_judged(dataset, fraction,
+                                                                                               tmp_path, monkeypatch):
+    import yaml
+
+    from pipeline import paths
+    from pipeline.stages.influence import main
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(tmp_path)
+    write_influence_inputs(dataset, fraction)
+    datasets = yaml.safe_load((REPO / "params.yaml").read_text())["datasets"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "datasets": datasets,
+                                                          "influence": {"n_test": 6, "batch_size": 16, "n_show": 2}}))
+    main([dataset])
+    metrics = json.loads(paths.metrics_path(dataset, "influence").read_text())
+    details = json.loads((paths.plots_dir(dataset, "influence") / "details.json").read_text())
+    figures = ["proponent_position_closeness"] if fraction is None else ["proponent_precision_at_10", "within_class_auc"]
+    assert list(metrics) == [f"{f}_lift{end}" for f in figures for end in ("", "_low", "_high")]
+    if details.get("n_queries") == 0:    # the stamp moved no test image into 7: every headline not judged
+        assert all(value is None for value in metrics.values()) and details["reason"]
+        return
+    for figure in figures:
+        lift = details["chance"][figure]
+        assert metrics[f"{figure}_lift"] == (None if lift["lift"] is None else pytest.approx(lift["lift"], abs=1e-6))
+    if fraction == 0.0:    # nothing stamped in training: neither figure can say anything
+        assert all(value is None for value in metrics.values())
+        assert details["chance"]["proponent_precision_at_10"]["reason"] == NO_BASE_RATE
+    elif fraction:         # 5 of the 6 training 7s stamped: both judged, against the class's own base rate
+        assert details["chance"]["proponent_precision_at_10"]["chance"] == pytest.approx(5 / 6)
+        assert details["chance"]["within_class_auc_clean"]["n"] > 0 and details["chance"]["within_class_auc"]["n"] == 6
+        assert all(value is not None for value in metrics.values())
+    if fraction is None:
+        assert details["chance"]["proponent_position_closeness"]["chance_level"] == "every searched training image of the predicted class"

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from pipeline.attribution.scores import average_ranks
-from pipeline.attribution.tracin import Proponents
+from pipeline.attribution.tracin import Proponents, TracIn
 from pipeline.data.tensors import subsample
 from pipeline.models.inference import moved_by_stamp, predict_probabilities
 from pipeline.plotting import image_grid
@@ -73,6 +73,15 @@ def colored_mnist_queries(model, test: dict, n_test: int, rng: np.random.Generat
     images = test["images"][index]
     return {"test_index": index, "images": images, "targets": predict_probabilities(model, images).argmax(1),
             "true": test["labels"][index]}
+
+
+def trace(tracin: TracIn, query: dict, top_k: int, normalize: bool) -> tuple[Proponents, torch.Tensor]:
+    """The ``top_k`` proponents of each query image for its target, and the TracIn scores [Q, N] of every searched
+    training image; empty (0 rows) for a group without any query."""
+    if len(query["images"]) == 0:
+        return Proponents(torch.zeros(0, top_k, dtype=torch.long), torch.zeros(0, top_k)), torch.zeros(0, tracin.n_train)
+    return (tracin.proponents(query["images"], query["targets"], top_k, normalize),
+            tracin.scores(query["images"], query["targets"], normalize))
 
 
 def proponent_table(found: Proponents, queries: dict, candidates: np.ndarray, train_labels: np.ndarray,

@@ -32,7 +32,7 @@ from pipeline.data.known_answer import ColorRule, PlantedShortcuts, Unknown
 from pipeline.data.tensors import subsample
 from pipeline.evaluation.influence import (Traced, by_rank, colored_mnist_figures, colored_mnist_queries, planted_figures,
                                            planted_lifts, planted_queries, precision_lift, proponent_table,
-                                           proponents_figure)
+                                           proponents_figure, trace)
 from pipeline.models.classifiers import load_classifier, missing_parts
 from pipeline.plotting import placeholder_figure
 from pipeline.prepared import load_known_answer, load_meta, load_prepared
@@ -98,20 +98,20 @@ def run(ctx, cfg: InfluenceParams) -> None:
     tracin = TracIn(model, model.head, checkpoints, torch.from_numpy(train["images"][candidates]), torch.from_numpy(labels),
                     cfg.batch_size)
 
-    def traced(query: dict, normalize: bool = cfg.normalize) -> pd.DataFrame:
-        found = tracin.proponents(query["images"], query["targets"], cfg.top_k, normalize)
-        return proponent_table(found, query, candidates, train["labels"], carries, positions)
+    def traced(query: dict, normalize: bool = cfg.normalize) -> Traced:
+        found, scores = trace(tracin, query, cfg.top_k, normalize)
+        return Traced(proponent_table(found, query, candidates, train["labels"], carries, positions), scores,
+                      query["targets"].cpu().numpy())
 
     scoring = {True: "normalized", False: "unnormalized"}
     other = scoring[not cfg.normalize]   # the other scoring, for comparison
     streams = lambda name: ctx.generator(f"chance/{name}")   # noqa: E731
-    table = traced(shown)
+    groups = {g: traced(q) for g, q in queries.items()}
+    table = groups[next(iter(groups))].table
     if planted:
-        groups = {g: Traced(table if g == "stamped" else traced(q), tracin.scores(q["images"], q["targets"], cfg.normalize),
-                            q["targets"].cpu().numpy()) for g, q in queries.items()}
         lifts = planted_lifts(groups, labels, carries[candidates], PRECISION_AT, streams)
         lifts[f"{other}_precision_at_{PRECISION_AT}"] = precision_lift(
-            traced(shown, not cfg.normalize), groups["stamped"].targets, labels, carries[candidates], PRECISION_AT,
+            traced(shown, not cfg.normalize).table, groups["stamped"].targets, labels, carries[candidates], PRECISION_AT,
             streams(f"precision_{other}"))
         figures = planted_figures(groups["stamped"], labels, carries[candidates], PRECISION_AT)
     elif positions is not None:
@@ -119,7 +119,7 @@ def run(ctx, cfg: InfluenceParams) -> None:
         figures, lifts = {}, {}
         for normalize, name in ((cfg.normalize, "proponent"), (not cfg.normalize, other)):
             found, lifts[f"{name}_position_closeness"] = colored_mnist_figures(
-                table if name == "proponent" else traced(shown, normalize), labels, positions[0][candidates],
+                table if name == "proponent" else traced(shown, normalize).table, labels, positions[0][candidates],
                 query_positions, PRECISION_AT, streams(f"closeness_{name}"))
             figures |= found if name == "proponent" else {f"{other}_position_gap": found["proponent_position_gap"]}
     else:
