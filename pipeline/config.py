@@ -606,6 +606,7 @@ class DissectParams:
     digit_threshold: float = 0.5         # the digit concept: grayscale intensity above this
     batch_size: int = 256
     n_picture_images: int = 6            # top-activating images shown per best unit
+    random_mask_sigma: float = 2.0       # held-out unit IoU's chance level: smoothing of its area-matched random masks
 
     def check(self, where: str) -> None:
         check_each(self, where, at_least_one, "a positive integer", "max_images", "batch_size", "n_picture_images")

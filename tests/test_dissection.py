@@ -10,8 +10,10 @@ from torch import nn
 
 from pipeline.config import ConfigError, Params, build
 from pipeline.models.classifiers import conv_layers
-from pipeline.evaluation.dissection import (DissectionOptions, best_units, dissect, iou_ceiling, layer_maps,
-                                 layer_summary, quantile_thresholds, top_images, unit_masks, unit_thresholds)
+from pipeline.evaluation.dissection import (DissectionOptions, best_units, dissect, half_split, held_out_lifts, iou_ceiling,
+                                            layer_maps, layer_summary, quantile_thresholds, top_images, unit_masks,
+                                            unit_thresholds)
+from pipeline.scoring.masks import RANDOM_MASKS, WHOLE_IMAGE
 from tests.conftest import REPO
 
 SIZE = 16
@@ -53,6 +55,10 @@ def red_square_data(n_images: int = 4, n_stamped: int = 2):
     images[:n_stamped, :, SQUARE[0], SQUARE[1]] = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
     stroke = images[:, 1] > 0
     return images, torch.stack([square, stroke], 1), ["square", "stroke"]
+
+
+def streams(name: str) -> torch.Generator:
+    return torch.Generator().manual_seed(len(name))
 
 
 def square_share(concepts: torch.Tensor) -> float:
@@ -148,6 +154,48 @@ def test_unit_masks_and_top_images_show_what_was_scored():
     assert summary["conv1"]["n_units"] == 2 and summary["conv2"]["best_square_iou"] == pytest.approx(1.0)
 
 
+def test_the_unit_is_chosen_on_one_half_and_scored_on_the_other():
+    """The red-square unit wins on the selection half; on the held-out half the concept's square is green, which that
+    unit cannot see: scored there, its empty masks fall below the whole-image mask's IoU (16 / 256 per image). Picked
+    on all images, the green unit would have looked like a find."""
+    images, concepts, names = red_square_data(n_images=8, n_stamped=8)
+    images[4:, :, SQUARE[0], SQUARE[1]] = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)
+    selection = torch.tensor([True] * 4 + [False] * 4)
+    options = DissectionOptions(quantile=1.0 - square_share(concepts), batch_size=3)
+    lifts, held_out = held_out_lifts(RedSquareNet(), images, concepts, names, {"square_iou": ["square"]}, selection,
+                                     options, streams)
+    assert held_out["units"]["square"] == "conv1/0" and held_out["selection_iou"]["square"] == pytest.approx(1.0)
+    assert held_out["n_selection"] == 4 and held_out["n_scored"] == 4
+    lift = lifts["square_iou"]
+    assert lift.n == 4 and lift.score == 0.0 and lift.reference == WHOLE_IMAGE
+    assert lift.chance == pytest.approx(16 / SIZE ** 2) and lift.verdict == "below chance"
+
+
+def test_a_unit_that_copies_the_square_is_above_both_chance_levels_on_held_out_images():
+    images, concepts, names = red_square_data(n_images=12, n_stamped=8)
+    selection = torch.tensor([True, False] * 6)
+    options = DissectionOptions(quantile=1.0 - square_share(concepts[selection]), batch_size=5)
+    lifts, held_out = held_out_lifts(RedSquareNet(), images, concepts, names,
+                                     {"square_iou": ["square"], "stroke_iou": ["stroke"]}, selection, options, streams)
+    lift = lifts["square_iou"]
+    assert lift.n == 4 and lift.score == pytest.approx(1.0)            # the 4 stamped held-out images, clean ones left out
+    assert set(lift.references) == {WHOLE_IMAGE, RANDOM_MASKS} and lift.verdict == "above chance"
+    assert lifts["stroke_iou"].n == 6
+
+
+def test_a_concept_absent_from_the_held_out_half_is_not_judged():
+    images, concepts, names = red_square_data(n_images=4, n_stamped=2)
+    lifts, _ = held_out_lifts(RedSquareNet(), images, concepts, names, {"square_iou": ["square"]},
+                              torch.tensor([True, True, False, False]), DissectionOptions(quantile=0.9), streams)
+    assert lifts["square_iou"].verdict == "not judged" and "square" in lifts["square_iou"].reason
+
+
+def test_the_half_split_is_seeded_and_halves():
+    first, again = (half_split(11, torch.Generator().manual_seed(3)) for _ in range(2))
+    assert torch.equal(first, again) and first.sum() == 5
+    assert not torch.equal(first, half_split(11, torch.Generator().manual_seed(4)))
+
+
 def test_concepts_must_match_the_images():
     images, concepts, names = red_square_data()
     with pytest.raises(ValueError, match="concepts"):
@@ -155,7 +203,7 @@ def test_concepts_must_match_the_images():
 
 
 @pytest.mark.parametrize("field, value", [("quantile", 1.0), ("quantile", 0.0), ("iou_threshold", 0.0),
-                                          ("activation", "sigmoid"), ("batch_size", 0)])
+                                          ("activation", "sigmoid"), ("batch_size", 0), ("random_mask_sigma", -1.0)])
 def test_bad_options_name_the_field_and_value(field, value):
     with pytest.raises(ValueError, match=rf"{field} = {value!r}"):
         DissectionOptions(**{field: value})
@@ -176,6 +224,52 @@ def test_bad_dissect_params_name_key_value_and_what_is_allowed(key, value, allow
         build(Params, raw)
     message = str(err.value)
     assert f"dissect.{key}" in message and repr(value) in message and allowed in message
+
+
+@pytest.mark.parametrize("dataset, fraction", [("clever_hans", 0.95), ("negative_control", 0.0), ("colored_mnist", None)])
+def test_the_stage_writes_the_held_out_lift_and_its_chance_levels(dataset, fraction, tmp_path, monkeypatch):
+    import json
+
+    import numpy as np
+
+    from pipeline import paths
+    from pipeline.data.known_answer import ColorRule, PlantedShortcuts
+    from pipeline.data.shortcuts import Shortcut
+    from pipeline.models.classifiers import build_seeded_classifier, save_model
+    from pipeline.stages.dissect import main
+    from pipeline.storage import save_arrays, write_json
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    n, n_classes = 24, 4 if fraction is None else 10
+    gray = (rng.random((n, 28, 28)) < 0.2).astype(np.uint8) * 200
+    images = np.repeat(gray[:, None], 3, axis=1)
+    test = {"images": images, "labels": np.arange(n) % n_classes}
+    if fraction is None:
+        answer = ColorRule(("spring", "summer", "autumn", "winter"))
+        test["gray"] = gray
+    else:
+        answer = PlantedShortcuts((Shortcut(label=7, kind="square", position=[0, 0], size=8, fraction=fraction,
+                                             color=[1.0, 0.0, 0.0]),), (28, 28))
+        test["clean_images"] = images
+    save_arrays(paths.prepared_dir(dataset) / "test.npz", **test)
+    write_json(paths.prepared_dir(dataset) / "meta.json", {"n_classes": n_classes, "known_answer": answer.to_meta(),
+                                                           "class_names": [str(c) for c in range(n_classes)]})
+    config = {"architecture": "cnn", "n_classes": n_classes, "width": 4}
+    save_model(paths.classifier_path(dataset), build_seeded_classifier(config, 0), config)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "datasets": DEFAULTS["datasets"],
+                                                          "dissect": {"max_images": 20, "batch_size": 8}}))
+    main([dataset])
+
+    headline = "color_unit_iou" if fraction is None else "shortcut_unit_iou"
+    metrics = json.loads(paths.metrics_path(dataset, "dissect").read_text())
+    assert list(metrics) == [f"{headline}_lift", f"{headline}_lift_low", f"{headline}_lift_high"]
+    details = json.loads((paths.plots_dir(dataset, "dissect") / "details.json").read_text())
+    assert details["held_out"]["n_selection"] == details["held_out"]["n_scored"] == 10
+    lift = details["chance"][headline]
+    assert lift["chance_level"] in (WHOLE_IMAGE, RANDOM_MASKS) and set(lift["chance_levels"]) == {WHOLE_IMAGE, RANDOM_MASKS}
+    assert metrics[f"{headline}_lift"] == pytest.approx(lift["lift"], abs=1e-6)
+    assert set(details["chance"]) == {headline, "digit_unit_iou"}
 
 
 def test_the_report_says_how_many_units_of_which_layer_detect_the_shortcut():

@@ -19,12 +19,16 @@ Conventions, and where they differ from NetDissect:
 - a mask of area share ``a`` against a concept of area share ``c`` scores at most ``min(a, c) / max(a, c)``
   (:func:`iou_ceiling`): the quantile must leave masks about as large as the concept for IoU to be high.
 
+The best unit's IoU is a maximum over hundreds of units, and some unit fits any concept on the images it was
+picked on. :func:`held_out_lifts` therefore picks each concept's unit on one half of the images and scores it on
+the other, per image, beside the whole-image mask and random masks of the unit's own mask area on the same images.
+
 The library takes tensors and an ``nn.Module``; it knows nothing of params files or output paths.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal, Sequence
+from typing import Annotated, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -32,8 +36,10 @@ import torch.nn.functional as F
 from annotated_types import Ge, Interval
 from torch import nn
 
-from pipeline.data.tensors import as_float
+from pipeline.data.tensors import as_float, batch_slices
 from pipeline.models.classifiers import conv_layers, layer_outputs
+from pipeline.scoring.chance import Lift, lift_over_chance, not_judged
+from pipeline.scoring.masks import iou, mask_chance
 
 Layers = Sequence[tuple[str, nn.Module]]
 
@@ -48,6 +54,8 @@ class DissectionOptions:
     iou_threshold: Annotated[float, Interval(gt=0, le=1)] = 0.5  # a unit detects a concept from this IoU on
     activation: Literal["post_relu", "pre_relu"] = "post_relu"
     batch_size: Annotated[int, Ge(1)] = 256  # images per forward pass
+    # held-out score's chance level: smoothing (pixels) of the random masks of the unit's mask area
+    random_mask_sigma: Annotated[float, Ge(0)] = 2.0
 
     def __post_init__(self):
         if not 0.0 < self.quantile < 1.0:
@@ -58,6 +66,8 @@ class DissectionOptions:
             raise ValueError(f"activation = {self.activation!r}; allowed: 'post_relu', 'pre_relu'")
         if self.batch_size < 1:
             raise ValueError(f"batch_size = {self.batch_size!r}; allowed: a positive integer")
+        if not self.random_mask_sigma >= 0:
+            raise ValueError(f"random_mask_sigma = {self.random_mask_sigma!r}; allowed: a number >= 0")
 
 
 @dataclass
@@ -198,6 +208,54 @@ def best_units(result: Dissection) -> dict[str, dict]:
         best[concept] = {"unit": names[u], "layer": result.layer_names[int(result.unit_layer[u])],
                          "channel": int(result.unit_channel[u]), "iou": float(iou[u, k]), "index": u}
     return best
+
+
+def held_out_lifts(model: nn.Module, images: torch.Tensor, concepts: torch.Tensor, concept_names: list[str],
+                   figures: dict[str, list[str]], selection: torch.Tensor, options: DissectionOptions,
+                   streams: Callable[[str], torch.Generator], layers: Layers | None = None) -> tuple[dict[str, Lift], dict]:
+    """The best unit of each concept chosen on one part of the images and scored on the rest, beside its chance level.
+
+    The maximum IoU over hundreds of units flatters: some unit fits any concept on the images it was picked on. So
+    each concept's unit (and its threshold) is chosen by :func:`dissect` on the images where ``selection`` [N] is
+    true, and scored on the others: per (image, concept) where the concept is present, the IoU of the unit's mask with
+    the concept's pixels, beside the whole-image mask and random masks of the same area
+    (:func:`pipeline.scoring.masks.mask_chance`) on the same items; the lift has a bootstrap interval over them.
+    ``figures``: {figure: the concepts it pools} (colored MNIST's colour figure: one unit per colormap, each image
+    scored with its own colormap's). ``streams(name)``: one random stream per use. Returns ({figure: Lift}, the
+    chosen units and how many images each part holds)."""
+    layers = list(layers if layers is not None else conv_layers(model))
+    selection = selection.to(images.device)
+    chosen = dissect(model, images[selection], concepts[selection], concept_names, options, layers)
+    best = best_units(chosen)
+    held, truths = images[~selection], concepts[~selection]
+    lifts = {}
+    for figure, pooled in figures.items():
+        masks, truth = [], []
+        for concept in pooled:
+            k = concept_names.index(concept)
+            present = torch.nonzero(truths[:, k].flatten(1).any(1)).flatten()
+            units = torch.full((len(present),), best[concept]["index"], dtype=torch.long)
+            for part in batch_slices(len(present), options.batch_size):
+                masks.append(unit_masks(model, layers, held[present[part]], units[part], chosen.thresholds,
+                                        options.activation).cpu())
+            truth.append(truths[present, k].cpu())
+        masks = torch.cat(masks) if masks else torch.zeros(0, *images.shape[-2:], dtype=torch.bool)
+        truth = torch.cat(truth) if truth else masks.clone()
+        if len(masks) == 0:
+            lifts[figure] = not_judged(f"no held-out image holds {' or '.join(pooled)}")
+            continue
+        chance = mask_chance(masks, truth, options.random_mask_sigma, streams(f"random_masks/{figure}"))["iou"]
+        lifts[figure] = lift_over_chance(iou(masks, truth), chance, streams(f"bootstrap/{figure}"))
+    return lifts, {"n_selection": int(selection.sum()), "n_scored": int((~selection).sum()),
+                   "units": {concept: best[concept]["unit"] for pooled in figures.values() for concept in pooled},
+                   "selection_iou": {concept: best[concept]["iou"] for pooled in figures.values() for concept in pooled}}
+
+
+def half_split(n: int, generator: torch.Generator) -> torch.Tensor:
+    """bool [n]: a seeded half of ``n`` items (``n // 2`` of them, drawn on the generator's device)."""
+    selection = torch.zeros(n, dtype=torch.bool, device=generator.device)
+    selection[torch.randperm(n, generator=generator, device=generator.device)[: n // 2]] = True
+    return selection.cpu()
 
 
 def top_images(result: Dissection, unit: int, n: int) -> np.ndarray:

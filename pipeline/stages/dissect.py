@@ -4,12 +4,17 @@
 ``dissect.activation``; upsampled, thresholded at its own ``dissect.quantile`` over the sample) against
 the concepts the data know, on a seeded sample of at most ``dissect.max_images`` test images:
 
-- Clever Hans: the clean test images, a seeded share ``dissect.stamped_fraction`` of them stamped with a
-  planted shortcut (images of every class; with several shortcuts, one drawn per image). ``shortcut``: the
-  stamp's pixels (opacity > 0), empty on the clean images; ``digit``: the base digit's pixels (grayscale
-  intensity above ``dissect.digit_threshold``) less the stamp's pixels;
+- planted shortcuts (the negative control too): the clean test images, a seeded share ``dissect.stamped_fraction``
+  of them stamped with a planted shortcut (images of every class; with several shortcuts, one drawn per image).
+  ``shortcut``: the stamp's truth region, empty on the clean images; ``digit``: the base digit's pixels (grayscale
+  intensity above ``dissect.digit_threshold``) less the stamp's;
 - colored MNIST: ``digit`` likewise, and one concept per colormap: the digit's pixels on the images painted
   from that colormap (the class concept: the colour that decides the class).
+
+Headline (``<figure>_lift``, ``_lift_low``, ``_lift_high``): the best unit for the known answer (the shortcut; the
+colour, one unit per colormap), chosen on a seeded half of the images and scored on the other half beside
+area-matched random masks and the whole-image mask (details.json ``chance``), so that the maximum over many units
+does not flatter. The tables and the picture describe every unit on the whole sample.
 """
 from __future__ import annotations
 
@@ -20,21 +25,24 @@ import pandas as pd
 import torch
 
 from pipeline import paths
+from pipeline.config import options_from
+from pipeline.data.known_answer import ColorRule, PlantedShortcuts, Unknown
 from pipeline.data.tensors import subsample
-from pipeline.prepared import load_meta, load_prepared
-from pipeline.evaluation.dissection import (DissectionOptions, best_units, dissect, iou_ceiling, layer_summary,
-                                 top_images, unit_masks, units_figure)
+from pipeline.evaluation.dissection import (DissectionOptions, best_units, dissect, half_split, held_out_lifts, iou_ceiling,
+                                            layer_summary, top_images, unit_masks, units_figure)
 from pipeline.models.classifiers import conv_layers, load_classifier, missing_parts
 from pipeline.plotting import placeholder_figure
+from pipeline.prepared import load_known_answer, load_meta, load_prepared
 from pipeline.runtime import StageContext, stage
+from pipeline.scoring.chance import not_judged
 from pipeline.storage import save_figure, write_csv, write_json
 
 
-def sample_and_concepts(ctx: StageContext, test: dict, class_names: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[str], dict]:
+def sample_and_concepts(ctx: StageContext, test: dict, answer, class_names: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[str], dict]:
     """(images [N x 3 x H x W] uint8, concepts [N x K x H x W] bool, concept names, what the sample holds)."""
     cfg = ctx.params.dissect
     index = torch.as_tensor(subsample(len(test["labels"]), cfg.max_images, ctx.rng("sample")))
-    if "shortcut_images" not in test:
+    if isinstance(answer, ColorRule):
         gray = test["gray"][index]
         digit = gray.float() / 255 > cfg.digit_threshold
         labels = test["labels"][index]
@@ -43,33 +51,31 @@ def sample_and_concepts(ctx: StageContext, test: dict, class_names: list[str]) -
     images, n = test["clean_images"][index].clone(), len(index)
     rng = ctx.rng("stamp")
     stamped = torch.as_tensor(rng.permutation(n)[: int(round(cfg.stamped_fraction * n))], dtype=torch.long)
-    which = torch.as_tensor(rng.integers(0, len(test["shortcut_labels"]), size=len(stamped)), dtype=torch.long)
-    images[stamped] = test["shortcut_images"][which, index[stamped]]
+    which = torch.as_tensor(rng.integers(0, len(answer.shortcuts), size=len(stamped)), dtype=torch.long)
     shortcut = torch.zeros(n, *images.shape[2:], dtype=torch.bool)
-    shortcut[stamped] = test["shortcut_alpha"][which] > 0
+    for k in range(len(answer.shortcuts)):
+        rows = stamped[which == k]
+        images[rows] = answer.stamp_tensor(images[rows], k)
+        shortcut[rows] = torch.from_numpy(answer.region(k))
     digit = (test["clean_images"][index, 0].float() / 255 > cfg.digit_threshold) & ~shortcut
     return images, torch.stack([digit, shortcut], 1), ["digit", "shortcut"], {"n_images": n, "n_stamped": len(stamped)}
 
 
-def headline(result, kind: str, iou_threshold: float) -> dict:
-    """Units that detect the known answer (Clever Hans: the shortcut; colored MNIST: any colormap's digit pixels,
-    a unit counted once) and the best IoUs."""
-    name = "shortcut" if kind == "clever_hans" else "color"
-    target = [k for k, c in enumerate(result.concept_names) if c != "digit"]
-    iou = result.iou
-    return {f"{name}_units": int(result.detects(iou_threshold)[:, target].any(1).sum()),
-            f"best_{name}_unit_iou": float(iou[:, target].max()),
-            "best_digit_unit_iou": float(iou[:, result.concept_names.index("digit")].max())}
+def figures(answer, concepts: list[str]) -> dict[str, list[str]]:
+    """{figure: the concepts it pools}: the known answer's (the headline) first, then the digit's."""
+    known = ("shortcut_unit_iou", ["shortcut"]) if isinstance(answer, PlantedShortcuts) else \
+        ("color_unit_iou", [c for c in concepts if c != "digit"])
+    return dict([known, ("digit_unit_iou", ["digit"])])
 
 
-def unit_table(result, kind: str) -> pd.DataFrame:
+def unit_table(result, answer) -> pd.DataFrame:
     iou = result.iou.numpy()
     table = pd.DataFrame({"unit": result.unit_names(), "layer": [result.layer_names[k] for k in result.unit_layer.tolist()],
                           "channel": result.unit_channel.numpy(), "threshold": result.thresholds.numpy(),
                           "mask_share": result.mask_share.numpy()})
     for k, concept in enumerate(result.concept_names):
         table[f"iou_{concept}"] = iou[:, k]
-    if kind == "colored_mnist":
+    if isinstance(answer, ColorRule):
         table["iou_color"] = iou[:, 1:].max(1)
     table["best_concept"] = [result.concept_names[k] for k in iou.argmax(1)]
     table["best_iou"] = iou.max(1)
@@ -109,11 +115,10 @@ def picture(model, images: torch.Tensor, concepts: torch.Tensor, result, best: d
                                                         f"unit above its {cfg.quantile:g} quantile; magenta: the concept)")
 
 
-def skip(dataset: str, kind: str, concepts: list[str], reason: str) -> None:
-    """Outputs that say why nothing was dissected: no unit detects anything, no best IoU (no known answer: no figure)."""
-    answer = {"clever_hans": "shortcut", "colored_mnist": "color"}.get(kind)
-    write_json(paths.metrics_path(dataset, "dissect"), {f"{answer}_units": 0, f"best_{answer}_unit_iou": None,
-                                                        "best_digit_unit_iou": None} if answer else {})
+def skip(dataset: str, answer, concepts: list[str], reason: str) -> None:
+    """Outputs that say why nothing was dissected: the headline not judged (null), never 0 (no known answer: none)."""
+    headline = next(iter(figures(answer, concepts))) if answer.known else None
+    write_json(paths.metrics_path(dataset, "dissect"), not_judged(reason).metrics(headline) if headline else {})
     out = paths.plots_dir(dataset, "dissect")
     write_json(out / "details.json", {"skipped": reason})
     write_csv(out / "units.csv", pd.DataFrame(columns=["unit", "layer", "channel"] + [f"iou_{c}" for c in concepts]))
@@ -124,33 +129,38 @@ def skip(dataset: str, kind: str, concepts: list[str], reason: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     with stage("dissect", argv) as ctx:
-        cfg = ctx.params.dissect
-        if ctx.entry.known_answer is None:  # the concepts a unit may detect are the known answer's pixels
-            return skip(ctx.dataset, ctx.kind, [], "dissection scores units against the pixels of known concepts, and "
-                                                   "an image_folder dataset has no known answer")
+        cfg, answer = ctx.params.dissect, load_known_answer(ctx.dataset)
+        if not answer.known:  # the concepts a unit may detect are the known answer's pixels
+            return skip(ctx.dataset, answer, [], "dissection scores units against the pixels of known concepts: "
+                                                 + Unknown.reason)
         meta = load_meta(ctx.dataset)
         test = load_prepared(ctx.dataset, "test")
-        images, concepts, names, sample = sample_and_concepts(ctx, test, meta["class_names"])
+        images, concepts, names, sample = sample_and_concepts(ctx, test, answer, meta["class_names"])
         model = load_classifier(paths.classifier_path(ctx.dataset), ctx.device)
         missing = missing_parts(model)
         if "hooks" in missing:
-            return skip(ctx.dataset, ctx.kind, names, missing["hooks"])
+            return skip(ctx.dataset, answer, names, missing["hooks"])
         if not conv_layers(model):
-            return skip(ctx.dataset, ctx.kind, names, "the classifier has no convolution (classifier.architecture: dense)")
-        options = DissectionOptions(cfg.quantile, cfg.iou_threshold, cfg.activation, cfg.batch_size)
-        result = dissect(model, images.to(ctx.device), concepts.to(ctx.device), names, options)
+            return skip(ctx.dataset, answer, names, "the classifier has no convolution (classifier.architecture: dense)")
+        options = options_from(cfg, DissectionOptions)
+        images, concepts = images.to(ctx.device), concepts.to(ctx.device)
+        result = dissect(model, images, concepts, names, options)
         best, layers = best_units(result), layer_summary(result, cfg.iou_threshold)
-        metrics = headline(result, ctx.kind, cfg.iou_threshold)
-        write_json(paths.metrics_path(ctx.dataset, "dissect"), metrics)
+        lifts, held_out = held_out_lifts(model, images, concepts, names, figures(answer, names),
+                                         half_split(len(images), ctx.generator("split")), options,
+                                         lambda name: ctx.generator(f"chance/{name}"))
+        headline = next(iter(lifts))
+        write_json(paths.metrics_path(ctx.dataset, "dissect"), lifts[headline].metrics(headline))
         out = paths.plots_dir(ctx.dataset, "dissect")
         write_json(out / "details.json", {**sample, "quantile": cfg.quantile, "iou_threshold": cfg.iou_threshold, "activation": cfg.activation,
-                                          "n_units": len(result.thresholds), "concepts": concept_table(result, best, cfg), "layers": layers})
-        write_csv(out / "units.csv", unit_table(result, ctx.kind))
+                                          "n_units": len(result.thresholds), "concepts": concept_table(result, best, cfg), "layers": layers,
+                                          "held_out": held_out, "chance": {k: lift.to_dict() for k, lift in lifts.items()}})
+        write_csv(out / "units.csv", unit_table(result, answer))
         write_csv(out / "layers.csv", layer_table(layers, names))
-        save_figure(picture(model, images, concepts, result, best, cfg, ctx.dataset), out / "units.png")
+        save_figure(picture(model, images.cpu(), concepts.cpu(), result, best, cfg, ctx.dataset), out / "units.png")
         ctx.timer.images = len(images)
         print(f"[dissect@{ctx.dataset}] {len(result.thresholds)} units, {len(images)} images: "
-              + ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()), file=sys.stderr)
+              + "; ".join(lift.sentence(f"{k} (held out)", 3) for k, lift in lifts.items()), file=sys.stderr)
 
 
 if __name__ == "__main__":
