@@ -1,0 +1,181 @@
+"""Run a list of experiments through DVC's own queue on this machine, one DVC experiment each.
+
+    python -m benchmarks.sweep run configs/shortcut_benchmark.yaml --size cpu --jobs 1
+    python -m benchmarks.sweep run configs/shortcut_benchmark.yaml --size cpu --only text-1-white-0
+    python -m benchmarks.sweep run my_sweep.txt --targets discover@clever_hans      # a sets file
+    python -m benchmarks.sweep status configs/shortcut_benchmark.yaml --size cpu
+
+``run`` queues every experiment of the list that has no result yet on the current commit (``dvc exp run --queue``),
+starts ``--jobs`` workers (``dvc queue start``), waits for them with a line per finished experiment, and names every
+failure with the end of its log. An experiment that is done is never redone; one that failed is queued again by the
+next ``run`` (``--only`` limits a run to some). ``status`` lists each experiment as done, queued, running, failed or
+missing. ``dvc exp show`` lists the finished experiments; the aggregation of the benchmark reads them back.
+
+The queue runs each experiment in a copy of the committed project, without ignored files: a relative
+``data.root`` (the raw MNIST files, data/raw) is passed on as an absolute path so that the copy reads the same files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from benchmarks.experiments import REPO, Experiment, read_grid, read_sets
+
+STATES = ("done", "queued", "running", "failed", "missing")
+
+
+def dvc(*args: str, check: bool = True, cwd: Path = REPO) -> str:
+    """Run ``dvc`` (the one beside this Python) in ``cwd``; its stdout, or an error naming the command."""
+    command = [sys.executable, "-m", "dvc", *args]
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"`dvc {' '.join(args[:3])} ...` failed:\n{(result.stdout + result.stderr)[-3000:]}")
+    return result.stdout
+
+
+def experiment_list(source: str, size: str | None, only: list[str] | None, targets: list[str]) -> list[Experiment]:
+    """The experiments of a grid file (``--size``) or of a sets file (``--targets``)."""
+    path = Path(source)
+    text = path.read_text()
+    is_grid = path.suffix in (".yaml", ".yml") and isinstance(yaml.safe_load(text), dict)
+    if is_grid:
+        if size is None:
+            raise SystemExit(f"{source} is a grid file: give --size ({', '.join(read_grid(path).sizes)})")
+        return read_grid(path).experiments(size, only)
+    chosen = read_sets(path, tuple(targets))
+    return [e for e in chosen if not only or e.name in only]
+
+
+def with_data_root(experiment: Experiment, root: Path = REPO) -> Experiment:
+    """The experiment with ``data.root`` made absolute when params.yaml gives a relative one that exists here."""
+    if "data.root" in experiment.overrides:
+        return experiment
+    committed = yaml.safe_load((root / "params.yaml").read_text()).get("data", {}).get("root", "data/raw")
+    path = Path(committed)
+    if path.is_absolute() or not (root / path).exists():
+        return experiment
+    return Experiment(experiment.name, {**experiment.overrides, "data.root": str((root / path).resolve())},
+                      experiment.targets, experiment.info)
+
+
+# --------------------------------------------------------------------------------------------
+# State of each experiment
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ExperimentResult:
+    """A finished experiment of the current commit, as `dvc exp show --json` gives it."""
+
+    name: str
+    rev: str
+    params: dict       # params.yaml, as run
+    metrics: dict      # {metrics file: its data}; files that failed to load are left out
+
+
+def finished_experiments(cwd: Path = REPO) -> dict[str, ExperimentResult]:
+    """{name: result} of the experiments based on the current commit (``dvc exp show --json``)."""
+    shown = json.loads(dvc("exp", "show", "--json", "--no-pager", cwd=cwd) or "[]")
+    found = {}
+    for baseline in shown:
+        for experiment in baseline.get("experiments") or []:
+            for rev in experiment.get("revs") or []:
+                name, data = rev.get("name"), rev.get("data") or {}
+                if not name or rev.get("error"):
+                    continue
+                params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
+                metrics = {path: entry["data"] for path, entry in (data.get("metrics") or {}).items() if "data" in entry}
+                found[name] = ExperimentResult(name, rev.get("rev", ""), params, metrics)
+    return found
+
+
+def queue_states(cwd: Path = REPO) -> dict[str, str]:
+    """{name: queued | running | failed | done} from `dvc queue status` (its table: task, name, created, status)."""
+    states = {}
+    for line in dvc("queue", "status", cwd=cwd).splitlines():
+        words = line.split()
+        if len(words) >= 4 and re.fullmatch(r"[0-9a-f]{7,}", words[0]):
+            status = words[-1].lower()
+            states[words[1]] = {"success": "done"}.get(status, status)
+    return states
+
+
+def states(experiments: list[Experiment], cwd: Path = REPO) -> dict[str, str]:
+    """Each experiment's state: done (a result on this commit), queued, running, failed, or missing."""
+    finished, queued = finished_experiments(cwd), queue_states(cwd)
+    result = {}
+    for experiment in experiments:
+        state = queued.get(experiment.name, "missing")
+        result[experiment.name] = "done" if experiment.name in finished else state if state != "done" else "missing"
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+def run(experiments: list[Experiment], jobs: int, poll_seconds: float = 20.0, cwd: Path = REPO) -> int:
+    """Queue what is not done or under way, start ``jobs`` workers, wait, report; the number of failures."""
+    before = states(experiments, cwd)
+    to_queue = [e for e in experiments if before[e.name] in ("missing", "failed")]
+    if any(before[e.name] == "failed" for e in to_queue):
+        dvc("queue", "remove", "--failed", cwd=cwd)
+    print(f"sweep: {len(experiments)} experiments: {sum(s == 'done' for s in before.values())} done, "
+          f"{len(to_queue)} to queue", file=sys.stderr)
+    for experiment in to_queue:
+        dvc("exp", "run", "--queue", *with_data_root(experiment, cwd).run_args(), cwd=cwd)
+    waiting = [e.name for e in experiments if before[e.name] != "done"]
+    if waiting:
+        dvc("queue", "start", "-j", str(jobs), cwd=cwd)
+    reported: set[str] = set()
+    started = time.monotonic()
+    while waiting:
+        now = states([e for e in experiments if e.name in waiting], cwd)
+        for name, state in now.items():
+            if state in ("done", "failed", "missing") and name not in reported:
+                reported.add(name)
+                print(f"sweep: {name}: {state} after {time.monotonic() - started:.0f} s", file=sys.stderr)
+        waiting = [name for name in waiting if name not in reported]
+        if waiting:
+            time.sleep(poll_seconds)
+    final = states(experiments, cwd)
+    failed = [name for name, state in final.items() if state != "done"]
+    for name in failed:
+        log = dvc("queue", "logs", name, check=False, cwd=cwd).strip().splitlines()
+        print(f"sweep: {name} failed; the end of its log (`dvc queue logs {name}`):\n  " + "\n  ".join(log[-8:]),
+              file=sys.stderr)
+    print(f"sweep: {len(final) - len(failed)} of {len(final)} done" + (f"; failed: {', '.join(failed)} (run again to "
+          f"retry them, --only NAME for one)" if failed else ""), file=sys.stderr)
+    return len(failed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["run", "status"])
+    parser.add_argument("source", help="a grid file (configs/shortcut_benchmark.yaml) or a sets file")
+    parser.add_argument("--size", help="the grid's size (cpu, gpu)")
+    parser.add_argument("--only", nargs="+", help="variant or experiment names")
+    parser.add_argument("--targets", nargs="*", default=[], help="DVC targets of a sets file's experiments")
+    parser.add_argument("--jobs", type=int, default=1, help="queue workers (experiments at once)")
+    args = parser.parse_args(argv)
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # stages' python
+    try:
+        experiments = experiment_list(args.source, args.size, args.only, args.targets)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.command == "status":
+        for name, state in states(experiments).items():
+            print(f"{name:40s} {state}")
+        return 0
+    return 1 if run(experiments, args.jobs) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
