@@ -12,10 +12,11 @@ from captum.influence import TracInCPFast
 from pipeline.attribution.tracin import Checkpoint, Proponents, TracIn, gradient_factors
 from pipeline.config import PRECISION_AT, ConfigError, InfluenceParams
 from pipeline.data.tensors import subsample, to_float
-from pipeline.evaluation.influence import (CLASS_BASE_RATE, NO_BASE_RATE, NO_RANKING, Traced, by_rank, class_base_rates,
+from pipeline.evaluation.influence import (CLASS_BASE_RATE, NO_BASE_RATE, NO_RANKING, Traced, by_rank,
                                            colored_mnist_figures, per_query_share, planted_figures, planted_lifts,
                                            planted_queries, precision_lift, proponent_table, within_class_auc)
 from pipeline.scoring.chance import lift_over_chance
+from pipeline.scoring.proportions import class_base_rates
 from pipeline.storage import save_arrays, write_json
 from pipeline.models.classifiers import build_seeded_classifier
 

@@ -192,3 +192,28 @@ def test_placements_apart_share_the_fewest_pixels_with_the_region():
     assert torch.equal(random_placements(big, 5, generator(), apart=True), square_mask(top=8, left=8, side=20).expand(5, 28, 28))
     assert not random_placements(torch.zeros(28, 28, dtype=torch.bool), 3, generator()).any()
     assert random_placements(square_mask(top=0, left=0, side=28), 3, generator()).shape == (0, 28, 28)
+
+
+# ---------------------------------------------------------------------------------------------
+# proportions against the class's own base rate
+# ---------------------------------------------------------------------------------------------
+def test_a_class_s_base_rate_is_its_own_share_and_undefined_where_its_images_all_agree():
+    from pipeline.scoring.proportions import class_base_rates
+
+    labels = [7] * 20 + [3] * 10 + [1] * 5
+    flags = [True] * 19 + [False] + [False] * 10 + [True] * 5
+    rates = class_base_rates([7, 3, 1, 7, 5], labels, flags)
+    assert rates[0] == rates[3] == pytest.approx(0.95)
+    assert all(math.isnan(r) for r in rates[1:3]) and math.isnan(rates[4])   # all unflagged, all flagged, absent
+
+
+def test_picks_that_are_merely_the_class_s_images_score_its_base_rate_and_no_class_left_is_not_judged():
+    from pipeline.scoring.proportions import share_over_class_rate
+
+    labels, flags = [7] * 20 + [3] * 20, [True] * 19 + [False] * 21
+    merely = share_over_class_rate([1.0] * 19 + [0.0], [7] * 20, labels, flags, generator())
+    assert merely.chance == pytest.approx(0.95) and merely.lift == pytest.approx(0) and merely.verdict == "no better than chance"
+    over_all = lift_over_chance(torch.tensor([1.0] * 19 + [0.0]), {"all images": 19 / 40}, generator())
+    assert over_all.verdict == "above chance"    # the share among all images would flatter
+    none = share_over_class_rate([0.0] * 5, [3] * 5, labels, flags, generator(), reason_if_empty="nothing planted")
+    assert none.verdict == "not judged" and none.reason == "nothing planted"

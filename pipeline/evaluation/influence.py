@@ -36,6 +36,7 @@ from pipeline.data.tensors import subsample
 from pipeline.models.inference import moved_by_stamp, predict_probabilities
 from pipeline.plotting import image_grid
 from pipeline.scoring.chance import Lift, lift_between, lift_over_chance
+from pipeline.scoring.proportions import class_base_rates, share_over_class_rate
 
 CLASS_BASE_RATE = "the share of shortcut-carrying images among the searched training images of the query's class"
 COIN = "0.5: the class's stamped and unstamped images in random order"
@@ -124,17 +125,6 @@ def per_query_share(table: pd.DataFrame, at: int, column: str = "stamped") -> np
     return top[column].astype(float).groupby(top["query"]).mean().sort_index().to_numpy(copy=True)
 
 
-def class_base_rates(targets: np.ndarray, labels: np.ndarray, carries: np.ndarray) -> np.ndarray:
-    """[Q]: per query, the share of shortcut-carrying images among the searched training images (``labels``,
-    ``carries`` [N]) of the class it is assigned to (``targets``); NaN where that class has none, or only such images."""
-    rates = np.full(len(targets), np.nan)
-    for c in np.unique(targets):
-        mine = carries[labels == c]
-        if 0 < mine.sum() < len(mine):
-            rates[targets == c] = mine.mean()
-    return rates
-
-
 def within_class_auc(scores: torch.Tensor, targets: np.ndarray, labels: np.ndarray, carries: np.ndarray) -> torch.Tensor:
     """[Q]: per query, the probability that a shortcut-carrying training image of its class scores above one of the
     same class without (ties count half): a Mann-Whitney AUC over that class's columns of ``scores`` [Q, N]. NaN
@@ -155,10 +145,10 @@ def within_class_auc(scores: torch.Tensor, targets: np.ndarray, labels: np.ndarr
 
 def precision_lift(table: pd.DataFrame, targets: np.ndarray, labels: np.ndarray, carries: np.ndarray, at: int,
                    generator: torch.Generator) -> Lift:
-    """Per query, the share of its first ``at`` proponents that carry a shortcut, over its class's own base rate
-    (:func:`class_base_rates` of the searched training images ``labels``, ``carries``)."""
-    return lift_over_chance(per_query_share(table, at), {CLASS_BASE_RATE: class_base_rates(targets, labels, carries)},
-                            generator, reason_if_empty=NO_BASE_RATE)
+    """Per query, the share of its first ``at`` proponents that carry a shortcut, over its class's own base rate among
+    the searched training images ``labels``, ``carries`` (:func:`pipeline.scoring.proportions.class_base_rates`)."""
+    return share_over_class_rate(per_query_share(table, at), targets, labels, carries, generator, CLASS_BASE_RATE,
+                                 NO_BASE_RATE)
 
 
 def planted_lifts(groups: dict[str, Traced], labels: np.ndarray, carries: np.ndarray, at: int,
