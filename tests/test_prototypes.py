@@ -1,4 +1,5 @@
-"""MMD-critic (pipeline.stages.prototypes) on constructed point sets whose answer is known in advance."""
+"""MMD-critic (pipeline.evaluation.mmd_critic) on constructed point sets whose answer is known in advance, and the
+prototypes stage's figures against the class's own base rate."""
 import math
 
 import pytest
@@ -170,3 +171,115 @@ def test_options_reach_the_kernel():
     default = mmd_critic(points, 3, 3, CriticOptions())
     assert narrow[3] == 0.5 and default[3] == pytest.approx(median_bandwidth(points))
     assert not (torch.equal(narrow[0], default[0]) and torch.equal(narrow[1], default[1]))
+
+
+# --------------------------------------------------------------------------------------------
+# Against the known answer: each kind's share over the class's own base rate
+# --------------------------------------------------------------------------------------------
+def picks_table(rows):
+    """A selection table from (label, kind, training index) rows; ``stamped`` or ``position`` filled by the caller."""
+    import pandas as pd
+
+    return pd.DataFrame([{"label": label, "kind": kind, "rank": rank, "index": index}
+                         for rank, (label, kind, index) in enumerate(rows)])
+
+
+def ninety_five_percent_stamped_sevens():
+    """40 training 7s (38 stamped: 95 %; 0 and 1 are not) and 20 unstamped 3s, all sampled."""
+    import numpy as np
+
+    labels = np.array([7] * 40 + [3] * 20)
+    stamped = (np.arange(60) >= 2) & (labels == 7)
+    return {"labels": labels, "stamped": stamped[:, None]}, np.arange(60)
+
+
+def test_criticisms_that_are_the_unstamped_sevens_beat_the_class_s_5_percent_and_other_classes_are_left_out():
+    import numpy as np
+
+    from pipeline.data.known_answer import PlantedShortcuts
+    from pipeline.data.shortcuts import Shortcut
+    from pipeline.stages.prototypes import planted_figures
+
+    train, sample = ninety_five_percent_stamped_sevens()
+    answer = PlantedShortcuts((Shortcut(label=7, kind="square", fraction=0.95),), (28, 28))
+    table = picks_table([(7, "criticism", 0), (7, "criticism", 1), (7, "prototype", 10), (7, "prototype", 11),
+                         (3, "criticism", 45), (3, "prototype", 50)])
+    table["stamped"] = train["stamped"][table["index"]].any(1)
+    raw, lifts = planted_figures(table, sample, train, answer, lambda name: torch.Generator().manual_seed(len(name)))
+    critics, prototypes = lifts["criticism_unstamped_share"], lifts["prototype_unstamped_share"]
+    assert critics.n == 2 and critics.chance == pytest.approx(0.05) and critics.lift == pytest.approx(0.95)
+    assert critics.verdict == "above chance" and prototypes.verdict == "below chance"
+    assert raw == pytest.approx({"criticism_unstamped_share": 1.0, "prototype_unstamped_share": 0.0,
+                                 "unstamped_base_rate": 0.05})
+    train["stamped"][:] = False           # the negative control: nothing planted, nothing to tell picks apart
+    table["stamped"] = False
+    _, lifts = planted_figures(table, sample, train, answer, lambda name: torch.Generator().manual_seed(0))
+    assert all(lift.verdict == "not judged" for lift in lifts.values())
+    assert lifts["criticism_unstamped_share"].reason.startswith("no sampled class holds images both")
+
+
+def test_colormap_end_shares_are_held_to_the_class_s_own_share_at_the_ends():
+    import numpy as np
+
+    from pipeline.stages.prototypes import colored_mnist_figures
+
+    positions = np.array([0.05, 0.5, 0.5, 0.5, 0.95, 0.5, 0.5, 0.5, 0.5, 0.5], np.float32)   # 2 of 10 at an end
+    train = {"labels": np.zeros(10, int), "positions": positions}
+    table = picks_table([(0, "criticism", 0), (0, "criticism", 4), (0, "prototype", 1), (0, "prototype", 2)])
+    table["position"] = positions[table["index"]]
+    raw, lifts = colored_mnist_figures(table, np.arange(10), train, lambda name: torch.Generator().manual_seed(len(name)))
+    assert lifts["criticism_colormap_end_share"].chance == pytest.approx(0.2)
+    assert lifts["criticism_colormap_end_share"].lift == pytest.approx(0.8)
+    assert lifts["prototype_colormap_end_share"].lift == pytest.approx(-0.2)
+    assert raw["criticism_position_gap"] == pytest.approx(0.45) and raw["colormap_end_base_rate"] == pytest.approx(0.2)
+    assert lifts["criticism_position_gap"].lift == pytest.approx(0.45 - raw["sample_position_gap"])
+
+
+@pytest.mark.parametrize("dataset, fraction", [("clever_hans", 0.95), ("negative_control", 0.0), ("colored_mnist", None)])
+def test_the_stage_writes_the_criticisms_lift_and_null_where_nothing_can_be_told_apart(dataset, fraction, tmp_path,
+                                                                                      monkeypatch):
+    import json
+
+    import numpy as np
+    import yaml
+
+    from pipeline import paths
+    from pipeline.data.known_answer import ColorRule, PlantedShortcuts
+    from pipeline.data.shortcuts import Shortcut
+    from pipeline.models.classifiers import build_seeded_classifier, save_model
+    from pipeline.stages.prototypes import main
+    from pipeline.storage import save_arrays, write_json
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    n, n_classes = 80, 4 if fraction is None else 10
+    gray = (rng.random((n, 28, 28)) < 0.2).astype(np.uint8) * 200
+    train = {"images": np.repeat(gray[:, None], 3, axis=1), "labels": np.arange(n) % n_classes}
+    if fraction is None:
+        answer = ColorRule(("spring", "summer", "autumn", "winter"))
+        train |= {"positions": rng.random(n).astype(np.float32), "digits": rng.integers(0, 10, n)}
+    else:
+        answer = PlantedShortcuts((Shortcut(label=7, kind="square", fraction=fraction, color=[1.0, 0.0, 0.0]),), (28, 28))
+        train["stamped"] = ((train["labels"] == 7) & (np.arange(n) > 7) & (fraction > 0))[:, None]   # 7 of 8 7s
+    save_arrays(paths.prepared_dir(dataset) / "train.npz", **train)
+    write_json(paths.prepared_dir(dataset) / "meta.json", {"n_classes": n_classes, "known_answer": answer.to_meta(),
+                                                           "class_names": [str(c) for c in range(n_classes)]})
+    config = {"architecture": "dense", "n_classes": n_classes, "width": 2}
+    save_model(paths.classifier_path(dataset), build_seeded_classifier(config, 0), config)
+    datasets = yaml.safe_load((REPO / "params.yaml").read_text())["datasets"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "datasets": datasets, "prototypes": {
+        "n_per_class": 8, "n_prototypes": 2, "n_criticisms": 2, "batch_size": 16}}))
+    main([dataset])
+    metrics = json.loads(paths.metrics_path(dataset, "prototypes").read_text())
+    details = json.loads((paths.plots_dir(dataset, "prototypes") / "details.json").read_text())
+    figure = "criticism_colormap_end_share" if fraction is None else "criticism_unstamped_share"
+    assert list(metrics) == [f"{figure}_lift", f"{figure}_lift_low", f"{figure}_lift_high"]
+    lift = details["chance"][figure]
+    if fraction == 0.0:
+        assert all(value is None for value in metrics.values()) and lift["verdict"] == "not judged"
+    else:
+        assert metrics[f"{figure}_lift"] == pytest.approx(lift["lift"], abs=1e-6)
+        assert lift["n"] == (2 if fraction else 2 * n_classes)    # the shortcut class's criticisms; every class's
+    if fraction:
+        assert lift["chance"] == pytest.approx(1 / 8)
