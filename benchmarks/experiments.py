@@ -4,7 +4,7 @@ One list feeds every way of running it: DVC's own queue on one machine (:mod:`be
 array across machines (:mod:`benchmarks.slurm`), and the aggregations that read the experiments back
 (:mod:`benchmarks.shortcut_benchmark`). A list comes from
 
-- a **grid file** (``configs/shortcut_benchmark.yaml``): variants x seeds, each variant a set of planted
+- a **grid file** (``configs/grids/shortcut_benchmark.yaml``): variants x seeds, each variant a set of planted
   shortcuts on one dataset, with the overrides of a named size (``cpu``, ``gpu``) applied to all;
 - a **sets file**: one experiment per line, ``name: key=value key=value ...`` (values in YAML), for any sweep of
   ``dvc exp run -S`` settings; lines starting with ``#`` are comments;
@@ -112,7 +112,7 @@ class Grid:
 
 
 def read_grid(path: str | Path) -> Grid:
-    """Read a grid file (see configs/shortcut_benchmark.yaml); every variant's shortcuts get the file's
+    """Read a grid file (see configs/grids/shortcut_benchmark.yaml); every variant's shortcuts get the file's
     ``shortcut_defaults`` for the fields they leave out. A variant with no shortcuts, or with ``fraction: 0``
     everywhere, is a clean variant (nothing planted)."""
     path = Path(path)

@@ -1,9 +1,9 @@
 """Run a list of experiments through DVC's own queue on this machine, one DVC experiment each.
 
-    python -m benchmarks.sweep run configs/shortcut_benchmark.yaml --size cpu --jobs 1
-    python -m benchmarks.sweep run configs/shortcut_benchmark.yaml --size cpu --only text-1-white-0
+    python -m benchmarks.sweep run configs/grids/shortcut_benchmark.yaml --size cpu --jobs 1
+    python -m benchmarks.sweep run configs/grids/shortcut_benchmark.yaml --size cpu --only text-1-white-0
     python -m benchmarks.sweep run my_sweep.txt --targets discover@clever_hans      # a sets file
-    python -m benchmarks.sweep status configs/shortcut_benchmark.yaml --size cpu
+    python -m benchmarks.sweep status configs/grids/shortcut_benchmark.yaml --size cpu
 
 ``run`` queues every experiment of the list that has no result yet on the current commit (``dvc exp run --queue``),
 starts ``--jobs`` workers (``dvc queue start``), waits for them with a line per finished experiment, and names every
@@ -158,7 +158,7 @@ def run(experiments: list[Experiment], jobs: int, poll_seconds: float = 20.0, cw
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["run", "status"])
-    parser.add_argument("source", help="a grid file (configs/shortcut_benchmark.yaml) or a sets file")
+    parser.add_argument("source", help="a grid file (configs/grids/shortcut_benchmark.yaml) or a sets file")
     parser.add_argument("--size", help="the grid's size (cpu, gpu)")
     parser.add_argument("--only", nargs="+", help="variant or experiment names")
     parser.add_argument("--targets", nargs="*", default=[], help="DVC targets of a sets file's experiments")

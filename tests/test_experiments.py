@@ -12,7 +12,7 @@ from benchmarks.experiments import Experiment, is_clean, override_value, read_gr
 from benchmarks.sweep import run, states, with_data_root
 from tests.conftest import REPO
 
-GRID = REPO / "configs" / "shortcut_benchmark.yaml"
+GRID = REPO / "configs" / "grids" / "shortcut_benchmark.yaml"
 
 
 def test_override_values_are_spelled_for_dvc_exp_run():
