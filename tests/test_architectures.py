@@ -10,7 +10,7 @@ from torch import nn
 
 from pipeline.config import ClassifierParams, ConfigError, Params, build
 from pipeline.evaluation.architectures import (ComparisonOptions, attribution_maps, correlation_matrix, mean_over_shared_methods,
-                                            mean_rank_correlation, pairwise_correlations, shortcut_relevance, train_alike)
+                                            mean_rank_correlation, pairwise_correlations, relevance_lifts, train_alike)
 from pipeline.models.classifiers import ResNetClassifier, build_seeded_classifier, frozen, load_classifier, save_model
 from pipeline.report.findings import architecture_findings
 from pipeline.report.run import DatasetRun
@@ -113,16 +113,40 @@ def test_a_method_a_model_cannot_run_is_skipped_and_left_out_of_its_pairs():
 # ---------------------------------------------------------------------------------------------
 # scores per architecture
 # ---------------------------------------------------------------------------------------------
-def test_relevance_mass_counts_positive_relevance_inside_the_mask():
-    masks = torch.zeros(2, 28, 28, dtype=torch.bool)
-    masks[:, :8, :8] = True
-    inside, half = torch.zeros(2, 3, 28, 28), torch.zeros(2, 3, 28, 28)
-    inside[:, 0, :8, :8] = 1.0
-    half[:, 0, :8, :8], half[:, 0, 20:, 20:] = 1.0, 64 / 64   # as much relevance outside (8 x 8 pixels) as inside
-    scores = shortcut_relevance({"a": {"m": inside}, "b": {"m": half}}, masks)
-    assert scores == {"a": {"m": pytest.approx(1.0)}, "b": {"m": pytest.approx(0.5)}}
-    only_second = {"a": torch.tensor([False, True]), "b": torch.tensor([False, True])}
-    assert shortcut_relevance({"a": {"m": inside}, "b": {"m": half}}, masks, only_second)["b"]["m"] == pytest.approx(0.5)
+def streams(name: str) -> torch.Generator:
+    return torch.Generator().manual_seed(len(name))
+
+
+def test_relevance_mass_is_held_to_each_method_s_own_support_and_averaged_over_the_methods_every_model_ran():
+    """Image: a 4x4 stamp (16 pixels) and a 48-pixel digit. ``on_stamp`` puts all its relevance on the stamp but has
+    the input's support (64 pixels): lift 1 - 16 / 64. ``input_like`` spreads it evenly over the same support: lift 0.
+    ``saliency`` is 1 everywhere (784 pixels): chance 16 / 784, relevance mass the same."""
+    masks = torch.zeros(20, 28, 28, dtype=torch.bool)
+    masks[:, :4, :4] = True
+    image = torch.zeros(20, 3, 28, 28)
+    image[:, 0, :4, :4], image[:, :, 10:16, 10:18] = 1.0, 1.0 / 3
+    on_stamp = image * masks[:, None] + 1e-6 * image * ~masks[:, None]
+    maps = {"a": {"m": on_stamp, "saliency": torch.ones(20, 3, 28, 28)},
+            "b": {"m": image.clone(), "saliency": torch.ones(20, 3, 28, 28)}}
+    means, per_method, shared = relevance_lifts(maps, masks, streams)
+    assert shared == ["m", "saliency"]
+    assert per_method["a"]["m"].chance == pytest.approx(16 / 64) and per_method["a"]["m"].lift == pytest.approx(0.75, abs=1e-4)
+    assert per_method["b"]["m"].lift == pytest.approx(0.0, abs=1e-6) and per_method["b"]["m"].verdict == "no better than chance"
+    assert per_method["a"]["saliency"].chance == pytest.approx(16 / 784) == per_method["a"]["saliency"].score
+    assert means["a"].lift == pytest.approx(0.75 / 2, abs=1e-4) and means["a"].verdict == "above chance"
+    assert means["b"].lift == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_method_one_model_could_not_be_judged_on_is_left_out_of_every_model_s_mean():
+    masks = torch.zeros(4, 28, 28, dtype=torch.bool)
+    masks[:, :4, :4] = True
+    ones = torch.ones(4, 3, 28, 28)
+    maps = {"a": {"m": ones, "n": ones}, "b": {"m": ones, "n": torch.zeros(4, 3, 28, 28)}}   # b's n: empty maps
+    means, per_method, shared = relevance_lifts(maps, masks, streams)
+    assert shared == ["m"] and per_method["b"]["n"].verdict == "not judged"
+    fooled_on_none = {"a": torch.zeros(4, dtype=torch.bool), "b": torch.zeros(4, dtype=torch.bool)}
+    means, _, shared = relevance_lifts(maps, masks, streams, among=fooled_on_none, reason_if_empty="fooled on none")
+    assert shared == [] and all(lift.verdict == "not judged" for lift in means.values())
 
 
 def test_headline_means_use_only_methods_every_architecture_scored():
@@ -228,3 +252,48 @@ def test_the_report_says_where_architectures_agree_and_where_their_maps_differ()
     run.details["architectures"]["architectures"]["dense"]["shortcut_reliance"] = 0.2
     assert "dense partly relies on the shortcut (reliance 0.20), cnn and resnet rely on the shortcut (reliance 0.97, 0.95)" \
         in architecture_findings(run)[0]
+
+
+@pytest.mark.parametrize("dataset, fraction", [("clever_hans", 0.95), ("negative_control", 0.0), ("colored_mnist", None)])
+def test_the_stage_writes_each_architecture_s_relevance_lift_beside_its_support_chance(dataset, fraction, tmp_path,
+                                                                                      monkeypatch):
+    import json
+
+    from pipeline import paths
+    from pipeline.data.known_answer import ColorRule, PlantedShortcuts
+    from pipeline.data.shortcuts import Shortcut
+    from pipeline.stages.architectures import main
+    from pipeline.storage import save_arrays, write_json
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    n_classes = 4 if fraction is None else 10
+    for split, n in (("train", 40), ("test", 20)):
+        gray = (rng.random((n, 28, 28)) < 0.2).astype(np.uint8) * 200
+        arrays = {"images": np.repeat(gray[:, None], 3, axis=1), "labels": np.arange(n) % n_classes}
+        if fraction is not None:
+            arrays |= {"clean_images": arrays["images"]} if split == "test" else {"stamped": np.zeros((n, 1), bool)}
+        save_arrays(paths.prepared_dir(dataset) / f"{split}.npz", **arrays)
+    answer = ColorRule(("spring", "summer", "autumn", "winter")) if fraction is None else \
+        PlantedShortcuts((Shortcut(label=7, kind="square", size=8, fraction=fraction, color=[1.0, 0.0, 0.0]),), (28, 28))
+    write_json(paths.prepared_dir(dataset) / "meta.json", {"n_classes": n_classes, "known_answer": answer.to_meta(),
+                                                           "class_names": [str(c) for c in range(n_classes)]})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "device": "cpu", "datasets": DEFAULTS["datasets"],
+        "classifier": {"epochs": 1, "width": 2, "batch_size": 16, "mixed_precision": False},
+        "architectures": {"names": ["dense", "cnn"], "methods": ["saliency", "ig_zero"], "n_images": 6, "ig_steps": 2,
+                          "batch_size": 4, "n_picture_images": 2}}))
+    main([dataset])
+    metrics = json.loads(paths.metrics_path(dataset, "architectures").read_text())
+    details = json.loads((paths.plots_dir(dataset, "architectures") / "details.json").read_text())
+    figure = "digit_relevance_mass" if fraction is None else "relevance_mass"
+    assert details["headline_score"] == figure and details["headline_methods"] == ["saliency", "ig_zero"]
+    for a in ("dense", "cnn"):
+        lift = details["chance"][figure][a]
+        assert lift["chance_level"] == "a uniform map on the method's own support"
+        assert lift["n"] == 6    # n_images (planted: stamped images of other classes)
+        assert metrics[f"{figure}_{a}_lift"] == pytest.approx(lift["lift"], abs=1e-6)
+        assert [metrics[f"{figure}_{a}_lift_low"], metrics[f"{figure}_{a}_lift_high"]] == pytest.approx(lift["interval"], abs=1e-6)
+        assert set(details["chance_per_method"][figure][a]) == {"saliency", "ig_zero"}
+    expected = {"test_accuracy"} | ({"shortcut_reliance"} if fraction is not None else set())
+    assert {k.rsplit("_", 1)[0] for k in metrics if "_lift" not in k} == expected

@@ -2,7 +2,8 @@
 
 Works on any ``{name: nn.Module}`` of classifiers of N x C x H x W float images in [0, 1] (uint8 images are
 scaled); settings come in :class:`ComparisonOptions`. Training reuses :func:`pipeline.models.training.train`;
-the scores are those of :mod:`pipeline.attribution.scores` (relevance mass, colormap alignment, Spearman's rho).
+the scores are those of :mod:`pipeline.attribution.scores` (colormap alignment, Spearman's rho) and relevance mass beside
+a uniform map on each method's own support (:mod:`pipeline.scoring.relevance`), as the attribute stage scores it.
 
 Two maps are compared as the stage's randomisation check does, by Spearman's rank correlation of their pixel
 maps, here the channel sum of |map| (so a method's sign convention does not matter), per image, then averaged.
@@ -21,7 +22,8 @@ from torch import nn
 
 from pipeline.attribution.methods import AttributionOptions, make_explainer, skip_reason
 from pipeline.attribution.scores import color_scores, nanmean, pixel_map, rank_correlation
-from pipeline.scoring.relevance import relevance_mass
+from pipeline.scoring.chance import Lift, lift_over_chance, not_judged
+from pipeline.scoring.relevance import SUPPORT, relevance_mass, support_share
 from pipeline.models.training import TrainingSettings, train
 from pipeline.data.tensors import as_float, batch_slices
 
@@ -122,14 +124,33 @@ def correlation_matrix(correlations: dict[str, dict[str, float]], names: list[st
 # --------------------------------------------------------------------------------------------
 # Scores against the known answer, per model and method
 # --------------------------------------------------------------------------------------------
-def shortcut_relevance(maps: Maps, masks: torch.Tensor, among: dict[str, torch.Tensor] | None = None) -> dict[str, dict]:
-    """{model: {method: mean relevance mass inside ``masks``}}: the attribute stage's share of positive relevance
-    on the shortcut's pixels. ``among``: per model, a boolean row selection (e.g. the images it was fooled on)."""
-    result = {}
-    for name, per_method in maps.items():
-        rows = among[name] if among is not None else slice(None)
-        result[name] = {m: nanmean(relevance_mass(values[rows], masks[rows])) for m, values in per_method.items()}
-    return result
+def relevance_lifts(maps: Maps, masks: torch.Tensor, streams: Callable[[str], torch.Generator],
+                    among: dict[str, torch.Tensor] | None = None,
+                    reason_if_empty: str = "no image to score") -> tuple[dict[str, Lift], dict[str, dict[str, Lift]], list[str]]:
+    """Relevance mass inside ``masks`` [N, H, W] beside a uniform map on each method's own support (the attribute
+    stage's figure and chance level), per image, as lifts with bootstrap intervals over the images.
+
+    Returns (per model: the lift of the per-image mean over the methods that every model scored, so that the models
+    compare like with like; per model and method: its lift; those shared methods). ``among``: per model, a boolean
+    row selection (e.g. the images it was fooled on). ``streams(name)``: one random stream per bootstrap."""
+    per_image: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+    per_method: dict[str, dict[str, Lift]] = {}
+    for name, methods in maps.items():
+        rows = among[name].to(masks.device) if among is not None else slice(None)
+        per_image[name] = {m: (relevance_mass(values[rows], masks[rows]), support_share(values[rows], masks[rows]))
+                           for m, values in methods.items()}
+        per_method[name] = {m: lift_over_chance(mass, {SUPPORT: chance}, streams(f"{name}/{m}"), reason_if_empty=reason_if_empty)
+                            for m, (mass, chance) in per_image[name].items()}
+    order = next(iter(maps.values()), {})
+    shared = [m for m in order if all(per_method[name].get(m, not_judged("")).verdict != "not judged" for name in maps)]
+    means = {}
+    for name in maps:
+        if not shared:
+            means[name] = not_judged("no method was judged for every architecture")
+            continue
+        mass, chance = (torch.stack([per_image[name][m][i] for m in shared]).mean(0) for i in (0, 1))
+        means[name] = lift_over_chance(mass, {SUPPORT: chance}, streams(name), reason_if_empty=reason_if_empty)
+    return means, per_method, shared
 
 
 def colormap_alignment(maps: Maps, labels: torch.Tensor, class_names: list[str], channel_std: np.ndarray) -> dict[str, dict]:

@@ -2,11 +2,13 @@
 
 Each of ``architectures.names`` is trained as ``train_classifier`` trains the classifier (``classifier`` params,
 ``architectures.epochs`` may override the epochs), from the same seed, on the same data in the same order, and
-evaluated as it is (test accuracy; Clever Hans: shortcut reliance). Every model then explains the same seeded test
-images for their true class (Clever Hans also images of other classes stamped with the shortcut, for its class).
-``metrics/<D>/architectures.json``: ``test_accuracy_<a>``; Clever Hans ``shortcut_reliance_<a>`` and
-``relevance_mass_<a>``, colored MNIST ``colormap_alignment_<a>``: the attribute stage's scores, averaged over the
-methods that every architecture ran with a finite score. Pairwise rank correlations and per-method figures go to
+evaluated as it is (test accuracy; planted shortcuts: shortcut reliance). Every model then explains the same seeded
+test images for their true class (planted shortcuts: also clean images of other classes stamped with the shortcut,
+for its class). ``metrics/<D>/architectures.json``: ``test_accuracy_<a>``; planted shortcuts ``shortcut_reliance_<a>``
+and ``relevance_mass_<a>_lift`` (``_lift_low``, ``_lift_high``): the relevance mass on the shortcut's truth region of
+stamped images beside a uniform map on each method's own support, per image averaged over the methods that every
+architecture scored; colored MNIST ``digit_relevance_mass_<a>_lift`` likewise on the digit's pixels. Per-method
+lifts, colored MNIST's colormap alignment (no chance level: details only), pairwise rank correlations go to
 ``plots/<D>/architectures/details.json`` and ``correlation.csv``; models to ``data/models/<D>/architectures/``.
 """
 from __future__ import annotations
@@ -18,15 +20,16 @@ import warnings
 import torch
 
 from pipeline import paths
-from pipeline.attribution.scores import colormap_channel_std
-from pipeline.models.training import evaluate
-from pipeline.evaluation.architectures import (ComparisonOptions, attribution_maps, colormap_alignment, correlation_figure,
-                                            maps_figure, mean_over_shared_methods, pairwise_correlations,
-                                            shortcut_relevance, train_alike)
+from pipeline.attribution.scores import colormap_channel_std, foreground_mask
+from pipeline.data.known_answer import ColorRule, PlantedShortcuts, Unknown
 from pipeline.data.tensors import subsample
-from pipeline.prepared import load_known_answer, load_meta, load_prepared
-from pipeline.models.inference import predict_probabilities
+from pipeline.evaluation.architectures import (ComparisonOptions, attribution_maps, colormap_alignment, correlation_figure,
+                                               maps_figure, mean_over_shared_methods, pairwise_correlations,
+                                               relevance_lifts, train_alike)
 from pipeline.models.classifiers import build_seeded_classifier, frozen, save_model
+from pipeline.models.inference import predict_probabilities
+from pipeline.models.training import evaluate
+from pipeline.prepared import load_known_answer, load_meta, load_prepared
 from pipeline.runtime import stage
 from pipeline.storage import save_figure, write_csv, write_json
 
@@ -37,34 +40,41 @@ def log(dataset: str, message: str) -> None:
     print(f"[{STAGE}@{dataset}] {message}", file=sys.stderr)
 
 
-def image_sets(test: dict, n_images: int, rng) -> dict:
-    """``sample``: seeded test images with their true class as target. Clever Hans also ``stamped``: per shortcut, as
-    many seeded test images of other classes with it stamped on, target its class, and its pixels (``masks``)."""
+def image_sets(test: dict, answer, n_images: int, rng) -> dict:
+    """``sample``: seeded test images with their true class as target. Planted shortcuts also ``stamped``: per shortcut,
+    as many seeded clean test images of other classes with it stamped on, target its class, and its truth region
+    (``masks``)."""
     device = test["labels"].device
     chosen = torch.as_tensor(subsample(len(test["labels"]), n_images, rng), device=device)
     sets = {"sample": {"images": test["images"][chosen], "targets": test["labels"][chosen]}}
-    if "shortcut_images" in test:
+    if isinstance(answer, PlantedShortcuts) and answer.shortcuts:
         parts = []
-        for k, label in enumerate(test["shortcut_labels"].tolist()):
+        for k, label in enumerate(answer.labels):
             others = torch.nonzero(test["labels"] != label).squeeze(1)
             keep = others[torch.as_tensor(subsample(len(others), n_images, rng), device=device)]
-            parts.append({"images": test["shortcut_images"][k][keep], "targets": torch.full_like(keep, label),
-                          "masks": (test["shortcut_alpha"][k] > 0).expand(len(keep), -1, -1)})
+            parts.append({"images": answer.stamp_tensor(test["clean_images"][keep], k), "targets": torch.full_like(keep, label),
+                          "masks": answer.regions(device)[k].expand(len(keep), -1, -1)})
         sets["stamped"] = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
     return sets
 
 
-def known_answer_scores(models: dict, sets: dict, maps: dict, ctx, class_names: list[str], batch_size: int) -> dict:
-    """{score: {architecture: {method: value}}}; the first score is the headline one. None without a known answer."""
-    if ctx.entry.known_answer is None:
-        return {}
+def known_answer_scores(models: dict, sets: dict, maps: dict, answer, class_names: list[str], batch_size: int,
+                        streams) -> tuple[dict, dict]:
+    """({figure: (per architecture: Lift over the shared methods, per architecture and method: Lift, shared methods)},
+    colored MNIST's colormap alignment {architecture: {method: value}}); the first figure is the headline."""
+    if isinstance(answer, ColorRule):
+        digit = foreground_mask(sets["sample"]["images"])
+        alignment = colormap_alignment(maps["sample"], sets["sample"]["targets"], class_names,
+                                       colormap_channel_std(list(answer.colormaps)))
+        return {"digit_relevance_mass": relevance_lifts(maps["sample"], digit, lambda n: streams(f"digit/{n}"))}, alignment
     if "stamped" not in sets:
-        channel_std = colormap_channel_std(ctx.entry.colormaps)
-        return {"colormap_alignment": colormap_alignment(maps["sample"], sets["sample"]["targets"], class_names, channel_std)}
+        return {}, {}
     stamped = sets["stamped"]
     fooled = {a: predict_probabilities(m, stamped["images"], batch_size).argmax(1) == stamped["targets"] for a, m in models.items()}
-    return {"relevance_mass": shortcut_relevance(maps["stamped"], stamped["masks"]),
-            "relevance_mass_flipped": shortcut_relevance(maps["stamped"], stamped["masks"], among=fooled)}
+    return {"relevance_mass": relevance_lifts(maps["stamped"], stamped["masks"], lambda n: streams(f"stamped/{n}")),
+            "relevance_mass_flipped": relevance_lifts(maps["stamped"], stamped["masks"], lambda n: streams(f"flipped/{n}"),
+                                                      among=fooled, reason_if_empty="the stamp moves none of these images "
+                                                                                    "into the shortcut's class")}, {}
 
 
 def save_pictures(dataset: str, sets: dict, maps: dict, correlations: dict, names: list[str], methods: list[str],
@@ -99,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     with stage(STAGE, argv) as ctx:
         cfg, dataset, device = ctx.params.architectures, ctx.dataset, ctx.device
         training = dataclasses.replace(ctx.params.classifier, epochs=cfg.epochs or ctx.params.classifier.epochs)
-        meta, names = load_meta(dataset), list(cfg.names)
+        meta, names, answer = load_meta(dataset), list(cfg.names), load_known_answer(dataset)
         train_split, test = load_prepared(dataset, "train", device), load_prepared(dataset, "test", device)
         init_seed = int(ctx.rng("model_init").integers(2**31 - 1))
         configs = {a: {"architecture": a, "n_classes": meta["n_classes"], "width": training.width,
@@ -108,37 +118,43 @@ def main(argv: list[str] | None = None) -> None:
         log(dataset, f"training {', '.join(names)} for {training.epochs} epochs on {len(train_split['labels'])} images each")
         histories, seconds = train_alike(models, train_split["images"], train_split["labels"], training,
                                          lambda: ctx.generator("data_order"))
-        answer = load_known_answer(dataset)
         evaluations = {a: evaluate(m, test, answer, meta["class_names"], training) for a, m in models.items()}
         for a, model in models.items():
             save_model(paths.architectures_dir(dataset) / f"{a}.pt", model, configs[a], class_names=meta["class_names"])
         models = {a: frozen(m, device) for a, m in models.items()}
 
         options = ComparisonOptions(tuple(cfg.methods), cfg.ig_steps, cfg.batch_size, cfg.internal_batch_size)
-        sets = image_sets(test, cfg.n_images, ctx.rng("images"))
+        sets = image_sets(test, answer, cfg.n_images, ctx.rng("images"))
         maps, correlations = {}, {}
         for key, images in sets.items():
             maps[key], skipped = attribution_maps(models, images["images"], images["targets"], options)
             correlations[key] = pairwise_correlations(maps[key], cfg.methods)
         for a, reasons in skipped.items():
             log(dataset, f"{a}: skipping " + "; ".join(f"{m} ({why})" for m, why in reasons.items()))
-        scores = known_answer_scores(models, sets, maps, ctx, meta["class_names"], cfg.internal_batch_size)
+        scores, alignment = known_answer_scores(models, sets, maps, answer, meta["class_names"], cfg.internal_batch_size,
+                                                lambda name: ctx.generator(f"chance/{name}"))
         headline = next(iter(scores), None)
-        means, shared = mean_over_shared_methods(scores[headline]) if headline else ({}, [])
 
+        aligned = mean_over_shared_methods(alignment)[0] if alignment else {}   # no chance level: details only
         metrics, per_architecture = {}, {}
         for a in names:
             measured = {k: evaluations[a].metrics[k] for k in ("test_accuracy", "shortcut_reliance") if k in evaluations[a].metrics}
-            scored = {f"{headline}_{a}": means[a]} if headline else {}
-            metrics.update({f"{k}_{a}": v for k, v in measured.items()} | scored)
-            per_architecture[a] = evaluations[a].metrics | {k[: -len(a) - 1]: v for k, v in scored.items()} | {"final_train_loss": histories[a][-1]["train_loss"],
-                                                            "parameters": sum(p.numel() for p in models[a].parameters())}
+            metrics.update({f"{k}_{a}": v for k, v in measured.items()} | (scores[headline][0][a].metrics(f"{headline}_{a}")
+                                                                           if headline else {}))
+            per_architecture[a] = evaluations[a].metrics | {figure: lifts[0][a].score for figure, lifts in scores.items()} | (
+                {"colormap_alignment": aligned[a]} if aligned else {}) | {
+                "final_train_loss": histories[a][-1]["train_loss"], "parameters": sum(p.numel() for p in models[a].parameters())}
         details = {"epochs": training.epochs, "n_train_images": len(train_split["labels"]), "methods": list(cfg.methods),
                    "n_images": {k: len(s["targets"]) for k, s in sets.items()}, "headline_score": headline,
-                   "headline_methods": shared, "skipped": skipped, "architectures": per_architecture, **scores,
+                   "headline_methods": scores[headline][2] if headline else [], "skipped": skipped,
+                   "architectures": per_architecture,
+                   "chance": {figure: {a: lift.to_dict() for a, lift in lifts[0].items()} for figure, lifts in scores.items()},
+                   "chance_per_method": {figure: {a: {m: lift.to_dict() for m, lift in per.items()} for a, per in lifts[1].items()}
+                                         for figure, lifts in scores.items()},
+                   **({"colormap_alignment": alignment} if alignment else {}),
                    **{("rank_correlation" if k == "sample" else f"rank_correlation_{k}"): c for k, c in correlations.items()},
                    "evaluation": {a: e.details for a, e in evaluations.items()}, "history": histories,
-                   **({} if headline else {"skipped_scores": ctx.entry.NO_ANSWER})}
+                   **({} if answer.known else {"skipped_scores": Unknown.reason})}
         if "stamped" in sets:   # what a map spread evenly over the image puts on the shortcut
             details["shortcut_area_fraction"] = sets["stamped"]["masks"].float().mean().item()
         write_json(paths.metrics_path(dataset, STAGE), metrics)
@@ -148,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         save_pictures(dataset, sets, maps, correlations, names, list(cfg.methods), meta["class_names"], cfg.n_picture_images)
         ctx.timer.images = training.epochs * len(train_split["labels"]) * len(names)
         ctx.timer.details = {f"train_seconds_{a}": s for a, s in seconds.items()}
-        log(dataset, "; ".join(f"{a}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.endswith(f"_{a}"))
+        log(dataset, "; ".join(f"{a}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if f"_{a}" in k)
                                for a in names))
 
 
