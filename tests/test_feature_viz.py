@@ -7,6 +7,8 @@ import yaml
 from torch import nn
 
 from pipeline import paths
+from pipeline.data.known_answer import ColorRule, PlantedShortcuts
+from pipeline.data.shortcuts import Shortcut
 from pipeline.evaluation.feature_viz import MaximiseOptions, build_units, dream_layers, dream_on_region, maximise, standardise
 from pipeline.models.classifiers import CNNClassifier, frozen, save_model
 from pipeline.stages.feature_viz import main
@@ -96,7 +98,8 @@ def test_the_stage_writes_two_headline_metrics_and_wide_plot_data(tmp_path, monk
     config = {"architecture": "cnn", "n_classes": 4, "width": 4}
     save_model(paths.classifier_path("colored_mnist"), CNNClassifier(n_classes=4, width=4), config)
     write_json(paths.prepared_dir("colored_mnist") / "meta.json",
-               {"class_names": ["spring", "summer", "autumn", "winter"], "n_classes": 4})
+               {"class_names": ["spring", "summer", "autumn", "winter"], "n_classes": 4,
+                "known_answer": ColorRule(("spring", "summer", "autumn", "winter")).to_meta()})
     save_arrays(paths.prepared_dir("colored_mnist") / "test.npz",
                 images=torch.randint(0, 256, (6, 3, 28, 28), dtype=torch.uint8).numpy(), labels=torch.arange(6).numpy() % 4)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "feature_viz": {
@@ -127,6 +130,29 @@ def test_the_stage_writes_two_headline_metrics_and_wide_plot_data(tmp_path, monk
         if (tmp_path / path).exists():
             fields = [spec["x"], *(spec["y"] if isinstance(spec["y"], list) else [spec["y"]])]
             assert set(fields) <= set(pd.read_csv(tmp_path / path).columns) and "template" in spec, path
+
+
+def test_the_layer_dream_is_scored_against_every_planted_shortcut_not_only_the_first(tmp_path, monkeypatch):
+    """Two shortcuts (a red square on 7, a green one on 1): the dream starts from clean images of neither class and
+    says, for each, how much of its change falls in that shortcut's truth region."""
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    answer = PlantedShortcuts((Shortcut(label=7, kind="square", position=[0, 0], size=8, color=[1.0, 0.0, 0.0]),
+                               Shortcut(label=1, kind="square", position=[20, 20], size=4, color=[0.0, 1.0, 0.0])), (28, 28))
+    config = {"architecture": "cnn", "n_classes": 10, "width": 4}
+    save_model(paths.classifier_path("clever_hans"), CNNClassifier(n_classes=10, width=4), config)
+    write_json(paths.prepared_dir("clever_hans") / "meta.json", {"class_names": [str(c) for c in range(10)], "n_classes": 10,
+                                                                 "known_answer": answer.to_meta()})
+    images = torch.randint(0, 256, (20, 3, 28, 28), dtype=torch.uint8).numpy()
+    save_arrays(paths.prepared_dir("clever_hans") / "test.npz", images=images, clean_images=images,
+                labels=torch.arange(20).numpy() % 10)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "feature_viz": {
+        "steps": 2, "channels_per_layer": 1, "dream_images": 3, "dream_steps": 2}}))
+    main(["clever_hans"])
+    dreamed = json.loads((paths.plots_dir("clever_hans", "feature_viz") / "details.json").read_text())["dream"]
+    assert "shortcut" not in dreamed and list(dreamed["shortcuts"]) == ["7", "1"]
+    assert dreamed["shortcuts"]["7"]["area_share"] == pytest.approx(64 / 784, abs=1e-6)   # written to 6 digits
+    assert dreamed["shortcuts"]["1"]["area_share"] == pytest.approx(16 / 784, abs=1e-6) and dreamed["shortcuts"]["1"]["label"] == 1
 
 
 def red_detector() -> nn.Module:

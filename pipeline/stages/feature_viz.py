@@ -3,8 +3,9 @@ and a "deepdream" of every convolution layer as a whole (``pipeline.evaluation.f
 
 Every output class and the first ``channels_per_layer`` channels of every convolution are maximised
 from two starts (ones, seeded noise). The layer dream starts from real test images; on clever_hans
-they are clean test images of the classes without a shortcut, so any red the dream paints inside the
-shortcut's square comes from the model; ``details.json`` says how much of the change falls there.
+they are clean test images of the classes without a planted shortcut, so any colour the dream paints inside a
+shortcut's truth region comes from the model; ``details.json`` says, per planted shortcut (all of them, keyed by
+its class), how much of the change falls there.
 """
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from torch import nn
 
 from pipeline import paths
 from pipeline.config import options_from
-from pipeline.data.shortcuts import shortcut_alpha
+from pipeline.data.known_answer import PlantedShortcuts
 from pipeline.evaluation.feature_viz import (STARTS, KnownRegion, MaximiseOptions, build_units, class_probability_table,
                                              curve_table, dream, dream_figure, dream_starts, maximise, summarise,
                                              unit_arrays, unit_grids, unit_table)
 from pipeline.models.classifiers import load_classifier
-from pipeline.prepared import load_meta, load_prepared
+from pipeline.prepared import load_known_answer, load_meta, load_prepared
 from pipeline.runtime import StageContext, stage
 from pipeline.storage import save_arrays, save_figure, write_csv, write_json
 
@@ -31,17 +32,20 @@ def maximise_options(cfg) -> MaximiseOptions:
 
 
 def layer_dream(ctx: StageContext, model: nn.Module, class_names: list[str]) -> dict:
-    """The layer dream of the stage: pictures, and its figures for details.json."""
+    """The layer dream of the stage: pictures, and its figures for details.json; where shortcuts are planted, where
+    the change goes against each one's truth region (``shortcuts``, keyed by its class's name)."""
     cfg = ctx.params.feature_viz
-    shortcuts = ctx.entry.shortcuts if ctx.kind == "clever_hans" else []
+    answer = load_known_answer(ctx.dataset)
+    planted = answer.shortcuts if isinstance(answer, PlantedShortcuts) else ()
     test = load_prepared(ctx.dataset, "test")
-    start = dream_starts(test.get("clean_images", test["images"]), test["labels"], [s.label for s in shortcuts],
+    start = dream_starts(test["clean_images"] if planted else test["images"], test["labels"], [s.label for s in planted],
                          cfg.dream_images, ctx.generator("dream")).to(ctx.device)
-    known = None
-    if shortcuts:
-        region = torch.from_numpy(shortcut_alpha(shortcuts[0], tuple(start.shape[-2:])) > 0).to(ctx.device)
-        known = KnownRegion(shortcuts[0].label, region, shortcuts[0].color)
-    details, shown = dream(model, start, cfg.dream_steps, cfg.dream_step_size, known)
+    known = [KnownRegion(s.label, torch.from_numpy(answer.region(k)).to(ctx.device), s.color) for k, s in enumerate(planted)]
+    dreams = [dream(model, start, cfg.dream_steps, cfg.dream_step_size, region) for region in known or [None]]
+    details, shown = dreams[0]
+    if known:
+        details["shortcuts"] = {class_names[region.label]: found["shortcut"] for region, (found, _) in zip(known, dreams)}
+        del details["shortcut"]
     save_figure(dream_figure(start, shown, class_names, ctx.dataset),
                 paths.plots_dir(ctx.dataset, "feature_viz") / "grids" / "dream.png")
     return details
