@@ -402,3 +402,81 @@ def test_pairs_are_chunked_to_fill_each_forward_pass():
     chunks = pair_chunks([3, 3, 3, 10, 1, 2], capacity=6)
     assert [(c.start, c.stop) for c in chunks] == [(0, 2), (2, 3), (3, 4), (4, 6)]  # 10 > 6 runs alone
     assert [(c.start, c.stop) for c in pair_chunks([2] * 5, capacity=100)] == [(0, 5)]
+
+
+@pytest.mark.parametrize("size", [2, 3, 5])
+def test_thresholding_the_closed_map_gives_the_closed_mask_of_every_threshold(size):
+    """Max and min filters commute with thresholding: closing a map once (outside the image below every
+    threshold) and thresholding it gives, at every threshold, the closing of the thresholded mask: near the
+    border, at ties (a map of 6 levels) and below every value alike."""
+    gen = torch.Generator().manual_seed(5)
+    maps = normalise_maps(gaussian_blur(torch.rand(4, 3, 28, 28, generator=gen), 1.0), "per_channel")
+    maps[0, :, :3, :] = 1.0                      # a band along the top border
+    maps[1] = (maps[1] * 6).floor() / 6          # ties
+    maps[2, :, 10:15, 10:15] = 0.9
+    maps[2, :, 12, 12] = 0.1                     # a hole that closing fills
+    closed_maps = closing(maps, size, -float("inf"))
+    for threshold in torch.linspace(-0.5, 1.0, 61):
+        binary = closing((maps > threshold).float(), size)
+        assert torch.equal(closed_maps > threshold, binary > 0.5), threshold
+
+
+class Counting(nn.Module):
+    """A model that records how many images each forward pass classifies."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.images = model, []
+
+    def forward(self, x):
+        self.images.append(len(x))
+        return self.model(x)
+
+
+@pytest.mark.parametrize("convention", ["pipeline", "quac"])
+def test_thresholds_whose_masks_close_alike_share_one_hybrid(convention):
+    """The map is a 3x3 ring at 0.6 around a centre at 0.3: thresholds above 0.6 give the empty mask, those in
+    [0.3, 0.6) the ring, those below 0.3 the full square (and QuAC's negative ones the whole image). Closing
+    fills the ring's hole, so the ring and the square are one closed mask: one hybrid each, not two."""
+    gen = torch.Generator().manual_seed(1)
+    real, counterfactual = torch.rand(2, 3, 28, 28, generator=gen), torch.rand(2, 3, 28, 28, generator=gen)
+    maps = torch.zeros(2, 1, 28, 28)
+    maps[:, :, 9:12, 9:12] = 0.6
+    maps[:, :, 10, 10] = 0.3
+    target = torch.tensor([0, 2])
+    settings = MaskSettings(n_thresholds=20, closing_size=3, blur_sigma=1.0, convention=convention)
+    model = Counting(CNNClassifier(n_classes=3, width=4).eval())
+    fast = sweep(model, real, counterfactual, maps, target, settings)
+    distinct = 2 if convention == "pipeline" else 3   # empty (pipeline) or whole image (quac) besides the square
+    assert model.images == [2 + 2 * distinct]          # the real images, then each pair's distinct closed masks
+    slow = sweep_loop(model.model, real, counterfactual, maps, target, settings)
+    assert (fast.mask_size - slow.mask_size).abs().max().item() < 1e-6
+    assert (fast.score_change - slow.score_change).abs().max().item() < 1e-5
+    assert torch.equal(fast.predicted, slow.predicted)
+
+
+class Viewing(nn.Module):
+    """A linear classifier that flattens its input with ``view``, so it needs the input contiguous in NCHW."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3 * 28 * 28, 3)
+
+    def forward(self, x):
+        return self.linear(x.view(len(x), -1))
+
+
+def test_a_model_that_needs_its_input_contiguous_gets_it():
+    torch.manual_seed(0)
+    model = frozen(Viewing(), "cpu")
+    with pytest.raises(RuntimeError):
+        model(torch.rand(2, 3, 28, 28).contiguous(memory_format=torch.channels_last))
+    gen = torch.Generator().manual_seed(2)
+    real, counterfactual = torch.rand(3, 3, 28, 28, generator=gen), torch.rand(3, 3, 28, 28, generator=gen)
+    maps = normalise_maps(gaussian_blur(torch.rand(3, 3, 28, 28, generator=gen), 1.0), "per_channel")
+    target = torch.tensor([0, 1, 2])
+    settings = MaskSettings(n_thresholds=30, closing_size=3, blur_sigma=1.0)
+    fast = sweep(model, real, counterfactual, maps, target, settings, batch_size=40)  # several passes
+    slow = sweep_loop(model, real, counterfactual, maps, target, settings)
+    assert (fast.score_change - slow.score_change).abs().max().item() < 1e-5
+    assert torch.equal(fast.predicted, slow.predicted)

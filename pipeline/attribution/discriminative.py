@@ -45,15 +45,19 @@ METHODS = DISCRIMINATIVE + CONTROLS
 # --------------------------------------------------------------------------------------------
 # Attribution maps
 # --------------------------------------------------------------------------------------------
-def closing(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Morphological closing (dilation, then erosion) with a ``size`` x ``size`` square; 1 = off."""
+def closing(x: torch.Tensor, size: int, outside: float = 0.0) -> torch.Tensor:
+    """Morphological closing (dilation, then erosion) with a ``size`` x ``size`` square; 1 = off.
+
+    Binary masks: outside the image is background (``outside`` 0), so that erosion can shrink back to the
+    border (max_pool's own -inf padding would count outside as foreground and grow masks near the edge).
+    Greyscale maps: give ``outside`` -inf, below every threshold. A max and a min filter commute with
+    thresholding, so ``closing(maps, size, -inf) > t`` is ``closing((maps > t).float(), size)`` for every ``t``:
+    one closing of a map gives the closed masks of all its thresholds."""
     if size <= 1:
         return x
     pad = size // 2
     h, w = x.shape[-2:]
-    # outside the image is background: pad with zeros so that erosion can shrink back to the border
-    # (max_pool's own -inf padding would count outside as foreground and grow masks near the edge)
-    padded = F.pad(x, (pad, pad, pad, pad))
+    padded = F.pad(x, (pad, pad, pad, pad), value=outside)
     dilated = F.max_pool2d(padded, size, stride=1, padding=pad)[..., : h + 2 * pad, : w + 2 * pad]
     eroded = -F.max_pool2d(-dilated, size, stride=1, padding=pad)
     return eroded[..., pad : pad + h, pad : pad + w]
@@ -243,6 +247,25 @@ def pair_chunks(images: list[int], capacity: int) -> list[slice]:
     return chunks
 
 
+class _Classifier:
+    """Softmax probabilities of forward passes for one sweep. On the CPU the images go in channels-last, the
+    layout the CPU convolutions and poolings run fastest in: the model sees the same values, and its results
+    differ by float rounding only. A model that needs its input contiguous in NCHW (one that calls
+    ``x.view(len(x), -1)``, say) fails on that layout; it then gets NCHW from that pass on (a real error fails
+    again there, and is raised)."""
+
+    def __init__(self, model: nn.Module, mixed_precision: bool):
+        self.model, self.mixed_precision, self.channels_last = model, mixed_precision, True
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and batch.device.type == "cpu" and batch.dim() == 4:
+            try:
+                return _probabilities(self.model, batch.contiguous(memory_format=torch.channels_last), self.mixed_precision)
+            except RuntimeError:
+                self.channels_last = False
+        return _probabilities(self.model, batch.contiguous(), self.mixed_precision)
+
+
 @torch.no_grad()
 def sweep(model: nn.Module, real: torch.Tensor, counterfactual: torch.Tensor, maps: torch.Tensor,
           target: torch.Tensor, settings: MaskSettings, batch_size: int = 16384,
@@ -251,29 +274,34 @@ def sweep(model: nn.Module, real: torch.Tensor, counterfactual: torch.Tensor, ma
     ``maps`` normalised [N,C,H,W], ``target`` [N]. ``batch_size`` caps the images per forward pass
     (see :func:`pass_size`).
 
-    Each chunk of pairs is one forward pass: the real images, then one hybrid per distinct mask of
-    each pair (:func:`distinct_masks`); every threshold takes the result of the mask it gives."""
+    Each map is closed once, in greyscale (:func:`closing`: thresholding the closed map gives every
+    threshold's closed mask), and thresholds that give a pair the same closed mask share one hybrid
+    (:func:`distinct_masks` of the closed maps). Each chunk of pairs is one forward pass: the real
+    images, then one hybrid per distinct closed mask of each pair; every threshold takes its mask's result."""
     n, t = len(real), settings.n_thresholds
     thresholds = settings.thresholds(real.device)
     if n == 0:
         empty = torch.empty(0, t, device=real.device)
         return SweepResult(empty, empty.clone(), empty.long(), torch.empty(0, device=real.device))
     capacity = pass_size(real.device, batch_size)
-    new = batched(lambda part: distinct_masks(maps[part].float(), thresholds), n, capacity)
+    closed_maps = batched(lambda part: closing(maps[part].float(), settings.closing_size, -float("inf")), n, capacity)
+    new = batched(lambda part: distinct_masks(closed_maps[part], thresholds), n, capacity)
     chunks = pair_chunks((new.sum(dim=1) + 1).tolist(), capacity)
+    classify = _Classifier(model, mixed_precision)
     sizes, changes, predicted, base = [], [], [], []
     for part in tqdm(chunks, desc=progress or "sweep", leave=False, file=sys.stderr, mininterval=2, disable=progress is None):
-        x, cf, m, tgt, keep = real[part].float(), counterfactual[part].float(), maps[part].float(), target[part], new[part]
+        x, cf, m, tgt, keep = real[part].float(), counterfactual[part].float(), closed_maps[part], target[part], new[part]
         b = len(x)
-        pair, k = keep.nonzero(as_tuple=True)                               # one row per distinct mask
-        masks, size = build_masks(m[pair], thresholds[k, None], settings)   # [d, 1, C, H, W], [d, 1]
-        batch = torch.cat([x, hybrids(x[pair], cf[pair], masks).flatten(0, 1)])  # real images first
-        probs = _probabilities(model, batch, mixed_precision)
+        pair, k = keep.nonzero(as_tuple=True)                     # one row per distinct closed mask, in sweep order
+        closed = (m[pair] > thresholds[k].view(-1, 1, 1, 1)).to(m.dtype)
+        soft = gaussian_blur(closed, settings.blur_sigma).clamp(0.0, 1.0)
+        size = mask_sizes(closed, soft, settings.convention)
+        probs = classify(torch.cat([x, torch.lerp(x[pair], cf[pair], soft)]))  # the real images first
         p_real = probs[:b].gather(1, tgt[:, None]).squeeze(1)
         hybrid_probs = probs[b:]
         p_hybrid = hybrid_probs.gather(1, tgt[pair, None]).squeeze(1)
-        row = keep.flatten().cumsum(0).view(b, t) - 1                       # each threshold's distinct mask
-        sizes.append(size[:, 0][row])
+        row = keep.flatten().cumsum(0).view(b, t) - 1             # each threshold's closed mask
+        sizes.append(size[row])
         changes.append(p_hybrid[row] - p_real[:, None])
         predicted.append(hybrid_probs.argmax(dim=1)[row])
         base.append(p_real)
