@@ -497,6 +497,7 @@ def test_stage_writes_three_headline_numbers_and_every_declared_output(dataset, 
     assert metrics["random_order_deletion_auc"] == details["random_order_deletion_auc"]
     figure = "relevance_mass_flipped" if dataset == "clever_hans" else "relevance_mass_digit"
     assert set(details["chance"][figure]) == set(STAGE_METHODS)
+    assert "largest lift over chance (its point value)" in details["best_methods_chosen_by"]
     best = details["best_methods"][next(k for k in details["best_methods"] if k != "best_deletion_auc")]
     judged = {m: r for m, r in details["chance"][figure].items() if r["verdict"] != "not judged"}
     if judged:   # the best method by its lift's point value, its interval beside it

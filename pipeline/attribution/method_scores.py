@@ -104,6 +104,8 @@ def details_record(sets: dict, results: dict, lifts: dict, skipped: dict, random
     return details
 
 
+BEST_BY = ("deletion AUC: the lowest; a localisation headline: the largest lift over chance (its point value), among "
+           "the methods judged")
 # metrics name of a localisation headline: the details' figure it is read from (the first one measured is the headline)
 HEADLINE_LIFTS = {"shortcut_relevance_mass_flipped": "relevance_mass_flipped",   # planted shortcuts
                   "digit_relevance_mass": "relevance_mass_digit"}                 # colored MNIST

@@ -25,7 +25,7 @@ from pipeline.attribution.contrastive import contrastive_analysis
 from pipeline.attribution.faithfulness import FaithfulnessOptions, gaussian_perturbation, random_order_curve
 from pipeline.attribution.gradcam import gradcam_views
 from pipeline.attribution.image_sets import attribute_all, attribution_arrays, gallery, gallery_rows, image_sets
-from pipeline.attribution.method_scores import (details_record, headline, headline_figures, method_scores_frame,
+from pipeline.attribution.method_scores import (BEST_BY, details_record, headline, headline_figures, method_scores_frame,
                                                 score_methods, summary)
 from pipeline.attribution.methods import AttributionOptions, noise_baseline, runnable_methods
 from pipeline.attribution.plots import deletion_figure, ig_baselines_figure, localization_figure, method_grids
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             cfg.n_contrastive_images, ctx.rng("contrastive"), names, cfg.n_gallery_images, dataset)
         save_figure(figure, out / "contrastive.png")
         metrics, details["best_methods"] = headline(details, lifts, headline_figures(answer))
+        details["best_methods_chosen_by"] = BEST_BY
         write_json(paths.metrics_path(dataset, "attribution"), metrics)
         write_json(out / "details.json", details)
         save_arrays(paths.DATA / "attributions" / dataset / "attributions.npz", **attribution_arrays(sets, attributions))
