@@ -1,0 +1,248 @@
+"""The shortcut-detection benchmark's aggregation: which planted shortcut each detector finds, and its false alarms.
+
+Reads the finished DVC experiments of a grid (``configs/grids/shortcut_benchmark.yaml``, run by
+``python -m benchmarks.sweep`` or ``python -m benchmarks.slurm``) and writes
+
+- ``benchmarks/results/shortcut_benchmark.json``: per variant its spec, the truth per planted shortcut (reliance,
+  base rate, occlusion rate: what the classifier does with the stamp, blacked out, and without it) and per
+  detector whether it found the shortcut (``detected``: true / false / null when not judged), the lift over chance
+  that decided it and the lift's 95 % interval; a ``summary`` per detector (declared as DVC metrics, so
+  ``dvc metrics diff`` follows it across commits);
+- ``benchmarks/results/shortcut_benchmark.md``: the same as a table;
+- ``benchmarks/results/shortcut_benchmark.png``: each detector's lift against the shortcut's subtlety and against
+  the measured reliance.
+
+A detector *finds* a planted shortcut when its headline lift is above chance (the lower end of the interval above
+0); discover must also flag the shortcut's class with a region that overlaps the truth above chance. On a clean
+variant (nothing planted) the same verdict is a **false alarm**. The detection rate counts the variants whose
+classifier relies on every planted shortcut (reliance - base rate >= 0.5) because of its content, not because it
+hides part of the digit (occlusion rate - base rate <= 0.05); the development variant (the one the detector settings
+were developed on) is reported apart and counted in neither.
+
+    python -m benchmarks.shortcut_benchmark configs/grids/shortcut_benchmark.yaml --size cpu
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.experiments import REPO, Grid, is_clean, read_grid
+from benchmarks.sweep import ExperimentResult, finished_experiments
+from pipeline import paths
+
+RESULTS = REPO / "benchmarks" / "results"
+RELIED_ON = 0.5          # reliance - base rate at which a classifier relies on a shortcut
+OCCLUSION_MARGIN = 0.05  # occlusion rate - base rate at most this: the stamp's content moves decisions, not what it hides
+
+# detector: (its metrics file (pipeline.paths.metrics_path name), its headline figure), decided by the figure's lift
+DETECTORS = {
+    "discover": ("discover", "shortcut_region_iou"),                    # flagged class and region IoU
+    "attribution": ("attribution", "shortcut_relevance_mass_flipped"),  # the best captum method's relevance mass
+    "explain_masks": ("explain", "shortcut_iou"),                       # d_ig's optimal masks on GAN pairs
+    "tracin": ("influence", "within_class_auc"),                        # stamped over unstamped proponents of a class
+    "dissection": ("dissect", "shortcut_unit_iou"),                     # the best unit, chosen on held-out images
+    "mmd_critic": ("prototypes", "criticism_unstamped_share"),          # criticisms that lack the shortcut
+}
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_output(result: ExperimentResult, path: Path, cwd: Path = REPO) -> dict | None:
+    """A JSON output the experiment committed (plot data and details are not cached by DVC, so they live in the
+    experiment's git commit); None when it did not write it."""
+    shown = subprocess.run(["git", "show", f"{result.rev}:{path.as_posix()}"], cwd=cwd, capture_output=True, text=True)
+    return json.loads(shown.stdout) if shown.returncode == 0 else None
+
+
+def metrics_of(result: ExperimentResult, dataset: str, name: str) -> dict:
+    return result.metrics.get(paths.metrics_path(dataset, name).as_posix(), {})
+
+
+def detector_verdict(metrics: dict, figure: str) -> dict:
+    """{detected, lift, interval} from a metrics file's ``<figure>_lift``, ``_lift_low``, ``_lift_high``."""
+    lift, low, high = (metrics.get(f"{figure}_lift{end}") for end in ("", "_low", "_high"))
+    if not (finite(lift) and finite(low)):
+        return {"detected": None, "lift": None, "interval": None}
+    return {"detected": low > 0, "lift": lift, "interval": [low, high]}
+
+
+def discover_verdict(result: ExperimentResult, dataset: str, planted_classes: list[str], clean: bool, cwd: Path) -> dict:
+    """discover: on a planted variant, found = every planted class flagged with a region above chance (details'
+    ``found_without_being_told``); on a clean variant a false alarm = any class flagged."""
+    metrics = metrics_of(result, dataset, "discover")
+    verdict = detector_verdict(metrics, DETECTORS["discover"][1])
+    flagged = metrics.get("n_flagged_classes")
+    verdict["n_flagged_classes"] = flagged
+    if clean:
+        verdict["detected"] = None if flagged is None else flagged > 0
+        return verdict
+    details = read_output(result, paths.plots_dir(dataset, "discover") / "details.json", cwd) or {}
+    found = details.get("found_without_being_told")
+    if found is None or flagged is None:
+        verdict["detected"] = None
+    else:
+        verdict["detected"] = all(c in found for c in planted_classes)
+    verdict["false_alarms"] = metrics.get("false_alarms")
+    return verdict
+
+
+def truth_of(result: ExperimentResult, dataset: str, cwd: Path) -> list[dict]:
+    """Per planted shortcut: class, kind, reliance, base rate, occlusion rate, area (the classifier's details)."""
+    details = read_output(result, paths.plots_dir(dataset, "train_classifier") / "details.json", cwd) or {}
+    return [{key: row.get(key) for key in ("class", "kind", "reliance", "base_rate", "occlusion_rate", "area_fraction")}
+            for row in details.get("shortcuts", [])]
+
+
+def relied_on(truth: list[dict]) -> bool | None:
+    """Whether the classifier relies on every planted shortcut for its content (None when not measured)."""
+    if not truth or not all(finite(t.get(k)) for t in truth for k in ("reliance", "base_rate", "occlusion_rate")):
+        return None
+    return all(t["reliance"] - t["base_rate"] >= RELIED_ON and t["occlusion_rate"] - t["base_rate"] <= OCCLUSION_MARGIN
+               for t in truth)
+
+
+def variant_row(experiment, result: ExperimentResult | None, grid: Grid, cwd: Path) -> dict:
+    info = experiment.info
+    clean = is_clean(info["shortcuts"])
+    row = {"name": experiment.name, "variant": info["variant"], "seed": info["seed"], "shortcuts": info["shortcuts"],
+           "clean": clean, "development": info["development"]}
+    if result is None:
+        return {**row, "status": "not run", "truth": [], "relied_on": None,
+                "detectors": {d: {"detected": None, "lift": None, "interval": None} for d in DETECTORS}}
+    truth = truth_of(result, grid.dataset, cwd)
+    planted = [t["class"] for t in truth]
+    detectors = {}
+    for detector, (stage, figure) in DETECTORS.items():
+        detectors[detector] = (discover_verdict(result, grid.dataset, planted, clean, cwd) if detector == "discover"
+                               else detector_verdict(metrics_of(result, grid.dataset, stage), figure))
+    explain = metrics_of(result, grid.dataset, "explain")
+    return {**row, "status": "done", "truth": truth, "relied_on": None if clean else relied_on(truth),
+            "gan_shortcut_fraction": explain.get("gan_shortcut_fraction"), "detectors": detectors}
+
+
+def rate(verdicts: list) -> dict:
+    """{rate, k, n}: the share of True among the judged verdicts (None and not run left out)."""
+    judged = [v for v in verdicts if v is not None]
+    return {"rate": sum(judged) / len(judged) if judged else None, "k": sum(judged), "n": len(judged)}
+
+
+def summary(rows: list[dict]) -> dict:
+    """Per detector: its detection rate over the relied-on planted variants, its false-alarm rate on the clean ones,
+    and the development variant's verdicts apart."""
+    counted = [r for r in rows if r["status"] == "done" and not r["development"]]
+    relied = [r for r in counted if not r["clean"] and r["relied_on"]]
+    clean = [r for r in counted if r["clean"]]
+    development = [r for r in rows if r["development"] and r["status"] == "done"]
+    return {detector: {"detection": rate([r["detectors"][detector]["detected"] for r in relied]),
+                       "false_alarms": rate([r["detectors"][detector]["detected"] for r in clean]),
+                       "development": [r["detectors"][detector]["detected"] for r in development]}
+            for detector in DETECTORS}
+
+
+def aggregate(grid: Grid, size: str, results: dict[str, ExperimentResult], cwd: Path = REPO) -> dict:
+    """The results file's content from the finished experiments ``results`` ({name: result}) of ``grid`` at ``size``."""
+    experiments = grid.experiments(size)
+    rows = [variant_row(e, results.get(e.name), grid, cwd) for e in experiments]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True).stdout.strip()
+    return {"grid": str(grid.path.relative_to(REPO) if grid.path.is_relative_to(REPO) else grid.path), "size": size,
+            "commit": commit, "relied_on": {"reliance_minus_base_rate": RELIED_ON, "occlusion_minus_base_rate": OCCLUSION_MARGIN},
+            "n_variants": len(rows), "n_done": sum(r["status"] == "done" for r in rows),
+            "summary": summary(rows), "variants": rows}
+
+
+# --------------------------------------------------------------------------------------------
+# The table and the picture
+# --------------------------------------------------------------------------------------------
+def mark(verdict: dict) -> str:
+    if verdict["detected"] is None:
+        return "–"
+    lift = f" {verdict['lift']:+.2f}" if finite(verdict.get("lift")) else ""
+    return ("✔" if verdict["detected"] else "✘") + lift
+
+
+def table(results: dict) -> str:
+    """Markdown: a row per variant (truth and each detector's verdict with its lift), then the summary."""
+    head = "| variant | reliance − base | occlusion − base | " + " | ".join(DETECTORS) + " |"
+    lines = [head, "|" + " --- |" * (3 + len(DETECTORS))]
+    for row in results["variants"]:
+        truth = row["truth"]
+        gap = lambda key: ", ".join(f"{t[key] - t['base_rate']:.2f}" if finite(t.get(key)) and finite(t.get("base_rate"))  # noqa: E731
+                                    else "–" for t in truth) or "–"
+        name = row["variant"] + (" (clean)" if row["clean"] else "") + (" (development)" if row["development"] else "")
+        lines.append(f"| {name} | {gap('reliance')} | {gap('occlusion_rate')} | "
+                     + " | ".join(mark(row["detectors"][d]) for d in DETECTORS) + " |")
+    lines += ["", "| detector | detection rate (relied-on variants) | false alarms (clean variants) |", "| --- | --- | --- |"]
+    for detector, figures in results["summary"].items():
+        cell = lambda r: f"{r['k']}/{r['n']}" + (f" ({r['rate']:.0%})" if r["rate"] is not None else "")  # noqa: E731
+        lines.append(f"| {detector} | {cell(figures['detection'])} | {cell(figures['false_alarms'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def picture(results: dict, path: Path) -> None:
+    """Each detector's lift (with its interval) per variant, grouped by kind in order of subtlety, and against the
+    measured reliance - base rate; filled markers: found (or, on clean variants, a false alarm)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results["variants"] if r["status"] == "done"]
+    fig, axes = plt.subplots(2, len(DETECTORS), figsize=(3.2 * len(DETECTORS), 6.4), squeeze=False)
+    labels = [r["variant"] for r in rows]
+    for j, detector in enumerate(DETECTORS):
+        by_variant, by_reliance = axes[0][j], axes[1][j]
+        for i, row in enumerate(rows):
+            verdict = row["detectors"][detector]
+            if not finite(verdict.get("lift")):
+                continue
+            low, high = verdict["interval"]
+            color = "tab:gray" if row["clean"] else "tab:orange" if row["development"] else "tab:blue"
+            style = dict(color=color, marker="o", markerfacecolor=color if verdict["detected"] else "white")
+            by_variant.errorbar([verdict["lift"]], [i], xerr=[[verdict["lift"] - low], [high - verdict["lift"]]], **style)
+            gaps = [t["reliance"] - t["base_rate"] for t in row["truth"] if finite(t.get("reliance")) and finite(t.get("base_rate"))]
+            if gaps:
+                by_reliance.errorbar([min(gaps)], [verdict["lift"]], yerr=[[verdict["lift"] - low], [high - verdict["lift"]]], **style)
+        by_variant.axvline(0, color="black", linewidth=0.6)
+        by_variant.set_yticks(range(len(rows)), labels if j == 0 else [""] * len(rows), fontsize=6)
+        by_variant.invert_yaxis()
+        by_variant.set_title(detector, fontsize=8)
+        by_variant.set_xlabel("lift over chance", fontsize=7)
+        by_reliance.axhline(0, color="black", linewidth=0.6)
+        by_reliance.axvline(RELIED_ON, color="gray", linestyle=":", linewidth=0.8)
+        by_reliance.set_xlabel("reliance − base rate", fontsize=7)
+        by_reliance.set_ylabel("lift over chance" if j == 0 else "", fontsize=7)
+    fig.suptitle(f"Shortcut detection ({results['grid']}, size {results['size']}, commit {results['commit']}): filled = found "
+                 f"(gray, clean variants: a false alarm), open = not found; orange: the development variant", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, allow_nan=False, default=str) + "\n")
+    out.with_suffix(".md").write_text(table(results))
+    picture(results, out.with_suffix(".png"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("grid", help="a grid file, e.g. configs/grids/shortcut_benchmark.yaml")
+    parser.add_argument("--size", required=True, help="the size the experiments ran at (cpu, gpu)")
+    parser.add_argument("--out", default=str(RESULTS / "shortcut_benchmark.json"))
+    args = parser.parse_args(argv)
+    results = aggregate(read_grid(args.grid), args.size, finished_experiments())
+    write(results, Path(args.out))
+    print(table(results))
+    print(f"{results['n_done']} of {results['n_variants']} experiments aggregated into {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

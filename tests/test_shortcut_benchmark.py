@@ -1,0 +1,104 @@
+"""The benchmark's aggregation on constructed experiments: a found shortcut, a missed one, a false alarm on a clean
+variant, a variant the classifier does not rely on, the development variant apart, and what was not judged."""
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from benchmarks.experiments import read_grid
+from benchmarks.shortcut_benchmark import DETECTORS, aggregate, table, write
+from benchmarks.sweep import ExperimentResult
+from pipeline import paths
+
+DATASET = "clever_hans"
+
+
+def lift(value: float, low: float, high: float) -> tuple[float, float, float]:
+    return value, low, high
+
+
+def metrics(figures: dict[str, tuple | None], flagged: int | None = 0) -> dict:
+    """{metrics file: data} with each detector's headline lift (None: not judged, written null)."""
+    files: dict[str, dict] = {}
+    for detector, (stage, figure) in DETECTORS.items():
+        triple = figures.get(detector)
+        values = dict(zip(("", "_low", "_high"), triple)) if triple else {"": None, "_low": None, "_high": None}
+        files.setdefault(paths.metrics_path(DATASET, stage).as_posix(), {}).update(
+            {f"{figure}_lift{end}": value for end, value in values.items()})
+    files[paths.metrics_path(DATASET, "discover").as_posix()]["n_flagged_classes"] = flagged
+    return files
+
+
+def commit(repo, files: dict[str, dict]) -> str:
+    for path, content in files.items():
+        target = repo / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(content))
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", "exp"], cwd=repo, check=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def truth(reliance: float, occlusion: float = 0.01, base: float = 0.0, name: str = "7") -> dict:
+    return {"shortcuts": [{"class": name, "kind": "square", "reliance": reliance, "base_rate": base,
+                           "occlusion_rate": occlusion, "area_fraction": 0.08}]}
+
+
+@pytest.fixture
+def grid(tmp_path):
+    square = {"label": 7, "kind": "square"}
+    spec = {"dataset": DATASET, "stages": ["train_classifier"], "development": ["dev"],
+            "shortcut_defaults": {"fraction": 0.95, "position": [0, 0], "size": 8, "strength": 1.0,
+                                  "color": [1.0, 0.0, 0.0], "text": "09:41"},
+            "sizes": {"cpu": {"seeds": [0], "params": {}}},
+            "variants": [{"name": "found", "shortcuts": [square]}, {"name": "missed", "shortcuts": [square]},
+                         {"name": "weak", "shortcuts": [square]}, {"name": "hidden", "shortcuts": [square]},
+                         {"name": "clean", "shortcuts": [dict(square, fraction=0.0)]},
+                         {"name": "dev", "shortcuts": [dict(square, size=20)]},
+                         {"name": "absent", "shortcuts": [square]}]}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return read_grid(path)
+
+
+def test_found_missed_false_alarm_reliance_and_development(tmp_path, grid):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    classifier = (paths.plots_dir(DATASET, "train_classifier") / "details.json").as_posix()
+    discover = (paths.plots_dir(DATASET, "discover") / "details.json").as_posix()
+    above, at_chance = lift(0.6, 0.4, 0.8), lift(0.02, -0.05, 0.09)
+    cases = {
+        "found": (truth(0.98), {d: above for d in DETECTORS}, 1, {"found_without_being_told": ["7"]}),
+        "missed": (truth(0.95), {"attribution": above, "explain_masks": at_chance}, 0, {"found_without_being_told": []}),
+        "weak": (truth(0.30), {d: above for d in DETECTORS}, 1, {"found_without_being_told": ["7"]}),   # not relied on
+        "hidden": (truth(0.99, occlusion=0.40), {d: above for d in DETECTORS}, 1, {"found_without_being_told": ["7"]}),
+        "clean": (truth(0.0), {"attribution": above, "tracin": at_chance}, 2, {"found_without_being_told": []}),
+        "dev": (truth(1.0), {d: above for d in DETECTORS}, 1, {"found_without_being_told": ["7"]}),
+    }
+    results = {}
+    for name, (classifier_details, figures, flagged, discover_details) in cases.items():
+        rev = commit(repo, {classifier: classifier_details, discover: discover_details})
+        results[f"{name}-s0"] = ExperimentResult(f"{name}-s0", rev, {}, metrics(figures, flagged))
+    out = aggregate(grid, "cpu", results, cwd=repo)
+    rows = {r["variant"]: r for r in out["variants"]}
+    assert rows["found"]["detectors"]["discover"]["detected"] is True
+    assert rows["missed"]["detectors"]["discover"]["detected"] is False
+    assert rows["missed"]["detectors"]["attribution"]["detected"] is True
+    assert rows["missed"]["detectors"]["explain_masks"] == {"detected": False, "lift": 0.02, "interval": [-0.05, 0.09]}
+    assert rows["missed"]["detectors"]["tracin"]["detected"] is None            # not judged: null, never False
+    assert rows["clean"]["detectors"]["discover"]["detected"] is True           # flagged a class where nothing is planted
+    assert rows["weak"]["relied_on"] is False and rows["hidden"]["relied_on"] is False and rows["found"]["relied_on"]
+    assert rows["absent"]["status"] == "not run"
+    summary = out["summary"]
+    assert summary["discover"]["detection"] == {"rate": 0.5, "k": 1, "n": 2}      # found and missed; weak, hidden, dev apart
+    assert summary["attribution"]["detection"] == {"rate": 1.0, "k": 2, "n": 2}
+    assert summary["tracin"]["detection"] == {"rate": 1.0, "k": 1, "n": 1}
+    assert summary["discover"]["false_alarms"] == {"rate": 1.0, "k": 1, "n": 1}
+    assert summary["tracin"]["false_alarms"] == {"rate": 0.0, "k": 0, "n": 1}
+    assert summary["dissection"]["development"] == [True]
+    assert "| found | 0.98 | 0.01 | ✔ +0.60" in table(out)
+    write(out, tmp_path / "results.json")
+    assert json.loads((tmp_path / "results.json").read_text())["n_done"] == 6
+    assert (tmp_path / "results.png").stat().st_size > 10_000
