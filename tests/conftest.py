@@ -25,3 +25,31 @@ def mnist_root() -> Path:
     if root is None:
         pytest.skip("no raw MNIST files on this machine (data/raw/MNIST/raw); run setup.sh or set MNIST_ROOT")
     return root
+
+
+def merged(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` merged in, mapping by mapping (anything else is replaced)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merged(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+def repo_params(overrides: dict | None = None) -> dict:
+    """params.yaml as committed, with ``overrides`` merged in: every key a stage reads is there (params.yaml is
+    where defaults live), and a test changes only what it is about."""
+    import yaml
+
+    return merged(yaml.safe_load((REPO / "params.yaml").read_text()), overrides or {})
+
+
+def params_with(overrides: dict | None = None):
+    """:func:`repo_params` loaded and validated (``pipeline.config.Params``)."""
+    from pipeline.config import Params, build
+
+    return build(Params, repo_params(overrides))
+
+
+def classifier_params(**changes):
+    """params.yaml's ``classifier`` section with ``changes``: what ``models.training.train`` and ``evaluate`` read."""
+    return params_with({"classifier": changes}).classifier

@@ -8,13 +8,13 @@ import torch
 import yaml
 from torch import nn
 
-from pipeline.config import ClassifierParams, ConfigError, Params, build
+from pipeline.config import ConfigError, Params, build
 from pipeline.evaluation.architectures import (ComparisonOptions, attribution_maps, correlation_matrix, mean_over_shared_methods,
                                             mean_rank_correlation, pairwise_correlations, relevance_lifts, train_alike)
 from pipeline.models.classifiers import ResNetClassifier, build_seeded_classifier, frozen, load_classifier, save_model
 from pipeline.report.findings import architecture_findings
 from pipeline.report.run import DatasetRun
-from tests.conftest import REPO
+from tests.conftest import REPO, classifier_params, repo_params
 
 DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -170,7 +170,7 @@ def test_models_trained_alike_see_the_same_data_in_the_same_order():
     images[torch.arange(64), labels] = 200
     models = {"first": build_seeded_classifier({"architecture": "cnn", "n_classes": 3, "width": 4}, 5),
               "second": build_seeded_classifier({"architecture": "cnn", "n_classes": 3, "width": 4}, 5)}
-    histories, seconds = train_alike(models, images, labels, ClassifierParams(epochs=1, batch_size=16, mixed_precision=False),
+    histories, seconds = train_alike(models, images, labels, classifier_params(epochs=1, batch_size=16, mixed_precision=False),
                                      lambda: torch.Generator().manual_seed(7))
     assert histories["first"] == histories["second"] and set(seconds) == {"first", "second"}
     for a, b in zip(models["first"].parameters(), models["second"].parameters()):
@@ -185,7 +185,7 @@ def test_every_architecture_trains_and_is_explained_on_images_of_the_shape_it_wa
     images = torch.randint(0, 256, (12, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     models = {a: build_seeded_classifier({"architecture": a, "n_classes": 3, "width": 2, "input_shape": shape}, 0)
               for a in ("cnn", "dense", "resnet")}
-    histories, _ = train_alike(models, images, labels, ClassifierParams(epochs=1, batch_size=4, mixed_precision=False),
+    histories, _ = train_alike(models, images, labels, classifier_params(epochs=1, batch_size=4, mixed_precision=False),
                                lambda: torch.Generator().manual_seed(7))
     assert all(len(history) == 1 for history in histories.values())
     models = {a: frozen(model, "cpu") for a, model in models.items()}
@@ -278,11 +278,10 @@ def test_the_stage_writes_each_architecture_s_relevance_lift_beside_its_support_
         PlantedShortcuts((Shortcut(label=7, kind="square", size=8, fraction=fraction, color=[1.0, 0.0, 0.0]),), (28, 28))
     write_json(paths.prepared_dir(dataset) / "meta.json", {"n_classes": n_classes, "known_answer": answer.to_meta(),
                                                            "class_names": [str(c) for c in range(n_classes)]})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
-        "device": "cpu", "datasets": DEFAULTS["datasets"],
-        "classifier": {"epochs": 1, "width": 2, "batch_size": 16, "mixed_precision": False},
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params({
+        "device": "cpu", "classifier": {"epochs": 1, "width": 2, "batch_size": 16, "mixed_precision": False},
         "architectures": {"names": ["dense", "cnn"], "methods": ["saliency", "ig_zero"], "n_images": 6, "ig_steps": 2,
-                          "batch_size": 4, "n_picture_images": 2}}))
+                          "batch_size": 4, "n_picture_images": 2}})))
     main([dataset])
     metrics = json.loads(paths.metrics_path(dataset, "architectures").read_text())
     details = json.loads((paths.plots_dir(dataset, "architectures") / "details.json").read_text())

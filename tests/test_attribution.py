@@ -16,7 +16,7 @@ from pipeline.attribution.methods import (ATTRIBUTION_METHODS, AttributionOption
                                           make_explainer, noise_baseline, skip_reason)
 from pipeline.attribution.scores import (channel_shares, color_scores, colormap_channel_std, curve_area, deletion_curve,
                                          foreground_mask, pixel_map, rank_correlation, segmentation_iou)
-from pipeline.config import ConfigError, Params, build
+from pipeline.config import ConfigError
 from pipeline.scoring.chance import Lift, not_judged
 from pipeline.scoring.relevance import SUPPORT
 from pipeline.data.known_answer import ColorRule, PlantedShortcuts
@@ -24,7 +24,7 @@ from pipeline.data.shortcuts import Shortcut
 from pipeline.models.classifiers import DenseClassifier, build_seeded_classifier, frozen, save_model
 from pipeline.runtime import StageContext, StageTimer
 from pipeline.storage import save_arrays, write_json
-from tests.conftest import REPO
+from tests.conftest import REPO, params_with, repo_params
 
 PIXEL = (0, 5, 17)  # channel, row, col the one-pixel model reads
 
@@ -258,7 +258,7 @@ def test_conv_methods_are_skipped_for_the_dense_model_with_a_reason():
 # ---------------------------------------------------------------------------------------------
 def stage_context(dataset: str = "clever_hans", seed: int = 0, device: str = "cpu") -> StageContext:
     device = torch.device(device)
-    return StageContext(dataset, Params(seed=seed), device, StageTimer("attribute", dataset, device))
+    return StageContext(dataset, params_with({"seed": seed}), device, StageTimer("attribute", dataset, device))
 
 
 def stream_draws(ctx: StageContext) -> dict[str, torch.Tensor]:
@@ -427,7 +427,7 @@ def test_image_sets_for_planted_shortcuts_stamp_the_shortcut_class_and_the_image
 ])
 def test_invalid_attribution_params_are_named(key, value, must_name):
     with pytest.raises(ConfigError, match=must_name.replace("[", r"\[").replace("]", r"\]")):
-        build(Params, {"attribution": {key: value}})
+        params_with({"attribution": {key: value}})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,7 +483,7 @@ def test_stage_writes_three_headline_numbers_and_every_declared_output(dataset, 
                 "deletion_steps": 4, "n_faithfulness_images": 2, "infidelity_samples": 2, "n_sensitivity_images": 1,
                 "sensitivity_samples": 2, "n_localization_images": 2, "segmentation_thresholds": 4,
                 "n_contrastive_images": 2, "contrastive_method": "saliency", "n_gallery_images": 2}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "attribution": settings}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params({"device": "cpu", "attribution": settings})))
     main([dataset])
 
     metrics = json.loads(paths.metrics_path(dataset, "attribution").read_text())

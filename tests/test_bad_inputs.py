@@ -6,7 +6,6 @@ Each case runs the real entry point on a tiny fake MNIST (idx files written here
 """
 from __future__ import annotations
 
-import copy
 import os
 import re
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 import yaml
 
 from pipeline.stages import prepare
-from tests.conftest import REPO
+from tests.conftest import REPO, merged, repo_params
 
 N_TRAIN, N_TEST, SIDE = 60, 20, 28
 OUTPUT_FOLDERS = ("data", "metrics", "plots")
@@ -72,7 +71,8 @@ def delete(name: str) -> Callable[[Path], None]:
 
 
 def shortcut(**fields) -> dict:
-    base = {"label": 7, "kind": "square", "fraction": 0.95, "position": [1, 1], "size": 10}
+    base = {"label": 7, "kind": "square", "fraction": 0.95, "position": [1, 1], "size": 10, "strength": 1.0,
+            "color": [1.0, 0.0, 0.0], "text": "09:41"}
     return dict(base, **fields)
 
 
@@ -89,6 +89,8 @@ CASES = {
     "params file missing": ("colored_mnist", None, None, ["params.yaml", "not found"]),
     "params file is a list": ("colored_mnist", "- seed: 0\n", None, ["params.yaml = [{'seed': 0}]", "a mapping of sections"]),
     "misspelt key": ("colored_mnist", {"data": {"trian_size": 10}}, None, ["data.trian_size"]),
+    "a learning rate of inf": ("colored_mnist", {"classifier": {"learning_rate": float("inf")}}, None,
+                               ["classifier.learning_rate = inf", "a positive number"]),
     "square larger than the image": (
         "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(size=40)]}}}, None,
         ["clever_hans.shortcuts[0].size = 40", "1..28"]),
@@ -110,11 +112,10 @@ CASES = {
     "two shortcuts in one class": (
         "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(), shortcut(kind="gradient", position=[20, 20], size=6)]}}},
         None, ["clever_hans.shortcuts[1].label = 7", "one shortcut per class"]),
-    "no shortcut": ("clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": []}}}, None, ["clever_hans.shortcuts = []"]),
     "no colormap": ("colored_mnist", {"datasets": {"colored_mnist": {"kind": "colored_mnist", "colormaps": []}}}, None,
                     ["datasets.colored_mnist.colormaps = []"]),
-    "an unknown dataset": ("fashion", {}, None, ["dataset = 'fashion'", "colored_mnist, clever_hans"]),
-    "a dataset without its kind's settings": ("clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans"}}}, None,
+    "an unknown dataset": ("fashion", {}, None, ["dataset = 'fashion'", "a dataset named under `datasets`", "colored_mnist", "clever_hans"]),
+    "a dataset without its kind's settings": ("clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": None}}}, None,
                                               ["datasets.clever_hans.shortcuts = None", "a clever_hans dataset needs its shortcuts"]),
     "settings of another kind": ("clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "colormaps": ["spring"],
                                                                           "shortcuts": [shortcut()]}}}, None,
@@ -157,13 +158,6 @@ CASES = {
 }
 
 
-def merged(base: dict, overrides: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in overrides.items():
-        out[key] = merged(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
     """A working folder to run in and a fake MNIST outside it; yields (work, raw_dir, base params)."""
@@ -173,8 +167,8 @@ def workspace(tmp_path, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    base = {"device": "cpu", "data": {"root": str(root), "download": False},
-            "attribution": {"n_images": 8}, "counterfactuals": {"n_images": 8}}  # below the fake test split
+    base = repo_params({"device": "cpu", "data": {"root": str(root), "download": False},
+                        "attribution": {"n_images": 8}, "counterfactuals": {"n_images": 8}})  # below the fake test split
     return work, raw_dir, base
 
 

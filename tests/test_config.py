@@ -31,7 +31,7 @@ def test_repository_params_load_exactly_as_written():
 
 def test_n_classes_of_colored_mnist_is_the_number_of_colormaps():
     params = build(Params, with_change("datasets.colored_mnist.colormaps", ["viridis", "magma", "cividis"]))
-    assert params.n_classes("colored_mnist") == 3
+    assert params.datasets["colored_mnist"].n_classes == 3
 
 
 @pytest.mark.parametrize(
@@ -240,8 +240,88 @@ def test_an_own_images_entry_that_cannot_work_is_refused(fields, must_name):
         build(Params, own_images_entry(**fields))
 
 
-def test_the_region_shapes_config_accepts_are_the_ones_discovery_knows():
-    from pipeline.config import REGION_SHAPES
-    from pipeline.evaluation.discovery import REGION_SHAPES as KNOWN
+@pytest.mark.parametrize("path", [f"{section}.{key}" for section, values in DEFAULTS.items() if isinstance(values, dict)
+                                  and section != "datasets" for key in values])
+def test_every_key_is_read_from_params_yaml_alone(path):
+    """No default in code: a key left out of params.yaml is an error that names it and says what it may be."""
+    raw = copy.deepcopy(DEFAULTS)
+    section, key = path.split(".")
+    del raw[section][key]
+    with pytest.raises(ConfigError, match=rf"^params: missing key '{re.escape(path)}' \(.+\)$"):
+        build(Params, raw)
 
-    assert REGION_SHAPES == KNOWN
+
+@pytest.mark.parametrize("path, value", [
+    ("classifier.learning_rate", float("inf")), ("gan.learning_rate", float("-inf")), ("explain.blur_sigma", float("nan")),
+    ("spectra.C", float("inf")), ("datasets.clever_hans.shortcuts.0.fraction", float("nan")),
+])
+def test_a_number_is_never_inf_or_nan(path, value):
+    with pytest.raises(ConfigError) as err:
+        build(Params, with_change(path, value))
+    key = re.sub(r"\.(\d+)\.", r"[\1].", path)
+    assert str(err.value).startswith(f"params: {key} = {value!r} is not valid; allowed: ")
+
+
+def test_inf_written_in_yaml_is_refused_with_one_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text().replace("learning_rate: 0.003", "learning_rate: .inf"))
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(err.value) == "params: classifier.learning_rate = inf is not valid; allowed: a positive number"
+
+
+@pytest.mark.parametrize("path, value, allowed", [
+    ("classifier.epochs", True, "a positive integer"),          # YAML's true is not the number 1
+    ("classifier.learning_rate", "0.003", "a positive number"),  # nor is a quoted number
+    ("gan.batch_size", 1, "an integer >= 2 (half latent-, half reference-guided)"),
+    ("explain.methods", ["d_ig", "lime"], "one of 'd_ig', 'd_deeplift'"),
+    ("explain.methods", [], "a non-empty list"),
+    ("explain.max_pairs", 0, "a positive integer, or null"),
+    ("discover.region_shape", "box", "one of 'hull', 'pixels'"),
+    ("discover.n_permutations", 10, "at least 99 for alpha = 0.01"),
+    ("dissect.quantile", 0.3, "a number in [0.5, 1)"),
+    ("attribution.blur_kernel_size", 4, "an integer >= 3 (odd)"),
+    ("datasets.clever_hans.shortcuts.0.color", [1.0, 0.0], "a list of 3 items, each a number in [0, 1] ([r, g, b])"),
+    ("datasets.clever_hans.shortcuts.0.text", "09h41", "GLYPHS"),
+    ("data.root", "  ", "a non-blank string"),
+])
+def test_ranges_and_choices_come_from_the_library_fields(path, value, allowed):
+    with pytest.raises(ConfigError) as err:
+        build(Params, with_change(path, value))
+    message = str(err.value)
+    shown = value[-1] if isinstance(value, list) and value and isinstance(value[-1], str) else value
+    assert f"= {shown!r} is not valid; allowed: " in message and allowed in message and "\n" not in message
+
+
+def test_sections_are_the_library_option_types_and_restate_none_of_their_fields():
+    """A section extends the library's options with what its stage alone reads; it declares no field of theirs
+    again (a field it must not take from params.yaml is not read: ``init=False``)."""
+    import dataclasses
+
+    from pipeline.config import options_from
+
+    params = load_params(REPO / "params.yaml")
+    extended = 0
+    for field in dataclasses.fields(Params):
+        section = type(getattr(params, field.name))
+        for base in section.__mro__[1:]:
+            if dataclasses.is_dataclass(base):
+                extended += 1
+                switched_off = {f.name for f in dataclasses.fields(section) if not f.init}
+                restated = ({f.name for f in dataclasses.fields(base)} & set(vars(section).get("__annotations__", {}))
+                            - switched_off)
+                assert not restated, f"{section.__name__} restates {sorted(restated)} of {base.__name__}"
+                assert options_from(getattr(params, field.name), base) == base(**{
+                    f.name: getattr(getattr(params, field.name), f.name) for f in dataclasses.fields(base) if f.init})
+    assert extended >= 11
+
+
+def test_an_empty_shortcut_list_is_the_negative_control():
+    """The same images and classifier with nothing planted: valid, and everything else is still checked."""
+    raw = with_change("datasets.clever_hans.shortcuts", [])
+    assert build(Params, raw).datasets["clever_hans"].shortcuts == []
+    raw["datasets"]["clever_hans"]["source"] = "cifar"
+    with pytest.raises(ConfigError, match=r"datasets.clever_hans.source = 'cifar'"):
+        build(Params, raw)
+    with pytest.raises(ConfigError, match=r"datasets.clever_hans.shortcuts = None .*needs its shortcuts"):
+        build(Params, with_change("datasets.clever_hans.shortcuts", None))

@@ -5,12 +5,14 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.config import DEFAULT_COLORMAPS
 from pipeline.data.shortcuts import Shortcut
 from pipeline.data.clever_hans import plant_shortcuts, shortcut_test_sets
 from pipeline.data.colored_mnist import colorize
 from pipeline.data.sources import DatasetUnavailable, check_raw_files, load_source
 from pipeline.data.tensors import subsample
+from tests.conftest import repo_params
+
+COLORMAPS = ["spring", "summer", "autumn", "winter"]   # colored MNIST: one class per colormap
 
 
 def gray_digits(n=40, seed=0):
@@ -20,7 +22,7 @@ def gray_digits(n=40, seed=0):
 
 def test_colorize_is_intensity_times_colormap_color():
     gray, digits = gray_digits()
-    colormaps = DEFAULT_COLORMAPS
+    colormaps = COLORMAPS
     out = colorize(gray, digits, colormaps, np.random.default_rng(1))
     for i in range(len(gray)):
         rgb = matplotlib.colormaps[colormaps[out["labels"][i]]](out["positions"][i])[:3]
@@ -96,8 +98,8 @@ def _prepare_hashes(workdir, params_file):
 
 
 def test_generation_is_bit_identical_for_the_same_params(tmp_path, mnist_root):
-    params = {"seed": 5, "device": "cpu", "data": {"root": str(mnist_root), "train_size": 300, "test_size": 100},
-              "attribution": {"n_images": 100}, "counterfactuals": {"n_images": 100}}
+    params = repo_params({"seed": 5, "device": "cpu", "data": {"root": str(mnist_root), "train_size": 300, "test_size": 100},
+                          "attribution": {"n_images": 100}, "counterfactuals": {"n_images": 100}})
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()
@@ -115,7 +117,7 @@ def test_an_image_is_its_own_exact_counterfactual_and_recoloring_keeps_the_digit
 
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 256, size=(6, 28, 28)).astype(np.uint8)
-    colormaps = DEFAULT_COLORMAPS
+    colormaps = COLORMAPS
     colored = colorize(gray, np.arange(6), colormaps, rng)
     same = exact_counterfactuals(colored["gray"], colored["positions"], colored["labels"], colormaps)
     assert np.array_equal(same, colored["images"])          # into its own class: error 0 against itself

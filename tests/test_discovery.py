@@ -412,6 +412,7 @@ def test_the_discover_stage_flags_a_pasted_shortcut_and_not_class_shape(tmp_path
     from pipeline.models.classifiers import save_model
     from pipeline.stages.discover import main
     from pipeline.storage import save_arrays, write_json
+    from tests.conftest import repo_params
     from tests.test_explain import SQUARE, square_detector
 
     monkeypatch.chdir(tmp_path)
@@ -444,7 +445,7 @@ def test_the_discover_stage_flags_a_pasted_shortcut_and_not_class_shape(tmp_path
     save_arrays(tmp_path / "data" / "explanations" / "clever_hans" / "explanations.npz", image_index=index,
                 source=source, target=target, methods=np.array(["ig", "d_ig"]), d_ig_score=np.ones(len(target)),
                 ig_score=np.full(len(target), 2.0), d_ig_optimal_mask=masks, ig_optimal_mask=np.zeros_like(masks))
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "discover": {"min_pairs": 5, "n_trigger_images": 100}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params({"device": "cpu", "discover": {"min_pairs": 5, "n_trigger_images": 100}})))
 
     main(["clever_hans"])
     metrics = json.loads(paths.metrics_path("clever_hans", "discover").read_text())

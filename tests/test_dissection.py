@@ -14,7 +14,7 @@ from pipeline.evaluation.dissection import (DissectionOptions, best_units, disse
                                             layer_maps, layer_summary, quantile_thresholds, top_images, unit_masks,
                                             unit_thresholds)
 from pipeline.scoring.masks import RANDOM_MASKS, WHOLE_IMAGE
-from tests.conftest import REPO
+from tests.conftest import REPO, repo_params
 
 SIZE = 16
 SQUARE = (slice(2, 6), slice(2, 6))   # 4x4, aligned to the 2x2 pooling blocks
@@ -257,8 +257,8 @@ def test_the_stage_writes_the_held_out_lift_and_its_chance_levels(dataset, fract
                                                            "class_names": [str(c) for c in range(n_classes)]})
     config = {"architecture": "cnn", "n_classes": n_classes, "width": 4}
     save_model(paths.classifier_path(dataset), build_seeded_classifier(config, 0), config)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "datasets": DEFAULTS["datasets"],
-                                                          "dissect": {"max_images": 20, "batch_size": 8}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params({"device": "cpu",
+                                                                      "dissect": {"max_images": 20, "batch_size": 8}})))
     main([dataset])
 
     headline = "color_unit_iou" if fraction is None else "shortcut_unit_iou"

@@ -71,7 +71,7 @@ def test_params_yaml_sets_every_key_the_code_reads():
             hint, value = hints[f.name], values.get(f.name)
             args = [a for a in typing.get_args(hint) if a is not type(None)]
             item = args[-1] if args else None
-            if f.name in skipped:
+            if f.name in skipped or not f.init:
                 continue
             if f.name not in values:
                 yield dotted

@@ -22,7 +22,7 @@ from pipeline.models.classifiers import DenseClassifier, save_model
 from pipeline.scoring.masks import RANDOM_MASKS, WHOLE_IMAGE
 from pipeline.stages.explain import main
 from pipeline.storage import save_arrays, write_json
-from tests.conftest import REPO
+from tests.conftest import REPO, repo_params
 
 SQUARE = (slice(1, 5), slice(1, 5))
 PIXELS = 28 * 28
@@ -114,8 +114,9 @@ def write_params(path, dataset: str = "clever_hans", **explain):
     params = {"device": "cpu", "explain": settings}
     if dataset == "negative_control":
         params["datasets"] = {"negative_control": {"kind": "clever_hans", "shortcuts": [
-            {"label": 7, "kind": "square", "fraction": 0.0, "position": [1, 1], "size": 4, "color": [1.0, 0.0, 0.0]}]}}
-    path.write_text(yaml.safe_dump(params))
+            {"label": 7, "kind": "square", "fraction": 0.0, "position": [1, 1], "size": 4, "strength": 1.0,
+             "color": [1.0, 0.0, 0.0], "text": "09:41"}]}}
+    path.write_text(yaml.safe_dump(repo_params(params)))
 
 
 def run_stage(tmp_path, dataset: str) -> tuple[dict, dict]:

@@ -13,7 +13,7 @@ from pipeline.evaluation.feature_viz import MaximiseOptions, build_units, dream_
 from pipeline.models.classifiers import CNNClassifier, frozen, save_model
 from pipeline.stages.feature_viz import main
 from pipeline.storage import save_arrays, write_json
-from tests.conftest import REPO
+from tests.conftest import REPO, repo_params
 
 
 def linear_model(n_classes=3, seed=0):
@@ -102,8 +102,8 @@ def test_the_stage_writes_two_headline_metrics_and_wide_plot_data(tmp_path, monk
                 "known_answer": ColorRule(("spring", "summer", "autumn", "winter")).to_meta()})
     save_arrays(paths.prepared_dir("colored_mnist") / "test.npz",
                 images=torch.randint(0, 256, (6, 3, 28, 28), dtype=torch.uint8).numpy(), labels=torch.arange(6).numpy() % 4)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "feature_viz": {
-        "steps": 3, "channels_per_layer": 2, "dream_images": 2, "dream_steps": 2}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params({"device": "cpu", "feature_viz": {
+        "steps": 3, "channels_per_layer": 2, "dream_images": 2, "dream_steps": 2}})))
     main(["colored_mnist"])
 
     metrics = json.loads(paths.metrics_path("colored_mnist", "feature_viz").read_text())
@@ -146,8 +146,8 @@ def test_the_layer_dream_is_scored_against_every_planted_shortcut_not_only_the_f
     images = torch.randint(0, 256, (20, 3, 28, 28), dtype=torch.uint8).numpy()
     save_arrays(paths.prepared_dir("clever_hans") / "test.npz", images=images, clean_images=images,
                 labels=torch.arange(20).numpy() % 10)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "feature_viz": {
-        "steps": 2, "channels_per_layer": 1, "dream_images": 3, "dream_steps": 2}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params({"device": "cpu", "feature_viz": {
+        "steps": 2, "channels_per_layer": 1, "dream_images": 3, "dream_steps": 2}})))
     main(["clever_hans"])
     dreamed = json.loads((paths.plots_dir("clever_hans", "feature_viz") / "details.json").read_text())["dream"]
     assert "shortcut" not in dreamed and list(dreamed["shortcuts"]) == ["7", "1"]

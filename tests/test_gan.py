@@ -19,6 +19,7 @@ from pipeline.models.gan import (MASK_START_LOGIT, Discriminator, EditGenerator,
 from pipeline.runtime import stage_seed, torch_generator
 from pipeline.stages import train_gan
 from pipeline.storage import load_checkpoint, save_arrays, save_checkpoint, write_json
+from tests.conftest import repo_params
 
 CONFIG = {"n_classes": 3, "style_dim": 4, "latent_dim": 2, "width": 4}
 CODE = "digest of the training code"
@@ -272,7 +273,7 @@ def test_cosmetic_params_leave_gan_pt_byte_identical_and_metrics_free_of_wall_cl
                n_grid_images=2)
     runs = []
     for cosmetic in ({}, dict(n_grid_images=1, log_every=1, checkpoint_every=1, max_loss=500.0)):
-        Path("params.yaml").write_text(yaml.safe_dump({"device": "cpu", "gan": {**gan, **cosmetic}}))
+        Path("params.yaml").write_text(yaml.safe_dump(repo_params({"device": "cpu", "gan": {**gan, **cosmetic}})))
         train_gan.main(["colored_mnist"])
         runs.append({
             "gan.pt": hashlib.sha256(Path("data/models/colored_mnist/gan.pt").read_bytes()).hexdigest(),
@@ -455,7 +456,7 @@ def test_the_stage_builds_the_gan_for_the_shape_of_the_prepared_images(tmp_path,
     write_json(Path("data/prepared/colored_mnist/meta.json"), {"n_classes": 3, "class_names": ["red", "green", "blue"]})
     gan = dict(iterations=2, batch_size=4, style_dim=4, latent_dim=2, width=4, checkpoint_every=2, log_every=2,
                n_grid_images=2)
-    Path("params.yaml").write_text(yaml.safe_dump({"device": "cpu", "gan": gan}))
+    Path("params.yaml").write_text(yaml.safe_dump(repo_params({"device": "cpu", "gan": gan})))
     train_gan.main(["colored_mnist"])
     assert tuple(load_checkpoint("data/models/colored_mnist/gan.pt")["config"]["image_shape"]) == (1, 32, 32)
     assert load_translator("data/models/colored_mnist/gan.pt").image_shape == (1, 32, 32)

@@ -10,7 +10,7 @@ from torch import nn
 from captum.influence import TracInCPFast
 
 from pipeline.attribution.tracin import Checkpoint, Proponents, TracIn, gradient_factors
-from pipeline.config import PRECISION_AT, ConfigError, InfluenceParams
+from pipeline.config import PRECISION_AT, ConfigError
 from pipeline.data.tensors import subsample, to_float
 from pipeline.evaluation.influence import (CLASS_BASE_RATE, NO_BASE_RATE, NO_RANKING, Traced, by_rank,
                                            colored_mnist_figures, per_query_share, planted_figures, planted_lifts,
@@ -19,6 +19,7 @@ from pipeline.scoring.chance import lift_over_chance
 from pipeline.scoring.proportions import class_base_rates
 from pipeline.storage import save_arrays, write_json
 from pipeline.models.classifiers import build_seeded_classifier
+from tests.conftest import params_with
 
 CONFIG = {"architecture": "dense", "n_classes": 3, "width": 2}
 
@@ -257,7 +258,7 @@ def test_sample_indices_are_seeded_sorted_and_capped():
 @pytest.mark.parametrize("values, key", [({"top_k": 5}, "top_k"), ({"n_train": 3}, "n_train"), ({"n_test": 0}, "n_test")])
 def test_bad_influence_params(values, key):
     with pytest.raises(ConfigError, match=f"influence.{key}"):
-        InfluenceParams(**values).check("influence")
+        params_with({"influence": values})
 
 
 @pytest.mark.parametrize("kind", ["clever_hans", "colored_mnist"])
@@ -394,13 +395,12 @@ def test_the_stage_writes_each_headline_lift_with_its_interval_and_null_where_no
 
     from pipeline import paths
     from pipeline.stages.influence import main
-    from tests.conftest import REPO
+    from tests.conftest import repo_params
 
     monkeypatch.chdir(tmp_path)
     write_influence_inputs(dataset, fraction)
-    datasets = yaml.safe_load((REPO / "params.yaml").read_text())["datasets"]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "datasets": datasets,
-                                                          "influence": {"n_test": 6, "batch_size": 16, "n_show": 2}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params({
+        "device": "cpu", "influence": {"n_test": 6, "batch_size": 16, "n_show": 2}})))
     main([dataset])
     metrics = json.loads(paths.metrics_path(dataset, "influence").read_text())
     details = json.loads((paths.plots_dir(dataset, "influence") / "details.json").read_text())

@@ -14,6 +14,7 @@ from pipeline.counterfactuals.optimization_plots import success_curve
 from pipeline.models.classifiers import DenseClassifier, frozen, save_model
 from pipeline.stages.optimize_counterfactuals import main, output_path
 from pipeline.storage import load_arrays, save_arrays, write_json
+from tests.conftest import repo_params
 
 N_PIXELS = 3 * 28 * 28
 
@@ -182,7 +183,7 @@ def workspace(tmp_path, monkeypatch):
     params = {"seed": 0, "device": "cpu", "optimize_counterfactuals": {
         "max_misclassified": 10, "n_correct": 0, "max_steps": 30, "learning_rate": 5.0, "distance": "l1",
         "distance_weight": 0.001, "margin": 1.0, "change_threshold": 0.05, "batch_size": 2, "n_example_images": 3}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params(params)))
     return tmp_path
 
 

@@ -249,7 +249,7 @@ def test_the_stage_writes_the_criticisms_lift_and_null_where_nothing_can_be_told
     from pipeline.models.classifiers import build_seeded_classifier, save_model
     from pipeline.stages.prototypes import main
     from pipeline.storage import save_arrays, write_json
-    from tests.conftest import REPO
+    from tests.conftest import repo_params
 
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(0)
@@ -267,9 +267,8 @@ def test_the_stage_writes_the_criticisms_lift_and_null_where_nothing_can_be_told
                                                            "class_names": [str(c) for c in range(n_classes)]})
     config = {"architecture": "dense", "n_classes": n_classes, "width": 2}
     save_model(paths.classifier_path(dataset), build_seeded_classifier(config, 0), config)
-    datasets = yaml.safe_load((REPO / "params.yaml").read_text())["datasets"]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "datasets": datasets, "prototypes": {
-        "n_per_class": 8, "n_prototypes": 2, "n_criticisms": 2, "batch_size": 16}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params({"device": "cpu", "prototypes": {
+        "n_per_class": 8, "n_prototypes": 2, "n_criticisms": 2, "batch_size": 16}})))
     main([dataset])
     metrics = json.loads(paths.metrics_path(dataset, "prototypes").read_text())
     details = json.loads((paths.plots_dir(dataset, "prototypes") / "details.json").read_text())

@@ -9,6 +9,7 @@ import subprocess
 
 import matplotlib
 import pytest
+import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -16,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from pipeline.report.findings import influence_findings, reliance_verdict, spectra_findings, verdict
 from pipeline.report.run import DatasetRun
 from pipeline.stages import report
+from tests.conftest import repo_params
 
 CLASSIFIER = {
     "colored_mnist": {"test_accuracy": 0.999},
@@ -58,7 +60,9 @@ def write(path, content):
 @pytest.fixture
 def run_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    params = repo_params()
+    params["datasets"] = {name: params["datasets"][name] for name in ("colored_mnist", "clever_hans")}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for dataset, n_classes in (("colored_mnist", 4), ("clever_hans", 10)):
         metrics, plots = tmp_path / "metrics" / dataset, tmp_path / "plots" / dataset
         write(metrics / "classifier.json", CLASSIFIER[dataset])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import Params
 from pipeline.runtime import StageContext, StageTimer, seed_everything, source_files
+from tests.conftest import params_with
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_seed_everything_switches_deterministic_algorithms_on_and_off(global_tor
 
 
 def stage_context(device: str) -> StageContext:
-    return StageContext("colored_mnist", Params(), torch.device(device),
+    return StageContext("colored_mnist", params_with(), torch.device(device),
                         StageTimer("train_gan", "colored_mnist", torch.device(device)))
 
 

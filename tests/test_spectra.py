@@ -3,11 +3,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import ConfigError, SpectraParams
+from pipeline.config import ConfigError
 from pipeline.data.tensors import to_float, to_uint8
 from pipeline.evaluation.spectra import (DetectorSettings, artifacts_detected, compare_with_real, grouped_folds, log_spectra,
                                          radial_average, rings, separability, to_generator_range)
 from pipeline.models.gan import Generator
+from tests.conftest import params_with
 
 SETTINGS = DetectorSettings(epsilon=1e-3, C=0.1, folds=5, seed=0)
 TARGETS_PER_IMAGE = 3
@@ -120,4 +121,4 @@ def test_log_spectrum_is_centred_and_rings_cover_every_frequency():
 
 def test_params_reject_too_few_folds():
     with pytest.raises(ConfigError, match="folds"):
-        SpectraParams(folds=1).check("spectra")
+        params_with({"spectra": {"folds": 1}})

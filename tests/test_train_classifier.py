@@ -9,7 +9,6 @@ import yaml
 from torch import nn
 
 from pipeline import paths
-from pipeline.config import ClassifierParams, Params
 from pipeline.data.known_answer import ColorRule, PlantedShortcuts, Unknown
 from pipeline.data.shortcuts import Shortcut
 from pipeline.models.classifiers import build_classifier, build_seeded_classifier, input_shape, load_classifier, save_model
@@ -17,7 +16,7 @@ from pipeline.runtime import StageContext, StageTimer, open_live
 from pipeline.storage import load_checkpoint, save_arrays, save_checkpoint, write_json
 from pipeline.stages.train_classifier import (data_order_generator, evaluate, initial_classifier, live_epoch_logger,
                                        log_evaluation, main, train)
-from tests.conftest import REPO
+from tests.conftest import REPO, classifier_params, params_with, repo_params
 
 
 def color_task(n=512, seed=0, n_classes=3):
@@ -36,7 +35,7 @@ def weights(model: nn.Module) -> torch.Tensor:
 
 def stage_context(dataset: str, seed: int = 0, device: str = "cpu") -> StageContext:
     device = torch.device(device)
-    return StageContext(dataset, Params(seed=seed), device, StageTimer("train_classifier", dataset, device))
+    return StageContext(dataset, params_with({"seed": seed}), device, StageTimer("train_classifier", dataset, device))
 
 
 CONFIG = {"architecture": "cnn", "n_classes": 3, "width": 4}
@@ -47,7 +46,7 @@ CONFIG = {"architecture": "cnn", "n_classes": 3, "width": 4}
 # ---------------------------------------------------------------------------------------------
 def test_cnn_and_dense_learn_a_color_task(tmp_path):
     images, labels = color_task()
-    cfg = ClassifierParams(epochs=3, batch_size=32, mixed_precision=False)
+    cfg = classifier_params(epochs=3, batch_size=32, mixed_precision=False)
     for architecture in ("cnn", "dense"):
         config = {"architecture": architecture, "n_classes": 3, "width": 8}
         model = build_seeded_classifier(config, 0)
@@ -61,7 +60,7 @@ def test_cnn_and_dense_learn_a_color_task(tmp_path):
 
 def test_training_is_reproducible_with_the_same_seed():
     images, labels = color_task(n=128)
-    cfg = ClassifierParams(epochs=1, batch_size=32, mixed_precision=False)
+    cfg = classifier_params(epochs=1, batch_size=32, mixed_precision=False)
     trained = []
     for _ in range(2):
         model = build_seeded_classifier(CONFIG, 1)
@@ -89,7 +88,7 @@ def test_training_visits_the_images_in_the_order_the_generator_draws():
     images = torch.zeros(n, 3, 28, 28, dtype=torch.uint8)
     images[:, 0, 0, 0] = torch.arange(n, dtype=torch.uint8)
     model = IndexRecorder()
-    cfg = ClassifierParams(epochs=2, batch_size=batch_size, mixed_precision=False)
+    cfg = classifier_params(epochs=2, batch_size=batch_size, mixed_precision=False)
     train(model, images, torch.arange(n) % 2, cfg, torch.Generator().manual_seed(5))
     replay = torch.Generator().manual_seed(5)
     expected = [batch.tolist() for _ in range(2) for batch in torch.randperm(n, generator=replay).split(batch_size)]
@@ -269,7 +268,7 @@ def test_blacking_out_the_stamp_area_is_the_occlusion_control():
     split = shortcut_test_split()
     rate = {}
     for pixel in ((1, 1), (0, 0)):
-        evaluation = evaluate(ReadsTheAnswer(), split, red_pixel(*pixel), CLASS_NAMES, ClassifierParams(mixed_precision=False))
+        evaluation = evaluate(ReadsTheAnswer(), split, red_pixel(*pixel), CLASS_NAMES, classifier_params(mixed_precision=False))
         rate[pixel] = evaluation.metrics["shortcut_occlusion_rate"]
         assert [row["occlusion_rate"] for row in evaluation.details["shortcuts"]] == [rate[pixel]]
     assert rate == {(1, 1): pytest.approx(0.25), (0, 0): 0.0}
@@ -278,7 +277,7 @@ def test_blacking_out_the_stamp_area_is_the_occlusion_control():
 
 def test_shortcut_reliance_is_reported_beside_the_base_rate_without_the_stamp():
     evaluation = evaluate(ReadsTheAnswer(), shortcut_test_split(), red_pixel(1, 1), CLASS_NAMES,
-                          ClassifierParams(mixed_precision=False))
+                          classifier_params(mixed_precision=False))
     assert evaluation.metrics == pytest.approx({"test_accuracy": 0.8, "clean_accuracy": 0.8,
                                                 "shortcut_reliance": 0.75,    # 6 of the 8 others say 7 once stamped ...
                                                 "shortcut_base_rate": 0.25,   # ... 2 of them said 7 already
@@ -292,7 +291,7 @@ def test_shortcut_reliance_is_reported_beside_the_base_rate_without_the_stamp():
 def test_the_negative_control_has_clean_accuracy_and_no_shortcut_figures():
     nothing_planted = PlantedShortcuts((), (28, 28))
     evaluation = evaluate(ReadsTheAnswer(), shortcut_test_split(), nothing_planted, CLASS_NAMES,
-                          ClassifierParams(mixed_precision=False))
+                          classifier_params(mixed_precision=False))
     assert evaluation.metrics == pytest.approx({"test_accuracy": 0.8, "clean_accuracy": 0.8})
     assert evaluation.details["shortcuts"] == []
 
@@ -308,7 +307,7 @@ def read_tsv(path) -> list[dict]:
 def test_training_is_logged_to_dvclive_while_it_runs(tmp_path):
     images, labels = color_task(n=96)
     test = {"images": images[:32], "labels": labels[:32]}
-    cfg = ClassifierParams(epochs=3, batch_size=32, eval_batch_size=64, mixed_precision=False)
+    cfg = classifier_params(epochs=3, batch_size=32, eval_batch_size=64, mixed_precision=False)
     curves = tmp_path / "live" / "plots" / "metrics"
     rows_on_disk = []
     with open_live(tmp_path / "live") as live:
@@ -329,7 +328,7 @@ def test_training_is_logged_to_dvclive_while_it_runs(tmp_path):
 
 def test_the_confusion_matrix_and_examples_go_through_dvclive(tmp_path):
     split = shortcut_test_split()
-    evaluation = evaluate(ReadsTheAnswer(), split, red_pixel(1, 1), CLASS_NAMES, ClassifierParams(mixed_precision=False))
+    evaluation = evaluate(ReadsTheAnswer(), split, red_pixel(1, 1), CLASS_NAMES, classifier_params(mixed_precision=False))
     names = [f"digit {c}" for c in range(10)]
     with open_live(tmp_path / "live") as live:
         log_evaluation(live, evaluation, split, names, 4, "clever_hans")
@@ -380,7 +379,7 @@ def test_stage_writes_the_headline_metrics_details_and_every_declared_output(dat
     write_prepared(dataset)
     settings = {"epochs": 2, "batch_size": 32, "width": 4, "eval_batch_size": 64, "n_example_images": 4,
                 "mixed_precision": False}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "classifier": settings}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params({"device": "cpu", "classifier": settings})))
     main([dataset])
 
     metrics = json.loads(paths.metrics_path(dataset, "classifier").read_text())
@@ -409,7 +408,7 @@ def test_the_stage_builds_the_classifier_for_the_shape_of_the_prepared_images(tm
                                                                        "known_answer": Unknown().to_meta()})
     settings = {"epochs": 1, "batch_size": 32, "width": 2, "eval_batch_size": 64, "n_example_images": 4,
                 "mixed_precision": False}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"device": "cpu", "classifier": settings}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params({"device": "cpu", "classifier": settings})))
     main(["colored_mnist"])
     assert tuple(load_checkpoint(paths.classifier_path("colored_mnist"))["config"]["input_shape"]) == (1, 32, 32)
     assert input_shape(load_classifier(paths.classifier_path("colored_mnist"))) == (1, 32, 32)
