@@ -10,6 +10,8 @@ import contextlib
 import json
 import math
 import os
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -92,15 +94,33 @@ def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
         torch.save(checkpoint, handle)
 
 
+def read_torch_file(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: the file is read as data and never runs code. A file torch cannot read
+    so raises ValueError that names it and says why in plain words (torch's own text spans lines, carries terminal
+    colour codes and advises loading the file unsafely); a missing one raises FileNotFoundError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. on the pickle protocol of a file torch.save did not write
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for a truncated or foreign file
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        why = (f"holds a Python object ({found.group(1)}) besides tensors, which is not loaded: it would run code"
+               if found else "is not a file that torch.save wrote, or it is cut short")
+        raise ValueError(f"{path} {why}") from None
+
+
 def load_checkpoint(path: str | Path, made_by: str = "the stage that writes it", map_location: Any = "cpu") -> dict:
     """Load a checkpoint as data (``weights_only=True``): a checkpoint never runs code."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path} is missing; run `dvc repro {made_by}` first")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises several types for a truncated or foreign file
-        raise InputError(f"{path} could not be loaded ({type(err).__name__}: {err}); re-run `dvc repro {made_by}`") from err
+        return read_torch_file(path, map_location)
+    except ValueError as err:
+        raise InputError(f"{err}; re-run `dvc repro {made_by}`") from None
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> None:

@@ -1,8 +1,10 @@
-"""Bad inputs stop ``python -m pipeline.stages.prepare`` at once: exit code 2, one sentence on stderr that
-names the key or the file, no traceback, and nothing written under data/, metrics/ or plots/.
+"""Bad inputs stop a stage at once: exit code 2, one sentence on stderr that names the key or the file and what
+to do, no traceback, and nothing written or deleted under data/, metrics/ or plots/.
 
-Each case runs the real entry point on a tiny fake MNIST (idx files written here, 60 training and
-20 test images, labels 0..9 in turn) so that only the one bad input can stop it.
+Params and raw files: each case runs ``prepare`` on a tiny fake MNIST (idx files written here, 60 training and
+20 test images, labels 0..9 in turn) so that only the one bad input can stop it. A classifier of your own and the
+pipeline's ``classifier.pt``: each case runs the real entry point in its own process on a tiny image folder
+(three classes of shapes, as ``examples/own_images.py`` makes them).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from pipeline.stages import prepare
@@ -232,3 +235,138 @@ def test_command_line_names_the_truncated_file_without_traceback(workspace):
     assert_one_sentence(done.stderr)
     assert str(raw_dir / TRAIN_IMAGES) in done.stderr and "1000 bytes" in done.stderr
     assert not [folder for folder in OUTPUT_FOLDERS if (work / folder).exists()]
+
+
+# --------------------------------------------------------------------------------------------
+# A classifier of your own, and the pipeline's classifier.pt
+# --------------------------------------------------------------------------------------------
+class RunsCode:
+    """Unpickled, it would open (and so create) ``marker``: a weights file that carries code."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def state_dict_halved(path: Path) -> None:
+    """A real ``torch.save`` file cut in half, as an interrupted copy leaves it."""
+    torch.save({"weight": torch.zeros(64, 64)}, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def run_stage(stage: str, work: Path) -> subprocess.CompletedProcess:
+    """``python -m pipeline.stages.<stage> mine`` in its own process: its whole stderr, torch's warnings included."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", f"pipeline.stages.{stage}", "mine", "--params", "params.yaml"],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=300)
+
+
+def run_in_process(stage: str, capsys) -> subprocess.CompletedProcess:
+    """The same stage's ``main`` in this process (quicker; torch's warnings are pytest's here)."""
+    import importlib
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(f"pipeline.stages.{stage}").main(["mine", "--params", "params.yaml"])
+    return subprocess.CompletedProcess(stage, exit_info.value.code, "", capsys.readouterr().err)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def own_images(tmp_path, monkeypatch):
+    """A prepared image folder ``mine`` whose classifier is a torchvision ResNet-18 with weights at ``weights.pt``
+    (not written yet), and what an earlier run left: an epoch checkpoint and a ``classifier.pt``."""
+    from tests.synthetic_images import write_image_folder
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    images = write_image_folder(tmp_path / "images", n_train=4, n_test=2, size=32)
+    entry = {"kind": "image_folder", "root": str(images), "image_size": 32,
+             "classifier": {"torchvision": "resnet18", "weights": str(work / "weights.pt")}}
+    params = repo_params({"device": "cpu", "attribution": {"n_images": 6}, "counterfactuals": {"n_images": 6}})
+    (work / "params.yaml").write_text(yaml.safe_dump(dict(params, datasets={"mine": entry})))
+    prepare.main(["mine", "--params", "params.yaml"])
+    earlier = work / "data" / "models" / "mine"
+    (earlier / "classifier_checkpoints").mkdir(parents=True)
+    (earlier / "classifier_checkpoints" / "epoch_1.pt").write_bytes(b"an earlier run's epoch")
+    (earlier / "classifier.pt").write_bytes(b"an earlier run's classifier")
+    return work
+
+
+def assert_stopped_cleanly(done: subprocess.CompletedProcess, work: Path, before: dict, *names: str) -> None:
+    assert done.returncode == 2, done.stderr
+    assert_one_sentence(done.stderr)
+    assert "\x1b" not in done.stderr and "weights_only" not in done.stderr, done.stderr  # no colour codes, no unsafe advice
+    for name in names:
+        assert name in done.stderr, f"{name!r} not in {done.stderr!r}"
+    assert snapshot(work) == before  # nothing written, nothing deleted (epoch checkpoints and DVCLive files included)
+
+
+WEIGHTS = {
+    "garbage bytes": (lambda path: path.write_bytes(np.random.default_rng(0).bytes(4096)),
+                      ["is not a file that torch.save wrote"]),
+    "cut short": (state_dict_halved, ["is not a file that torch.save wrote, or it is cut short"]),
+    "a pickle that runs code": (lambda path: torch.save({"weight": RunsCode(path.with_name("ran"))}, path),
+                                ["io.open", "would run code"]),
+    "a whole pickled module": (lambda path: torch.save(torch.nn.Linear(2, 3), path), ["torch.nn.modules.linear.Linear"]),
+}
+CLASSIFIER_PT = {
+    "a bare state dict": (lambda path: torch.save({"conv.weight": torch.zeros(2, 3, 3, 3)}, path),
+                          ["is not a classifier saved by this pipeline"]),
+    "cut short": (state_dict_halved, ["is not a file that torch.save wrote, or it is cut short"]),
+    "weights of another network": (lambda path: torch.save({"config": {"architecture": "cnn", "n_classes": 3, "width": 4},
+                                                            "state_dict": {"conv.weight": torch.zeros(1)}}, path),
+                                   ["do not make a classifier"]),
+    "a whole pickled module": (lambda path: torch.save(torch.nn.Linear(2, 3), path), ["torch.nn.modules.linear.Linear"]),
+}
+WEIGHTS_NAMED = ("datasets.mine.classifier", "torch.save(model.state_dict(), path)")
+CLASSIFIER_PT_NAMED = (str(Path("data/models/mine/classifier.pt")), "re-run `dvc repro train_classifier")
+
+
+@pytest.mark.parametrize("case", list(WEIGHTS))
+def test_weights_that_do_not_load_stop_train_classifier_before_it_touches_anything(case, own_images, capsys):
+    work, (write, names) = own_images, WEIGHTS[case]
+    write(work / "weights.pt")
+    before = snapshot(work)
+    done = run_in_process("train_classifier", capsys)
+    assert_stopped_cleanly(done, work, before, *WEIGHTS_NAMED, str(work / "weights.pt"), *names)
+    assert not (work / "ran").exists()  # the pickle's code never ran
+
+
+@pytest.mark.parametrize("case", list(CLASSIFIER_PT))
+def test_a_broken_classifier_pt_is_named_in_one_sentence_by_the_stages_that_read_it(case, own_images, capsys):
+    work, (write, names) = own_images, CLASSIFIER_PT[case]
+    write(work / "data" / "models" / "mine" / "classifier.pt")
+    before = snapshot(work)
+    done = run_in_process("feature_viz", capsys)
+    assert_stopped_cleanly(done, work, before, *CLASSIFIER_PT_NAMED, *names)
+
+
+def test_from_the_command_line_a_pickled_classifier_pt_is_one_line_without_colour_codes_or_unsafe_advice(own_images):
+    """torch refuses a pickled module in several lines with terminal colour codes, the advice to load it unsafely
+    and a warning on the pickle protocol; the process's whole stderr is one sentence."""
+    work = own_images
+    torch.save(torch.nn.Linear(2, 3), work / "data" / "models" / "mine" / "classifier.pt")
+    before = snapshot(work)
+    assert_stopped_cleanly(run_stage("feature_viz", work), work, before, *CLASSIFIER_PT_NAMED,
+                           "torch.nn.modules.linear.Linear")
+
+
+def test_the_own_images_control_evaluates_a_classifier_whose_weights_load(own_images, capsys):
+    """The same folder and params with a real state dict: train_classifier runs through and replaces the old outputs."""
+    from torchvision.models import resnet18
+
+    from pipeline.stages import train_classifier
+
+    work = own_images
+    torch.save(resnet18(num_classes=3).state_dict(), work / "weights.pt")
+    train_classifier.main(["mine", "--params", "params.yaml"])
+    assert "error" not in capsys.readouterr().err
+    assert not (work / "data" / "models" / "mine" / "classifier_checkpoints" / "epoch_1.pt").exists()
+    assert (work / "plots" / "mine" / "train_classifier" / "live").is_dir()

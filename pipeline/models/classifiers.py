@@ -15,7 +15,7 @@ from torch import nn
 
 from pipeline.models.external import (TORCHSCRIPT, TORCHVISION, ExternalClassifier, build_external, load_weights,
                                        network_state, read_state_dict)
-from pipeline.storage import load_checkpoint, save_checkpoint
+from pipeline.storage import InputError, load_checkpoint, save_checkpoint
 
 # The input shape of checkpoints (and configs) written before configs recorded "input_shape": they were all
 # MNIST-sized, 3 x 28 x 28. Also what a model of your own without an ``input_shape`` attribute is taken to take.
@@ -229,8 +229,14 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu", made_b
     """Rebuild a classifier from its checkpoint, in eval mode, parameters frozen (a checkpoint written before
     configs recorded "input_shape" is for 3 x 28 x 28 images: see ``build_classifier``)."""
     checkpoint = load_checkpoint(path, made_by=made_by)
-    model = build_classifier(checkpoint["config"], checkpoint.get("torchscript"))
-    set_weights(model, checkpoint["state_dict"])
+    redo = f"re-run `dvc repro {made_by}` (a classifier of your own goes under datasets.<name>.classifier in params.yaml)"
+    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("config"), dict) and "state_dict" in checkpoint):
+        raise InputError(f"{path} is not a classifier saved by this pipeline (a config and a state_dict); {redo}")
+    try:
+        model = build_classifier(checkpoint["config"], checkpoint.get("torchscript"))
+        set_weights(model, checkpoint["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError):
+        raise InputError(f"{path} holds a config and weights that do not make a classifier; {redo}") from None
     return frozen(model, device)
 
 
@@ -244,14 +250,18 @@ def classifier_from_file(config: dict, path: str | Path, device: torch.device | 
     "torchscript" with ``path`` the file), in eval mode on ``device``, checked to give one score per class; and
     what ``save_model`` must keep with it. Raises FileNotFoundError, or ValueError saying what does not fit."""
     extra = {}
+    if not Path(path).is_file():
+        raise FileNotFoundError(path)
     if config["architecture"] == TORCHSCRIPT:
         extra["torchscript"] = Path(path).read_bytes()
-        model = build_classifier(config, extra["torchscript"])
+        try:
+            model = build_classifier(config, extra["torchscript"])
+        except RuntimeError:
+            raise ValueError(f"{path} is not a TorchScript network that torch.jit.save wrote, or it is cut short") from None
     else:
-        if not Path(path).is_file():
-            raise FileNotFoundError(path)
+        state = read_state_dict(path)  # before the network is built: a file that is no state dict fails fast
         model = build_classifier(config)
-        load_weights(model, read_state_dict(path), str(path))
+        load_weights(model, state, str(path))
     model = frozen(model, device)
     with torch.no_grad():
         outputs = tuple(model(torch.zeros(2, *config["input_shape"], device=device)).shape)

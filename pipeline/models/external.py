@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.storage import read_torch_file
+
 TORCHSCRIPT = "torchscript"    # the "architecture" of a classifier config that holds a TorchScript network
 TORCHVISION = "torchvision"    # ... and of one that names a torchvision architecture ("torchvision": <name>)
 
@@ -230,7 +232,10 @@ def build_external(config: dict, torchscript: bytes | None = None) -> ExternalCl
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict saved with ``torch.save(model.state_dict(), path)`` (or a mapping holding it under
     "state_dict" or "model"), read as data: the file cannot run code."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = read_torch_file(path)
+    except ValueError as err:
+        raise ValueError(f"{err}; save your network's weights with torch.save(model.state_dict(), path)") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -131,14 +131,14 @@ def given_classifier(own: OwnClassifierParams, config: dict, dataset: str, devic
     except FileNotFoundError:
         raise InputError(f"{own.weights or own.torchscript} (params: datasets.{dataset}.classifier) does not exist; "
                          "give the path of your trained model") from None
-    except (ValueError, RuntimeError) as err:
-        raise InputError(f"datasets.{dataset}.classifier: {err}") from None
+    except (ValueError, RuntimeError) as err:  # on one line: torch's own text may span several
+        raise InputError(f"datasets.{dataset}.classifier: {' '.join(str(err).split())}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
     with stage(STAGE, argv) as ctx:
         cfg, own = ctx.params.classifier, ctx.entry.classifier
-        meta = load_meta(ctx.dataset)
+        meta, answer = load_meta(ctx.dataset), load_known_answer(ctx.dataset)
         train_split = load_prepared(ctx.dataset, "train", ctx.device)
         test = load_prepared(ctx.dataset, "test", ctx.device)
         model_config = {"architecture": cfg.architecture, "n_classes": meta["n_classes"], "width": cfg.width,
@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         if own is not None:
             model_config = own_model_config(own, meta["n_classes"], model_config["input_shape"])
         out, extra = paths.plots_dir(ctx.dataset, STAGE), {}
+        if not ctx.entry.trains_classifier:  # read and checked before anything is written or deleted
+            model, extra = given_classifier(own, model_config, ctx.dataset, ctx.device)
 
         with open_live(out / "live") as live:
             if ctx.entry.trains_classifier:
@@ -156,11 +158,10 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 shutil.rmtree(paths.classifier_checkpoint_dir(ctx.dataset), ignore_errors=True)
                 paths.classifier_checkpoint_dir(ctx.dataset).mkdir(parents=True)  # no epochs: influence says so
-                model, extra = given_classifier(own, model_config, ctx.dataset, ctx.device)
                 log(ctx.dataset, f"evaluating your classifier ({own.weights or own.torchscript}), not training one")
                 live.log_metric("test_accuracy", accuracy(predicted_classes(model, test["images"], cfg), test["labels"]))
                 live.next_step()  # the training curve of a classifier trained elsewhere: its test accuracy
-            evaluation = evaluate(model, test, load_known_answer(ctx.dataset), meta["class_names"], cfg)
+            evaluation = evaluate(model, test, answer, meta["class_names"], cfg)
             log_evaluation(live, evaluation, test, meta["class_names"], cfg.n_example_images, ctx.dataset)
 
         save_model(paths.classifier_path(ctx.dataset), model, model_config, class_names=meta["class_names"], **extra)
