@@ -18,10 +18,11 @@ when its map value is strictly above the threshold:
   the closed mask before the blur; the curve is anchored at (0, 0) and at (1, the score change of
   the lowest threshold) and linear in between.
 
-Everything here is batched on the device. Thresholds that give a pair the same thresholded mask
-share one hybrid (:func:`distinct_masks`), so each distinct mask is built and classified once, and
+Everything here is batched on the device. Each map is closed once in greyscale, which gives the closed
+mask of every threshold by thresholding (:func:`closing`); thresholds that give a pair the same closed
+mask share one hybrid (:func:`distinct_masks`), so each distinct mask is built and classified once, and
 the results are copied back to every threshold. :func:`sweep_loop` is the plain per-pair,
-per-threshold version, kept as the reference the vectorised one is tested (and benchmarked) against.
+per-threshold version, kept as the reference the vectorised one is tested against.
 """
 from __future__ import annotations
 
