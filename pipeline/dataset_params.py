@@ -164,7 +164,6 @@ class DatasetParams:
     KEYS = {"colored_mnist": ("colormaps",), "clever_hans": ("shortcuts",), "image_folder": ("channels",)}
     SOURCE_KEYS = {"image_folder": ("root", "image_size")}  # the settings each kind and each source reads
     OPTIONAL = {"channels"}                                 # read, but null means the default
-    NO_ANSWER = "no known answer: an image_folder dataset has no planted shortcut or color rule to score against"
 
     def __post_init__(self):
         if self.source is None:
@@ -221,8 +220,3 @@ class DatasetParams:
         """True when train_classifier trains this dataset's classifier (ours, or a torchvision architecture
         named without weights); False when it evaluates one trained elsewhere."""
         return self.classifier is None or self.classifier.trained_here
-
-    @property
-    def known_answer(self) -> str | None:
-        """What the classifier is known to rely on: "color", "shortcut", or None (your own images)."""
-        return {"colored_mnist": "color", "clever_hans": "shortcut"}.get(self.kind)

@@ -4,6 +4,9 @@
   import each other (they meet through dvc.yaml's deps and outs).
 - The library (``LIBRARY_PACKAGES``) takes tensors, modules and option dataclasses of its own: it
   never imports a stage or the stage-side modules that know ``params.yaml`` and the output layout.
+- The known answer (which class carries which shortcut where, or the colour rule) is one type,
+  ``pipeline/data/known_answer.py``: no other module reads it from array keys, params entries or key strings,
+  nor branches on a shortcut's kind (``KNOWS_THE_SHORTCUTS`` plant and validate them).
 - Package ``__init__.py`` files hold at most a docstring, so importing one module of a package runs
   nothing else (and dvc.yaml's deps, which list modules, stay complete).
 """
@@ -14,8 +17,9 @@ import pytest
 from tests.conftest import REPO
 
 PIPELINE = REPO / "pipeline"
-LIBRARY_PACKAGES = ("data", "models", "attribution", "counterfactuals", "evaluation", "report")
-STAGE_SIDE = ("pipeline.stages", "pipeline.config", "pipeline.paths", "pipeline.runtime", "pipeline.prepared")
+LIBRARY_PACKAGES = ("data", "models", "attribution", "counterfactuals", "evaluation", "scoring", "report")
+STAGE_SIDE = ("pipeline.stages", "pipeline.config", "pipeline.schema", "pipeline.dataset_params", "pipeline.paths",
+              "pipeline.runtime", "pipeline.prepared")
 MAX_STAGE_LINES = 200
 
 
@@ -68,3 +72,43 @@ def test_the_rules_catch_a_violation():
     assert reaches({"pipeline.config", "numpy"}, STAGE_SIDE) == ["pipeline.config"]
     assert reaches({"pipeline.configuration"}, STAGE_SIDE) == []
     assert reaches({"pipeline.stages.explain.main"}, ("pipeline.stages",)) == ["pipeline.stages.explain.main"]
+
+
+# --------------------------------------------------------------------------------------------
+# One known answer
+# --------------------------------------------------------------------------------------------
+KNOWS_THE_SHORTCUTS = {"pipeline/data/known_answer.py", "pipeline/data/shortcuts.py", "pipeline/data/clever_hans.py",
+                       "pipeline/dataset_params.py", "pipeline/stages/prepare.py"}
+SHORTCUT_KINDS = {"square", "text", "watermark", "gradient"}
+ANSWER_ARRAYS = {"shortcut_alpha", "shortcut_labels", "shortcut_images"}   # what prepare once wrote beside the images
+
+
+def answer_lookups(source: str) -> list[str]:
+    """Places in ``source`` that find the known answer behind the known-answer type's back: a comparison with a
+    shortcut kind's name, a subscript or ``in`` test with an answer array's key, ``meta["shortcuts"]``, or the
+    shortcuts or colormaps of a params entry."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            names = {c.value for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)}
+            if names & (SHORTCUT_KINDS | ANSWER_ARRAYS):
+                found.append(f"line {node.lineno}: compares with {sorted(names & (SHORTCUT_KINDS | ANSWER_ARRAYS))}")
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and (
+                node.slice.value in ANSWER_ARRAYS or (node.slice.value == "shortcuts" and "meta" in ast.unparse(node.value))):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif isinstance(node, ast.Attribute) and node.attr in ("shortcuts", "colormaps") and any(
+                word in ast.unparse(node.value) for word in ("entry", "datasets", "params")):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(str(p.relative_to(REPO)) for p in PIPELINE.rglob("*.py")
+                                          if str(p.relative_to(REPO)) not in KNOWS_THE_SHORTCUTS))
+def test_only_the_known_answer_type_knows_which_class_carries_what_where(module):
+    assert answer_lookups((REPO / module).read_text()) == [], f"{module}: use pipeline.data.known_answer instead"
+
+
+def test_the_known_answer_rule_catches_a_lookup():
+    assert answer_lookups('if s.kind == "square": pass') and answer_lookups('if "shortcut_alpha" in test: pass')
+    assert answer_lookups('x = meta["shortcuts"]') and answer_lookups("for s in ctx.entry.shortcuts: pass")
+    assert answer_lookups("for s in answer.shortcuts: pass") == [] and answer_lookups('if kind == "dense": pass') == []

@@ -23,11 +23,10 @@ def as_rgb(images: np.ndarray) -> np.ndarray:
 def plant_shortcuts(
     source_images: np.ndarray, labels: np.ndarray, shortcuts: Sequence[Shortcut], rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
-    """Stamp ``fraction`` of each shortcut class's images; keep which were stamped and the pixel mask."""
+    """Stamp ``fraction`` of each shortcut class's images; keep which were stamped (``stamped`` [N, K])."""
     images = as_rgb(source_images)
     n, shape = len(images), images.shape[2:]
     stamped = np.zeros((n, len(shortcuts)), dtype=bool)
-    masks = np.zeros((n,) + shape, dtype=bool)
     for k, shortcut in enumerate(shortcuts):
         members = np.flatnonzero(labels == shortcut.label)
         count = int(round(shortcut.fraction * len(members)))
@@ -35,20 +34,4 @@ def plant_shortcuts(
         alpha = shortcut_alpha(shortcut, shape)
         images[chosen] = stamp(images[chosen], alpha, shortcut.color)
         stamped[chosen, k] = True
-        masks[chosen] |= alpha > 0
-    return {"images": images, "labels": labels, "digits": labels.copy(), "stamped": stamped, "masks": masks}
-
-
-def shortcut_test_sets(source_images: np.ndarray, shortcuts: Sequence[Shortcut]) -> dict[str, np.ndarray]:
-    """Every test image stamped with each planted shortcut, for measuring reliance."""
-    clean = as_rgb(source_images)
-    alphas = np.stack([shortcut_alpha(s, clean.shape[2:]) for s in shortcuts]) if shortcuts else \
-        np.zeros((0, *clean.shape[2:]), dtype=np.float32)
-    stamped = np.stack([stamp(clean, alpha, s.color) for alpha, s in zip(alphas, shortcuts)]) if shortcuts else \
-        np.zeros((0, *clean.shape), dtype=np.uint8)
-    return {
-        "clean_images": clean,
-        "shortcut_images": stamped,
-        "shortcut_alpha": alphas,
-        "shortcut_labels": np.array([s.label for s in shortcuts], dtype=np.int64),
-    }
+    return {"images": images, "labels": labels, "stamped": stamped}

@@ -8,7 +8,7 @@ import numpy as np
 
 from pipeline import paths
 from pipeline.config import DatasetParams, Params, ShortcutParams, fail
-from pipeline.data.clever_hans import plant_shortcuts, shortcut_test_sets
+from pipeline.data.clever_hans import as_rgb, plant_shortcuts
 from pipeline.data.colored_mnist import colorize
 from pipeline.data.known_answer import ColorRule, PlantedShortcuts, Unknown
 from pipeline.data.sources import load_image_folder, load_source
@@ -74,7 +74,7 @@ def build_clever_hans(params: Params, name: str, rng: np.random.Generator) -> tu
     train = plant_shortcuts(train_images, train_labels, entry.shortcuts, rng)
     test_images, test_labels, _ = load_split(params, entry, False, rng)
     test = plant_shortcuts(test_images, test_labels, entry.shortcuts, rng)  # same distribution as training
-    test.update(shortcut_test_sets(test_images, entry.shortcuts))
+    test["clean_images"] = as_rgb(test_images)   # stages stamp these with the known answer to see what a stamp does
     meta = {
         "class_names": list(class_names),
         "n_classes": len(class_names),
@@ -119,7 +119,7 @@ def save_examples(dataset: str, train: dict, meta: dict, per_class: int = 6) -> 
         title = names[train["labels"][i]]
         if meta["kind"] == "colored_mnist":
             title += f"\ndigit {train['digits'][i]}"
-        elif "stamped" in train and train["stamped"][i].any():
+        elif meta["known_answer"]["kind"] == PlantedShortcuts.kind and train["stamped"][i].any():
             title += "\n(shortcut)"
         titles.append(title)
     fig = image_grid(train["images"][index], titles, ncols=per_class * 2 if meta["kind"] == "colored_mnist" else per_class,
