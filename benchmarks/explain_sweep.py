@@ -1,146 +1,303 @@
-"""Throughput of the explain stage's mask sweep: vectorised vs. QuAC's evaluator vs. a per-threshold loop.
+"""Throughput of the explain stage's mask sweep against QuAC's own evaluator, on the CPU.
 
-A fixed synthetic workload (random images and counterfactuals, attribution-like maps; the pipeline's
-CNN with random weights, 10 classes) goes, on the same classifier and device, through
+The workload is the pipeline's own: the GAN-free pairs of Clever Hans's distractor control (a clean test image
+and the same image with the shortcut stamped on and a same-sized change elsewhere; as ``explain@clever_hans``
+builds them: :func:`~pipeline.evaluation.explanations.distractor_control_pairs`), their d_ig maps (params.yaml's ``explain`` settings: attributed
+output, channel handling, integration steps) and the trained classifier of ``train_classifier@clever_hans``.
+The maps are made once; only the sweep and its scores are timed:
 
-- :func:`pipeline.attribution.discriminative.sweep`: each distinct mask of a pair built and classified once, a
-  chunk of pairs per forward pass;
-- :func:`quac_style_sweep`: the algorithm of QuAC's evaluator (``quac.evaluation.BaseEvaluator``):
-  per pair, the real image classified alone, one mask per threshold built in a Python loop
-  (threshold, closing, blur; QuAC does this with OpenCV, here our torch closing and blur on single
-  masks), and all thresholds' hybrids of the pair in one forward pass;
-- :func:`pipeline.attribution.discriminative.sweep_loop`: one image per forward pass.
+- ours: :func:`pipeline.attribution.discriminative.sweep` and :func:`~pipeline.attribution.discriminative.score_pairs`
+  on all pairs, in each score convention (``quac``: QuAC's thresholds ``-1 + 2k/T``, mask size before the
+  blur, curve anchored at sizes 0 and 1; ``pipeline``: the stage's default);
+- QuAC's evaluator, imported from its sources (``--quac PATH``; never copied here): per pair what its
+  ``BaseEvaluator.quantify`` does, less writing files: ``run_inference`` on the real and on the generated
+  image, ``evaluate`` (one mask per threshold with its ``Processor``, every threshold's hybrid classified in
+  one batch) and the QuAC score of its ``Report`` (``interpolate_score_values``, ``get_quac_score``). Its
+  inputs are what its datasets hand it: images as float CHW tensors, attributions as numpy arrays. Its
+  ``Processor`` closes with OpenCV's square of our ``closing_size`` and blurs with the odd kernel whose
+  OpenCV sigma is nearest our ``blur_sigma`` (OpenCV derives sigma from the kernel size).
 
-Prints pairs per second for each, the speed-ups of the vectorised sweep and the largest difference
-of score changes between them on the pairs they share.
+Both run on the same classifier, pairs, maps and thresholds, at each ``--threads`` count (torch's and
+OpenCV's), interleaved over ``--repeats`` rounds in one process so that both see the same machine. Printed
+and written to ``benchmarks/results/explain_sweep.json`` (a list ``runs``): pairs per second of each (median
+over the rounds), their ratio, the Pearson correlation of the per-pair scores (ours in the ``quac``
+convention is QuAC's score, so it should be near 1; the ``pipeline`` convention measures differently), the
+machine's load average before and after, and QuAC's commit. Without ``--quac`` only ours is measured and
+nothing is written.
 
-Maps: ``smooth`` (default) is Gaussian-blurred uniform noise, normalised like attribution maps
-(|map| over its peak), so that many thresholds give the same mask, as with real maps; ``uniform`` is
-unblurred noise, where nearly every threshold gives its own mask.
+    python -m benchmarks.explain_sweep --quac PATH/TO/quac              # a checkout of github.com/funkelab/quac
+    python -m benchmarks.explain_sweep --quac PATH --threads 1 2 --repeats 5 --pairs 128
 
-    python -m benchmarks.explain_sweep                     # CPU or the GPU when present
-    python -m benchmarks.explain_sweep --pairs 4096 --quac-pairs 64 --loop-pairs 16 --mixed-precision
-    python -m benchmarks.explain_sweep --convention quac   # QuAC's thresholds and mask sizes
-    python -m benchmarks.explain_sweep --maps uniform      # every threshold a distinct mask
+QuAC needs OpenCV (``opencv-python-headless``), ``imageio``, ``scipy`` and ``matplotlib`` importable; they are not
+the pipeline's requirements (add their folder to ``PYTHONPATH`` if they live apart).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
-from torch import nn
 
-from pipeline.attribution.blur import gaussian_blur
-from pipeline.attribution.discriminative import (CONVENTIONS, MaskSettings, SweepResult, closed_and_blurred, distinct_masks,
-                                     mask_sizes, normalise_maps, sweep, sweep_loop)
-from pipeline.models.classifiers import CNNClassifier, frozen
-from pipeline.runtime import device_name, select_device
+from pipeline import paths
+from pipeline.attribution.discriminative import (CONVENTIONS, MaskSettings, closing, distinct_masks, score_pairs, size_grid,
+                                                 sweep)
+from pipeline.config import load_params
+from pipeline.data.known_answer import known_answer_from_meta
+from pipeline.evaluation.explanations import ExplainOptions, distractor_control_pairs, method_maps
+from pipeline.models.classifiers import load_classifier
+from pipeline.storage import load_arrays, read_json, write_json
 
-MAPS = ("smooth", "uniform")
+REPO = Path(__file__).resolve().parents[1]
+DATASET = "clever_hans"
+RESULTS = REPO / "benchmarks" / "results" / "explain_sweep.json"
 
 
-def synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+# --------------------------------------------------------------------------------------------
+# The workload
+# --------------------------------------------------------------------------------------------
+def workload(args: argparse.Namespace):
+    """(classifier, pairs, d_ig maps [N,C,H,W] normalised, explain params) on the CPU."""
+    cfg = load_params(REPO / "params.yaml").explain
+    model = load_classifier(args.classifier)
+    prepared = Path(args.prepared)
+    made_by = f"prepare@{DATASET}"
+    test = {key: torch.from_numpy(value) for key, value in load_arrays(prepared / "test.npz", made_by=made_by).items()}
+    answer = known_answer_from_meta(read_json(prepared / "meta.json", made_by=made_by))
+    pairs, _, reason = distractor_control_pairs(model, answer, test, args.pairs, np.random.default_rng(args.seed))
+    if reason:
+        raise SystemExit(f"no GAN-free control pairs: {reason}")
+    if len(pairs.target) < args.pairs:
+        print(f"only {len(pairs.target)} GAN-free control pairs; benchmarking those", file=sys.stderr)
+    options = ExplainOptions(methods=("d_ig",), mask_channels=cfg.mask_channels, attributed=cfg.attributed,
+                             ig_steps=cfg.ig_steps, attribution_batch_size=cfg.attribution_batch_size)
+    maps = method_maps("d_ig", model, pairs, options, torch.Generator().manual_seed(args.seed))
+    return model, pairs, maps, cfg
 
 
-def timed(fn, device: torch.device):
-    synchronise(device)
+def settings_for(cfg, convention: str, n_thresholds: int) -> MaskSettings:
+    return MaskSettings(n_thresholds, cfg.closing_size, cfg.blur_sigma, convention)
+
+
+def ours(model, pairs, maps, settings: MaskSettings) -> np.ndarray:
+    """Per-pair scores of our sweep (everything :func:`~pipeline.evaluation.explanations.explain_pairs` does
+    after the maps, but the optimal masks' pictures)."""
+    result = sweep(model, pairs.real, pairs.counterfactual, maps, pairs.target, settings)
+    return score_pairs(result, settings, size_grid()).score.numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# QuAC's evaluator, from its sources
+# --------------------------------------------------------------------------------------------
+def quac_sources(path: str) -> Path:
+    """The folder that holds the ``quac`` package: ``path`` itself, or its ``src`` (a checkout)."""
+    root = Path(path).resolve()
+    for folder in (root / "src", root):
+        if (folder / "quac" / "evaluation.py").is_file():
+            return folder
+    raise SystemExit(f"--quac {path}: no quac/evaluation.py there or under its src/; give a checkout of "
+                     "github.com/funkelab/quac")
+
+
+def quac_commit(folder: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def opencv_kernel_size(sigma: float) -> int:
+    """The odd Gaussian kernel side whose OpenCV sigma (``0.3 * ((k - 1) / 2 - 1) + 0.8`` for sigma 0) is nearest
+    ``sigma``."""
+    sizes = range(3, 32, 2)
+    return min(sizes, key=lambda k: abs(0.3 * ((k - 1) / 2 - 1) + 0.8 - sigma))
+
+
+class QuacEvaluator:
+    """QuAC's ``BaseEvaluator``, ``Processor`` and ``Report`` set up for the pipeline's mask settings."""
+
+    def __init__(self, folder: Path, model, settings: MaskSettings):
+        sys.path.insert(0, str(folder))
+        try:
+            import cv2
+            from quac.evaluation import BaseEvaluator, Processor, UnblurredProcessor
+            from quac.report import Report
+        except ImportError as err:
+            raise SystemExit(f"QuAC's evaluator could not be imported from {folder} ({err}); it needs "
+                             "opencv-python-headless, imageio, scipy and matplotlib") from err
+        self.cv2 = cv2
+        self.evaluator = BaseEvaluator(model, num_thresholds=settings.n_thresholds, device=torch.device("cpu"))
+        if settings.blur_sigma > 0:
+            self.processor = Processor(gaussian_kernel_size=opencv_kernel_size(settings.blur_sigma),
+                                       struct=settings.closing_size, channel_wise=True)
+        else:
+            self.processor = UnblurredProcessor(struct=settings.closing_size, channel_wise=True)
+        # QuAC's Processor closes with an ellipse; the pipeline's closing is a square of the same side
+        self.processor.kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (settings.closing_size, settings.closing_size))
+        self.report = Report(name="benchmark")
+
+    def scores(self, pairs, maps: torch.Tensor) -> np.ndarray:
+        """QuAC's score of every pair, as its ``quantify`` computes it (without writing masks and hybrids)."""
+        attributions = maps.numpy()
+        out = np.empty(len(pairs.target))
+        for i in range(len(pairs.target)):
+            image, generated = pairs.real[i], pairs.counterfactual[i]
+            predictions = {"original": self.evaluator.run_inference(image)[0],
+                           "generated": self.evaluator.run_inference(generated)[0]}
+            results = self.evaluator.evaluate(image, generated, int(pairs.source[i]), int(pairs.target[i]),
+                                              attributions[i], predictions, self.processor)
+            curve = self.report.interpolate_score_values(results["mask_sizes"], results["score_change"])
+            out[i] = self.report.get_quac_score(curve)
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------
+def timed(fn):
     start = time.perf_counter()
     result = fn()
-    synchronise(device)
     return result, time.perf_counter() - start
 
 
-def synthetic_maps(n: int, kind: str, sigma: float, generator: torch.Generator) -> torch.Tensor:
-    """[n,1,28,28] maps in [0, 1]: uniform noise, blurred with ``sigma`` when ``smooth``."""
-    noise = torch.rand(n, 1, 28, 28, generator=generator)
-    return normalise_maps(gaussian_blur(noise, sigma) if kind == "smooth" else noise, across_channels=True)
+def machine() -> dict:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
 
 
-@torch.no_grad()
-def quac_style_sweep(model: nn.Module, real: torch.Tensor, counterfactual: torch.Tensor, maps: torch.Tensor,
-                     target: torch.Tensor, settings: MaskSettings) -> SweepResult:
-    """QuAC's evaluator per pair: the real image, then every threshold's mask in a Python loop and the
-    pair's hybrids (one per threshold) classified in one forward pass."""
-    n, t = len(real), settings.n_thresholds
-    thresholds = settings.thresholds(real.device).tolist()
-    sizes, changes, predicted, base = [], [], [], []
-    for i in range(n):
-        x, cf, m, tgt = real[i : i + 1].float(), counterfactual[i : i + 1].float(), maps[i : i + 1].float(), int(target[i])
-        p_real = model(x).softmax(dim=1)[0, tgt]
-        masks, size = [], []
-        for threshold in thresholds:
-            closed, soft = closed_and_blurred((m > threshold).float(), settings)
-            masks.append(soft)
-            size.append(mask_sizes(closed, soft, settings.convention))
-        probs = model(torch.lerp(x, cf, torch.cat(masks))).softmax(dim=1)  # [T, classes]
-        sizes.append(torch.cat(size))
-        changes.append(probs[:, tgt] - p_real)
-        predicted.append(probs.argmax(dim=1))
-        base.append(p_real)
-    if not sizes:
-        empty = torch.empty(0, t, device=real.device)
-        return SweepResult(empty, empty.clone(), empty.long(), torch.empty(0, device=real.device))
-    return SweepResult(torch.stack(sizes), torch.stack(changes), torch.stack(predicted), torch.stack(base))
+def load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def measure(threads: int, runners: dict, n_pairs: int, repeats: int) -> tuple[dict, dict, list[float], list[float]]:
+    """Every runner ``repeats`` times at ``threads`` threads, interleaved (the order reversed every other round):
+    (name -> pairs/s per round, name -> scores, load before, load after)."""
+    torch.set_num_threads(threads)
+    before = load()
+    rates = {name: [] for name in runners}
+    scores = {}
+    for name, run in runners.items():  # warm-up: allocator, kernel choice, imports
+        run(slice(0, 2))
+    order = list(runners)
+    for round_ in range(repeats):
+        for name in order if round_ % 2 == 0 else order[::-1]:
+            scores[name], seconds = timed(lambda: runners[name](slice(0, n_pairs)))
+            rates[name].append(n_pairs / seconds)
+    return rates, scores, before, load()
+
+
+def command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run, QuAC's folder left as ``QUAC`` (it is the user's)."""
+    parts = ["python -m benchmarks.explain_sweep --quac QUAC", f"--pairs {args.pairs}", f"--threads {' '.join(map(str, args.threads))}",
+             f"--repeats {args.repeats}", f"--conventions {' '.join(args.conventions)}"]
+    parts += [f"--thresholds {args.thresholds}"] if args.thresholds else []
+    return " ".join(parts)
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1]) if len(a) > 1 else float("nan")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=64, help="pairs for the vectorised sweep")
-    parser.add_argument("--quac-pairs", type=int, default=64, help="pairs for the QuAC-style reference")
-    parser.add_argument("--loop-pairs", type=int, default=4, help="pairs for the per-threshold loop (it is slow)")
-    parser.add_argument("--thresholds", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=16384, help="most images per forward pass (vectorised)")
-    parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--maps", default="smooth", choices=MAPS, help="blurred noise (like attributions) or plain noise")
-    parser.add_argument("--map-sigma", type=float, default=2.0, help="blur of the smooth maps, in pixels")
-    parser.add_argument("--mixed-precision", action="store_true", help="bf16 autocast in the vectorised sweep (CUDA)")
-    parser.add_argument("--convention", default="pipeline", choices=CONVENTIONS, help="score convention of the sweep")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--quac", help="QuAC's sources: a checkout of github.com/funkelab/quac (or its src/)")
+    parser.add_argument("--classifier", default=str(REPO / paths.classifier_path(DATASET)),
+                        help="the trained classifier (train_classifier@clever_hans)")
+    parser.add_argument("--prepared", default=str(REPO / paths.prepared_dir(DATASET)),
+                        help="the prepared dataset: test.npz and meta.json (prepare@clever_hans)")
+    parser.add_argument("--pairs", type=int, default=128, help="GAN-free control pairs")
+    parser.add_argument("--thresholds", type=int, default=None, help="default: params.yaml's explain.n_thresholds")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per thread count")
+    parser.add_argument("--conventions", nargs="+", default=list(CONVENTIONS), choices=CONVENTIONS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args()
 
-    device = select_device(args.device)
-    torch.manual_seed(0)
-    model = frozen(CNNClassifier(n_classes=10, width=args.width), device)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    n = max(args.pairs, args.quac_pairs, args.loop_pairs)
-    real = torch.rand(n, 3, 28, 28, generator=gen).to(device)
-    counterfactual = torch.rand(n, 3, 28, 28, generator=gen).to(device)
-    maps = synthetic_maps(n, args.maps, args.map_sigma, gen).to(device)
-    target = torch.randint(0, 10, (n,), generator=gen).to(device)
-    settings = MaskSettings(n_thresholds=args.thresholds, closing_size=3, blur_sigma=1.0, convention=args.convention)
+    model, pairs, maps, cfg = workload(args)
+    n = len(pairs.target)
+    n_thresholds = args.thresholds or cfg.n_thresholds
+    settings = {c: settings_for(cfg, c, n_thresholds) for c in args.conventions}
+    runners = {f"ours ({c})": (lambda p, s=s: ours(model, select(pairs, p), maps[p], s)) for c, s in settings.items()}
+    reference = None
+    if args.quac:
+        folder = quac_sources(args.quac)
+        quac = QuacEvaluator(folder, model, settings_for(cfg, "quac", n_thresholds))
+        runners["QuAC"] = lambda p: quac.scores(select(pairs, p), maps[p])
+        reference = {"commit": quac_commit(folder), "version": __import__("quac").__version__,
+                     "processor": type(quac.processor).__name__, "struct": cfg.closing_size, "structuring_element": "square",
+                     "gaussian_kernel_size": getattr(quac.processor, "gaussian_kernel_size", None)}
+    else:
+        print("QuAC's evaluator not measured: give --quac PATH (a checkout of github.com/funkelab/quac); "
+              "measuring only ours, writing nothing", file=sys.stderr)
 
-    # warm-up (kernel selection, allocator)
-    sweep(model, real[:2], counterfactual[:2], maps[:2], target[:2], settings, args.batch_size, args.mixed_precision)
-    quac_style_sweep(model, real[:1], counterfactual[:1], maps[:1], target[:1], settings)
-    sweep_loop(model, real[:1], counterfactual[:1], maps[:1], target[:1], MaskSettings(4, 3, 1.0, args.convention))
+    closed_maps = closing(maps, cfg.closing_size, -float("inf"))  # thresholded: each threshold's closed mask
+    distinct = {c: distinct_masks(closed_maps, s.thresholds()).sum(dim=1).float().mean().item() for c, s in settings.items()}
+    print(f"{n} GAN-free pairs of {DATASET}, d_ig maps ({cfg.mask_channels}, attributed: {cfg.attributed}), "
+          f"{n_thresholds} thresholds, closing {cfg.closing_size}, blur sigma {cfg.blur_sigma}; distinct closed masks "
+          f"per pair (what our sweep classifies): " + ", ".join(f"{d:.1f} ({c})" for c, d in distinct.items()))
+    if reference:
+        print(f"reference: QuAC's own evaluator (quac {reference['version']}, commit {reference['commit']}), "
+              f"{reference['processor']}(gaussian_kernel_size={reference['gaussian_kernel_size']}, struct={cfg.closing_size}, square)")
+    runs = []
+    for threads in args.threads:
+        if reference:
+            quac.cv2.setNumThreads(threads)
+        rates, scores, before, after = measure(threads, runners, n, args.repeats)
+        median = {name: statistics.median(r) for name, r in rates.items()}
+        print(f"{threads} thread(s), load average before {before}, after {after}:")
+        for name in runners:
+            print(f"  {name:16s} {median[name]:8.2f} pairs/s  (rounds: {', '.join(f'{r:.2f}' for r in rates[name])})")
+        for convention in settings:
+            name = f"ours ({convention})"
+            if not reference:
+                continue
+            ratio = median[name] / median["QuAC"]
+            agreement = pearson(scores[name], scores["QuAC"])
+            difference = float(np.abs(scores[name] - scores["QuAC"]).max())
+            print(f"  {name} / QuAC: {ratio:.2f}x; per-pair scores: Pearson {agreement:.4f}, "
+                  f"largest difference {difference:.4f}")
+            runs.append({"reference": "quac", "convention": convention, "threads": threads, "ratio": round(ratio, 3),
+                         "pearson": round(agreement, 5), "max_score_difference": round(difference, 5),
+                         "pairs_per_second": round(median[name], 3), "reference_pairs_per_second": round(median["QuAC"], 3),
+                         "rounds_pairs_per_second": [round(r, 3) for r in rates[name]],
+                         "reference_rounds_pairs_per_second": [round(r, 3) for r in rates["QuAC"]],
+                         "load_average_before": before, "load_average_after": after})
+    if reference:
+        write_json(args.output, {
+            "command": command(args),
+            "workload": {"dataset": DATASET, "pairs": n, "maps": "d_ig", "mask_channels": cfg.mask_channels,
+                         "attributed": cfg.attributed, "thresholds": n_thresholds, "closing_size": cfg.closing_size,
+                         "blur_sigma": cfg.blur_sigma, "distinct_masks_per_pair": {c: round(d, 2) for c, d in distinct.items()},
+                         "repeats": args.repeats},
+            "reference": {"name": "quac", **reference},
+            "machine": machine(),
+            "runs": runs,
+        })
+        print(f"wrote {args.output}")
 
-    runs = {
-        "vectorised sweep": (args.pairs, lambda p: sweep(model, real[p], counterfactual[p], maps[p], target[p], settings,
-                                                         args.batch_size, args.mixed_precision)),
-        "QuAC-style      ": (args.quac_pairs, lambda p: quac_style_sweep(model, real[p], counterfactual[p], maps[p],
-                                                                         target[p], settings)),
-        "per-pair loop   ": (args.loop_pairs, lambda p: sweep_loop(model, real[p], counterfactual[p], maps[p], target[p],
-                                                                   settings)),
-    }
-    distinct = distinct_masks(maps[: args.pairs], settings.thresholds(device)).sum(dim=1).float()
-    print(f"device: {device_name(device)}; {args.thresholds} thresholds; CNN width {args.width}; "
-          f"bf16 autocast: {args.mixed_precision and device.type == 'cuda'}; {args.convention} convention; "
-          f"{args.maps} maps: {distinct.mean().item():.1f} distinct masks per pair (mean)")
-    results, rates = {}, {}
-    for name, (pairs, run) in runs.items():
-        results[name], seconds = timed(lambda: run(slice(0, pairs)), device)
-        rates[name] = pairs / seconds
-        print(f"{name} : {pairs:6d} pairs in {seconds:8.3f} s = {rates[name]:10.2f} pairs/s "
-              f"({rates[name] * args.thresholds:.0f} thresholds/s)")
-    fast = results["vectorised sweep"]
-    for name in list(runs)[1:]:
-        shared = min(args.pairs, runs[name][0])  # pairs both runs swept
-        deviation = (fast.score_change[:shared] - results[name].score_change[:shared]).abs().max().item()
-        print(f"vectorised / {name.strip():13s}: {rates['vectorised sweep'] / rates[name]:7.1f}x   "
-              f"(max |score change difference| over {shared} pairs {deviation:.2e})")
+
+def select(pairs, part: slice):
+    """The pairs of ``part`` (a :class:`~pipeline.evaluation.explanations.Pairs` view)."""
+    from dataclasses import replace
+
+    return replace(pairs, real=pairs.real[part], counterfactual=pairs.counterfactual[part], image_index=pairs.image_index[part],
+                   source=pairs.source[part], target=pairs.target[part])
 
 
 if __name__ == "__main__":
