@@ -555,11 +555,6 @@ def score_against_answer(found: Discovery, answer: KnownAnswer, generator: torch
     return AnswerScore(True, negative, len(alarms) if found.judged else None, alarms, reason, region_iou, finds)
 
 
-def lift_metrics(name: str, lift: Lift) -> dict:
-    """The flat headline keys of one figure: ``<name>_lift``, ``_lift_low``, ``_lift_high`` (NaN: not judged)."""
-    return {f"{name}_lift": lift.lift, f"{name}_lift_low": lift.low, f"{name}_lift_high": lift.high}
-
-
 def discovery_metrics(found: Discovery, score: AnswerScore) -> dict:
     """Headline figures: flagged classes and false alarms (None when nothing was judged; no false alarms without an
     answer), and the region IoU's lift over chance with its interval (planted shortcuts only)."""
@@ -567,7 +562,7 @@ def discovery_metrics(found: Discovery, score: AnswerScore) -> dict:
     if score.known:
         metrics["false_alarms"] = score.false_alarms
     if score.region_iou is not None:
-        metrics.update(lift_metrics("shortcut_region_iou", score.region_iou))
+        metrics.update(score.region_iou.metrics("shortcut_region_iou"))
     return metrics
 
 
