@@ -4,10 +4,11 @@ Each of ``architectures.names`` is trained as ``train_classifier`` trains the cl
 ``architectures.epochs`` may override the epochs), from the same seed, on the same data in the same order, and
 evaluated as it is (test accuracy; planted shortcuts: shortcut reliance). Every model then explains the same seeded
 test images for their true class (planted shortcuts: also clean images of other classes stamped with the shortcut,
-for its class). ``metrics/<D>/architectures.json``: ``test_accuracy_<a>``; planted shortcuts ``shortcut_reliance_<a>``
-and ``relevance_mass_<a>_lift`` (``_lift_low``, ``_lift_high``): the relevance mass on the shortcut's truth region of
-stamped images beside a uniform map on each method's own support, per image averaged over the methods that every
-architecture scored; colored MNIST ``digit_relevance_mass_<a>_lift`` likewise on the digit's pixels. Per-method
+for its class). ``metrics/<D>/architectures.json`` (test accuracy: details only, to keep the metrics few): planted
+shortcuts ``shortcut_reliance_<a>`` and ``relevance_mass_<a>_lift`` (``_lift_low``, ``_lift_high``): the relevance
+mass on the shortcut's truth region of stamped images beside a uniform map on each method's own support, per image
+averaged over the methods that every architecture scored; colored MNIST ``digit_relevance_mass_<a>_lift`` likewise
+on the digit's pixels. Per-method
 lifts, colored MNIST's colormap alignment (no chance level: details only), pairwise rank correlations go to
 ``plots/<D>/architectures/details.json`` and ``correlation.csv``; models to ``data/models/<D>/architectures/``.
 """
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         aligned = mean_over_shared_methods(alignment)[0] if alignment else {}   # no chance level: details only
         metrics, per_architecture = {}, {}
         for a in names:
-            measured = {k: evaluations[a].metrics[k] for k in ("test_accuracy", "shortcut_reliance") if k in evaluations[a].metrics}
+            measured = {k: evaluations[a].metrics[k] for k in ("shortcut_reliance",) if k in evaluations[a].metrics}
             metrics.update({f"{k}_{a}": v for k, v in measured.items()} | (scores[headline][0][a].metrics(f"{headline}_{a}")
                                                                            if headline else {}))
             per_architecture[a] = evaluations[a].metrics | {figure: lifts[0][a].score for figure, lifts in scores.items()} | (

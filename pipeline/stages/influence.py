@@ -7,8 +7,9 @@ answer (``pipeline.evaluation.influence`` says how each figure is scored beside 
 
 - planted shortcuts (the negative control too): stamped queries (test images of other classes that the stamp
   alone moves into the shortcut's class) and clean queries (clean test images of that class assigned to it).
-  Headline: ``proponent_precision_at_10`` over the class's own base rate, and ``within_class_auc``: how much more
-  the stamped queries rank the class's stamped training images above its unstamped ones than clean queries do;
+  Headline: ``within_class_auc``, how much more the stamped queries rank the class's stamped training images above
+  its unstamped ones than clean queries do; details: ``proponent_precision_at_10`` over the class's own base rate,
+  each group's ranking over 0.5;
 - colored MNIST: ``proponent_position_closeness`` (1 - colormap-position gap to the first 10 proponents) over the
   same for every searched training image of the predicted class;
 - your own images (no known answer): seeded test images for their predicted class; nothing is scored, the
@@ -41,7 +42,7 @@ from pipeline.scoring.chance import not_judged
 from pipeline.storage import InputError, load_checkpoint, save_figure, write_csv, write_json
 
 STAGE = "influence"
-HEADLINE = {PlantedShortcuts: (f"proponent_precision_at_{PRECISION_AT}", "within_class_auc"),
+HEADLINE = {PlantedShortcuts: ("within_class_auc",),   # precision at 10 and the rest: details.json
             ColorRule: ("proponent_position_closeness",), Unknown: ()}
 
 
