@@ -510,6 +510,9 @@ def test_stage_writes_three_headline_numbers_and_every_declared_output(dataset, 
     scores = pd.read_csv(paths.plots_dir(dataset, "attribute") / "method_scores.csv")
     assert scores["method"].tolist() == STAGE_METHODS
     assert scores["deletion_auc"].tolist() == pytest.approx(list(deletion.values()), abs=1e-5)
+    chance = [details["chance"]["relevance_mass_digit"][m]["chance"] for m in STAGE_METHODS]   # null: not judged
+    written = [None if np.isnan(v) else v for v in scores["relevance_mass_digit_chance"]]     # beside its raw figure
+    assert written == pytest.approx(chance, abs=1e-5)
 
     outputs, plotted = declared("attribute", dataset)
     missing = [o for o in outputs if not (tmp_path / o).exists()]

@@ -75,8 +75,8 @@ def score_methods(methods: list[str], model: nn.Module, random_model: nn.Module,
             suffix, reason = LOCATED[key]
             scored = localization_lifts(attributions[name][key if key != "digit" else "sample"], masks,
                                         lambda figure: streams(f"{figure}_{key}/{name}"), reason)
-            for figure, lift in scored.items():
-                record[f"{figure}{suffix}"] = lift.score
+            for figure, lift in scored.items():   # raw figure and its chance level, for method_scores.csv
+                record[f"{figure}{suffix}"], record[f"{figure}{suffix}_chance"] = lift.score, lift.chance
                 lifts.setdefault(f"{figure}_{key}", {})[name] = lift
         if channel_std is not None and name != "gradcam":  # Grad-CAM has no per-channel relevance
             record.update(color_scores(maps, labels, class_names, channel_std))
