@@ -34,6 +34,7 @@ the pipeline's requirements (add their folder to ``PYTHONPATH`` if they live apa
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -106,7 +107,8 @@ def quac_sources(path: str) -> Path:
                      "github.com/funkelab/quac")
 
 
-def quac_commit(folder: Path) -> str | None:
+def git_commit(folder: Path) -> str | None:
+    """The commit checked out at ``folder`` (None outside a git checkout)."""
     try:
         out = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
@@ -239,7 +241,7 @@ def main() -> None:
         folder = quac_sources(args.quac)
         quac = QuacEvaluator(folder, model, settings_for(cfg, "quac", n_thresholds))
         runners["QuAC"] = lambda p: quac.scores(select(pairs, p), maps[p])
-        reference = {"commit": quac_commit(folder), "version": __import__("quac").__version__,
+        reference = {"commit": git_commit(folder), "version": __import__("quac").__version__,
                      "processor": type(quac.processor).__name__, "struct": cfg.closing_size, "structuring_element": "square",
                      "gaussian_kernel_size": getattr(quac.processor, "gaussian_kernel_size", None)}
     else:
@@ -281,9 +283,12 @@ def main() -> None:
     if reference:
         write_json(args.output, {
             "command": command(args),
-            "workload": {"dataset": DATASET, "pairs": n, "maps": "d_ig", "mask_channels": cfg.mask_channels,
-                         "attributed": cfg.attributed, "thresholds": n_thresholds, "closing_size": cfg.closing_size,
-                         "blur_sigma": cfg.blur_sigma, "distinct_masks_per_pair": {c: round(d, 2) for c, d in distinct.items()},
+            "commit": git_commit(REPO),
+            "workload": {"dataset": DATASET, "pairs": n, "pair_kind": "distractor control (GAN-free)",
+                         "classifier_sha256": hashlib.sha256(Path(args.classifier).read_bytes()).hexdigest(),
+                         "maps": "d_ig", "mask_channels": cfg.mask_channels, "attributed": cfg.attributed,
+                         "thresholds": n_thresholds, "closing_size": cfg.closing_size, "blur_sigma": cfg.blur_sigma,
+                         "distinct_closed_masks_per_pair": {c: round(d, 2) for c, d in distinct.items()},
                          "repeats": args.repeats},
             "reference": {"name": "quac", **reference},
             "machine": machine(),
