@@ -68,14 +68,14 @@ class ShortcutParams(Shortcut):
         lie wholly inside the image: a clipped stamp is not the shortcut these params describe."""
         if n_classes is not None and not self.label < n_classes:
             fail(f"{where}.label", self.label, f"a class index in 0..{n_classes - 1}")
-        (height, width), unit = shortcut_pattern(self).shape, shortcut_pattern(replace(self, size=1)).shape
+        (height, width), unit = shortcut_pattern(self).shape, shortcut_pattern(replace(self, side=1)).shape
         if height > size or width > size:
             if self.kind == "text" and unit[1] > size:
                 fail(f"{where}.text", self.text, f"at most {(size + 1) // (GLYPH_WIDTH + 1)} characters, "
                      f"so that the text fits inside the {size}x{size} image")
             largest = size // max(unit) if self.kind == "text" else size
-            fail(f"{where}.size", self.size, f"an integer in 1..{largest}, so that the {self.kind} fits inside the "
-                 f"{size}x{size} image (this size makes it {height}x{width})")
+            fail(f"{where}.side", self.side, f"an integer in 1..{largest}, so that the {self.kind} fits inside the "
+                 f"{size}x{size} image (this side makes it {height}x{width})")
         row, col = self.position
         if row + height > size or col + width > size:
             fail(f"{where}.position", self.position, f"[row, col] with row in 0..{size - height} and col in "

@@ -275,7 +275,7 @@ def test_the_stage_writes_each_architecture_s_relevance_lift_beside_its_support_
             arrays |= {"clean_images": arrays["images"]} if split == "test" else {"stamped": np.zeros((n, 1), bool)}
         save_arrays(paths.prepared_dir(dataset) / f"{split}.npz", **arrays)
     answer = ColorRule(("spring", "summer", "autumn", "winter")) if fraction is None else \
-        PlantedShortcuts((Shortcut(label=7, kind="square", size=8, fraction=fraction, color=[1.0, 0.0, 0.0]),), (28, 28))
+        PlantedShortcuts((Shortcut(label=7, kind="square", side=8, fraction=fraction, color=[1.0, 0.0, 0.0]),), (28, 28))
     write_json(paths.prepared_dir(dataset) / "meta.json", {"n_classes": n_classes, "known_answer": answer.to_meta(),
                                                            "class_names": [str(c) for c in range(n_classes)]})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params({

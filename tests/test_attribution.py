@@ -400,7 +400,7 @@ def test_image_sets_for_planted_shortcuts_stamp_the_shortcut_class_and_the_image
 
     n = 40
     labels = torch.arange(n) % 10
-    answer = PlantedShortcuts((Shortcut(label=7, kind="square", position=[1, 1], size=4, color=[1.0, 0.0, 0.0]),), (28, 28))
+    answer = PlantedShortcuts((Shortcut(label=7, kind="square", position=[1, 1], side=4, color=[1.0, 0.0, 0.0]),), (28, 28))
     clean = torch.zeros(n, 3, 28, 28, dtype=torch.uint8)
     clean[:5, 0, 2, 2] = 255   # five images already red there: stamped or not, the model calls them 7; not flipped by it
     clean[:5, 1:, 2, 2] = 255
@@ -453,7 +453,7 @@ def write_stage_inputs(dataset: str, n_images: int = 12) -> None:
             "known_answer": ColorRule(("spring", "summer", "autumn", "winter")).to_meta()}
     if dataset == "clever_hans":
         test.update(clean_images=images)
-        meta["known_answer"] = PlantedShortcuts((Shortcut(label=7, kind="square", position=[1, 1], size=4),), (28, 28)).to_meta()
+        meta["known_answer"] = PlantedShortcuts((Shortcut(label=7, kind="square", position=[1, 1], side=4),), (28, 28)).to_meta()
     save_arrays(paths.prepared_dir(dataset) / "test.npz", **test)
     write_json(paths.prepared_dir(dataset) / "meta.json", meta)
     config = {"architecture": "cnn", "n_classes": n_classes, "width": 4}

@@ -74,7 +74,7 @@ def delete(name: str) -> Callable[[Path], None]:
 
 
 def shortcut(**fields) -> dict:
-    base = {"label": 7, "kind": "square", "fraction": 0.95, "position": [1, 1], "size": 10, "strength": 1.0,
+    base = {"label": 7, "kind": "square", "fraction": 0.95, "position": [1, 1], "side": 10, "strength": 1.0,
             "color": [1.0, 0.0, 0.0], "text": "09:41"}
     return dict(base, **fields)
 
@@ -95,25 +95,25 @@ CASES = {
     "a learning rate of inf": ("colored_mnist", {"classifier": {"learning_rate": float("inf")}}, None,
                                ["classifier.learning_rate = inf", "a positive number"]),
     "square larger than the image": (
-        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(size=40)]}}}, None,
-        ["clever_hans.shortcuts[0].size = 40", "1..28"]),
+        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(side=40)]}}}, None,
+        ["clever_hans.shortcuts[0].side = 40", "1..28"]),
     "square over the edge": (
-        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(position=[25, 25], size=4)]}}}, None,
+        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(position=[25, 25], side=4)]}}}, None,
         ["clever_hans.shortcuts[0].position = [25, 25]", "0..24"]),
     "text too long": (
-        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(kind="text", text="09:41:00:00", size=1)]}}}, None,
+        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(kind="text", text="09:41:00:00", side=1)]}}}, None,
         ["clever_hans.shortcuts[0].text = '09:41:00:00'", "at most 7 characters"]),
     "text glyphs too large": (
-        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(kind="text", text="09:41", size=2)]}}}, None,
-        ["clever_hans.shortcuts[0].size = 2", "10x38"]),
+        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(kind="text", text="09:41", side=2)]}}}, None,
+        ["clever_hans.shortcuts[0].side = 2", "10x38"]),
     "watermark over the edge": (
-        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(kind="watermark", position=[20, 0], size=10)]}}}, None,
+        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(kind="watermark", position=[20, 0], side=10)]}}}, None,
         ["clever_hans.shortcuts[0].position = [20, 0]", "0..18"]),
     "gradient larger than the image": (
-        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(kind="gradient", position=[0, 0], size=29)]}}}, None,
-        ["clever_hans.shortcuts[0].size = 29"]),
+        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(kind="gradient", position=[0, 0], side=29)]}}}, None,
+        ["clever_hans.shortcuts[0].side = 29"]),
     "two shortcuts in one class": (
-        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(), shortcut(kind="gradient", position=[20, 20], size=6)]}}},
+        "clever_hans", {"datasets": {"clever_hans": {"kind": "clever_hans", "shortcuts": [shortcut(), shortcut(kind="gradient", position=[20, 20], side=6)]}}},
         None, ["clever_hans.shortcuts[1].label = 7", "one shortcut per class"]),
     "no colormap": ("colored_mnist", {"datasets": {"colored_mnist": {"kind": "colored_mnist", "colormaps": []}}}, None,
                     ["datasets.colored_mnist.colormaps = []"]),

@@ -44,12 +44,12 @@ def test_n_classes_of_colored_mnist_is_the_number_of_colormaps():
         ("datasets.colored_mnist.colormaps", ["spring", "not_a_cmap"], "colored_mnist.colormaps[1]"),
         ("datasets.clever_hans.shortcuts.0.label", 10, "clever_hans.shortcuts[0].label"),
         ("datasets.clever_hans.shortcuts.0.kind", "star", "square"),
-        ("datasets.clever_hans.shortcuts.0.size", 0, "clever_hans.shortcuts[0].size"),
+        ("datasets.clever_hans.shortcuts.0.side", 0, "clever_hans.shortcuts[0].side"),
         ("datasets.clever_hans.shortcuts.0.fraction", 1.5, "clever_hans.shortcuts[0].fraction"),
         ("data.train_size", -5, "data.train_size"),
         ("data.train_size", 2.5, "data.train_size"),
         ("classifier.mixed_precision", "yes", "true or false"),
-        ("datasets.clever_hans.shortcuts.0.size", 40, "clever_hans.shortcuts[0].size"),
+        ("datasets.clever_hans.shortcuts.0.side", 40, "clever_hans.shortcuts[0].side"),
         ("datasets.clever_hans.shortcuts.0.position", [25, 25], "clever_hans.shortcuts[0].position"),
         ("data.train_size", 60_001, "data.train_size"),
         ("data.test_size", 10_001, "data.test_size"),
@@ -106,14 +106,14 @@ def with_shortcut(**fields):
 @pytest.mark.parametrize(
     "fields, key, allowed",
     [
-        ({"kind": "square", "size": 40}, "size", "an integer in 1..28"),
-        ({"kind": "square", "position": [25, 25], "size": 4}, "position", "row in 0..24 and col in 0..24"),
-        ({"kind": "square", "position": [0, 19], "size": 10}, "position", "col in 0..18"),
-        ({"kind": "text", "text": "09:41:00:00", "size": 1}, "text", "at most 7 characters"),
-        ({"kind": "text", "text": "09:41", "size": 2}, "size", "an integer in 1..1"),
-        ({"kind": "text", "text": "09:41", "size": 1, "position": [24, 0]}, "position", "row in 0..23 and col in 0..9"),
-        ({"kind": "watermark", "position": [20, 0], "size": 10}, "position", "row in 0..18"),
-        ({"kind": "gradient", "position": [0, 0], "size": 29}, "size", "an integer in 1..28"),
+        ({"kind": "square", "side": 40}, "side", "an integer in 1..28"),
+        ({"kind": "square", "position": [25, 25], "side": 4}, "position", "row in 0..24 and col in 0..24"),
+        ({"kind": "square", "position": [0, 19], "side": 10}, "position", "col in 0..18"),
+        ({"kind": "text", "text": "09:41:00:00", "side": 1}, "text", "at most 7 characters"),
+        ({"kind": "text", "text": "09:41", "side": 2}, "side", "an integer in 1..1"),
+        ({"kind": "text", "text": "09:41", "side": 1, "position": [24, 0]}, "position", "row in 0..23 and col in 0..9"),
+        ({"kind": "watermark", "position": [20, 0], "side": 10}, "position", "row in 0..18"),
+        ({"kind": "gradient", "position": [0, 0], "side": 29}, "side", "an integer in 1..28"),
     ],
 )
 def test_a_shortcut_must_fit_inside_the_image(fields, key, allowed):
@@ -126,10 +126,10 @@ def test_a_shortcut_must_fit_inside_the_image(fields, key, allowed):
 @pytest.mark.parametrize(
     "fields",
     [
-        {"kind": "square", "position": [18, 18], "size": 10},
-        {"kind": "text", "text": "09:41", "size": 1, "position": [23, 9]},
-        {"kind": "text", "text": "0", "size": 5, "position": [3, 13]},
-        {"kind": "gradient", "position": [0, 0], "size": 28},
+        {"kind": "square", "position": [18, 18], "side": 10},
+        {"kind": "text", "text": "09:41", "side": 1, "position": [23, 9]},
+        {"kind": "text", "text": "0", "side": 5, "position": [3, 13]},
+        {"kind": "gradient", "position": [0, 0], "side": 28},
     ],
 )
 def test_a_shortcut_touching_the_border_is_accepted(fields):
@@ -139,7 +139,7 @@ def test_a_shortcut_touching_the_border_is_accepted(fields):
 def test_two_shortcuts_may_not_share_a_class():
     raw = copy.deepcopy(DEFAULTS)
     first = raw["datasets"]["clever_hans"]["shortcuts"][0]
-    raw["datasets"]["clever_hans"]["shortcuts"].append(dict(first, kind="watermark", size=6, position=[20, 20]))
+    raw["datasets"]["clever_hans"]["shortcuts"].append(dict(first, kind="watermark", side=6, position=[20, 20]))
     with pytest.raises(ConfigError, match=r"clever_hans.shortcuts\[1\].label = 7 .*one shortcut per class"):
         build(Params, raw)
 
@@ -179,7 +179,7 @@ def test_a_folder_is_not_a_params_file(tmp_path):
 
 def image_folder_entry(**fields):
     raw = copy.deepcopy(DEFAULTS)
-    shortcut = dict(raw["datasets"]["clever_hans"]["shortcuts"][0], position=[40, 40], size=20)
+    shortcut = dict(raw["datasets"]["clever_hans"]["shortcuts"][0], position=[40, 40], side=20)
     raw["datasets"]["shapes"] = dict({"kind": "clever_hans", "source": "image_folder", "root": "shapes",
                                       "image_size": 64, "shortcuts": [shortcut]}, **fields)
     return raw

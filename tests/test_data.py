@@ -35,7 +35,7 @@ def test_colorize_is_intensity_times_colormap_color():
 def test_plant_shortcuts_stamps_the_requested_fraction_of_the_class_only():
     gray = np.zeros((200, 28, 28), dtype=np.uint8)
     labels = np.repeat(np.arange(10), 20)
-    shortcuts = [Shortcut(label=3, kind="square", fraction=0.5, position=[0, 0], size=3)]
+    shortcuts = [Shortcut(label=3, kind="square", fraction=0.5, position=[0, 0], side=3)]
     out = plant_shortcuts(gray, labels, shortcuts, np.random.default_rng(0))
     stamped = out["stamped"][:, 0]
     assert stamped.sum() == 10 and (labels[stamped] == 3).all()
@@ -172,7 +172,7 @@ def test_shortcuts_are_planted_on_rgb_images_of_any_size():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 100, size=(30, 3, 64, 48), dtype=np.uint8)
     labels = np.repeat(np.arange(3), 10)
-    shortcuts = [Shortcut(label=2, kind="square", fraction=1.0, position=[40, 30], size=16, color=[1.0, 0.0, 0.0])]
+    shortcuts = [Shortcut(label=2, kind="square", fraction=1.0, position=[40, 30], side=16, color=[1.0, 0.0, 0.0])]
     out = plant_shortcuts(images, labels, shortcuts, np.random.default_rng(1))
     assert out["images"].shape == images.shape
     assert out["stamped"][:, 0].tolist() == [False] * 20 + [True] * 10

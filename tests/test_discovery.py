@@ -49,7 +49,7 @@ def case(n_per_class: int = 100, n_classes: int = 4, seed: int = 0):
 
 
 def planted_answer(label: int = 3, top: int = 1, side: int = 8, fraction: float = 0.95) -> PlantedShortcuts:
-    return PlantedShortcuts((Shortcut(label=label, kind="square", fraction=fraction, position=[top, top], size=side,
+    return PlantedShortcuts((Shortcut(label=label, kind="square", fraction=fraction, position=[top, top], side=side,
                                       color=[1.0, 0.0, 0.0]),), (H, W))
 
 
@@ -424,7 +424,7 @@ def test_the_discover_stage_flags_a_pasted_shortcut_and_not_class_shape(tmp_path
     stamped = images.copy()
     stamped[:, 0, SQUARE[0], SQUARE[1]] = 255
     save_arrays(paths.prepared_dir("clever_hans") / "test.npz", images=images, labels=labels, clean_images=images)
-    answer = PlantedShortcuts((Shortcut(label=7, kind="square", fraction=0.95, position=[1, 1], size=4, color=[1.0, 0.0, 0.0]),),
+    answer = PlantedShortcuts((Shortcut(label=7, kind="square", fraction=0.95, position=[1, 1], side=4, color=[1.0, 0.0, 0.0]),),
                               (H, W))
     write_json(paths.prepared_dir("clever_hans") / "meta.json",
                {"class_names": [str(c) for c in range(10)], "n_classes": 10, "known_answer": answer.to_meta()})

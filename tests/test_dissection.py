@@ -249,7 +249,7 @@ def test_the_stage_writes_the_held_out_lift_and_its_chance_levels(dataset, fract
         answer = ColorRule(("spring", "summer", "autumn", "winter"))
         test["gray"] = gray
     else:
-        answer = PlantedShortcuts((Shortcut(label=7, kind="square", position=[0, 0], size=8, fraction=fraction,
+        answer = PlantedShortcuts((Shortcut(label=7, kind="square", position=[0, 0], side=8, fraction=fraction,
                                              color=[1.0, 0.0, 0.0]),), (28, 28))
         test["clean_images"] = images
     save_arrays(paths.prepared_dir(dataset) / "test.npz", **test)

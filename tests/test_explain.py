@@ -38,7 +38,7 @@ def streams(name: str) -> torch.Generator:
 
 def corner_square(label: int = 7, fraction: float = 0.95, size: int = 4) -> PlantedShortcuts:
     """A red ``size`` x ``size`` square at (1, 1) on class ``label``: the stamp the test classifiers read."""
-    return PlantedShortcuts((Shortcut(label=label, kind="square", fraction=fraction, position=[1, 1], size=size,
+    return PlantedShortcuts((Shortcut(label=label, kind="square", fraction=fraction, position=[1, 1], side=size,
                                       color=[1.0, 0.0, 0.0]),), (28, 28))
 
 
@@ -114,7 +114,7 @@ def write_params(path, dataset: str = "clever_hans", **explain):
     params = {"device": "cpu", "explain": settings}
     if dataset == "negative_control":
         params["datasets"] = {"negative_control": {"kind": "clever_hans", "shortcuts": [
-            {"label": 7, "kind": "square", "fraction": 0.0, "position": [1, 1], "size": 4, "strength": 1.0,
+            {"label": 7, "kind": "square", "fraction": 0.0, "position": [1, 1], "side": 4, "strength": 1.0,
              "color": [1.0, 0.0, 0.0], "text": "09:41"}]}}
     path.write_text(yaml.safe_dump(repo_params(params)))
 

@@ -137,8 +137,8 @@ def test_the_layer_dream_is_scored_against_every_planted_shortcut_not_only_the_f
     says, for each, how much of its change falls in that shortcut's truth region."""
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
-    answer = PlantedShortcuts((Shortcut(label=7, kind="square", position=[0, 0], size=8, color=[1.0, 0.0, 0.0]),
-                               Shortcut(label=1, kind="square", position=[20, 20], size=4, color=[0.0, 1.0, 0.0])), (28, 28))
+    answer = PlantedShortcuts((Shortcut(label=7, kind="square", position=[0, 0], side=8, color=[1.0, 0.0, 0.0]),
+                               Shortcut(label=1, kind="square", position=[20, 20], side=4, color=[0.0, 1.0, 0.0])), (28, 28))
     config = {"architecture": "cnn", "n_classes": 10, "width": 4}
     save_model(paths.classifier_path("clever_hans"), CNNClassifier(n_classes=10, width=4), config)
     write_json(paths.prepared_dir("clever_hans") / "meta.json", {"class_names": [str(c) for c in range(10)], "n_classes": 10,

@@ -295,7 +295,7 @@ def square_on_seven():
     from pipeline.data.known_answer import PlantedShortcuts
     from pipeline.data.shortcuts import Shortcut
 
-    return PlantedShortcuts((Shortcut(label=7, kind="square", position=[0, 0], size=4, color=[1.0, 0.0, 0.0]),), (28, 28))
+    return PlantedShortcuts((Shortcut(label=7, kind="square", position=[0, 0], side=4, color=[1.0, 0.0, 0.0]),), (28, 28))
 
 
 def test_no_image_moved_by_the_stamp_gives_empty_queries_not_a_crash():
@@ -372,7 +372,7 @@ def write_influence_inputs(dataset: str, fraction: float | None) -> None:
         for split in splits.values():
             split["positions"] = rng.random(len(split["labels"])).astype(np.float32)
     else:
-        answer = PlantedShortcuts((Shortcut(label=7, kind="square", position=[0, 0], size=8, fraction=fraction,
+        answer = PlantedShortcuts((Shortcut(label=7, kind="square", position=[0, 0], side=8, fraction=fraction,
                                              color=[1.0, 0.0, 0.0]),), (28, 28))
         train = splits["train"]
         train["stamped"] = ((train["labels"] == 7) & (np.arange(60) > 7) & (fraction > 0))[:, None]   # 5 of 6 7s

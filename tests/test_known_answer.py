@@ -17,7 +17,7 @@ def planted(*shortcuts: Shortcut) -> PlantedShortcuts:
 
 
 def test_a_square_region_is_the_square():
-    answer = planted(Shortcut(label=7, kind="square", position=[2, 3], size=4, strength=0.3))
+    answer = planted(Shortcut(label=7, kind="square", position=[2, 3], side=4, strength=0.3))
     expected = np.zeros(SHAPE, dtype=bool)
     expected[2:6, 3:7] = True
     np.testing.assert_array_equal(answer.region(0), expected)
@@ -28,7 +28,7 @@ def test_a_square_region_is_the_square():
 def test_a_patterned_stamp_region_is_its_whole_patch_less_its_blank_corners(kind, size, text):
     """A time stamp's glyphs and the gaps between them, a watermark's lines and the gaps between them: the hull
     holds every painted pixel, and lies inside the stamp's bounding box."""
-    answer = planted(Shortcut(label=1, kind=kind, position=[1, 1], size=size, text=text or "0"))
+    answer = planted(Shortcut(label=1, kind=kind, position=[1, 1], side=size, text=text or "0"))
     painted = answer.alpha(0) > 0
     region = answer.region(0)
     rows, cols = np.nonzero(painted)
@@ -39,7 +39,7 @@ def test_a_patterned_stamp_region_is_its_whole_patch_less_its_blank_corners(kind
 
 
 def test_a_gradient_region_is_its_more_opaque_half():
-    answer = planted(Shortcut(label=1, kind="gradient", position=[0, 0], size=10))
+    answer = planted(Shortcut(label=1, kind="gradient", position=[0, 0], side=10))
     alpha = answer.alpha(0)
     region = answer.region(0)
     assert region[9, 9] and not region[0, 0]           # the opaque corner, not the near-invisible start
@@ -49,7 +49,7 @@ def test_a_gradient_region_is_its_more_opaque_half():
 
 
 def test_stamping_a_tensor_matches_stamping_the_array_prepare_writes():
-    answer = planted(Shortcut(label=3, kind="watermark", position=[4, 5], size=9, strength=0.4, color=[0.2, 0.9, 0.5]))
+    answer = planted(Shortcut(label=3, kind="watermark", position=[4, 5], side=9, strength=0.4, color=[0.2, 0.9, 0.5]))
     images = np.random.default_rng(0).integers(0, 256, size=(5, 3, 28, 28), dtype=np.uint8)
     expected = stamp(images, shortcut_alpha(answer.shortcuts[0], SHAPE), [0.2, 0.9, 0.5])
     np.testing.assert_array_equal(answer.stamp(images, 0), expected)
@@ -59,15 +59,15 @@ def test_stamping_a_tensor_matches_stamping_the_array_prepare_writes():
 
 
 def test_occlusion_blackens_what_the_stamp_paints():
-    answer = planted(Shortcut(label=3, kind="square", position=[0, 0], size=2, strength=0.5))
+    answer = planted(Shortcut(label=3, kind="square", position=[0, 0], side=2, strength=0.5))
     images = torch.full((1, 3, 28, 28), 200, dtype=torch.uint8)
     hidden = answer.occlude_tensor(images, 0)
     assert (hidden[0, :, :2, :2] == 100).all() and (hidden[0, :, 2:, :] == 200).all()
 
 
 def test_pairs_into_a_shortcut_class_get_its_region():
-    square = Shortcut(label=7, kind="square", position=[0, 0], size=3)
-    text = Shortcut(label=2, kind="text", position=[20, 0], size=1, text="1")
+    square = Shortcut(label=7, kind="square", position=[0, 0], side=3)
+    text = Shortcut(label=2, kind="text", position=[20, 0], side=1, text="1")
     answer = planted(square, text)
     selected, truth = answer.truth_for_targets(torch.tensor([7, 2, 5]))
     assert selected.tolist() == [True, True, False]
@@ -77,7 +77,7 @@ def test_pairs_into_a_shortcut_class_get_its_region():
 
 
 def test_a_counterfactual_carries_the_shortcut_when_it_paints_it():
-    answer = planted(Shortcut(label=7, kind="square", position=[0, 0], size=4, color=[1.0, 0.0, 0.0]))
+    answer = planted(Shortcut(label=7, kind="square", position=[0, 0], side=4, color=[1.0, 0.0, 0.0]))
     clean = torch.zeros(3, 3, 28, 28)
     painted = answer.stamp_tensor(clean, 0)
     half_painted = clean.clone()
@@ -96,7 +96,7 @@ def test_the_negative_control_plants_nothing():
 
 
 def test_a_shortcut_on_no_training_image_is_a_negative_control_that_still_names_its_region():
-    phantom = planted(Shortcut(label=7, kind="square", position=[0, 0], size=8, fraction=0.0))
+    phantom = planted(Shortcut(label=7, kind="square", position=[0, 0], side=8, fraction=0.0))
     assert phantom.is_negative_control and phantom.labels == [7] and phantom.region(0).sum() == 64
     assert not planted(Shortcut(label=7, kind="square", fraction=0.5)).is_negative_control
 
@@ -107,7 +107,7 @@ def test_one_shortcut_per_class():
 
 
 @pytest.mark.parametrize("answer", [
-    PlantedShortcuts((Shortcut(label=7, kind="text", position=[0, 1], size=1, text="09:41", color=[0.0, 1.0, 0.0]),), (32, 30)),
+    PlantedShortcuts((Shortcut(label=7, kind="text", position=[0, 1], side=1, text="09:41", color=[0.0, 1.0, 0.0]),), (32, 30)),
     PlantedShortcuts((), SHAPE),
     ColorRule(("spring", "winter")),
     Unknown(),
@@ -123,7 +123,7 @@ def test_a_meta_without_an_answer_is_refused():
 
 
 def test_the_description_names_colour_size_place_and_class():
-    answer = planted(Shortcut(label=7, kind="square", position=[0, 0], size=8, fraction=0.95, color=[1.0, 0.0, 0.0]))
+    answer = planted(Shortcut(label=7, kind="square", position=[0, 0], side=8, fraction=0.95, color=[1.0, 0.0, 0.0]))
     assert answer.describe(0, [str(c) for c in range(10)]) == \
         "a red 8x8 square at rows 0-7, columns 0-7 on 95 % of the training images of 7"
     assert color_name([0.9, 0.1, 0.05]) == "red" and color_name([0.45, 0.5, 0.55]) == "gray"

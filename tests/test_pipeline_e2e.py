@@ -65,7 +65,7 @@ def workspace(tmp_path_factory, request):
     params = merged(params, tiny)
     params["data"]["root"] = str(mnist_root)
     images = write_image_folder(tmp_path_factory.mktemp("images"), n_train=200, n_test=100, size=64)  # >= tiny sizes
-    square = dict(params["datasets"]["clever_hans"]["shortcuts"][0], label=2, position=[0, 0], size=20)
+    square = dict(params["datasets"]["clever_hans"]["shortcuts"][0], label=2, position=[0, 0], side=20)
     params["datasets"][IMAGE_FOLDER] = {"kind": "clever_hans", "source": "image_folder", "root": str(images),
                                         "image_size": 64, "shortcuts": [square],   # the stamp test, of your architecture:
                                         "classifier": {"torchvision": "resnet18", **OWN_TRANSFORM, **RESNET_LAYERS}}

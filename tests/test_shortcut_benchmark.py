@@ -55,7 +55,7 @@ def grid(tmp_path):
             "variants": [{"name": "found", "shortcuts": [square]}, {"name": "missed", "shortcuts": [square]},
                          {"name": "weak", "shortcuts": [square]}, {"name": "hidden", "shortcuts": [square]},
                          {"name": "clean", "shortcuts": [dict(square, fraction=0.0)]},
-                         {"name": "dev", "shortcuts": [dict(square, size=20)]},
+                         {"name": "dev", "shortcuts": [dict(square, side=20)]},
                          {"name": "absent", "shortcuts": [square]}]}
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(spec))

@@ -254,7 +254,7 @@ def shortcut_test_split() -> dict:
 
 def red_pixel(row: int, col: int, strength: float = 1.0) -> PlantedShortcuts:
     """A red one-pixel stamp at (row, col) on class 7, on 28 x 28 images."""
-    return PlantedShortcuts((Shortcut(label=7, kind="square", position=[row, col], size=1, strength=strength,
+    return PlantedShortcuts((Shortcut(label=7, kind="square", position=[row, col], side=1, strength=strength,
                                       color=[1.0, 0.0, 0.0]),), (28, 28))
 
 
@@ -359,7 +359,7 @@ def write_prepared(dataset: str) -> None:
         arrays = {"images": images.numpy(), "labels": labels.numpy()}
         if dataset == "clever_hans":
             arrays.update(clean_images=images.numpy())
-            square = Shortcut(label=7, kind="square", position=[1, 1], size=4, color=[1.0, 0.0, 0.0])
+            square = Shortcut(label=7, kind="square", position=[1, 1], side=4, color=[1.0, 0.0, 0.0])
             meta["known_answer"] = PlantedShortcuts((square,), (28, 28)).to_meta()
         else:
             meta["known_answer"] = ColorRule(tuple(f"c{c}" for c in range(n_classes))).to_meta()

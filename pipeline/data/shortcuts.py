@@ -16,7 +16,7 @@ from annotated_types import Ge, Interval, Len, Predicate
 class Shortcut:
     """One planted shortcut: images of class ``label`` carry pattern ``kind``.
 
-    ``position`` is the (row, col) of the pattern's top-left corner and ``size`` its side in
+    ``position`` is the (row, col) of the pattern's top-left corner and ``side`` its side in
     pixels (for ``text``: the pixel scale of the 3x5 glyphs); ``strength`` is its opacity;
     ``fraction`` is the share of that class's training images that carry it.
     """
@@ -25,7 +25,7 @@ class Shortcut:
     kind: Literal["square", "text", "watermark", "gradient"]
     fraction: Annotated[float, Interval(ge=0, le=1)] = 1.0
     position: Annotated[list[Annotated[int, Ge(0)]], Len(2, 2), "[row, col]"] = field(default_factory=lambda: [1, 1])
-    size: Annotated[int, Ge(1)] = 4
+    side: Annotated[int, Ge(1)] = 4   # not `size`: DVC's run cache ignores params named size (treeverse/dvc#10296)
     strength: Annotated[float, Interval(gt=0, le=1)] = 1.0
     color: Annotated[list[Annotated[float, Interval(ge=0, le=1)]], Len(3, 3), "[r, g, b]"] = field(
         default_factory=lambda: [1.0, 1.0, 1.0])
@@ -90,7 +90,7 @@ def _place(pattern: np.ndarray, position: list[int], shape: tuple[int, int]) -> 
 
 def shortcut_pattern(shortcut: Shortcut) -> np.ndarray:
     """The shortcut's opacity pattern at full strength, before placing: its shape is the stamp's extent."""
-    size = shortcut.size
+    size = shortcut.side
     if shortcut.kind == "square":
         return np.ones((size, size), dtype=np.float32)
     if shortcut.kind == "text":
