@@ -156,6 +156,31 @@ def test_nothing_to_judge_is_not_judged_never_zero():
     assert not_judged("why").verdict == "not judged"
 
 
+def test_a_lift_written_to_json_reads_back_the_same_and_a_broken_record_is_refused():
+    """What a stage writes into details.json (``to_dict``, NaN as null) is what the report reads back (``from_dict``)."""
+    import json
+
+    from pipeline.scoring.chance import Lift
+    from pipeline.storage import rounded
+
+    scores = torch.tensor([0.9, 0.8, 0.85, 0.95] * 10)
+    several = lift_over_chance(scores, {"low": 0.1, "high": torch.full((40,), 0.5)}, generator())
+    one = lift_over_chance(scores, {"a whole-image mask": 0.2}, generator())
+    between = lift_between(scores, scores - 0.1, "clean queries", generator())
+    for lift in (several, one, between):
+        assert Lift.from_dict(lift.to_dict()) == lift
+    written = json.loads(json.dumps(rounded(not_judged("no pair into 7", "a whole-image mask").to_dict())))
+    back = Lift.from_dict(written)   # null came back as NaN
+    assert back.verdict == "not judged" and back.reason == "no pair into 7" and back.reference == "a whole-image mask"
+    assert back.n == 0 and all(math.isnan(v) for v in (back.score, back.chance, back.low, back.high))
+    covering = Lift.from_dict({"score": 0.3, "chance": 0.25, "interval": [-0.01, 0.11], "n": 12, "chance_level": "coin"})
+    assert covering.verdict == "no better than chance" and covering.lift == pytest.approx(0.05)
+    for broken in ({"score": 0.3}, {**one.to_dict(), "score": "high"}, {**one.to_dict(), "interval": [0.1]},
+                   {**one.to_dict(), "n": -1}):
+        with pytest.raises((KeyError, TypeError, ValueError)):
+            Lift.from_dict(broken)
+
+
 def test_a_class_that_is_95_percent_stamped_sets_a_base_rate_of_095():
     """Proponents of a stamped query that are merely its class's training images are 95 % stamped by chance."""
     stamped_share_of_class = 0.95

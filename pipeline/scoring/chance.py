@@ -61,6 +61,24 @@ class Lift:
             record["reason"] = self.reason
         return record
 
+    @classmethod
+    def from_dict(cls, record: dict) -> Lift:
+        """The Lift that :meth:`to_dict` wrote, read back (null as NaN; ``lift`` and ``verdict`` are recomputed from
+        the numbers). KeyError, TypeError or ValueError when ``record`` is not such a record."""
+        def number(value) -> float:
+            if isinstance(value, bool) or not (value is None or isinstance(value, (int, float))):
+                raise TypeError(f"{value!r} is not a number or null")
+            return float("nan") if value is None else float(value)
+
+        low, high = record["interval"]
+        score, chance, n = number(record["score"]), number(record["chance"]), record["n"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n = {n!r} is not a count")
+        reference = str(record["chance_level"])
+        levels = record.get("chance_levels") or ({reference: chance} if n and math.isfinite(chance) else {})
+        return cls(score, chance, number(low), number(high), n, reference,
+                   {str(name): number(value) for name, value in levels.items()}, str(record.get("reason", "")))
+
     def metrics(self, name: str) -> dict:
         """The metrics file's keys for headline figure ``name``: ``<name>_lift``, ``<name>_lift_low``,
         ``<name>_lift_high`` (NaN, written as null, when nothing was judged)."""
