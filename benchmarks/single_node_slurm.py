@@ -37,7 +37,8 @@ def _which(name: str) -> str:
     path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
     found = shutil.which(name, path=path)
     if found is None:
-        raise FileNotFoundError(f"{name} not found; install Debian's slurm-wlm and munge (apt-get install slurm-wlm munge)")
+        raise FileNotFoundError(f"{name} not found; install Debian's slurm-wlm and munge "
+                                "(apt-get install slurm-wlm munge)")
     return found
 
 
@@ -144,7 +145,8 @@ class SingleNodeSlurm:
         deadline = time.monotonic() + self.start_timeout
         state = ""
         while time.monotonic() < deadline:
-            result = subprocess.run([_which("sinfo"), "-h", "-N", "-o", "%t"], env=self.env, capture_output=True, text=True)
+            result = subprocess.run([_which("sinfo"), "-h", "-N", "-o", "%t"], env=self.env, capture_output=True,
+                                    text=True)
             state = result.stdout.strip()
             if result.returncode == 0 and state == "idle":
                 return

@@ -3,7 +3,7 @@ remotes.
 
     python -m benchmarks.slurm submit configs/grids/shortcut_benchmark.yaml --size gpu --partition gpu --time 2:00:00
     python -m benchmarks.slurm status configs/grids/shortcut_benchmark.yaml --size gpu
-    python -m benchmarks.slurm resubmit configs/grids/shortcut_benchmark.yaml --size gpu     # the failed and missing ones
+    python -m benchmarks.slurm resubmit configs/grids/shortcut_benchmark.yaml --size gpu     # failed and missing ones
     python -m benchmarks.slurm collect configs/grids/shortcut_benchmark.yaml --size gpu      # then: dvc exp show
     python -m benchmarks.slurm submit my_sweep.txt --targets discover@clever_hans     # a sets file
 
@@ -18,13 +18,13 @@ and one small file per task into the shared folder, and calls ``sbatch --array``
 4. only when that succeeded pushes the outputs of the stages it ran to the shared DVC remote and then the experiment
    (``dvc exp push``) to the shared git repository, so an experiment there always has its outputs;
 5. removes its folder, whatever happened. A task that dies (killed, out of time or memory, a failing stage) pushes
-   nothing: its experiment stays missing and ``resubmit`` runs it again.
+   nothing: its experiment shows as failed and ``resubmit`` runs it again.
 
 ``status`` names each experiment done (in the shared git repository, or already here), queued, running, failed
 (submitted, no longer in Slurm's queue, no result) or missing (never submitted), with its task's log and, for a
-failure, the log's last line. ``collect`` brings the finished experiments here (``dvc exp pull`` from the shared
-git repository, their outputs from the shared DVC remote); ``dvc exp show`` then lists them and the benchmark's
-aggregation reads them like the queue's.
+failure, Slurm's notice in that log (cancelled, time limit, out of memory) or else its last line. ``collect`` brings
+the finished experiments here (``dvc exp pull`` from the shared git repository, their outputs from the shared DVC
+remote); ``dvc exp show`` then lists them and the benchmark's aggregation reads them like the queue's.
 
 Shared places (on the cluster's shared file system; defaults under ``--shared``, ``.slurm/`` of this project)::
 
@@ -41,6 +41,7 @@ name on any cluster.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import shlex
@@ -152,6 +153,7 @@ def ensure_shared(shared: Shared, repo: Path, commit: str) -> None:
     if _is_local(shared.git) and not (Path(shared.git) / "HEAD").exists():
         Path(shared.git).mkdir(parents=True, exist_ok=True)
         git("init", "--quiet", "--bare", shared.git)
+        git("config", "receive.shallowUpdate", "true", cwd=Path(shared.git))   # a shallow clone may submit too
     if _is_local(shared.dvc):
         Path(shared.dvc).mkdir(parents=True, exist_ok=True)
     git("push", "--quiet", shared.git, f"{commit}:refs/heads/slurm/{commit[:12]}", cwd=repo)
@@ -187,7 +189,8 @@ def submissions(shared: Shared, commit: str) -> list[Submission]:
 
 def slurm_tasks(job_name: str) -> dict[str, str]:
     """{"<job id>_<index>": Slurm state} of the tasks of ``job_name`` still in Slurm's queue."""
-    out = slurm("squeue", "--noheader", "--array", f"--name={job_name}", "--format=%i %T")
+    out = slurm("squeue", "--noheader", "--array", f"--user={getpass.getuser()}", f"--name={job_name}",
+                "--format=%i %T")
     return dict(line.split()[:2] for line in out.splitlines() if len(line.split()) >= 2)
 
 
@@ -195,12 +198,15 @@ def job_name(commit: str) -> str:
     return f"xai-{commit[:8]}"
 
 
-def last_line(log: Path) -> str:
+def why_failed(log: Path) -> str:
+    """A failed task's reason from its log: Slurm's own notice (``*** JOB 7 ON node CANCELLED AT ... DUE TO TIME
+    LIMIT ***``) when there is one, else the log's last line."""
     try:
         lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
-        return "(no log yet)"
-    return lines[-1][-200:] if lines else "(empty log)"
+        return "(no log: the task never started)"
+    notices = [line for line in lines if "*** JOB" in line or "oom-kill" in line or "oom_kill" in line]
+    return (notices or lines or ["(empty log)"])[-1][-200:]
 
 
 def states(experiments: list[Experiment], shared: Shared, repo: Path = REPO,
@@ -227,7 +233,7 @@ def states(experiments: list[Experiment], shared: Shared, repo: Path = REPO,
         if name in done:
             result[name] = TaskState("done", log)
         elif slurm_state is None:
-            result[name] = TaskState("failed", log, last_line(log))
+            result[name] = TaskState("failed", log, why_failed(log))
         else:
             result[name] = TaskState("queued" if slurm_state in SLURM_QUEUED else "running", log, slurm_state.lower())
     return result
@@ -332,7 +338,8 @@ def submit(experiments: list[Experiment], resources: Resources, shared: Shared, 
     return Submission(folder, job_id, names, resources, workdir)
 
 
-def wait(experiments: list[Experiment], shared: Shared, repo: Path = REPO, poll_seconds: float = 10.0) -> dict[str, TaskState]:
+def wait(experiments: list[Experiment], shared: Shared, repo: Path = REPO,
+         poll_seconds: float = 10.0) -> dict[str, TaskState]:
     """Wait until no experiment is queued or running, a line per one that ends; the final states."""
     reported: set[str] = set()
     started = time.monotonic()
@@ -407,8 +414,9 @@ def main(argv: list[str] | None = None) -> int:
                                             "(default: <shared>/git, created bare)")
     where.add_argument("--dvc-remote", help="DVC remote URL for the experiments' outputs (default: <shared>/dvc)")
     where.add_argument("--workdir", help="where each task clones the project, on the node (default: $TMPDIR or /tmp)")
-    where.add_argument("--python", default=sys.executable, help="the Python of the environment tasks run in, with "
-                                                                "dvc and the pipeline's requirements (default: this one)")
+    where.add_argument("--python", default=sys.executable,
+                       help="the Python of the environment tasks run in, with dvc and the pipeline's requirements "
+                            "(default: this one)")
     res = parser.add_argument_group("resources per task (submit; resubmit reuses the last submission's, and its "
                                     "--workdir)")
     res.add_argument("--partition", help="Slurm partition (default: the cluster's)")

@@ -17,15 +17,15 @@ import pytest
 import yaml
 
 from benchmarks.experiments import read_grid
-from benchmarks.single_node_slurm import SingleNodeSlurm, missing_binaries
 from benchmarks.shortcut_benchmark import aggregate
+from benchmarks.single_node_slurm import SingleNodeSlurm, missing_binaries
 from benchmarks.slurm import Shared, main, shared_done, states, submissions, wait
 from benchmarks.slurm_vs_queue import write_tiny_grid
-from benchmarks.sweep import dvc, finished_experiments
+from benchmarks.sweep import finished_experiments
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.skipif(bool(missing_binaries()), reason=f"no Slurm here (missing {', '.join(missing_binaries())}): "
-                                "apt-get install slurm-wlm munge (.ci/run does)")
+pytestmark = pytest.mark.skipif(bool(missing_binaries()), reason=f"no Slurm here (missing "
+                                f"{', '.join(missing_binaries())}): apt-get install slurm-wlm munge (.ci/run does)")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_a_grid_runs_as_a_job_array_a_killed_task_is_resubmitted_alone_and_all_c
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     project = tmp_path / "project"       # the submitting repository: a clone of this project's last commit
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(project)], check=True)
-    grid = write_tiny_grid(tmp_path / "grid.yaml", mnist_root)
+    grid = write_tiny_grid(tmp_path / "grid.yaml", mnist_root, project)
     experiments = read_grid(grid).experiments("tiny")
     names = [e.name for e in experiments]
     shared, scratch = Shared.under(tmp_path / "shared"), tmp_path / "scratch"
@@ -94,7 +94,8 @@ def test_a_grid_runs_as_a_job_array_a_killed_task_is_resubmitted_alone_and_all_c
     assert set(collected) == set(names)
     for experiment in experiments:
         result = collected[experiment.name]
-        assert result.params["datasets"]["clever_hans"]["shortcuts"] == experiment.overrides["datasets.clever_hans.shortcuts"]
+        planted = experiment.overrides["datasets.clever_hans.shortcuts"]
+        assert result.params["datasets"]["clever_hans"]["shortcuts"] == planted
         assert "metrics/clever_hans/classifier.json" in result.metrics
         lock = yaml.safe_load(_git("show", f"{result.rev}:dvc.lock", cwd=project))
         outs = {out["path"]: out["md5"] for out in lock["stages"]["train_classifier@clever_hans"]["outs"]}
