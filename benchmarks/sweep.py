@@ -42,6 +42,14 @@ def dvc(*args: str, check: bool = True, cwd: Path = REPO) -> str:
     return result.stdout
 
 
+def start_workers(jobs: int, cwd: Path = REPO) -> None:
+    """``dvc queue start -j jobs``. The workers it starts keep the pipes of its output open, so its output goes to
+    nowhere instead of to a pipe this process would wait on until the last worker ends."""
+    command = [sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)]
+    if subprocess.run(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode:
+        raise RuntimeError(f"`dvc queue start -j {jobs}` failed in {cwd}; see `dvc queue status`")
+
+
 def experiment_list(source: str, size: str | None, only: list[str] | None, targets: list[str]) -> list[Experiment]:
     """The experiments of a grid file (``--size``) or of a sets file (``--targets``)."""
     path = Path(source)
@@ -132,16 +140,21 @@ def run(experiments: list[Experiment], jobs: int, poll_seconds: float = 20.0, cw
         dvc("exp", "run", "--queue", *with_data_root(experiment, cwd).run_args(), cwd=cwd)
     waiting = [e.name for e in experiments if before[e.name] != "done"]
     if waiting:
-        dvc("queue", "start", "-j", str(jobs), cwd=cwd)
+        start_workers(jobs, cwd)
     reported: set[str] = set()
-    started = time.monotonic()
-    while waiting:
-        now = states([e for e in experiments if e.name in waiting], cwd)
-        for name, state in now.items():
-            if state in ("done", "failed", "missing") and name not in reported:
+    started, idle_polls = time.monotonic(), 0
+    while waiting:   # the queue's own table while workers run (`dvc exp show` trips over half-made workspaces)
+        queued = queue_states(cwd)
+        for name in waiting:
+            state = queued.get(name, "missing")
+            if state in ("done", "failed") and name not in reported:
                 reported.add(name)
-                print(f"sweep: {name}: {state} after {time.monotonic() - started:.0f} s", file=sys.stderr)
+                print(f"sweep: {name}: {'finished' if state == 'done' else state} after "
+                      f"{time.monotonic() - started:.0f} s", file=sys.stderr)
         waiting = [name for name in waiting if name not in reported]
+        idle_polls = 0 if any(queued.get(name) in ("queued", "running") for name in waiting) else idle_polls + 1
+        if waiting and idle_polls >= 3:   # neither queued nor running, three times over: nothing more will come
+            break
         if waiting:
             time.sleep(poll_seconds)
     final = states(experiments, cwd)
