@@ -53,15 +53,37 @@ def finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_output(result: ExperimentResult, path: Path, cwd: Path = REPO) -> dict | None:
-    """A JSON output the experiment committed (plot data and details are not cached by DVC, so they live in the
-    experiment's git commit); None when it did not write it."""
-    shown = subprocess.run(["git", "show", f"{result.rev}:{path.as_posix()}"], cwd=cwd, capture_output=True, text=True)
-    return json.loads(shown.stdout) if shown.returncode == 0 else None
+class ExperimentOutputs:
+    """What a finished DVC experiment wrote: its metrics (from ``dvc exp show``) and its other JSON outputs (plot data
+    and details are not cached by DVC, so they live in the experiment's git commit)."""
+
+    def __init__(self, result: ExperimentResult, cwd: Path = REPO):
+        self.result, self.cwd = result, cwd
+
+    def metrics(self, dataset: str, name: str) -> dict:
+        return self.result.metrics.get(paths.metrics_path(dataset, name).as_posix(), {})
+
+    def details(self, dataset: str, stage: str) -> dict:
+        path = (paths.plots_dir(dataset, stage) / "details.json").as_posix()
+        shown = subprocess.run(["git", "show", f"{self.result.rev}:{path}"], cwd=self.cwd, capture_output=True, text=True)
+        return json.loads(shown.stdout) if shown.returncode == 0 else {}
 
 
-def metrics_of(result: ExperimentResult, dataset: str, name: str) -> dict:
-    return result.metrics.get(paths.metrics_path(dataset, name).as_posix(), {})
+class WorkspaceOutputs:
+    """What a run wrote into a workspace (``dvc repro`` or ``dvc exp run`` applied to it)."""
+
+    def __init__(self, root: Path = REPO):
+        self.root = root
+
+    def _read(self, path: Path) -> dict:
+        path = self.root / path
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def metrics(self, dataset: str, name: str) -> dict:
+        return self._read(paths.metrics_path(dataset, name))
+
+    def details(self, dataset: str, stage: str) -> dict:
+        return self._read(paths.plots_dir(dataset, stage) / "details.json")
 
 
 def detector_verdict(metrics: dict, figure: str) -> dict:
@@ -72,31 +94,35 @@ def detector_verdict(metrics: dict, figure: str) -> dict:
     return {"detected": low > 0, "lift": lift, "interval": [low, high]}
 
 
-def discover_verdict(result: ExperimentResult, dataset: str, planted_classes: list[str], clean: bool, cwd: Path) -> dict:
+def discover_verdict(outputs, dataset: str, planted_classes: list[str], clean: bool) -> dict:
     """discover: on a planted variant, found = every planted class flagged with a region above chance (details'
     ``found_without_being_told``); on a clean variant a false alarm = any class flagged."""
-    metrics = metrics_of(result, dataset, "discover")
+    metrics = outputs.metrics(dataset, "discover")
     verdict = detector_verdict(metrics, DETECTORS["discover"][1])
     flagged = metrics.get("n_flagged_classes")
     verdict["n_flagged_classes"] = flagged
     if clean:
         verdict["detected"] = None if flagged is None else flagged > 0
         return verdict
-    details = read_output(result, paths.plots_dir(dataset, "discover") / "details.json", cwd) or {}
-    found = details.get("found_without_being_told")
-    if found is None or flagged is None:
-        verdict["detected"] = None
-    else:
-        verdict["detected"] = all(c in found for c in planted_classes)
+    found = outputs.details(dataset, "discover").get("found_without_being_told")
+    verdict["detected"] = None if found is None or flagged is None else all(c in found for c in planted_classes)
     verdict["false_alarms"] = metrics.get("false_alarms")
     return verdict
 
 
-def truth_of(result: ExperimentResult, dataset: str, cwd: Path) -> list[dict]:
+def truth_of(outputs, dataset: str) -> list[dict]:
     """Per planted shortcut: class, kind, reliance, base rate, occlusion rate, area (the classifier's details)."""
-    details = read_output(result, paths.plots_dir(dataset, "train_classifier") / "details.json", cwd) or {}
     return [{key: row.get(key) for key in ("class", "kind", "reliance", "base_rate", "occlusion_rate", "area_fraction")}
-            for row in details.get("shortcuts", [])]
+            for row in outputs.details(dataset, "train_classifier").get("shortcuts", [])]
+
+
+def detector_verdicts(outputs, dataset: str, clean: bool) -> tuple[list[dict], dict]:
+    """(the truth per planted shortcut, {detector: verdict}) of one run of ``dataset``."""
+    truth = truth_of(outputs, dataset)
+    planted = [t["class"] for t in truth]
+    return truth, {detector: (discover_verdict(outputs, dataset, planted, clean) if detector == "discover"
+                              else detector_verdict(outputs.metrics(dataset, stage), figure))
+                   for detector, (stage, figure) in DETECTORS.items()}
 
 
 def relied_on(truth: list[dict]) -> bool | None:
@@ -115,15 +141,11 @@ def variant_row(experiment, result: ExperimentResult | None, grid: Grid, cwd: Pa
     if result is None:
         return {**row, "status": "not run", "truth": [], "relied_on": None,
                 "detectors": {d: {"detected": None, "lift": None, "interval": None} for d in DETECTORS}}
-    truth = truth_of(result, grid.dataset, cwd)
-    planted = [t["class"] for t in truth]
-    detectors = {}
-    for detector, (stage, figure) in DETECTORS.items():
-        detectors[detector] = (discover_verdict(result, grid.dataset, planted, clean, cwd) if detector == "discover"
-                               else detector_verdict(metrics_of(result, grid.dataset, stage), figure))
-    explain = metrics_of(result, grid.dataset, "explain")
+    outputs = ExperimentOutputs(result, cwd)
+    truth, detectors = detector_verdicts(outputs, grid.dataset, clean)
     return {**row, "status": "done", "truth": truth, "relied_on": None if clean else relied_on(truth),
-            "gan_shortcut_fraction": explain.get("gan_shortcut_fraction"), "detectors": detectors}
+            "gan_shortcut_fraction": outputs.metrics(grid.dataset, "explain").get("gan_shortcut_fraction"),
+            "detectors": detectors}
 
 
 def rate(verdicts: list) -> dict:

@@ -102,3 +102,23 @@ def test_found_missed_false_alarm_reliance_and_development(tmp_path, grid):
     write(out, tmp_path / "results.json")
     assert json.loads((tmp_path / "results.json").read_text())["n_done"] == 6
     assert (tmp_path / "results.png").stat().st_size > 10_000
+
+
+def test_the_negative_control_record_names_its_false_alarms(tmp_path):
+    """A workspace where discover flags nothing on the negative control but one detector is above chance there."""
+    from benchmarks.negative_control import collect
+
+    for dataset, flagged, figures in (("negative_control", 0, {"attribution": lift(0.1, 0.05, 0.15), "tracin": None}),
+                                      ("clever_hans", 1, {d: lift(0.5, 0.4, 0.6) for d in DETECTORS})):
+        for path, content in metrics(figures, flagged).items():
+            target = tmp_path / path.replace(DATASET, dataset, 1)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(content))
+        details = tmp_path / paths.plots_dir(dataset, "train_classifier") / "details.json"
+        details.parent.mkdir(parents=True, exist_ok=True)
+        details.write_text(json.dumps(truth(0.0 if dataset == "negative_control" else 0.9)))
+    record = collect(tmp_path / "config.yaml", None, root=tmp_path)
+    assert record["n_flagged_classes"] == 0
+    assert record["negative_control"]["false_alarms"] == ["attribution"]
+    assert record["negative_control"]["detectors"]["tracin"]["detected"] is None
+    assert record["clever_hans"]["detectors"]["dissection"]["detected"] is True
