@@ -15,10 +15,13 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import yaml
 
 from pipeline import paths
 from pipeline.config import ConfigError, DatasetParams, Params, fail, load_params
 from pipeline.storage import InputError, write_json
+
+PIPELINE_FILE = "dvc.yaml"   # where each stage declares the params it reads (and its deps and outs)
 
 
 def select_device(setting: str) -> torch.device:
@@ -101,10 +104,109 @@ class StageTimer:
         return record
 
 
+class UndeclaredParamError(ConfigError):
+    """A stage read a params key that dvc.yaml does not declare for it: ``dvc repro`` would not re-run the stage
+    when that key changes, and its outputs would silently stay those of the old value."""
+
+    def __init__(self, stage: str, key: str):
+        super().__init__(f"stage {stage} reads params key '{key}', which {PIPELINE_FILE} does not declare for it: add "
+                         f"'{key}' (or its section) to the stage's params in {PIPELINE_FILE}, so that `dvc repro` "
+                         f"re-runs it when the key changes")
+        self.stage, self.key = stage, key
+
+
+def declared_params(stage: str, dataset: str, pipeline_file: str | Path | None = None) -> frozenset[str]:
+    """The params.yaml keys that ``pipeline_file``'s stage ``stage`` declares, its matrix item ``dataset`` filled in
+    (``datasets.${item.dataset}`` -> ``datasets.clever_hans``); ``""`` stands for the whole file.
+
+    ``pipeline_file``: by default the dvc.yaml of the working directory (DVC runs a stage there), else the one
+    beside the ``pipeline`` package (a stage run by hand from elsewhere, as tests do).
+    """
+    path = Path(pipeline_file) if pipeline_file else _pipeline_file()
+    try:
+        spec = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages", {}).get(stage)
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read the stages it declares ({err})") from err
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path} declares no stage {stage!r}: each stage is run by DVC from there")
+    keys = set()
+    for entry in spec.get("params") or []:
+        if isinstance(entry, str):
+            keys.add(entry)
+        elif isinstance(entry, dict):   # {params file: [keys]}: only params.yaml's keys are the ones a stage reads
+            for file, listed in entry.items():
+                if Path(file).name == "params.yaml":
+                    keys.update(listed or [""])
+    keys = {key.replace("${item.dataset}", dataset) for key in keys}
+    unresolved = sorted(key for key in keys if "${" in key)
+    if unresolved:
+        raise ConfigError(f"{path}: stage {stage!r} declares params {unresolved}; only ${{item.dataset}} is filled in here")
+    return frozenset(keys)
+
+
+def declares(declared: frozenset[str], key: str) -> bool:
+    """Whether ``declared`` covers the dotted ``key``: the key itself, a section above it, or the whole file."""
+    return any(d == "" or key == d or key.startswith(d + ".") for d in declared)
+
+
+def _pipeline_file() -> Path:
+    here = Path(PIPELINE_FILE)
+    return here if here.is_file() else Path(__file__).resolve().parents[1] / PIPELINE_FILE
+
+
+class DeclaredParams:
+    """Params as a stage may read them: only the keys its dvc.yaml entry declares (``declared``, dotted).
+
+    Reading a declared key, or anything inside it, gives the value itself; reading a section of which only some
+    keys are declared gives another view; reading anything else raises :class:`UndeclaredParamError`, so a run
+    proves its stage's declarations. Attribute access (``params.explain.counterfactual``) and item access
+    (``params.datasets["clever_hans"]``) both step one key down.
+    """
+
+    __slots__ = ("_value", "_declared", "_stage", "_where")
+
+    def __init__(self, value, declared: frozenset[str], stage: str, where: str = ""):
+        self._value, self._declared, self._stage, self._where = value, declared, stage, where
+
+    def _read(self, key: str, get):
+        dotted = f"{self._where}.{key}" if self._where else key
+        if declares(self._declared, dotted):
+            return get()
+        if any(d.startswith(dotted + ".") for d in self._declared):
+            return DeclaredParams(get(), self._declared, self._stage, dotted)
+        raise UndeclaredParamError(self._stage, dotted)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):   # Python's own protocols (copy, pickle, pytest) never reach the params
+            raise AttributeError(name)
+        return self._read(name, lambda: getattr(self._value, name))
+
+    def __getitem__(self, key):
+        return self._read(str(key), lambda: self._value[key])
+
+    def _whole(self):
+        raise UndeclaredParamError(self._stage, self._where or "(every key)")
+
+    def __iter__(self):   # listing a section's keys reads all of it: datasets' names are datasets.<every name>
+        self._whole()
+
+    def __len__(self):
+        self._whole()
+
+    def __contains__(self, key):
+        self._whole()
+
+    def __repr__(self) -> str:
+        return f"DeclaredParams({self._stage}: {', '.join(sorted(self._declared))})"
+
+
 @dataclass
 class StageContext:
+    """What a stage runs with. ``params``: what dvc.yaml declares for it (a :class:`DeclaredParams` when run by
+    :func:`stage`); ``device``: the CPU unless the stage declares ``device``."""
+
     dataset: str
-    params: Params
+    params: Params | DeclaredParams
     device: torch.device
     timer: StageTimer
 
@@ -194,18 +296,23 @@ def open_live(directory):
 def stage(name: str, argv: list[str] | None = None) -> Iterator[StageContext]:
     """Parse ``<dataset>``, validate params, pick the device, seed, and time the stage.
 
-    Configuration and input errors end the process with a one-line message instead of a trace.
+    The stage sees params through :class:`DeclaredParams`: only what its dvc.yaml entry declares. A stage that
+    declares no ``device`` runs on the CPU, and one that declares no ``deterministic`` leaves torch's
+    deterministic kernels off: neither setting changes what it computes. Configuration and input errors end the
+    process with a one-line message instead of a trace.
     """
     parser = argparse.ArgumentParser(prog=f"python -m pipeline.stages.{name}")
     parser.add_argument("dataset", help="a dataset named under `datasets` in params.yaml, e.g. clever_hans")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     try:
-        params = load_params(args.params)
-        if args.dataset not in params.datasets:
-            fail("dataset", args.dataset, "a dataset named under `datasets` in params.yaml: " + ", ".join(params.datasets))
-        device = select_device(params.device)
-        seed_everything(params.seed, params.deterministic)
+        everything = load_params(args.params)   # validated as a whole, read as declared
+        if args.dataset not in everything.datasets:
+            fail("dataset", args.dataset, "a dataset named under `datasets` in params.yaml: " + ", ".join(everything.datasets))
+        declared = declared_params(name, args.dataset)
+        params = DeclaredParams(everything, declared, f"{name}@{args.dataset}")
+        device = select_device(params.device) if declares(declared, "device") else torch.device("cpu")
+        seed_everything(params.seed, declares(declared, "deterministic") and params.deterministic)
         ctx = StageContext(args.dataset, params, device, StageTimer(name, args.dataset, device))
         yield ctx
         record = ctx.timer.write()

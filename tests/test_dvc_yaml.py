@@ -1,7 +1,9 @@
-"""dvc.yaml stays true to the code: every stage declares the pipeline modules it runs, and every
-param the code reads is set in params.yaml (so code defaults never decide a run behind DVC's back)."""
+"""dvc.yaml stays true to the code: every stage declares the pipeline modules it runs and the params keys it
+reads (no more, so that `dvc repro` re-runs exactly the stages a change concerns), and every param the code reads
+is set in params.yaml (so code defaults never decide a run behind DVC's back)."""
 import ast
 import dataclasses
+import textwrap
 import typing
 from pathlib import Path
 
@@ -49,11 +51,114 @@ STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 @pytest.mark.parametrize("name", list(STAGES))
 def test_every_stage_declares_the_pipeline_modules_it_imports(name):
     stage = STAGES[name]
-    module = stage["cmd"].split("python -m ", 1)[1].split()[0]
+    module = stage_module(stage)
     declared = {dep for dep in stage["deps"] if dep.startswith("pipeline/")}
     needed = imported_modules(module) - NOT_DECLARED
     assert needed <= declared, f"{name}: add to deps: {sorted(needed - declared)}"
     assert declared <= needed, f"{name}: declared but not imported: {sorted(declared - needed)}"
+
+
+DATASET = "<dataset>"   # the stage's own matrix item, in the keys below
+
+
+def stage_module(stage: dict) -> str:
+    return stage["cmd"].split("python -m ", 1)[1].split()[0]
+
+
+def declared_keys(stage: dict) -> set[str]:
+    return {key.replace("${item.dataset}", DATASET) for key in stage.get("params", []) if isinstance(key, str)}
+
+
+def access_chain(node: ast.AST) -> tuple[ast.AST, list[str]]:
+    """``ctx.params.datasets[name].kind`` -> (``ctx``, ["params", "datasets", DATASET, "kind"]): a subscript by
+    anything but a constant is by the stage's dataset (the one name a stage indexes params by)."""
+    parts = []
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        if isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+        else:
+            parts.append(str(node.slice.value) if isinstance(node.slice, ast.Constant) else DATASET)
+        node = node.value
+    return node, parts[::-1]
+
+
+def params_read(module: str) -> set[str]:
+    """The params keys a stage module reads, found in its code without running it (dotted, as dvc.yaml lists them)."""
+    return params_read_in(module_file(module).read_text())
+
+
+def params_read_in(code: str) -> set[str]:
+    """The params keys ``code`` (a stage module's) reads.
+
+    Read: what follows ``ctx.params`` (as far as the code goes in one expression: ``cfg = ctx.params.explain``
+    reads all of ``explain``), what follows a name ``params`` (the helpers ``ctx.params`` is handed to) or a
+    ``load_params(...)`` call; ``ctx.entry``/``ctx.kind`` read ``datasets.<dataset>``; ``ctx.device`` reads
+    ``device`` and ``deterministic`` (how torch runs there); every stage run by ``runtime.stage`` reads ``seed``.
+    ``ctx.params`` handed on whole, with no helper taking ``params`` to follow, reads everything (``""``).
+    """
+    tree = ast.parse(code)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    helpers_take_params = any(arg.arg == "params" for node in ast.walk(tree)
+                              if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) for arg in node.args.args)
+    runs_in_stage = any(isinstance(node, ast.ImportFrom) and node.module == "pipeline.runtime"
+                        and any(a.name == "stage" for a in node.names) for node in ast.walk(tree))
+    read = {"seed"} if runs_in_stage else set()
+    for node in ast.walk(tree):
+        parent = parents.get(node)
+        if not isinstance(node, (ast.Attribute, ast.Subscript)) or (
+                isinstance(parent, (ast.Attribute, ast.Subscript)) and parent.value is node):
+            continue   # only whole chains
+        root, parts = access_chain(node)
+        if isinstance(root, ast.Call) and getattr(root.func, "id", None) == "load_params":
+            read.add(".".join(parts))
+        elif isinstance(root, ast.Name) and root.id == "params":
+            read.add(".".join(parts))
+        elif isinstance(root, ast.Name) and root.id == "ctx" and parts:
+            if parts[0] == "params" and (len(parts) > 1 or not helpers_take_params):
+                read.add(".".join(parts[1:]))
+            elif parts[0] in ("entry", "kind"):
+                read.add(f"datasets.{DATASET}")
+            elif parts[0] == "device":
+                read |= {"device", "deterministic"}
+            elif parts[0] in ("generator", "rng"):
+                read.add("seed")
+    return read
+
+
+def covered(key: str, by: set[str]) -> bool:
+    return any(d == key or key.startswith(d + ".") for d in by)
+
+
+STAGES_RUN = [name for name, stage in STAGES.items() if stage_module(stage).startswith("pipeline.stages.")]
+
+
+@pytest.mark.parametrize("name", STAGES_RUN)
+def test_every_stage_declares_the_params_it_reads_and_no_more(name):
+    """A key read but not declared: `dvc repro` keeps the stage's old outputs when it changes (a stale model).
+    A key declared but not read: the stage re-runs for nothing. (``runtime.stage`` also refuses, at run time, a
+    read that dvc.yaml does not declare; this finds it without running the stage.)"""
+    stage = STAGES[name]
+    read, declared = params_read(stage_module(stage)), declared_keys(stage)
+    missing = sorted(key for key in read if not covered(key, declared))
+    assert not missing, f"{name} reads {missing}: add them to its params in dvc.yaml"
+    unread = sorted(d for d in declared if not any(covered(r, {d}) or covered(d, {r}) for r in read))
+    assert not unread, f"{name} declares {unread} but does not read them: leave them out of its params in dvc.yaml"
+
+
+def test_params_read_sees_what_a_stage_reads():
+    """The reader above, on a constructed stage: every way a stage reaches params."""
+    code = textwrap.dedent("""
+        from pipeline.runtime import stage
+        def helper(params, name):
+            return params.data.root, params.datasets[name].kind
+        def main():
+            with stage("x") as ctx:
+                cfg = ctx.params.explain
+                helper(ctx.params, ctx.dataset)
+                ctx.params.discover.counterfactual, ctx.entry.classifier, ctx.device
+    """)
+    assert params_read_in(code) == {"seed", "explain", "data.root", f"datasets.{DATASET}.kind", "discover.counterfactual",
+                    f"datasets.{DATASET}", "device", "deterministic"}
 
 
 def test_params_yaml_sets_every_key_the_code_reads():

@@ -102,3 +102,82 @@ def test_source_files_follow_import_time_imports_inside_the_package(tmp_path, mo
     assert list(found) == [f"toy_stage_package{suffix}" for suffix in ("", ".a", ".b", ".d", ".e")]
     assert found["toy_stage_package.b"] == package / "b.py"
     assert not any(name.startswith("toy_stage_package") for name in sys.modules)  # read, never imported
+
+
+# --------------------------------------------------------------------------------------------
+# A stage reads only the params its dvc.yaml entry declares
+# --------------------------------------------------------------------------------------------
+def declared_view(params, *keys: str):
+    from pipeline.runtime import DeclaredParams
+
+    return DeclaredParams(params, frozenset(keys), "explain@clever_hans")
+
+
+def test_declared_params_give_the_values_and_refuse_anything_else():
+    from pipeline.runtime import UndeclaredParamError
+
+    params = params_with()
+    view = declared_view(params, "seed", "explain", "discover.n_trigger_images", "datasets.clever_hans")
+    assert view.seed == params.seed and view.explain is params.explain        # a declared section: the value itself
+    assert view.datasets["clever_hans"] is params.datasets["clever_hans"]
+    for read in (lambda: view.gan, lambda: view.datasets["colored_mnist"], lambda: view.discover.method,
+                 lambda: list(view.datasets), lambda: "clever_hans" in view.datasets, lambda: view.device):
+        with pytest.raises(UndeclaredParamError) as refused:
+            read()
+        assert "dvc.yaml" in str(refused.value) and "explain@clever_hans" in str(refused.value)
+    with pytest.raises(UndeclaredParamError, match="'datasets.colored_mnist'"):
+        view.datasets["colored_mnist"]
+    with pytest.raises(UndeclaredParamError, match="'discover.method'"):
+        view.discover.method
+
+
+def test_a_declared_key_inside_a_section_is_all_of_that_section_a_stage_sees():
+    from pipeline.runtime import UndeclaredParamError
+
+    params = params_with()
+    view = declared_view(params, "explain.counterfactual")
+    assert view.explain.counterfactual == params.explain.counterfactual
+    with pytest.raises(UndeclaredParamError, match="'explain.methods'"):
+        view.explain.methods
+    assert not hasattr(view, "_value_of_nothing")   # Python's own probes get a plain AttributeError
+
+
+def test_declared_params_are_read_from_the_stage_entry_with_its_dataset_filled_in(tmp_path):
+    import yaml
+
+    from pipeline.config import ConfigError
+    from pipeline.runtime import declared_params
+
+    pipeline = tmp_path / "dvc.yaml"
+    pipeline.write_text(yaml.safe_dump({"stages": {"s": {
+        "matrix": {"dataset": "${datasets}"}, "cmd": "python -m pipeline.stages.s ${item.dataset}",
+        "params": ["seed", "datasets.${item.dataset}", {"params.yaml": ["gan.iterations"]}, {"other.yaml": ["x"]}]}}}))
+    assert declared_params("s", "mine", pipeline) == {"seed", "datasets.mine", "gan.iterations"}
+    with pytest.raises(ConfigError, match="declares no stage 'nothing'"):
+        declared_params("nothing", "mine", pipeline)
+
+
+def test_a_stage_run_by_hand_refuses_an_undeclared_read_and_runs_on_the_cpu_without_device(tmp_path, monkeypatch, capsys):
+    """The same check ``dvc repro`` gets: a stage run reads its dvc.yaml (here one of the working directory)."""
+    import yaml
+
+    from pipeline.runtime import stage
+    from tests.conftest import repo_params
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params({"device": "cuda"})))
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"toy": {
+        "matrix": {"dataset": "${datasets}"}, "cmd": "python -m pipeline.stages.toy ${item.dataset}",
+        "params": ["seed", "datasets.${item.dataset}"]}}}))
+    with stage("toy", ["clever_hans"]) as ctx:
+        assert ctx.device.type == "cpu"   # device: cuda is not this stage's to read (no GPU needed either)
+        assert ctx.entry.kind == "clever_hans" and ctx.kind == "clever_hans"
+        seen = torch.randperm(5, generator=ctx.generator())
+    assert json.loads(Path("metrics/clever_hans/timing/toy.json").read_text())["device"] == "cpu"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped, stage("toy", ["clever_hans"]) as ctx:
+        assert torch.equal(torch.randperm(5, generator=ctx.generator()), seen)
+        ctx.params.classifier
+    message = capsys.readouterr().err
+    assert stopped.value.code == 2 and len(message.strip().splitlines()) == 1
+    assert "toy@clever_hans" in message and "'classifier'" in message and "dvc.yaml" in message
