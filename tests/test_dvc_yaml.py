@@ -3,6 +3,11 @@ reads (no more, so that `dvc repro` re-runs exactly the stages a change concerns
 is set in params.yaml (so code defaults never decide a run behind DVC's back)."""
 import ast
 import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
 import textwrap
 import typing
 from pathlib import Path
@@ -201,10 +206,6 @@ def test_params_yaml_sets_every_key_the_code_reads():
 
 def test_a_dataset_added_to_params_gets_every_stage(tmp_path):
     """The matrix takes its datasets from params.yaml: a third entry there is a third row of every stage."""
-    import shutil
-    import subprocess
-    import sys
-
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["datasets"]["fashion_hans"] = dict(raw["datasets"]["clever_hans"], source="fashion-mnist")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -216,3 +217,44 @@ def test_a_dataset_added_to_params_gets_every_stage(tmp_path):
     for stage, definition in STAGES.items():
         expected = {f"{stage}@{d}" for d in raw["datasets"]} if "matrix" in definition else {stage}
         assert expected <= names, sorted(expected - names)
+
+
+def test_a_changed_dataset_entry_makes_its_classifier_stale_and_nothing_else_does(tmp_path):
+    """The stale-model case: once a dataset's classifier is trained, naming a classifier of its own in the dataset's
+    entry marks train_classifier@<dataset> changed for `dvc status` (so `dvc repro` re-runs it), where a change to
+    a section it does not read (gan) leaves it up to date. A tiny image folder and one epoch, in a copy of the repository."""
+    from tests.conftest import repo_params
+    from tests.synthetic_images import write_image_folder
+
+    work = tmp_path / "repo"
+    for name in ("pipeline", "dvc.yaml", ".dvcignore", ".dvc/config", ".gitignore"):
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
+        copy(REPO / name, work / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+    images = write_image_folder(tmp_path / "images", n_train=8, n_test=4, size=28)
+    params = repo_params({"device": "cpu", "classifier": {"epochs": 1, "width": 4, "batch_size": 8, "eval_batch_size": 16,
+                                                          "n_example_images": 2, "mixed_precision": False}})
+    params["datasets"] = {"mine": {"kind": "image_folder", "root": str(images), "image_size": 28}}
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1",
+               GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
+               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com")
+
+    def run(*args: str) -> str:
+        done = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{' '.join(args)}:\n{(done.stdout + done.stderr)[-4000:]}"
+        return done.stdout
+
+    def stale() -> set[str]:
+        return set(json.loads(run(sys.executable, "-m", "dvc", "status", "--json", "train_classifier@mine")))
+
+    run("git", "init", "-q")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "a tiny pipeline")
+    run(sys.executable, "-m", "dvc", "repro", "train_classifier@mine")
+    params["gan"]["iterations"] += 1
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert stale() == set()   # not a section train_classifier reads
+    params["datasets"]["mine"]["classifier"] = {"torchvision": "resnet18"}
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "train_classifier@mine" in stale()
