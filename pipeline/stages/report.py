@@ -1,5 +1,8 @@
-"""Stage ``report``: one readable page per run, built only from the metrics and pictures of the stages.
+"""Stage ``report``: one readable page per run, built only from the stages' results and pictures.
 
+Per dataset of params.yaml it reads prepare's meta.json (the known answer, the class names) and every stage's
+metrics file and details.json as typed results (:mod:`pipeline.report.results`); a stage with none of its files has
+not run and is named as such, a missing or malformed file of a stage that ran ends in one error that names it.
 Writes ``report/index.html`` (self-contained: every picture embedded, no network), ``report/README.md``
 (the same text, pictures linked) and ``metrics/timing.json`` (wall time of every stage).
 """
@@ -13,38 +16,17 @@ from pathlib import Path
 from pipeline import paths
 from pipeline.config import ConfigError, load_params
 from pipeline.report.document import render_html, render_markdown
-from pipeline.report.run import SECTIONS, DatasetRun
+from pipeline.report.results import DatasetRun, read_run
 from pipeline.storage import InputError, atomic_path, read_json, write_json
 
 REPORT_DIR = Path("report")
-MAX_PICTURES = 12  # per stage; the rest stay in plots/<D>/<stage>/
 
 
-# --------------------------------------------------------------------------------------------
-# Reading the run
-# --------------------------------------------------------------------------------------------
-def stage_pictures(folder: Path) -> list[Path]:
-    """Every PNG under a stage's plot folder, subfolders included (grids, galleries, DVCLive images)."""
-    return sorted(folder.rglob("*.png"), key=lambda p: (len(p.relative_to(folder).parts), p.as_posix()))
-
-
-def read_run(dataset: str, kind: str) -> DatasetRun:
-    run = DatasetRun(dataset, kind)
-    for stage, metrics_name, _ in SECTIONS:
-        if metrics_name:
-            path = paths.metrics_path(dataset, metrics_name)
-            if path.exists():
-                run.metrics[metrics_name] = read_json(path, made_by=f"{stage}@{dataset}")
-        detail = paths.plots_dir(dataset, stage) / "details.json"
-        if detail.exists():
-            run.details[stage] = read_json(detail, made_by=f"{stage}@{dataset}")
-        pictures = stage_pictures(paths.plots_dir(dataset, stage))
-        run.pictures[stage] = pictures[:MAX_PICTURES]
-        run.more_pictures[stage] = max(0, len(pictures) - MAX_PICTURES)
-        run.picture_dirs[stage] = paths.plots_dir(dataset, stage)
-    if "classifier" not in run.metrics:
-        raise InputError(f"{paths.metrics_path(dataset, 'classifier')} is missing; run `dvc repro train_classifier@{dataset}` first")
-    return run
+def read_dataset(dataset: str) -> DatasetRun:
+    """One dataset's typed results: its known answer from prepare's meta.json, each stage's metrics and details."""
+    meta_file = paths.prepared_dir(dataset) / "meta.json"
+    return read_run(dataset, read_json(meta_file, made_by=f"prepare@{dataset}"), meta_file,
+                    lambda name: paths.metrics_path(dataset, name), lambda stage: paths.plots_dir(dataset, stage))
 
 
 def collect_timing() -> dict:
@@ -71,13 +53,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     try:
-        datasets = load_params(args.params).datasets
-        runs = [read_run(name, entry.kind) for name, entry in datasets.items()]
-        metas = {d: read_json(paths.prepared_dir(d) / "meta.json", made_by=f"prepare@{d}") for d in datasets}
+        runs = [read_dataset(name) for name in load_params(args.params).datasets]
         timing = collect_timing()
         write_json(paths.METRICS / "timing.json", timing)
-        write_text(REPORT_DIR / "index.html", render_html(runs, metas, timing))
-        write_text(REPORT_DIR / "README.md", render_markdown(runs, metas, timing))
+        write_text(REPORT_DIR / "index.html", render_html(runs, timing))
+        write_text(REPORT_DIR / "README.md", render_markdown(runs, timing))
     except (ConfigError, InputError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
