@@ -117,6 +117,36 @@ def planted_files(dataset: str, fraction: float = 0.95, detectors: dict | None =
     }
 
 
+def probe_files(dataset: str) -> dict:
+    """The stages of a planted-shortcut dataset that the verdict does not read, as they write their files."""
+    architectures = {a: {"test_accuracy": acc, "shortcut_reliance": 0.6, "shortcut_base_rate": 0.01}
+                     for a, acc in (("dense", 0.9), ("cnn", 0.95))}
+    return {
+        f"metrics/{dataset}/architectures.json": {"shortcut_reliance_dense": 0.6, **lift_keys("relevance_mass_dense", ABOVE),
+                                                  "shortcut_reliance_cnn": 0.6, **lift_keys("relevance_mass_cnn", AT)},
+        f"plots/{dataset}/architectures/details.json": {
+            "epochs": 1, "architectures": architectures, "headline_score": "relevance_mass", "headline_methods": ["saliency"],
+            "chance": {"relevance_mass": {"dense": ABOVE, "cnn": AT}},
+            "rank_correlation": {"dense vs cnn": {"saliency": 0.44}}},
+        f"metrics/{dataset}/feature_viz.json": {"mean_class_probability": 0.99},
+        f"plots/{dataset}/feature_viz/details.json": {
+            "class_probability": {c: {"ones": 1.0, "noise": 0.9} for c in DIGITS},
+            "dream": {"images": 4, "shortcuts": {"7": {"label": 7, "area_share": 0.08,
+                                                       "change_share": {"conv1": 0.03, "conv2": 0.02},
+                                                       "toward_color": {"conv1": 0.07, "conv2": 0.04},
+                                                       "predicted_as_shortcut_class": {"conv1": 0.0, "conv2": 0.25}}}}},
+        f"metrics/{dataset}/train_gan.json": {"iterations": 2000, "smoothed_generator_loss": 1.5},
+        f"metrics/{dataset}/counterfactuals.json": {"conversion_rate": 0.9, "conversion_rate_latent": 0.8,
+                                                    "changed_pixel_fraction": 0.1, "mean_l1": 0.05},
+        f"plots/{dataset}/counterfactuals/details.json": {"n_counterfactuals": 900},
+        f"metrics/{dataset}/optimize_counterfactuals.json": {"success_rate": 0.97, "mean_l1": 12.0, "gan_success_rate": 0.9},
+        f"plots/{dataset}/optimize_counterfactuals/details.json": {"n_misclassified": 3},
+        f"metrics/{dataset}/spectra.json": {"spectral_detector_accuracy": 0.6, "control_accuracy": 0.5,
+                                            "frequency_artifacts_detected": False},
+        f"plots/{dataset}/spectra/details.json": {"artifact_threshold": 0.75},
+    }
+
+
 def colored_files(dataset: str = "colored_mnist") -> dict:
     return {
         f"data/prepared/{dataset}/meta.json": {"class_names": COLORMAPS, "n_classes": 4, "source": "mnist",
@@ -167,7 +197,7 @@ def run_dir(tmp_path, monkeypatch):
     params = repo_params()
     params["datasets"] = {name: params["datasets"][name] for name in ("colored_mnist", "clever_hans", "negative_control")}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    write_files(tmp_path, {**colored_files(), **planted_files("clever_hans"),
+    write_files(tmp_path, {**colored_files(), **planted_files("clever_hans"), **probe_files("clever_hans"),
                            **planted_files("negative_control", 0.0, {"region": AT, "masks": AT, "control": BELOW,
                                                                      "tracin": NONE, "dissect": AT, "critic": NONE},
                                            found=False, reliance=0.02)})
@@ -198,10 +228,10 @@ def test_the_verdict_says_what_is_used_who_found_it_and_how_sure_in_at_most_five
                                "images of 7: stamped on clean test images of other classes it moves 94.0 % of them into 7 "
                                "(as they are: 1.0 %; with the same pixels blacked out instead: 2.0 %): the classifier relies on it")
     assert lines[1].startswith("Found without being told: discovery flags class 7") and "IoU lift 0.80 [0.70, 0.90]" in lines[1]
-    assert lines[2].startswith("Found above chance by discovery's flagged regions (IoU with the truth region): lift 0.80 [0.70, 0.90]")
-    for detector in ("explain's optimal masks, d_ig", "explain's distractor control, d_ig", "attribution, guided_backprop",
-                     "TracIn", "dissection", "MMD-critic"):
-        assert detector in lines[2]
+    assert lines[2].startswith("Found above chance by 7 of 7 detectors (lift over chance, 95 % interval): discovery's "
+                               "flagged regions 0.80 [0.70, 0.90]; explain's optimal masks (d_ig) 0.80 [0.70, 0.90];")
+    for detector in ("explain's distractor control (d_ig)", "attribution (guided_backprop)", "TracIn", "dissection", "MMD-critic"):
+        assert f"{detector} 0.80 [0.70, 0.90]" in lines[2]
     assert not any(line.startswith(("Not found", "Not tested")) for line in lines)
 
 
@@ -210,9 +240,8 @@ def test_the_verdict_says_what_was_not_found_and_no_better_than_chance(tmp_path)
     lines = verdict(run_of(tmp_path, files, "clever_hans"))
     text = "\n".join(lines)
     assert "Found without being told" not in text and "Not found without being told: 7 not flagged" in text
-    assert ("Not found: no better than chance: discovery's flagged regions (IoU with the truth region): lift 0.05 [-0.02, 0.12]; "
-            "explain's optimal masks, d_ig (IoU with the truth region): lift 0.05 [-0.02, 0.12]; below chance: explain's "
-            "distractor control, d_ig (IoU with the truth region): lift -0.20 [-0.25, -0.15].") in lines
+    assert ("Not found: no better than chance: discovery's flagged regions 0.05 [-0.02, 0.12]; explain's optimal masks (d_ig) "
+            "0.05 [-0.02, 0.12]; below chance: explain's distractor control (d_ig) -0.20 [-0.25, -0.15].") in lines
 
 
 def test_what_could_not_be_tested_is_said_with_its_reason(tmp_path):
@@ -244,15 +273,16 @@ def test_the_negative_control_is_silent_or_says_its_false_alarms(tmp_path):
     assert lines[0].startswith("Negative control: a red 8x8 square at rows 0-7, columns 0-7 on 0 % of the training images of 7")
     assert lines[0].endswith("it does not use what it never saw, as it should not.")
     assert lines[1] == "Discovery flagged nothing, as it must where nothing is planted."
-    assert lines[2].startswith("Every detector judged stayed at or below chance, no false alarm: ")
+    assert lines[2].startswith("Every detector judged stayed at or below chance, no false alarm (lift over chance, 95 % "
+                               "interval): discovery's flagged regions 0.05 [-0.02, 0.12];")
     assert "False alarms" not in " ".join(lines)
 
     alarm = planted_files("negative_control", 0.0, {**quiet, "attribution": ABOVE, "dissect": ABOVE}, found=True, reliance=0.02)
     alarm["plots/negative_control/discover/details.json"]["false_alarm_classes"] = ["7"]
     lines = verdict(run_of(tmp_path, alarm, "negative_control"))
     assert lines[1] == "Discovery raised 1 false alarm(s) where nothing is planted: class 7."
-    assert ("False alarms, above chance where nothing is planted: attribution, guided_backprop (relevance mass on stamped "
-            "images of other classes): lift 0.80 [0.70, 0.90]; dissection (best unit's IoU): lift 0.80 [0.70, 0.90].") in lines
+    assert ("False alarms, above chance where nothing is planted: attribution (guided_backprop) 0.80 [0.70, 0.90]; dissection "
+            "0.80 [0.70, 0.90].") in lines
     assert "Found without being told" not in " ".join(lines)
 
 
@@ -291,6 +321,18 @@ def test_each_known_answer_sentence_sets_the_figure_beside_its_chance_level(run_
     assert ("The share of stamped images among the 10 strongest proponents of stamped queries is 0.30 against 0.25 by "
             "chance (the whole-image mask): lift 0.05 [-0.02, 0.12], no better than chance.") in hans
     assert "Below the random map's score on the same pairs: ig." in hans
+
+
+def test_every_stage_s_section_reads_its_files(run_dir):
+    hans = section((run_dir / "report" / "README.md").read_text(), "clever_hans")
+    assert ("cnn's relevance mass on the planted shortcut's region of stamped images (saliency, averaged per image) is 0.30 "
+            "against 0.25 by chance (the whole-image mask): lift 0.05 [-0.02, 0.12], no better than chance.") in hans
+    assert "| cnn | 95.0 % | 60.0 % | 1.0 % | 0.05 [-0.02, 0.12] |" in hans
+    assert "put at most 3.0 % of their change inside 7's shortcut region (conv1), which covers 8.0 % of the image" in hans
+    assert "assigned to their target class by the classifier 90.0 % of the time" in hans
+    assert "Optimising the input directly reaches the wanted class for 97.0 % of images" in hans
+    assert "not above the 0.75 threshold: no clear frequency artifacts" in hans and "| iterations | 2000 |" in hans
+    assert "Not run yet" not in hans
 
 
 def test_the_report_says_when_the_residual_does_as_well_as_the_best_method(tmp_path):
@@ -332,7 +374,9 @@ def test_the_negative_control_has_its_own_section_and_shows_a_false_alarm(run_di
     control = section(text, "negative_control")
     assert control.startswith("## negative_control: Negative control: MNIST with nothing planted")
     assert "What it is for: the same images and the same classifier as where a shortcut is planted, with nothing planted" in control
-    assert "False alarms, above chance where nothing is planted: attribution, guided_backprop" in control
+    assert "False alarms, above chance where nothing is planted: attribution (guided_backprop) 0.80 [0.70, 0.90]" in control
+    assert ("| attribution (guided_backprop) | relevance mass on stamped images of other classes | 0.9 | 0.1 (the whole-image "
+            "mask) | 0.80 [0.70, 0.90] | above chance |") in control
     assert "so that is a false alarm of the attribution headline: guided_backprop" in control
 
 
@@ -362,6 +406,13 @@ def test_a_missing_or_malformed_file_ends_in_one_error_that_names_it(run_dir, ca
         read(run_dir, "clever_hans")
     details.write_text("[]")
     with pytest.raises(InputError, match=re.escape(str(details)) + " holds list"):
+        read(run_dir, "clever_hans")
+    details.write_text(kept)
+
+    stale = run_dir / "metrics" / "clever_hans" / "dissect.json"      # a headline of another run than its details
+    stale.write_text(json.dumps(lift_keys("shortcut_unit_iou", AT)))
+    with pytest.raises(InputError, match=re.escape(f"{stale} holds shortcut_unit_iou_lift = 0.05 but "
+                                                   f"{run_dir / 'plots/clever_hans/dissect/details.json'} 0.8")):
         read(run_dir, "clever_hans")
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.data.known_answer import ColorRule, PlantedShortcuts, Unknown
 from pipeline.report.findings import findings, verdict
 from pipeline.report.results import DatasetRun
-from pipeline.report.tables import Table, tables
+from pipeline.report.tables import Table, evidence_table, tables
 
 SOURCE_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "image_folder": "images"}
 SECTIONS = {  # stage (its folder under plots/<D>/) -> heading, in the order of the page
@@ -98,6 +99,7 @@ def document(runs: list[DatasetRun], timing: dict) -> list[Block]:
         blocks.append(Block("heading", title(run), level=2, anchor=run.dataset))
         blocks.append(Block("note", introduction(run)))
         blocks.append(Block("verdict", "Verdict", items=verdict(run)))
+        blocks += [Block("table", table=t) for t in evidence_table(run)]
         for stage in SECTIONS:
             blocks += section(run, stage)
         if run.not_run:
@@ -114,12 +116,12 @@ def timing_rows(timing: dict) -> list[list[str]]:
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.7em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2.4em} h3{margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.85em} td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}
-td:first-child,th:first-child{text-align:left} .table-title{font-weight:600;font-size:.85em;margin:1em 0 .2em}
+table{border-collapse:collapse;margin:.2em 0 .8em;font-size:.85em} td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left}
+td.num{text-align:right;white-space:nowrap} td:first-child{text-align:left} th{background:#f4f4f4} .table-title{font-weight:600;font-size:.85em;margin:1em 0 .2em}
 figure{margin:.8em 0} figure img{max-width:100%;border:1px solid #eee} figcaption{font-size:.85em;color:#555}
 .findings{padding:0 0 0 1.2em} .findings li{margin:.3em 0}
 .verdict{background:#fff7e6;border-left:4px solid #d08a1a;padding:.6em 1em} .verdict li{margin:.35em 0}
-nav a{margin-right:1em} .note{color:#444}
+nav a{margin-right:1em} .note{color:#444} .scroll{overflow-x:auto}
 """
 CHECK_IMAGES = """
 <script>
@@ -130,6 +132,9 @@ window.addEventListener('load', function () {
 });
 </script>
 """
+
+
+NUMBER = re.compile(r"^(-?[0-9.]+( %| \[.*\])?|–)$")   # a cell that holds a number (or none): right-aligned
 
 
 def caption(path: Path) -> str:
@@ -149,9 +154,10 @@ def html_block(block: Block) -> str:
     if block.kind == "table":
         t = block.table
         head = "".join(f"<th>{esc(h)}</th>" for h in t.header)
-        body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in t.rows)
+        body = "".join("<tr>" + "".join(f"<td{' class=num' if NUMBER.match(c) else ''}>{esc(c)}</td>" for c in row) + "</tr>"
+                       for row in t.rows)
         title = f'<p class="table-title">{esc(t.title)}</p>' if t.title else ""
-        return f"{title}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return f'{title}<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
     if block.kind == "picture":
         data = base64.b64encode(block.path.read_bytes()).decode("ascii")
         return (f'<figure><img src="data:image/png;base64,{data}" alt="{esc(caption(block.path))}">'

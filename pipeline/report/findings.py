@@ -44,9 +44,14 @@ class Evidence:
     method: str | None  # the method behind it, where a stage chose one
     lift: Lift
 
+    @property
+    def name(self) -> str:
+        """'explain's optimal masks (d_ig)'."""
+        return f"{self.detector} ({self.method})" if self.method else self.detector
+
     def said(self) -> str:
-        """'explain's optimal masks, d_ig (IoU with the truth region): lift 0.98 [0.95, 1.00]'."""
-        return f"{self.detector}{f', {self.method}' if self.method else ''} ({self.measure}): {interval(self.lift)}"
+        """'explain's optimal masks (d_ig) 0.98 [0.95, 1.00]': the lift and its interval."""
+        return f"{self.name} {self.lift.lift:.2f} [{self.lift.low:.2f}, {self.lift.high:.2f}]"
 
 
 def said(lift: Lift, subject: str) -> str:
@@ -175,19 +180,21 @@ def detector_lines(run: DatasetRun) -> list[str]:
     if negative_control(run):
         quiet = at + below
         if quiet and not above:
-            lines.append("Every detector judged stayed at or below chance, no false alarm: " + listed(quiet) + ".")
+            lines.append("Every detector judged stayed at or below chance, no false alarm (lift over chance, 95 % interval): "
+                         + listed(quiet) + ".")
         elif above:
             if quiet:
-                lines.append("At or below chance, as they must be here: " + listed(quiet) + ".")
+                lines.append("At or below chance, as they must be here (lift over chance, 95 % interval): " + listed(quiet) + ".")
             lines.append("False alarms, above chance where nothing is planted: " + listed(above) + ".")
     else:
-        lines.append(("Found above chance by " + listed(above) + ".") if above else
+        lines.append((f"Found above chance by {len(above)} of {len(found)} detectors (lift over chance, 95 % interval): "
+                      + listed(above) + ".") if above else
                      "No detector found the known answer above chance.")
         if at or below:
             lines.append("Not found: " + "; ".join(filter(None, [
                 ("no better than chance: " + listed(at)) if at else "", ("below chance: " + listed(below)) if below else ""])) + ".")
     if untested:
-        lines.append("Not tested: " + "; ".join(f"{e.detector} ({e.lift.reason or 'nothing to score'})" for e in untested) + ".")
+        lines.append("Not tested: " + "; ".join(f"{e.name} ({e.lift.reason or 'nothing to score'})" for e in untested) + ".")
     return lines
 
 

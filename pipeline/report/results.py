@@ -21,6 +21,7 @@ from pipeline.storage import InputError, read_json
 
 NAN = float("nan")
 MAX_PICTURES = 12   # per stage; the rest stay in plots/<D>/<stage>/
+SAME = 1e-5         # a lift in a metrics file and in details.json agree to this (both written rounded to 6 digits)
 
 # stage -> (its metrics file under metrics/<D>/, or None; whether it writes plots/<D>/<stage>/details.json)
 STAGE_FILES: dict[str, tuple[str | None, bool]] = {
@@ -119,6 +120,19 @@ def where(keys) -> str:
     return "/".join(str(k) for k in keys)
 
 
+def agree(metrics: Record, details: Record, headlines: dict[str, Lift]) -> None:
+    """Each headline's lift in the metrics file (``<name>_lift``, where it is one) is the one details.json holds: the
+    files of two different runs side by side are an error, not a report."""
+    for name, lift in headlines.items():
+        key = f"{name}_lift"
+        if key not in metrics.data:
+            continue
+        value = metrics.number(key)
+        if known(value) != known(lift.lift) or (known(value) and abs(value - lift.lift) > SAME):
+            raise InputError(f"{metrics.path} holds {key} = {value:g} but {details.path} {lift.lift:g}: they come from "
+                             f"different runs; re-run `dvc repro {metrics.made_by}`")
+
+
 def known(value) -> bool:
     """A measured number (not None, not NaN)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
@@ -209,11 +223,12 @@ class ExplainResult:
 def explain_result(metrics: Record, details: Record, class_names: list[str]) -> ExplainResult:
     control = details.sub("distractor_control")
     methods = details.sub("methods")
+    chance, best = details.lift_table("chance"), details.get("best_discriminative_method")
+    agree(metrics, details, {figure: lifts[best] for figure, lifts in chance.items() if best in lifts})
     return ExplainResult(
         n_pairs=int(details.number("n_pairs")), n_kept=int(metrics.number("n_pairs_kept")),
-        best=details.get("best_discriminative_method"),
-        median_score={m: methods.number(m, "median_score") for m in methods.data},
-        chance=details.lift_table("chance"), not_judged={k: str(v) for k, v in details.sub("not_judged").data.items()},
+        best=best, median_score={m: methods.number(m, "median_score") for m in methods.data},
+        chance=chance, not_judged={k: str(v) for k, v in details.sub("not_judged").data.items()},
         skipped={k: str(v) for k, v in details.sub("skipped_methods").data.items()},
         gan_shortcut_fraction=metrics.number("gan_shortcut_fraction"),
         n_into_shortcut_class=int(details.get("n_pairs_into_shortcut_class") or 0),
@@ -277,12 +292,14 @@ def discover_result(metrics: Record, details: Record, class_names: list[str]) ->
                                        bool(entry.get("flagged")), regions)
     judged = metrics.get("n_flagged_classes") is not None
     alarms = details.get("false_alarms")
+    region_iou = details.lift("chance", "shortcut_region_iou") if details.get("chance", "shortcut_region_iou") else None
+    agree(metrics, details, {"shortcut_region_iou": region_iou} if region_iou else {})
     return DiscoverResult(
         method=details.text("method"), n_pairs=int(details.number("n_pairs")), judged=judged, reason=details.text("not_judged"),
         classes=classes, flagged=details.names("flagged_classes"), sentences=details.names("sentences"),
         false_alarms=int(alarms) if isinstance(alarms, (int, float)) else None,
         false_alarm_classes=details.names("false_alarm_classes"), false_alarms_reason=details.text("false_alarms_reason"),
-        region_iou=details.lift("chance", "shortcut_region_iou") if details.get("chance", "shortcut_region_iou") else None,
+        region_iou=region_iou,
         region_iou_by_class=details.lifts("chance", "shortcut_region_iou_by_class"),
         found_without_being_told=details.names("found_without_being_told"))
 
@@ -309,6 +326,7 @@ def attribute_result(metrics: Record, details: Record, class_names: list[str]) -
             continue
         figure = chance.get(ATTRIBUTE_HEADLINES[name], {})
         headline[name] = (method, figure[method] if method in figure else not_judged("no method was judged"))
+    agree(metrics, details, {name: lift for name, (_, lift) in headline.items()})
     methods = details.sub("methods")
     return AttributeResult(
         n_images=int(details.number("n_images")),
@@ -341,12 +359,13 @@ class ArchitecturesResult:
 def architectures_result(metrics: Record, details: Record, class_names: list[str]) -> ArchitecturesResult:
     table = details.sub("architectures")
     correlation = details.sub("rank_correlation")
+    chance, headline = details.lift_table("chance"), details.text("headline_score")
+    agree(metrics, details, {f"{headline}_{a}": lift for a, lift in chance.get(headline, {}).items()})
     return ArchitecturesResult(
         epochs=int(details.number("epochs")) if known(details.number("epochs")) else 0,
         architectures={a: Architecture(table.number(a, "test_accuracy"), table.number(a, "shortcut_reliance"),
                                        table.number(a, "shortcut_base_rate")) for a in table.data},
-        headline=details.text("headline_score"), headline_methods=details.names("headline_methods"),
-        chance=details.lift_table("chance"),
+        headline=headline, headline_methods=details.names("headline_methods"), chance=chance,
         rank_correlation={pair: {m: correlation.number(pair, m) for m in correlation.sub(pair).data} for pair in correlation.data},
         skipped=details.text("skipped_scores"))
 
@@ -366,9 +385,10 @@ class ProbeResult:
 
 
 def probe_result(metrics: Record, details: Record, class_names: list[str]) -> ProbeResult:
-    concepts = details.sub("concepts")
+    concepts, chance = details.sub("concepts"), details.lifts("chance")
+    agree(metrics, details, chance)
     return ProbeResult(
-        chance=details.lifts("chance"), reason=details.text("skipped") or details.text("reason") or details.text("skipped_scores"),
+        chance=chance, reason=details.text("skipped") or details.text("reason") or details.text("skipped_scores"),
         figures={k: details.number(k) for k, v in details.data.items() if v is None or (known(v) and not isinstance(v, bool))},
         concepts={c: {k: concepts.number(c, k) for k, v in concepts.sub(c).data.items() if isinstance(v, (int, float))}
                   for c in concepts.data},

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.data.known_answer import PlantedShortcuts
-from pipeline.report.findings import pct
+from pipeline.report.findings import evidence, pct
 from pipeline.report.results import DatasetRun, Figures, known
 from pipeline.scoring.chance import Lift
 
@@ -96,10 +96,10 @@ def architecture_tables(run: DatasetRun) -> list[Table]:
                  ARCHITECTURE_LABELS, "architecture", extra)]
 
 
+# explain's figures shown per method (the mask mass beside each IoU stays in details.json)
 EXPLAIN_LABELS = {"score_vs_random": "score over the random map's", "score_vs_residual": "score over the residual's",
-                  "shortcut_iou": "IoU with the shortcut", "shortcut_mass_fraction": "mass on the shortcut",
-                  "shortcut_iou_carried": "IoU, pairs carrying it", "control_shortcut_iou": "control: IoU",
-                  "control_shortcut_mass_fraction": "control: mass", "digit_mass_fraction": "mass on the digit"}
+                  "shortcut_iou": "IoU with the shortcut", "shortcut_iou_carried": "IoU, pairs carrying it",
+                  "control_shortcut_iou": "distractor control: IoU", "digit_mass_fraction": "mass on the digit"}
 
 
 def explain_tables(run: DatasetRun) -> list[Table]:
@@ -107,7 +107,8 @@ def explain_tables(run: DatasetRun) -> list[Table]:
     extra = {"median score": {m: number(s) for m, s in e.median_score.items()}}
     if e.control is not None:
         extra["control: median score"] = {m: number(s) for m, s in e.control.median_score.items()}
-    columns = {f: lifts for f, lifts in e.chance.items() if any(lift.verdict != "not judged" for lift in lifts.values())}
+    columns = {f: e.chance[f] for f in EXPLAIN_LABELS
+               if any(lift.verdict != "not judged" for lift in e.chance.get(f, {}).values())}
     return [grid(f"Each method: lift over chance [95 % interval] (best discriminative: {e.best})", list(e.median_score),
                  columns, EXPLAIN_LABELS, "method", extra)]
 
@@ -164,6 +165,16 @@ def feature_viz_tables(run: DatasetRun) -> list[Table]:
                             [[layer, pct(share), pct(dream.toward_color.get(layer)), pct(dream.predicted_as_class.get(layer))]
                              for layer, share in dream.change_share.items()]))
     return tables
+
+
+def evidence_table(run: DatasetRun) -> list[Table]:
+    """The verdict's evidence: each detector's headline figure beside its chance level."""
+    found = evidence(run)
+    rows = [[e.name, e.measure, number(e.lift.score, 2),
+             f"{number(e.lift.chance, 2)} ({e.lift.reference})" if known(e.lift.chance) else "–",
+             cell(e.lift), e.lift.verdict + (f" ({e.lift.reason})" if e.lift.reason else "")] for e in found]
+    return [Table("How sure: each detector's headline figure against the known answer, beside its chance level",
+                  ["detector", "measures", "score", "chance (what it is)", "lift [95 % interval]", "verdict"], rows)] if rows else []
 
 
 def figures_table(figures: Figures) -> list[Table]:
