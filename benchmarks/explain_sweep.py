@@ -1,10 +1,10 @@
 """Throughput of the explain stage's mask sweep against QuAC's own evaluator, on the CPU.
 
-The workload is the pipeline's own: the GAN-free pairs of Clever Hans's distractor control (a clean test image
-and the same image with the shortcut stamped on and a same-sized change elsewhere; as ``explain@clever_hans``
-builds them: :func:`~pipeline.evaluation.explanations.distractor_control_pairs`), their d_ig maps (params.yaml's ``explain`` settings: attributed
-output, channel handling, integration steps) and the trained classifier of ``train_classifier@clever_hans``.
-The maps are made once; only the sweep and its scores are timed:
+The workload is the pipeline's own: the GAN-free pairs of Clever Hans's distractor control (a clean test
+image and the same image stamped with the shortcut and changed by as much elsewhere, as ``explain@clever_hans``
+builds them: :func:`~pipeline.evaluation.explanations.distractor_control_pairs`), their d_ig maps (params.yaml's
+``explain`` settings: attributed output, channel handling, integration steps) and the trained classifier of
+``train_classifier@clever_hans``. The maps are made once; only the sweep and its scores are timed:
 
 - ours: :func:`pipeline.attribution.discriminative.sweep` and :func:`~pipeline.attribution.discriminative.score_pairs`
   on all pairs, in each score convention (``quac``: QuAC's thresholds ``-1 + 2k/T``, mask size before the
@@ -20,10 +20,11 @@ The maps are made once; only the sweep and its scores are timed:
 Both run on the same classifier, pairs, maps and thresholds, at each ``--threads`` count (torch's and
 OpenCV's), interleaved over ``--repeats`` rounds in one process so that both see the same machine. Printed
 and written to ``benchmarks/results/explain_sweep.json`` (a list ``runs``): pairs per second of each (median
-over the rounds), their ratio, the Pearson correlation of the per-pair scores (ours in the ``quac``
-convention is QuAC's score, so it should be near 1; the ``pipeline`` convention measures differently), the
-machine's load average before and after, and QuAC's commit. Without ``--quac`` only ours is measured and
-nothing is written.
+over the rounds) and their ratio; the same per CPU second of the process (``cpu_ratio``: at one thread what
+a quiet machine would show while other jobs share the cores; at two, time a thread spins waiting for the
+other counts too); the Pearson correlation of the per-pair scores (ours in the ``quac`` convention computes
+QuAC's score, so it should be near 1; the ``pipeline`` convention measures differently); the machine's load
+average before and after, and QuAC's commit. Without ``--quac`` only ours is measured and nothing is written.
 
     python -m benchmarks.explain_sweep --quac PATH/TO/quac              # a checkout of github.com/funkelab/quac
     python -m benchmarks.explain_sweep --quac PATH --threads 1 2 --repeats 5 --pairs 128
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import statistics
@@ -165,9 +165,11 @@ class QuacEvaluator:
 # Timing
 # --------------------------------------------------------------------------------------------
 def timed(fn):
-    start = time.perf_counter()
+    """(``fn()``, wall-clock seconds, CPU seconds of this process: every thread's, not counting time the
+    machine's other jobs held the cores)."""
+    wall, cpu = time.perf_counter(), time.process_time()
     result = fn()
-    return result, time.perf_counter() - start
+    return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def machine() -> dict:
@@ -186,21 +188,24 @@ def load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def measure(threads: int, runners: dict, n_pairs: int, repeats: int) -> tuple[dict, dict, list[float], list[float]]:
+def measure(threads: int, runners: dict, n_pairs: int, repeats: int) -> tuple[dict, dict, dict, list[float], list[float]]:
     """Every runner ``repeats`` times at ``threads`` threads, interleaved (the order reversed every other round):
-    (name -> pairs/s per round, name -> scores, load before, load after)."""
+    (name -> pairs per wall-clock second per round, name -> pairs per CPU second per round, name -> scores,
+    load before, load after)."""
     torch.set_num_threads(threads)
     before = load()
     rates = {name: [] for name in runners}
+    cpu_rates = {name: [] for name in runners}
     scores = {}
     for name, run in runners.items():  # warm-up: allocator, kernel choice, imports
         run(slice(0, 2))
     order = list(runners)
     for round_ in range(repeats):
         for name in order if round_ % 2 == 0 else order[::-1]:
-            scores[name], seconds = timed(lambda: runners[name](slice(0, n_pairs)))
+            scores[name], seconds, cpu_seconds = timed(lambda: runners[name](slice(0, n_pairs)))
             rates[name].append(n_pairs / seconds)
-    return rates, scores, before, load()
+            cpu_rates[name].append(n_pairs / cpu_seconds)
+    return rates, cpu_rates, scores, before, load()
 
 
 def command(args: argparse.Namespace) -> str:
@@ -260,23 +265,25 @@ def main() -> None:
     for threads in args.threads:
         if reference:
             quac.cv2.setNumThreads(threads)
-        rates, scores, before, after = measure(threads, runners, n, args.repeats)
+        rates, cpu_rates, scores, before, after = measure(threads, runners, n, args.repeats)
         median = {name: statistics.median(r) for name, r in rates.items()}
+        cpu_median = {name: statistics.median(r) for name, r in cpu_rates.items()}
         print(f"{threads} thread(s), load average before {before}, after {after}:")
         for name in runners:
-            print(f"  {name:16s} {median[name]:8.2f} pairs/s  (rounds: {', '.join(f'{r:.2f}' for r in rates[name])})")
-        for convention in settings:
+            print(f"  {name:16s} {median[name]:8.2f} pairs/s  (rounds: {', '.join(f'{r:.2f}' for r in rates[name])}); "
+                  f"{cpu_median[name]:8.2f} pairs per CPU second")
+        for convention in settings if reference else ():
             name = f"ours ({convention})"
-            if not reference:
-                continue
-            ratio = median[name] / median["QuAC"]
+            ratio, cpu_ratio = median[name] / median["QuAC"], cpu_median[name] / cpu_median["QuAC"]
             agreement = pearson(scores[name], scores["QuAC"])
             difference = float(np.abs(scores[name] - scores["QuAC"]).max())
-            print(f"  {name} / QuAC: {ratio:.2f}x; per-pair scores: Pearson {agreement:.4f}, "
-                  f"largest difference {difference:.4f}")
+            print(f"  {name} / QuAC: {ratio:.2f}x ({cpu_ratio:.2f}x per CPU second); per-pair scores: Pearson "
+                  f"{agreement:.4f}, largest difference {difference:.4f}")
             runs.append({"reference": "quac", "convention": convention, "threads": threads, "ratio": round(ratio, 3),
                          "pearson": round(agreement, 5), "max_score_difference": round(difference, 5),
                          "pairs_per_second": round(median[name], 3), "reference_pairs_per_second": round(median["QuAC"], 3),
+                         "cpu_ratio": round(cpu_ratio, 3), "pairs_per_cpu_second": round(cpu_median[name], 3),
+                         "reference_pairs_per_cpu_second": round(cpu_median["QuAC"], 3),
                          "rounds_pairs_per_second": [round(r, 3) for r in rates[name]],
                          "reference_rounds_pairs_per_second": [round(r, 3) for r in rates["QuAC"]],
                          "load_average_before": before, "load_average_after": after})
