@@ -89,6 +89,15 @@ class Record:
             raise self.error(f"holds {value!r} at {where(keys)}, not a number")
         return float(value)
 
+    def count(self, *keys) -> int:
+        """A count (0 where it is null or absent)."""
+        value = self.number(*keys)
+        if not known(value):
+            return 0
+        if value != int(value) or value < 0:
+            raise self.error(f"holds {value:g} at {where(keys)}, not a count")
+        return int(value)
+
     def text(self, *keys, default: str = "") -> str:
         value = self.get(*keys)
         return default if value is None else str(value)
@@ -226,14 +235,14 @@ def explain_result(metrics: Record, details: Record, class_names: list[str]) -> 
     chance, best = details.lift_table("chance"), details.get("best_discriminative_method")
     agree(metrics, details, {figure: lifts[best] for figure, lifts in chance.items() if best in lifts})
     return ExplainResult(
-        n_pairs=int(details.number("n_pairs")), n_kept=int(metrics.number("n_pairs_kept")),
+        n_pairs=details.count("n_pairs"), n_kept=metrics.count("n_pairs_kept"),
         best=best, median_score={m: methods.number(m, "median_score") for m in methods.data},
         chance=chance, not_judged={k: str(v) for k, v in details.sub("not_judged").data.items()},
         skipped={k: str(v) for k, v in details.sub("skipped_methods").data.items()},
         gan_shortcut_fraction=metrics.number("gan_shortcut_fraction"),
-        n_into_shortcut_class=int(details.get("n_pairs_into_shortcut_class") or 0),
-        n_carrying_shortcut=int(details.get("n_pairs_carrying_shortcut") or 0),
-        control=DistractorControl(control.text("measures"), int(control.get("n_pairs") or 0), control.text("reason"),
+        n_into_shortcut_class=details.count("n_pairs_into_shortcut_class"),
+        n_carrying_shortcut=details.count("n_pairs_carrying_shortcut"),
+        control=DistractorControl(control.text("measures"), control.count("n_pairs"), control.text("reason"),
                                   {m: control.number("methods", m, "median_score") for m in control.sub("methods").data})
         if control.data else None,
         colormap_agreement=details.number("color_rule", "nearest_colormap_agreement"))
@@ -285,19 +294,18 @@ def discover_result(metrics: Record, details: Record, class_names: list[str]) ->
         regions = []
         for i, region in enumerate(entry.rows("regions")):
             tested = i < len(triggers) and triggers[i] is not None
-            regions.append(Region(int(region.number("top")), int(region.number("left")), int(region.number("height")),
-                                  int(region.number("width")), bool(region.get("significant")), bool(region.get("shortcut")),
+            regions.append(Region(region.count("top"), region.count("left"), region.count("height"), region.count("width"),
+                                  bool(region.get("significant")), bool(region.get("shortcut")),
                                   details.lift("chance", "trigger_rate", name, i) if tested else None))
-        classes[name] = ClassDiscovery(int(entry.number("n_pairs")), bool(entry.get("judged")), entry.text("reason"),
+        classes[name] = ClassDiscovery(entry.count("n_pairs"), bool(entry.get("judged")), entry.text("reason"),
                                        bool(entry.get("flagged")), regions)
-    judged = metrics.get("n_flagged_classes") is not None
-    alarms = details.get("false_alarms")
+    judged, alarms = metrics.get("n_flagged_classes") is not None, details.get("false_alarms")
     region_iou = details.lift("chance", "shortcut_region_iou") if details.get("chance", "shortcut_region_iou") else None
     agree(metrics, details, {"shortcut_region_iou": region_iou} if region_iou else {})
     return DiscoverResult(
-        method=details.text("method"), n_pairs=int(details.number("n_pairs")), judged=judged, reason=details.text("not_judged"),
+        method=details.text("method"), n_pairs=details.count("n_pairs"), judged=judged, reason=details.text("not_judged"),
         classes=classes, flagged=details.names("flagged_classes"), sentences=details.names("sentences"),
-        false_alarms=int(alarms) if isinstance(alarms, (int, float)) else None,
+        false_alarms=details.count("false_alarms") if alarms is not None else None,
         false_alarm_classes=details.names("false_alarm_classes"), false_alarms_reason=details.text("false_alarms_reason"),
         region_iou=region_iou,
         region_iou_by_class=details.lifts("chance", "shortcut_region_iou_by_class"),
@@ -329,7 +337,7 @@ def attribute_result(metrics: Record, details: Record, class_names: list[str]) -
     agree(metrics, details, {name: lift for name, (_, lift) in headline.items()})
     methods = details.sub("methods")
     return AttributeResult(
-        n_images=int(details.number("n_images")),
+        n_images=details.count("n_images"),
         scores={m: {k: methods.number(m, k) for k, v in methods.sub(m).data.items() if not isinstance(v, dict)}
                 for m in methods.data},
         chance=chance, headline=headline, best_deletion=details.get("best_methods", "best_deletion_auc"),
@@ -362,7 +370,7 @@ def architectures_result(metrics: Record, details: Record, class_names: list[str
     chance, headline = details.lift_table("chance"), details.text("headline_score")
     agree(metrics, details, {f"{headline}_{a}": lift for a, lift in chance.get(headline, {}).items()})
     return ArchitecturesResult(
-        epochs=int(details.number("epochs")) if known(details.number("epochs")) else 0,
+        epochs=details.count("epochs"),
         architectures={a: Architecture(table.number(a, "test_accuracy"), table.number(a, "shortcut_reliance"),
                                        table.number(a, "shortcut_base_rate")) for a in table.data},
         headline=headline, headline_methods=details.names("headline_methods"), chance=chance,
@@ -423,7 +431,7 @@ def feature_viz_result(metrics: Record, details: Record, class_names: list[str])
     return FeatureVizResult(
         metrics.number("mean_class_probability"),
         {c: {s: probability.number(c, s) for s in probability.sub(c).data} for c in probability.data},
-        int(details.number("dream", "images")) if known(details.number("dream", "images")) else 0,
+        details.count("dream", "images"),
         {name: Dream(shortcuts.number(name, "area_share"), layers(name, "change_share"), layers(name, "toward_color"),
                      layers(name, "predicted_as_shortcut_class")) for name in shortcuts.data})
 

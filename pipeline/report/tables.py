@@ -121,7 +121,7 @@ def discover_tables(run: DatasetRun) -> list[Table]:
         best = max(tested, key=lambda r: r.trigger.lift, default=None)
         rows.append([name, str(c.n_pairs), "yes" if c.judged else f"no ({c.reason})", "FLAGGED" if c.flagged else "",
                      str(sum(r.significant for r in c.regions)),
-                     f"{best.height}×{best.width} at ({best.top}, {best.left})" if best else "–",
+                     f"{best.height}×{best.width} at row {best.top}, column {best.left}" if best else "–",
                      cell(best.trigger) if best else "–", cell(d.region_iou_by_class.get(name))])
     return [Table("Per class: pairs, whether judged and flagged, regions recurring on held-out pairs, the best region's "
                   "trigger rate over its controls and, for a shortcut's class, its IoU over chance",
