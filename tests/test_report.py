@@ -373,7 +373,8 @@ def test_the_negative_control_has_its_own_section_and_shows_a_false_alarm(run_di
     text = (run_dir / "report" / "README.md").read_text()
     control = section(text, "negative_control")
     assert control.startswith("## negative_control: Negative control: MNIST with nothing planted")
-    assert "What it is for: the same images and the same classifier as where a shortcut is planted, with nothing planted" in control
+    assert ("What it is for: the same images and a classifier trained the same way as where a shortcut is planted, with "
+            "nothing planted") in control
     assert "False alarms, above chance where nothing is planted: attribution (guided_backprop) 0.80 [0.70, 0.90]" in control
     assert ("| attribution (guided_backprop) | relevance mass on stamped images of other classes | 0.9 | 0.1 (the whole-image "
             "mask) | 0.80 [0.70, 0.90] | above chance |") in control

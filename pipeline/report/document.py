@@ -52,8 +52,8 @@ def introduction(run: DatasetRun) -> str:
     if isinstance(answer, PlantedShortcuts):
         planted = "; ".join(answer.describe(k, run.class_names) for k in range(len(answer.shortcuts)))
         if answer.is_negative_control:
-            return (f"What it is for: the same images and the same classifier as where a shortcut is planted, with nothing "
-                    f"planted ({planted or 'no shortcut'}). Every detector is scored against that class and region exactly "
+            return (f"What it is for: the same images and a classifier trained the same way as where a shortcut is planted, "
+                    f"with nothing planted ({planted or 'no shortcut'}). Every detector is scored against that class and region exactly "
                     f"as where it is planted, and must stay at chance: a figure above chance here is a false alarm of that "
                     f"detector, and discovery must flag nothing.")
         return f"Planted: {planted}. Every explanation below is scored against it, beside its chance level."
