@@ -24,7 +24,8 @@ from pipeline.data.shortcuts import Shortcut
 from pipeline.models.classifiers import DenseClassifier, build_seeded_classifier, frozen, save_model
 from pipeline.runtime import StageContext, StageTimer
 from pipeline.storage import save_arrays, write_json
-from tests.conftest import REPO, params_with, repo_params
+from tests.conftest import params_with, repo_params
+from tests.dvc_stages import stage_outputs
 
 PIXEL = (0, 5, 17)  # channel, row, col the one-pixel model reads
 
@@ -296,22 +297,27 @@ def test_every_random_draw_of_the_attribute_stage_has_its_own_stream():
     assert not any(torch.equal(draws[k], other_seed[k]) for k in draws)
 
 
-def test_headline_picks_the_method_with_the_largest_lift_not_the_largest_score():
-    """a puts 0.9 of its relevance on the shortcut, but a uniform map on its support puts 0.9 there too: lift 0;
-    c puts 0.5 there against 0.1: c is the best method."""
+def test_the_headline_is_the_most_faithful_methods_lift_chosen_without_the_answer():
+    """b has the lowest deletion AUC, so b's lift is the headline, though c's lift is larger: the largest of several
+    lifts would flatter. When b was not judged on the figure, the headline is not judged either (null, the reason)."""
     details = {"random_order_deletion_auc": 0.4, "methods": {
         "a": {"deletion_auc": 0.30, "channel_share": {"red": 1.0}},
         "b": {"deletion_auc": 0.10},
         "c": {"deletion_auc": 0.20},
     }}
-    lifts = {"relevance_mass_flipped": {"a": Lift(0.9, 0.9, -0.02, 0.02, 50, SUPPORT), "b": not_judged("empty maps"),
+    lifts = {"relevance_mass_flipped": {"a": Lift(0.9, 0.9, -0.02, 0.02, 50, SUPPORT),
+                                        "b": Lift(0.3, 0.1, 0.15, 0.25, 50, SUPPORT),
                                         "c": Lift(0.5, 0.1, 0.35, 0.45, 50, SUPPORT)}}
     metrics, best = headline(details, lifts, ("shortcut_relevance_mass_flipped",))
     assert metrics == pytest.approx({"best_deletion_auc": 0.10, "random_order_deletion_auc": 0.4,
-                                     "shortcut_relevance_mass_flipped_lift": 0.4,
-                                     "shortcut_relevance_mass_flipped_lift_low": 0.35,
-                                     "shortcut_relevance_mass_flipped_lift_high": 0.45})
-    assert best == {"best_deletion_auc": "b", "shortcut_relevance_mass_flipped": "c"}
+                                     "shortcut_relevance_mass_flipped_lift": 0.2,
+                                     "shortcut_relevance_mass_flipped_lift_low": 0.15,
+                                     "shortcut_relevance_mass_flipped_lift_high": 0.25})
+    assert best == {"best_deletion_auc": "b", "shortcut_relevance_mass_flipped": "b"}
+    lifts["relevance_mass_flipped"]["b"] = not_judged("empty maps")
+    metrics, best = headline(details, lifts, ("shortcut_relevance_mass_flipped",))
+    assert metrics["shortcut_relevance_mass_flipped_lift"] != metrics["shortcut_relevance_mass_flipped_lift"]   # NaN
+    assert best["shortcut_relevance_mass_flipped"] is None
 
 
 def test_a_headline_no_method_was_judged_on_is_null_not_zero(tmp_path):
@@ -461,16 +467,8 @@ def write_stage_inputs(dataset: str, n_images: int = 12) -> None:
 
 
 def declared(stage_name: str, dataset: str) -> tuple[list[str], list[str]]:
-    """The stage's declared outputs and metrics, and every file the top-level ``plots:`` names, for ``dataset``."""
-    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    stage_spec = spec["stages"][stage_name]
-    outputs = [next(iter(o)) if isinstance(o, dict) else o for o in stage_spec["outs"] + stage_spec.get("metrics", [])]
-    plotted = []
-    for entry in spec["plots"]:
-        name, options = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
-        sources = [f for axis in ("x", "y") if isinstance(options.get(axis), dict) for f in options[axis]]
-        plotted += sources or [name]
-    return [o.replace("${item.dataset}", dataset) for o in outputs], plotted
+    """The stage's declared outputs, metrics and plots, and its plots alone, for ``dataset``."""
+    return list(stage_outputs(stage_name, dataset)), list(stage_outputs(stage_name, dataset, ("plots",)))
 
 
 @pytest.mark.parametrize("dataset", ["colored_mnist", "clever_hans"])
@@ -497,11 +495,11 @@ def test_stage_writes_three_headline_numbers_and_every_declared_output(dataset, 
     assert metrics["random_order_deletion_auc"] == details["random_order_deletion_auc"]
     figure = "relevance_mass_flipped" if dataset == "clever_hans" else "relevance_mass_digit"
     assert set(details["chance"][figure]) == set(STAGE_METHODS)
-    assert "largest lift over chance (its point value)" in details["best_methods_chosen_by"]
+    assert "chosen without the known answer" in details["best_methods_chosen_by"]
     best = details["best_methods"][next(k for k in details["best_methods"] if k != "best_deletion_auc")]
     judged = {m: r for m, r in details["chance"][figure].items() if r["verdict"] != "not judged"}
-    if judged:   # the best method by its lift's point value, its interval beside it
-        assert best == max(judged, key=lambda m: judged[m]["lift"])
+    if best in judged:   # the most faithful method's lift, its interval beside it
+        assert best == details["best_methods"]["best_deletion_auc"]
         key = next(k for k in metrics if k.endswith("_lift"))
         assert metrics[key] == pytest.approx(judged[best]["lift"], abs=1e-6)
         assert [metrics[key + "_low"], metrics[key + "_high"]] == pytest.approx(judged[best]["interval"], abs=1e-6)
