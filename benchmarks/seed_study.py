@@ -82,6 +82,24 @@ def train_one(seed: int, threads: int | None, args: argparse.Namespace) -> dict:
         return json.loads((work / "metrics" / DATASET / "classifier.json").read_text())
 
 
+def torch_default_threads() -> int:
+    """The CPU threads a stage gets when OMP_NUM_THREADS is not set (torch's default on this machine)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def shortcut_record(params: dict) -> dict:
+    """The planted shortcut studied (the params' first one, after --set) and the share of the image it paints."""
+    from pipeline.data.known_answer import PlantedShortcuts
+    from pipeline.data.shortcuts import Shortcut
+    from pipeline.data.sources import SOURCE_IMAGE_SIZE
+
+    spec = params["datasets"][DATASET]["shortcuts"][0]
+    shape = (SOURCE_IMAGE_SIZE, SOURCE_IMAGE_SIZE)   # the MNIST images the study trains on
+    return {"shortcut": spec, "shortcut_area_fraction": round(PlantedShortcuts((Shortcut(**spec),), shape).area_fraction(0), 6)}
+
+
 def summary(seeds: list[int], runs: list[dict], settings: list[str], threads: list[int | None] | None = None) -> dict:
     """One value per run (``seeds[i]`` at ``threads[i]`` CPU threads), and the spread over all runs."""
     reliance = np.array([r["shortcut_reliance"] for r in runs])
@@ -125,7 +143,11 @@ def main() -> None:
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         runs = list(pool.map(run, runs_to_do))
-    result = summary([s for s, _ in runs_to_do], runs, args.set, [t for _, t in runs_to_do])
+    threads = [t if t is not None else torch_default_threads() for _, t in runs_to_do]
+    result = {**shortcut_record(study_params(args.seeds[0], args)),
+              **summary([s for s, _ in runs_to_do], runs, args.set, threads)}
+    result["occlusion_minus_base_rate"] = [round(o - b, 6) for o, b in zip(result["shortcut_occlusion_rate"],
+                                                                           result["shortcut_base_rate"])]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
