@@ -104,9 +104,9 @@ def expand(items: list, entries: list) -> list[str]:
 
 
 def declared_outputs(work: Path) -> list[str]:
-    """Every output and metrics file dvc.yaml declares, matrix expanded."""
+    """Every output, metrics and plots file or folder dvc.yaml declares, matrix expanded."""
     stages = yaml.safe_load((work / "dvc.yaml").read_text())["stages"]
-    return [path for stage in stages.values() for key in ("outs", "metrics")
+    return [path for stage in stages.values() for key in ("outs", "metrics", "plots")
             for path in expand(matrix_items(work, stage), stage.get(key, []))]
 
 

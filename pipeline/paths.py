@@ -47,7 +47,14 @@ def timing_path(dataset: str, stage: str) -> Path:
 
 
 def plots_dir(dataset: str, stage: str) -> Path:
+    """A stage's ``details.json`` and plot data: dvc.yaml declares each file, plot data with its axes."""
     return PLOTS / dataset / stage
+
+
+def pictures_dir(dataset: str, stage: str) -> Path:
+    """A stage's pictures (subfolders included), which dvc.yaml declares as one plots folder: apart from the plot
+    data beside it, since DVC's outputs may not overlap."""
+    return plots_dir(dataset, stage) / "pictures"
 
 
 def counterfactuals_path(dataset: str) -> Path:

@@ -13,7 +13,8 @@ from pipeline.evaluation.feature_viz import MaximiseOptions, build_units, dream_
 from pipeline.models.classifiers import CNNClassifier, frozen, save_model
 from pipeline.stages.feature_viz import main
 from pipeline.storage import save_arrays, write_json
-from tests.conftest import REPO, repo_params
+from tests.conftest import repo_params
+from tests.dvc_stages import stage_outputs
 
 
 def linear_model(n_classes=3, seed=0):
@@ -112,7 +113,7 @@ def test_the_stage_writes_two_headline_metrics_and_wide_plot_data(tmp_path, monk
     details = json.loads((out / "details.json").read_text())
     assert details["steps"] == 3 and details["n_units"] == 5 * 2 + 4
     assert details["dream"]["images"] == 2 and len(details["dream"]["energy_gain"]) == 5
-    assert (out / "grids" / "dream.png").stat().st_size > 1000
+    assert (paths.pictures_dir("colored_mnist", "feature_viz") / "grids" / "dream.png").stat().st_size > 1000
     ones, noise = details["mean_class_probability_ones"], details["mean_class_probability_noise"]
     assert metrics["mean_class_probability"] == pytest.approx((ones + noise) / 2, abs=1e-6)
     curve = pd.read_csv(out / "curve.csv")
@@ -122,10 +123,9 @@ def test_the_stage_writes_two_headline_metrics_and_wide_plot_data(tmp_path, monk
     assert list(units.columns) == ["unit_name", "final_activation_ones", "final_activation_noise"]
     assert units["unit_name"].tolist()[:2] == ["conv1/0", "conv1/1"] and units["unit_name"].iloc[-1] == "class/winter"
 
-    plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
-    declared = {path: spec for entry in plots if isinstance(entry, dict) for path, spec in entry.items()
-                if path.startswith("plots/colored_mnist/feature_viz/") and path.endswith(".csv")}
-    assert {"plots/colored_mnist/feature_viz/curve.csv", "plots/colored_mnist/feature_viz/units.csv"} <= set(declared)
+    declared = {path: spec for path, spec in stage_outputs("feature_viz", "colored_mnist", ("plots",)).items()
+                if path.endswith(".csv")}
+    assert {"plots/colored_mnist/feature_viz/class_probability.csv", "plots/colored_mnist/feature_viz/units.csv"} <= set(declared)
     for path, spec in declared.items():
         if (tmp_path / path).exists():
             fields = [spec["x"], *(spec["y"] if isinstance(spec["y"], list) else [spec["y"]])]

@@ -211,4 +211,5 @@ def test_stage_counts_images_that_cannot_reach_the_margin_as_not_reached(workspa
     assert details["gan"]["n"] == details["matched"]["n"] == 2 and details["n_misclassified"] == 3
     assert len(pd.read_csv(out / "changes" / "optimisation.csv")) == 3
     assert len(pd.read_csv(out / "changes" / "gan.csv")) == 2
-    assert (out / "examples.png").stat().st_size > 1000 and (out / "comparison.png").stat().st_size > 1000
+    pictures = paths.pictures_dir(DATASET, "optimize_counterfactuals")
+    assert (pictures / "examples.png").stat().st_size > 1000 and (pictures / "comparison.png").stat().st_size > 1000

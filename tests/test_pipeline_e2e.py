@@ -143,7 +143,8 @@ def test_classifier_metrics_and_details(workspace, first_repro):
     live = workspace / "plots" / "clever_hans" / "train_classifier" / "live"
     assert (live / "plots" / "sklearn" / "confusion_matrix.json").exists()
     for dataset in DATASETS:
-        for picture in ("prepare/examples.png", "train_classifier/confusion.png", "train_classifier/live/plots/images/examples.png"):
+        for picture in ("prepare/pictures/examples.png", "train_classifier/pictures/confusion.png",
+                        "train_classifier/live/plots/images/examples.png"):
             assert (workspace / "plots" / dataset / picture).stat().st_size > 1000
 
 
@@ -194,7 +195,7 @@ def test_attribution_metrics_and_plots(workspace, first_repro):
         assert attributions["sample_ig_zero"].shape == (len(attributions["sample_index"]), 3, 28, 28)
         for picture in ("methods_heatmap", "methods_color", "ig_baselines", "gradcam_segmentation",
                         "gradcam_counterfactual", "contrastive", "deletion", "localization"):
-            assert (workspace / "plots" / dataset / "attribute" / f"{picture}.png").stat().st_size > 1000, picture
+            assert (workspace / "plots" / dataset / "attribute" / "pictures" / f"{picture}.png").stat().st_size > 1000, picture
         assert (workspace / "plots" / dataset / "attribute" / "deletion" / "random_order.csv").exists()
     hans = read(workspace, "metrics", "clever_hans", "attribution.json")
     assert "best_shortcut_relevance_mass_flipped" in hans
@@ -236,8 +237,9 @@ def test_gan_and_counterfactual_outputs(workspace, first_repro):
             assert npz["counterfactual"].dtype == np.uint8 and npz["counterfactual"].shape == (20 * (n_classes - 1), 3, 28, 28)
             assert (npz["source"] != npz["target"]).all()
             assert metrics["conversion_rate"] == pytest.approx(float((npz["predicted"] == npz["target"]).mean()), abs=1e-6)
-        for picture in ("train_gan/translations.png", "counterfactuals/gallery.png", "counterfactuals/interpolation.png",
-                        "counterfactuals/style_space.png", "counterfactuals/confusion.png"):
+        for picture in ("train_gan/pictures/translations.png", "counterfactuals/pictures/gallery.png",
+                        "counterfactuals/pictures/interpolation.png", "counterfactuals/pictures/style_space.png",
+                        "counterfactuals/pictures/confusion.png"):
             assert (workspace / "plots" / dataset / picture).stat().st_size > 1000
 
 
@@ -254,12 +256,12 @@ def test_explain_and_discover_outputs(workspace, first_repro):
             assert metrics[f"median_score_{method}"] == details["methods"][method]["median_score"]
         assert ("shortcut_iou" in metrics) == (dataset == "clever_hans")
         for picture in ("curves.png", "scores.png", "known_answer.png"):
-            assert (workspace / "plots" / dataset / "explain" / picture).stat().st_size > 1000
+            assert (workspace / "plots" / dataset / "explain" / "pictures" / picture).stat().st_size > 1000
         discovered = read(workspace, "metrics", dataset, "discover.json")
         found = read(workspace, "plots", dataset, "discover", "details.json")
         assert discovered["n_flagged_classes"] == len(found["flagged_classes"])
         assert ("shortcut_region_iou" in discovered) == (dataset == "clever_hans")
-        assert (workspace / "plots" / dataset / "discover" / "regions.png").stat().st_size > 1000
+        assert (workspace / "plots" / dataset / "discover" / "pictures" / "regions.png").stat().st_size > 1000
 
 
 def test_probe_stages_write_their_metrics(workspace, first_repro):
@@ -270,7 +272,7 @@ def test_probe_stages_write_their_metrics(workspace, first_repro):
             assert read(workspace, "metrics", dataset, "timing", f"{name}.json")["seconds"] > 0
         viz = read(workspace, "metrics", dataset, "feature_viz.json")
         assert set(viz) == {"mean_class_probability", "mean_class_probability_display"}
-        assert (workspace / "plots" / dataset / "feature_viz" / "grids" / "class.png").stat().st_size > 1000
+        assert (workspace / "plots" / dataset / "feature_viz" / "pictures" / "grids" / "class.png").stat().st_size > 1000
         optimised = read(workspace, "metrics", dataset, "optimize_counterfactuals.json")
         assert set(optimised) == {"success_rate", "mean_l1", "frechet_distance", "gan_success_rate"}
         detail = read(workspace, "plots", dataset, "optimize_counterfactuals", "details.json")
@@ -278,8 +280,8 @@ def test_probe_stages_write_their_metrics(workspace, first_repro):
         assert optimised["gan_success_rate"] == pytest.approx(detail["gan"]["success_rate"])
         spectra = read(workspace, "metrics", dataset, "spectra.json")
         assert {"spectral_detector_accuracy", "control_accuracy", "frequency_artifacts_detected"} <= set(spectra)
-        for picture in ("optimize_counterfactuals/examples.png", "optimize_counterfactuals/comparison.png",
-                        "spectra/spectra.png", "spectra/detector_weights.png"):
+        for picture in ("optimize_counterfactuals/pictures/examples.png", "optimize_counterfactuals/pictures/comparison.png",
+                        "spectra/pictures/spectra.png", "spectra/pictures/detector_weights.png"):
             assert (workspace / "plots" / dataset / picture).stat().st_size > 1000
 
 
@@ -299,7 +301,7 @@ def test_dissect_scores_every_convolution_unit(workspace, first_repro):
         assert metrics[f"best_{answer}_unit_iou"] == pytest.approx(units[f"iou_{answer}"].max(), abs=1e-5)
         # iou_color: a unit's best IoU over the colormaps, so that a unit counts once
         assert metrics[f"{answer}_units"] == int((units[f"iou_{answer}"] >= details["iou_threshold"]).sum())
-        assert (workspace / "plots" / dataset / "dissect" / "units.png").stat().st_size > 1000
+        assert (workspace / "plots" / dataset / "dissect" / "pictures" / "units.png").stat().st_size > 1000
     assert read(workspace, "plots", "clever_hans", "dissect", "details.json")["n_stamped"] == 32
 
 
@@ -320,7 +322,7 @@ def test_influence_traces_decisions_through_every_epoch_checkpoint(workspace, fi
         table = pd.read_csv(workspace / "plots" / dataset / "influence" / "proponents.csv")
         assert len(table) == details["n_queries"] * 10 and table["query"].nunique() == details["n_queries"] > 0
         assert (table.groupby("query")["score"].diff().dropna() <= 1e-6).all()   # strongest first
-        assert (workspace / "plots" / dataset / "influence" / "proponents.png").stat().st_size > 1000
+        assert (workspace / "plots" / dataset / "influence" / "pictures" / "proponents.png").stat().st_size > 1000
     hans = read(workspace, "plots", "clever_hans", "influence", "details.json")
     assert hans["proponent_precision_at_10"] == pytest.approx(hans["precision_at_k"]["10"])
 
@@ -329,9 +331,10 @@ def test_every_declared_plot_renders(workspace, first_repro):
     shown = json.loads(run([sys.executable, "-m", "dvc", "plots", "show", "--json"], workspace, stdout_only=True))
     assert not shown.get("errors"), shown.get("errors")
     rendered = set(shown["data"])
-    for dataset in DATASETS:
+    for dataset in ALL_DATASETS:   # declared per stage, so every dataset of params.yaml gets its plots
         assert any(name.startswith(f"plots/{dataset}/train_classifier/") for name in rendered)
         assert any(name.startswith(f"plots/{dataset}/explain/") for name in rendered)
+        assert f"plots/{dataset}/explain/scores.csv" in rendered and f"plots/{dataset}/prepare/pictures/examples.png" in rendered
 
 
 def test_architectures_are_trained_alike_and_compared_on_the_same_images(workspace, first_repro):
@@ -352,7 +355,7 @@ def test_architectures_are_trained_alike_and_compared_on_the_same_images(workspa
         sets = 2 if dataset == "clever_hans" else 1
         assert len(rows) == sets * (3 * 2 + 1)   # three pairs for ig_zero and saliency, cnn vs resnet for gradcam
         for picture in ("maps.png", "correlation.png"):
-            assert (workspace / "plots" / dataset / "architectures" / picture).stat().st_size > 1000
+            assert (workspace / "plots" / dataset / "architectures" / "pictures" / picture).stat().st_size > 1000
     hans = read(workspace, "plots", "clever_hans", "architectures", "details.json")
     assert hans["architectures"]["cnn"]["shortcut_reliance"] == pytest.approx(
         read(workspace, "metrics", "clever_hans", "architectures.json")["shortcut_reliance_cnn"])

@@ -16,7 +16,8 @@ from pipeline.runtime import StageContext, StageTimer, open_live
 from pipeline.storage import load_checkpoint, save_arrays, save_checkpoint, write_json
 from pipeline.stages.train_classifier import (data_order_generator, evaluate, initial_classifier, live_epoch_logger,
                                        log_evaluation, main, train)
-from tests.conftest import REPO, classifier_params, params_with, repo_params
+from tests.conftest import classifier_params, params_with, repo_params
+from tests.dvc_stages import stage_outputs
 
 
 def color_task(n=512, seed=0, n_classes=3):
@@ -368,9 +369,7 @@ def write_prepared(dataset: str) -> None:
 
 
 def declared_outputs(stage_name: str, dataset: str) -> list[str]:
-    stage_spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage_name]
-    outputs = [next(iter(o)) if isinstance(o, dict) else o for o in stage_spec["outs"] + stage_spec.get("metrics", [])]
-    return [o.replace("${item.dataset}", dataset) for o in outputs]
+    return list(stage_outputs(stage_name, dataset))
 
 
 @pytest.mark.parametrize("dataset", ["colored_mnist", "clever_hans"])

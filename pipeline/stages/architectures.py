@@ -80,7 +80,7 @@ def known_answer_scores(models: dict, sets: dict, maps: dict, answer, class_name
 
 def save_pictures(dataset: str, sets: dict, maps: dict, correlations: dict, names: list[str], methods: list[str],
                   class_names: list[str], n_rows: int) -> None:
-    out = paths.plots_dir(dataset, STAGE)
+    out = paths.pictures_dir(dataset, STAGE)
     shown = {"sample": n_rows - n_rows // 2, "stamped": n_rows // 2} if "stamped" in sets else {"sample": n_rows}
     images = torch.cat([sets[k]["images"][:n] for k, n in shown.items()]).cpu().numpy()
     titles = [("stamped, for " if k == "stamped" else "for ") + class_names[t]

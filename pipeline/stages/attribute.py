@@ -103,11 +103,11 @@ def main(argv: list[str] | None = None) -> None:
                                                                          cfg.segmentation_thresholds, dataset)
         write_csv(out / "gradcam_segmentation.csv", sweep)
         for picture, figure in pictures.items():
-            save_figure(figure, out / picture)
+            save_figure(figure, paths.pictures_dir(dataset, STAGE) / picture)
         details["contrastive"], figure = contrastive_analysis(
             model, test["images"], test["labels"], predicted, cfg.contrastive_method, options, noise,
             cfg.n_contrastive_images, ctx.rng("contrastive"), names, cfg.n_gallery_images, dataset)
-        save_figure(figure, out / "contrastive.png")
+        save_figure(figure, paths.pictures_dir(dataset, STAGE) / "contrastive.png")
         metrics, details["best_methods"] = headline(details, lifts, headline_figures(answer))
         details["best_methods_chosen_by"] = BEST_BY
         write_json(paths.metrics_path(dataset, "attribution"), metrics)
@@ -123,11 +123,12 @@ def save_plots(dataset: str, sets: dict, attributions: dict, methods: list[str],
     import pandas as pd
 
     images, titles, maps = gallery(sets, attributions, methods, rows, names)
+    pictures = paths.pictures_dir(dataset, STAGE)
     heat, color = method_grids(images, maps, titles, dataset)
-    save_figure(heat, out / "methods_heatmap.png")
-    save_figure(color, out / "methods_color.png")
+    save_figure(heat, pictures / "methods_heatmap.png")
+    save_figure(color, pictures / "methods_color.png")
     save_figure(ig_baselines_figure(images[:4], {m: maps[m][:4] for m in methods if m.startswith("ig_")}, cfg, noise,
-                                    dataset), out / "ig_baselines.png")
+                                    dataset), pictures / "ig_baselines.png")
 
     deletion_dir = out / "deletion"
     if deletion_dir.exists():
@@ -138,10 +139,10 @@ def save_plots(dataset: str, sets: dict, attributions: dict, methods: list[str],
         write_csv(deletion_dir / f"{name.replace(' ', '_')}.csv",
                   pd.DataFrame({"fraction": fractions, "probability": curve.cpu().numpy()}))
     save_figure(deletion_figure(fractions, {k: v.cpu().numpy() for k, v in curves.items()}, details, dataset),
-                out / "deletion.png")
+                pictures / "deletion.png")
 
     write_csv(out / "method_scores.csv", method_scores_frame(details["methods"]))
-    save_figure(localization_figure(details, methods, dataset), out / "localization.png")
+    save_figure(localization_figure(details, methods, dataset), pictures / "localization.png")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def save_plots(dataset: str, result: dict, confusions: dict, details: dict, tran
                classifier: nn.Module, test: dict, class_names: list[str], cfg: CounterfactualParams) -> None:
     """Confusion tables and heat maps per mode, per-pair conversion, the gallery, interpolation strips and
     the style space, under ``plots/<D>/counterfactuals/``."""
-    out = paths.plots_dir(dataset, "counterfactuals")
+    out, pictures = paths.plots_dir(dataset, "counterfactuals"), paths.pictures_dir(dataset, "counterfactuals")
     target = result["target"].cpu().numpy()
     for mode, suffix in MODES.items():
         predicted = result[f"predicted{suffix}"].cpu().numpy()
@@ -58,7 +58,7 @@ def save_plots(dataset: str, result: dict, confusions: dict, details: dict, tran
             "target": [class_names[t] for t in target], "predicted": [class_names[p] for p in predicted]}))
         fig = confusion_figure(confusions[suffix].cpu().numpy(), class_names,
                                f"{dataset}: {mode}-guided counterfactuals (row-normalised colour, counts)")
-        save_figure(fig, out / f"confusion{suffix}.png")
+        save_figure(fig, pictures / f"confusion{suffix}.png")
     write_series(out / "conversion_per_pair", {
         mode: pd.DataFrame({"pair": list(entry["conversion_per_pair"]),
                             "conversion_rate": list(entry["conversion_per_pair"].values())})
@@ -68,7 +68,7 @@ def save_plots(dataset: str, result: dict, confusions: dict, details: dict, tran
     first = torch.unique(result["image_index"])[: cfg.n_gallery_images]
     save_figure(gallery(translator, classifier, test["images"][first], test["labels"][first], result["class_styles"],
                         class_names, f"{dataset}: counterfactuals (reference-guided), p = classifier's probability"),
-                out / "gallery.png")
+                pictures / "gallery.png")
 
     # interpolation strips: the first rows of distinct images
     _, first_rows = np.unique(result["image_index"].cpu().numpy(), return_index=True)
@@ -82,7 +82,7 @@ def save_plots(dataset: str, result: dict, confusions: dict, details: dict, tran
                                                           "target_probability": p_target[i]})
         for i, (source, target) in enumerate(strip_pairs)})
     save_figure(interpolation_figure(blends, p_source, p_target, f"{dataset}: image → counterfactual"),
-                out / "interpolation.png")
+                pictures / "interpolation.png")
 
     # style space of real test images (their own class's style)
     n = min(cfg.n_style_points, len(test["images"]))
@@ -92,7 +92,7 @@ def save_plots(dataset: str, result: dict, confusions: dict, details: dict, tran
     colors = test["colors"][pick].cpu().numpy() if "colors" in test else None
     write_csv(out / "style_space.csv", style_space_frame(points, labels, class_names, colors))
     save_figure(style_space_figure(points, labels, class_names, colors, f"{dataset}: style codes of test images (PCA)"),
-                out / "style_space.png")
+                pictures / "style_space.png")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         out = paths.plots_dir(ctx.dataset, "discover")
         detail = discovery_details(found, class_names, method, len(targets), score)
         write_json(out / "details.json", detail)
-        save_figure(discovery_figure(found, class_names, truth_regions(answer), ctx.dataset, method), out / "regions.png")
+        save_figure(discovery_figure(found, class_names, truth_regions(answer), ctx.dataset, method),
+                    paths.pictures_dir(ctx.dataset, "discover") / "regions.png")
         ctx.timer.images = len(targets)
         said = (" ".join(detail["sentences"]) or "no class has a recurring region of its own.") if found.judged else \
             f"nothing judged: {detail['not_judged']} (min_pairs = {cfg.min_pairs} per half)."

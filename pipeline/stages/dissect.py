@@ -123,7 +123,7 @@ def skip(dataset: str, answer, concepts: list[str], reason: str) -> None:
     write_json(out / "details.json", {"skipped": reason})
     write_csv(out / "units.csv", pd.DataFrame(columns=["unit", "layer", "channel"] + [f"iou_{c}" for c in concepts]))
     write_csv(out / "layers.csv", pd.DataFrame(columns=["layer", "depth", "n_units"] + concepts))
-    save_figure(placeholder_figure(f"{dataset}: not dissected: {reason}"), out / "units.png")
+    save_figure(placeholder_figure(f"{dataset}: not dissected: {reason}"), paths.pictures_dir(dataset, "dissect") / "units.png")
     print(f"[dissect@{dataset}] skipped: {reason}", file=sys.stderr)
 
 
@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
                                           "held_out": held_out, "chance": {k: lift.to_dict() for k, lift in lifts.items()}})
         write_csv(out / "units.csv", unit_table(result, answer))
         write_csv(out / "layers.csv", layer_table(layers, names))
-        save_figure(picture(model, images.cpu(), concepts.cpu(), result, best, cfg, ctx.dataset), out / "units.png")
+        save_figure(picture(model, images.cpu(), concepts.cpu(), result, best, cfg, ctx.dataset),
+                    paths.pictures_dir(ctx.dataset, "dissect") / "units.png")
         ctx.timer.images = len(images)
         print(f"[dissect@{ctx.dataset}] {len(result.thresholds)} units, {len(images)} images: "
               + "; ".join(lift.sentence(f"{k} (held out)", 3) for k, lift in lifts.items()), file=sys.stderr)

@@ -139,30 +139,30 @@ def main(argv: list[str] | None = None) -> None:
         details["per_class_pair"] = class_pair_details(pairs, results, class_names)
         metrics = headline_metrics(n_kept, headline, gan_shortcut_fraction)
 
-        out = paths.plots_dir(ctx.dataset, "explain")
+        out, pictures = paths.plots_dir(ctx.dataset, "explain"), paths.pictures_dir(ctx.dataset, "explain")
         grid_host = grid.cpu().numpy()
         quartiles, score_frame = curve_and_score_summaries(methods, results, len(grid_host))
         write_csv(out / "curves.csv", curve_table(grid_host, quartiles))
         write_csv(out / "scores.csv", score_frame)
-        plot_curves(grid_host, quartiles, ctx.dataset, out / "curves.png")
-        plot_scores(score_frame, ctx.dataset, out / "scores.png")
+        plot_curves(grid_host, quartiles, ctx.dataset, pictures / "curves.png")
+        plot_scores(score_frame, ctx.dataset, pictures / "scores.png")
         gallery_method = best or methods[0]
         if n_kept:
             maps, scores = results[gallery_method]
             save_gallery(model, pairs, gallery_method, maps, scores, settings, class_names, cfg.gallery_top_k,
-                         out / "gallery", ctx.dataset)
+                         pictures / "gallery", ctx.dataset)
         else:
-            (out / "gallery").mkdir(parents=True, exist_ok=True)
+            (pictures / "gallery").mkdir(parents=True, exist_ok=True)
         if isinstance(answer, ColorRule):
             write_csv(out / "known_answer" / "color_rule.csv", color_rule_table(color_frame))
-            plot_color_rule(color_frame, class_names, ctx.dataset, out / "known_answer.png")
+            plot_color_rule(color_frame, class_names, ctx.dataset, pictures / "known_answer.png")
         elif isinstance(answer, PlantedShortcuts):
             frame = shortcut_table(methods, chance)
             write_csv(out / "known_answer" / "shortcut_iou.csv", frame)
-            plot_shortcut_overlap(frame, ctx.dataset, out / "known_answer.png")
+            plot_shortcut_overlap(frame, ctx.dataset, pictures / "known_answer.png")
         else:   # your own images: nothing to score against
             (out / "known_answer").mkdir(parents=True, exist_ok=True)
-            save_figure(placeholder_figure(f"{ctx.dataset}: {answer.reason}"), out / "known_answer.png")
+            save_figure(placeholder_figure(f"{ctx.dataset}: {answer.reason}"), pictures / "known_answer.png")
 
         source, target = pairs.source.cpu().numpy(), pairs.target.cpu().numpy()
         save_arrays(explanations_dir(ctx.dataset) / "explanations.npz", image_index=pairs.image_index.cpu().numpy(),

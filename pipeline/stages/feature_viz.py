@@ -47,7 +47,7 @@ def layer_dream(ctx: StageContext, model: nn.Module, class_names: list[str]) -> 
         details["shortcuts"] = {class_names[region.label]: found["shortcut"] for region, (found, _) in zip(known, dreams)}
         del details["shortcut"]
     save_figure(dream_figure(start, shown, class_names, ctx.dataset),
-                paths.plots_dir(ctx.dataset, "feature_viz") / "grids" / "dream.png")
+                paths.pictures_dir(ctx.dataset, "feature_viz") / "grids" / "dream.png")
     return details
 
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         write_csv(out / "curve.csv", curve_table(result["curve"].cpu().numpy()))
         write_csv(out / "class_probability.csv", class_probability_table(rows))
         for name, fig in unit_grids(result, units, meta["class_names"], ctx.dataset):
-            save_figure(fig, out / "grids" / f"{name}.png")
+            save_figure(fig, paths.pictures_dir(ctx.dataset, "feature_viz") / "grids" / f"{name}.png")
         save_arrays(paths.DATA / "feature_viz" / ctx.dataset / "feature_viz.npz", **unit_arrays(result, units))
         ctx.timer.images = len(STARTS) * len(units) * cfg.steps + details["dream"]["images"] * len(units.layer_names[:-1]) * cfg.dream_steps
         print(f"[feature_viz@{ctx.dataset}] {len(units)} units x {len(STARTS)} starts, {cfg.steps} steps: "

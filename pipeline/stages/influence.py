@@ -68,7 +68,7 @@ def no_queries(ctx, answer, n_train: int,
     write_json(paths.plots_dir(ctx.dataset, STAGE) / "details.json", {"n_queries": 0, "n_train": n_train, "reason": reason})
     write_csv(paths.plots_dir(ctx.dataset, STAGE) / "proponents.csv", pd.DataFrame(columns=["query", "rank", "score"]))
     write_csv(paths.plots_dir(ctx.dataset, STAGE) / "by_rank.csv", pd.DataFrame(columns=["rank"]))
-    save_figure(placeholder_figure(f"No query: {reason}."), paths.plots_dir(ctx.dataset, STAGE) / "proponents.png")
+    save_figure(placeholder_figure(f"No query: {reason}."), paths.pictures_dir(ctx.dataset, STAGE) / "proponents.png")
     log(ctx.dataset, f"no query: {reason}")
 
 
@@ -134,7 +134,7 @@ def run(ctx, cfg: InfluenceParams) -> None:
     write_csv(paths.plots_dir(ctx.dataset, STAGE) / "proponents.csv", table)
     write_csv(paths.plots_dir(ctx.dataset, STAGE) / "by_rank.csv", by_rank(table, figures))
     save_figure(proponents_figure(table, shown, train["images"], meta["class_names"], cfg.n_show, ctx.dataset),
-                paths.plots_dir(ctx.dataset, STAGE) / "proponents.png")
+                paths.pictures_dir(ctx.dataset, STAGE) / "proponents.png")
     ctx.timer.images = len(candidates) * len(checkpoints)   # one forward pass per training image and checkpoint
     log(ctx.dataset, f"{len(shown['images'])} queries, {len(candidates)} training images, {len(checkpoints)} checkpoints: "
         + "; ".join(lift.sentence(name, 3) for name, lift in lifts.items()))

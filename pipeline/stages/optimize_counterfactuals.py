@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> None:
 
         write_plot_data(out, cfg, real, counterfactual, predicted, target, theirs, gan_predicted, matched, gan_summary,
                         steps, reached)
-        write_pictures(out, ctx.dataset, cfg, names, labels[index], chosen, real, counterfactual, predicted, target,
-                       ours_rows, theirs)
+        write_pictures(paths.pictures_dir(ctx.dataset, "optimize_counterfactuals"), ctx.dataset, cfg, names, labels[index],
+                       chosen, real, counterfactual, predicted, target, ours_rows, theirs)
         ctx.timer.images = len(index)
         print(f"[optimize_counterfactuals@{ctx.dataset}] {len(index)} images: success {overall['success_rate']:.3f} "
               f"(margin reached {details['margin_reached_rate']:.3f}), L1 {overall['mean_l1']:.2f}, "

@@ -124,7 +124,7 @@ def save_examples(dataset: str, train: dict, meta: dict, per_class: int = 6) -> 
         titles.append(title)
     fig = image_grid(train["images"][index], titles, ncols=per_class * 2 if meta["kind"] == "colored_mnist" else per_class,
                      suptitle=f"{dataset}: training examples (title = class)")
-    save_figure(fig, paths.plots_dir(dataset, "prepare") / "examples.png")
+    save_figure(fig, paths.pictures_dir(dataset, "prepare") / "examples.png")
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def save_pictures(dataset: str, table: pd.DataFrame, train: dict, class_names: l
                 ("stamped" if p["stamped"] else "unstamped") if p["label"] in shortcut_labels else ""
             titles[cell] = f"{class_names[p['label']]} #{p['rank']}" + (f" w={p['witness']:+.3f}" if kind == "criticism" else "") + f"\n{note}"
         fig = image_grid(images, titles, ncols=width, suptitle=f"{dataset}: MMD-critic {kind}s of each class (row), in pick order")
-        save_figure(fig, paths.plots_dir(dataset, STAGE) / f"{kind}s.png")
+        save_figure(fig, paths.pictures_dir(dataset, STAGE) / f"{kind}s.png")
 
 
 def run(ctx, cfg: PrototypesParams) -> None:
@@ -147,7 +147,7 @@ def skip(dataset: str, answer, reason: str) -> None:
     write_json(out / "details.json", {"skipped": reason})
     write_csv(out / "selection.csv", pd.DataFrame(columns=["class", "kind", "rank", "index", "witness"]))
     for kind in KINDS:
-        save_figure(placeholder_figure(f"{dataset}: no {kind}s: {reason}"), out / f"{kind}s.png")
+        save_figure(placeholder_figure(f"{dataset}: no {kind}s: {reason}"), paths.pictures_dir(dataset, STAGE) / f"{kind}s.png")
     print(f"[{STAGE}@{dataset}] skipped: {reason}", file=sys.stderr)
 
 

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         write_json(paths.metrics_path(ctx.dataset, "spectra"), {
             "spectral_detector_accuracy": accuracy, "control_accuracy": control, "frequency_artifacts_detected": detected})
 
-        out = paths.plots_dir(ctx.dataset, "spectra")
+        out, pictures = paths.plots_dir(ctx.dataset, "spectra"), paths.pictures_dir(ctx.dataset, "spectra")
         mean_real = log_spectra(result["real"], cfg.epsilon).mean(0)
         mean_generated = log_spectra(result["generated"], cfg.epsilon).mean(0)
         write_json(out / "details.json",
@@ -46,8 +46,9 @@ def main(argv: list[str] | None = None) -> None:
         save_arrays(paths.DATA / "spectra" / ctx.dataset / "spectra.npz", mean_real=mean_real.cpu().numpy(),
                     mean_generated=mean_generated.cpu().numpy(), detector_weights=weights, radii=radii)
         write_csv(out / "radial_profile.csv", radial_table(mean_real, mean_generated))
-        save_figure(spectra_figure(mean_real.cpu().numpy(), mean_generated.cpu().numpy(), ctx.dataset), out / "spectra.png")
-        save_figure(weights_figure(weights, radii, accuracy, control, ctx.dataset), out / "detector_weights.png")
+        save_figure(spectra_figure(mean_real.cpu().numpy(), mean_generated.cpu().numpy(), ctx.dataset),
+                    pictures / "spectra.png")
+        save_figure(weights_figure(weights, radii, accuracy, control, ctx.dataset), pictures / "detector_weights.png")
         ctx.timer.images = sum(result[part]["n_first"] + result[part]["n_second"]
                                for part in ("detector", "control", "floor_effect"))
         verdict = "frequency artifacts: generated images are separable by spectrum" if detected \

@@ -111,7 +111,7 @@ def log_evaluation(live, evaluation: Evaluation, test: dict, names: list[str], n
 
 def save_confusion_picture(dataset: str, confusion: torch.Tensor, names: list[str]) -> None:
     save_figure(confusion_heatmap(confusion.cpu().numpy(), names, f"{dataset}: test confusion (row-normalised colour, counts)"),
-                paths.plots_dir(dataset, STAGE) / "confusion.png")
+                paths.pictures_dir(dataset, STAGE) / "confusion.png")
 
 
 # --------------------------------------------------------------------------------------------

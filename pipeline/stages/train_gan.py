@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         fig = translation_grid(ema, test, meta["class_names"], cfg.n_grid_images, ctx.generator("/grid-images"),
                                ctx.generator("/grid-latent", ctx.device),
                                f"{ctx.dataset}: latent-guided translations (EMA generator, {cfg.iterations} iterations)")
-        save_figure(fig, out / "translations.png")
+        save_figure(fig, paths.pictures_dir(ctx.dataset, "train_gan") / "translations.png")
 
         metrics = headline_metrics(result["smoothed_losses"], options, cfg.iterations)
         write_json(paths.metrics_path(ctx.dataset, "train_gan"), metrics)
