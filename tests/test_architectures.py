@@ -12,8 +12,6 @@ from pipeline.config import ConfigError, Params, build
 from pipeline.evaluation.architectures import (ComparisonOptions, attribution_maps, correlation_matrix, mean_over_shared_methods,
                                             mean_rank_correlation, pairwise_correlations, relevance_lifts, train_alike)
 from pipeline.models.classifiers import ResNetClassifier, build_seeded_classifier, frozen, load_classifier, save_model
-from pipeline.report.findings import architecture_findings
-from pipeline.report.run import DatasetRun
 from tests.conftest import REPO, classifier_params, repo_params
 
 DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -227,31 +225,6 @@ def test_invalid_architectures_params_name_the_key(key, value, must_name):
 def test_architectures_epochs_default_to_the_classifiers():
     params = build(Params, DEFAULTS)
     assert params.architectures.epochs is None and params.architectures.names == ["dense", "cnn", "resnet"]
-
-
-# ---------------------------------------------------------------------------------------------
-# the report's sentence
-# ---------------------------------------------------------------------------------------------
-def test_the_report_says_where_architectures_agree_and_where_their_maps_differ():
-    run = DatasetRun("clever_hans", "clever_hans")
-    run.details["architectures"] = {
-        "epochs": 4, "n_images": {"sample": 256, "stamped": 256}, "headline_methods": ["ig_zero", "saliency"],
-        "architectures": {a: {"test_accuracy": acc, "shortcut_reliance": rel, "shortcut_base_rate": 0.0, "relevance_mass": mass}
-                          for a, acc, rel, mass in (("dense", 0.97, 0.93, 0.40), ("cnn", 0.99, 0.97, 0.55), ("resnet", 0.99, 0.95, 0.50))},
-        "rank_correlation": {"dense vs cnn": {"ig_zero": 0.3, "saliency": 0.1},
-                             "dense vs resnet": {"ig_zero": 0.2, "saliency": 0.1},
-                             "cnn vs resnet": {"ig_zero": 0.4, "saliency": 0.2, "gradcam": 0.5}},
-    }
-    first, second = architecture_findings(run)
-    assert "all 3 rely on the shortcut (reliance 0.93–0.97)" in first
-    assert "40.0 %–55.0 %" in first and "97.0 %–99.0 %" in first
-    assert "maps agree little: mean Spearman rank correlation over the pairs saliency 0.13 (0.10–0.20), gradcam 0.50 " \
-           "(cnn vs resnet only)" in second
-    assert "over saliency the closest pair is cnn vs resnet (0.20), the farthest dense vs cnn (0.10)" in second
-    assert "ig_zero maps correlate at 0.20–0.40, but they are zero wherever the input is black" in second
-    run.details["architectures"]["architectures"]["dense"]["shortcut_reliance"] = 0.2
-    assert "dense partly relies on the shortcut (reliance 0.20), cnn and resnet rely on the shortcut (reliance 0.97, 0.95)" \
-        in architecture_findings(run)[0]
 
 
 @pytest.mark.parametrize("dataset, fraction", [("clever_hans", 0.95), ("negative_control", 0.0), ("colored_mnist", None)])
