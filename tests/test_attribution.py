@@ -11,7 +11,7 @@ from pipeline import paths
 from pipeline.stages.attribute import RANDOM_STREAMS, main, random_streams
 from pipeline.attribution.faithfulness import gaussian_perturbation, random_deletion_order
 from pipeline.attribution.image_sets import image_sets
-from pipeline.attribution.method_scores import headline
+from pipeline.attribution.method_scores import REINITIALIZED, headline
 from pipeline.attribution.methods import (ATTRIBUTION_METHODS, AttributionOptions, Negated, blurred, gradcam_explainer,
                                           make_explainer, noise_baseline, skip_reason)
 from pipeline.attribution.scores import (channel_shares, color_scores, colormap_channel_std, curve_area, deletion_curve,
@@ -371,6 +371,73 @@ def test_an_input_times_gradient_map_on_a_stamped_digit_is_held_to_the_stamps_sh
     assert found["pointing_game"].score == 1.0 and found["pointing_game"].lift == pytest.approx(1 - support_chance)
 
 
+def bright_stamp(n=40):
+    """n images: a dim gray digit stroke (48 pixels at 0.3) and a white 4x4 stamp in the corner (16 pixels, its pixel
+    (1, 1) the brightest: a single top pixel); and the stamp's region."""
+    images, region = stamped_digits(n)
+    images[:, :, 10:16, 10:18] = 0.3
+    images[:, :, :4, :4] = 0.9
+    images[:, :, 1, 1] = 1.0
+    return images, region
+
+
+def test_a_map_that_follows_the_input_alone_has_no_lift_over_the_reinitialised_model():
+    """Input x a constant knows nothing of the model: a re-initialised classifier gets the same map (up to the
+    constant), so relevance mass and pointing game are exactly its chance level (lift 0, no better than chance). Beside
+    the uniform map on its support alone (16 / 64) the bright stamp would look found: relevance mass 0.50, pointing
+    game 1."""
+    from pipeline.attribution.method_scores import REINITIALIZED, localization_lifts
+
+    images, region = bright_stamp()
+    alone = localization_lifts(images * 2.0, region, streams, "none")
+    assert alone["relevance_mass"].chance == pytest.approx(16 / 64) and alone["relevance_mass"].verdict == "above chance"
+    assert alone["pointing_game"].score == 1.0 and alone["pointing_game"].verdict == "above chance"
+    lifts = localization_lifts(images * 2.0, region, streams, "none", reinitialized=images * 0.5)
+    for figure in ("relevance_mass", "pointing_game"):
+        lift = lifts[figure]
+        assert lift.reference == REINITIALIZED and set(lift.references) == {SUPPORT, REINITIALIZED}
+        assert lift.score == pytest.approx(alone[figure].score) and lift.chance == pytest.approx(lift.score)
+        assert lift.lift == pytest.approx(0.0) and lift.verdict == "no better than chance", figure
+    assert lifts["relevance_mass"].score == pytest.approx((15 * 2.7 + 3) / (15 * 2.7 + 3 + 48 * 0.9))
+
+
+def test_a_map_that_the_model_draws_to_the_stamp_beats_the_reinitialised_model_and_an_empty_one_scores_nothing():
+    """The model's map puts nearly all relevance on the stamp, the re-initialised model's follows the input (half of it
+    on the stamp): lift over the higher chance level, the re-initialised model's. An empty map of the re-initialised
+    model credits the stamp nothing (0, a miss): the uniform map binds, as without it."""
+    from pipeline.attribution.method_scores import REINITIALIZED, localization_lifts
+
+    images, region = bright_stamp()
+    on_stamp = images.clone()
+    on_stamp[:, :, 10:16, 10:18] *= 0.01
+    lifts = localization_lifts(on_stamp, region, streams, "none", reinitialized=images)
+    mass = lifts["relevance_mass"]
+    assert mass.reference == REINITIALIZED and mass.chance == pytest.approx((15 * 2.7 + 3) / (15 * 2.7 + 3 + 48 * 0.9))
+    assert mass.score > 0.98 and mass.verdict == "above chance"
+    empty = localization_lifts(on_stamp, region, streams, "none", reinitialized=torch.zeros_like(images))
+    plain = localization_lifts(on_stamp, region, streams, "none")
+    for figure in ("relevance_mass", "pointing_game"):
+        assert empty[figure].references[REINITIALIZED] == 0.0 and empty[figure].reference == SUPPORT
+        assert empty[figure].n == plain[figure].n == 40 and empty[figure].lift == pytest.approx(plain[figure].lift)
+
+
+def test_the_reinitialised_classifier_is_the_architecture_with_seeded_weights_and_not_available_for_torchscript():
+    from pipeline.stages.attribute import reinitialized_classifier
+
+    resnet = {"architecture": "torchvision", "torchvision": "resnet18", "n_classes": 3, "input_shape": (3, 32, 32)}
+    first, what = reinitialized_classifier(resnet, 5, "cpu")
+    again, _ = reinitialized_classifier(resnet, 5, "cpu")
+    other, _ = reinitialized_classifier(resnet, 6, "cpu")
+    weight = lambda m: m.network.conv1.weight
+    assert torch.equal(weight(first), weight(again)) and not torch.equal(weight(first), weight(other))
+    assert "torchvision resnet18" in what and not any(p.requires_grad for p in first.parameters())
+    cnn, what = reinitialized_classifier({"architecture": "cnn", "n_classes": 10, "width": 4}, 5, "cpu")
+    assert cnn is not None and "cnn" in what
+    script, what = reinitialized_classifier({"architecture": "torchscript", "n_classes": 3, "input_shape": (3, 32, 32)},
+                                            5, "cpu")
+    assert script is None and what.startswith("not available")
+
+
 def test_an_all_zero_map_is_not_judged_on_relevance_mass_and_misses_the_pointing_game():
     from pipeline.attribution.method_scores import localization_lifts
 
@@ -503,8 +570,12 @@ def test_stage_writes_three_headline_numbers_and_every_declared_output(dataset, 
         key = next(k for k in metrics if k.endswith("_lift"))
         assert metrics[key] == pytest.approx(judged[best]["lift"], abs=1e-6)
         assert [metrics[key + "_low"], metrics[key + "_high"]] == pytest.approx(judged[best]["interval"], abs=1e-6)
-    for record in (r for per_method in details["chance"].values() for r in per_method.values()):
-        assert record["verdict"] == "not judged" or record["chance_level"] == "a uniform map on the method's own support"
+    assert "cnn" in details["reinitialized_model"]
+    for record in (r for per_method in details["chance"].values() for r in per_method.values()):   # both chance levels
+        assert record["verdict"] == "not judged" or set(record["chance_levels"]) == {SUPPORT, REINITIALIZED}
+        assert record["verdict"] == "not judged" or record["chance"] == max(record["chance_levels"].values())
+    spearman = {m: s["randomization_spearman"] for m, s in details["methods"].items()}   # the same copy's maps
+    assert all(-1 <= spearman[m] <= 1 for m in ("ig_noise", "saliency")), spearman
     scores = pd.read_csv(paths.plots_dir(dataset, "attribute") / "method_scores.csv")
     assert scores["method"].tolist() == STAGE_METHODS
     assert scores["deletion_auc"].tolist() == pytest.approx(list(deletion.values()), abs=1e-5)
@@ -518,3 +589,35 @@ def test_stage_writes_three_headline_numbers_and_every_declared_output(dataset, 
     written = [p.relative_to(tmp_path).as_posix() for p in (tmp_path / "plots").rglob("*.csv")]
     undeclared = [f for f in written if not any(f == p or f.startswith(p + "/") for p in plotted)]
     assert not undeclared, f"plot data missing from dvc.yaml's plots: {undeclared}"
+
+
+def test_a_torchscript_classifier_has_no_reinitialised_chance_level_and_keeps_the_uniform_map(tmp_path, monkeypatch):
+    """A TorchScript network cannot be rebuilt with fresh weights: details say the re-initialised model is not
+    available, the randomisation check is null (not measured), and every figure stands beside the uniform map alone."""
+    import warnings
+
+    from pipeline.models.classifiers import classifier_from_file
+
+    monkeypatch.chdir(tmp_path)
+    write_stage_inputs("clever_hans")
+    network = build_seeded_classifier({"architecture": "cnn", "n_classes": 10, "width": 4}, 0).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(network, torch.zeros(1, 3, 28, 28)).save(str(tmp_path / "model.ts"))
+    config = {"architecture": "torchscript", "n_classes": 10, "input_shape": (3, 28, 28)}
+    model, extra = classifier_from_file(config, tmp_path / "model.ts")
+    save_model(paths.classifier_path("clever_hans"), model, config, **extra)
+    settings = {"n_images": 6, "methods": ["saliency", "inputxgrad"], "batch_size": 4, "internal_batch_size": 64,
+                "deletion_steps": 4, "n_faithfulness_images": 2, "infidelity_samples": 2, "n_sensitivity_images": 1,
+                "sensitivity_samples": 2, "n_localization_images": 2, "segmentation_thresholds": 4,
+                "n_contrastive_images": 2, "contrastive_method": "saliency", "n_gallery_images": 2}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params({"device": "cpu", "attribution": settings})))
+    main(["clever_hans"])
+
+    details = json.loads((paths.plots_dir("clever_hans", "attribute") / "details.json").read_text())
+    assert details["reinitialized_model"].startswith("not available") and "TorchScript" in details["reinitialized_model"]
+    assert all(s["randomization_spearman"] is None for s in details["methods"].values())
+    records = [r for per_method in details["chance"].values() for r in per_method.values()]
+    judged = [r for r in records if r["verdict"] != "not judged"]
+    assert judged and all(r["chance_level"] == SUPPORT and "chance_levels" not in r for r in judged)
+

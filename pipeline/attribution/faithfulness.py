@@ -13,7 +13,7 @@ import torch
 from annotated_types import Ge, Gt
 from torch import nn
 
-from pipeline.attribution.methods import AttributionOptions, as_captum_explanation, attribute_batches, make_explainer
+from pipeline.attribution.methods import AttributionOptions, as_captum_explanation, make_explainer
 from pipeline.attribution.scores import deletion_curve, nanmean, pixel_map, rank_correlation
 from pipeline.data.tensors import to_float
 from pipeline.models.inference import predict_probabilities
@@ -59,12 +59,15 @@ def random_order_curve(model: nn.Module, images: torch.Tensor, targets: torch.Te
                           deletion_steps)
 
 
-def faithfulness_scores(name: str, model: nn.Module, random_model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
-                        attributions: torch.Tensor, options: AttributionOptions, faithfulness: FaithfulnessOptions,
-                        noise: torch.Tensor, perturb) -> dict:
+def faithfulness_scores(name: str, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                        attributions: torch.Tensor, random_maps: torch.Tensor | None, options: AttributionOptions,
+                        faithfulness: FaithfulnessOptions, noise: torch.Tensor, perturb) -> dict:
     """Infidelity and randomisation check on ``n_faithfulness_images``, max-sensitivity on ``n_sensitivity_images``.
 
-    ``noise``: the ``ig_noise`` baseline image; ``perturb``: infidelity's perturbation (``gaussian_perturbation``).
+    ``random_maps``: the method's maps of the same images and targets by a re-initialised copy of the model (at least
+    the first ``n_faithfulness_images``), or None where none can be built: the randomisation check is then NaN (not
+    available). ``noise``: the ``ig_noise`` baseline image; ``perturb``: infidelity's perturbation
+    (``gaussian_perturbation``).
     """
     from captum.metrics import infidelity, sensitivity_max
 
@@ -74,8 +77,8 @@ def faithfulness_scores(name: str, model: nn.Module, random_model: nn.Module, im
                               n_perturb_samples=faithfulness.infidelity_samples, normalize=True,
                               max_examples_per_batch=max(len(x), min(options.batch_size * 4,
                                                                      len(x) * faithfulness.infidelity_samples)))
-    random_maps = attribute_batches(make_explainer(name, random_model, options, noise), x, t, options.batch_size)
-    randomization = rank_correlation(pixel_map(attributions[: len(x)]).abs(), pixel_map(random_maps).abs())
+    randomization = float("nan") if random_maps is None else \
+        nanmean(rank_correlation(pixel_map(attributions[: len(x)]).abs(), pixel_map(random_maps[: len(x)]).abs()))
 
     xs, ts = x[: faithfulness.n_sensitivity_images], t[: faithfulness.n_sensitivity_images]
     explanation = as_captum_explanation(make_explainer(name, model, options, noise))
@@ -84,4 +87,4 @@ def faithfulness_scores(name: str, model: nn.Module, random_model: nn.Module, im
                                     max_examples_per_batch=max(len(xs), min(options.batch_size,
                                                                             len(xs) * faithfulness.sensitivity_samples)))
     return {"infidelity": nanmean(infidelities), "sensitivity_max": nanmean(sensitivities),
-            "randomization_spearman": nanmean(randomization)}
+            "randomization_spearman": randomization}

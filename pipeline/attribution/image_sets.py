@@ -50,13 +50,15 @@ def image_sets(test: dict, predicted: torch.Tensor, model: nn.Module, n_images: 
 
 
 def attribute_all(methods: list[str], model: nn.Module, sets: dict, options: AttributionOptions,
-                  noise: torch.Tensor) -> dict:
-    """{method: {set name: attributions}}: every image set in one batched pass per method, one progress bar."""
+                  noise: torch.Tensor, desc: str = "attributions") -> dict:
+    """{method: {set name: attributions}}: every image set in one batched pass per method, one progress bar (``desc``).
+    Each set is explained for its own ``targets``, whichever ``model`` explains it (the classifier, or its
+    re-initialised copy for a chance level)."""
     images = torch.cat([s["images"] for s in sets.values()])
     targets = torch.cat([s["targets"] for s in sets.values()])
     sizes = [len(s["targets"]) for s in sets.values()]
     result = {}
-    with tqdm(total=math.ceil(len(images) / options.batch_size) * len(methods), desc="attributions", file=sys.stderr,
+    with tqdm(total=math.ceil(len(images) / options.batch_size) * len(methods), desc=desc, file=sys.stderr,
               mininterval=2, leave=False) as bar:
         for name in methods:
             bar.set_postfix_str(name)

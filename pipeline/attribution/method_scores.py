@@ -10,6 +10,16 @@ pixels its map of that image can credit at all), per image, as a lift with a boo
 An input x gradient-type map credits only non-black pixels, so on a stamped digit most of what it can credit lies on
 the stamp: its chance level there is that share, not the stamp's share of the image. A tie for the top pixel and an
 empty map miss the pointing game; an empty map's uniform counterpart misses too (chance 0 for that image).
+
+A second chance level stands beside it: the same method, with the same settings, on the same images and targets, run
+on a re-initialised copy of the classifier (its architecture with seeded random weights: a model that learned
+nothing). The uniform map answers "what does a map score that credits only what this method can credit, with no
+preference among those pixels?"; the re-initialised model answers "what does a map of this method get from the input
+alone?". Guided backpropagation, saliency and SmoothGrad are drawn to a bright red patch whatever the model learned,
+so on a stamped image their maps of an untrained network already pile up on the stamp. The highest of the two chance
+levels binds (:func:`~pipeline.scoring.chance.lift_over_chance`). An empty map of the re-initialised model credits the
+truth nothing: relevance mass 0 and a miss for that image. Where the classifier's architecture cannot be rebuilt (a
+TorchScript network) this chance level is not available and the uniform map stands alone.
 """
 from __future__ import annotations
 
@@ -31,6 +41,7 @@ from pipeline.scoring.chance import Lift, lift_over_chance, not_judged
 from pipeline.scoring.relevance import SUPPORT, pointing_game, relevance_mass, support_share
 
 Streams = Callable[[str], torch.Generator]   # a named random stream: one per use (here: per bootstrap)
+REINITIALIZED = "the same method on the classifier re-initialised with random weights"
 
 # image set: (suffix of its per-method scores, why nothing is judged on it when it holds no image)
 LOCATED = {
@@ -40,25 +51,36 @@ LOCATED = {
 }
 
 
-def localization_lifts(attributions: torch.Tensor, masks: torch.Tensor, streams: Streams,
-                       reason_if_empty: str) -> dict[str, Lift]:
+def localization_lifts(attributions: torch.Tensor, masks: torch.Tensor, streams: Streams, reason_if_empty: str,
+                       reinitialized: torch.Tensor | None = None) -> dict[str, Lift]:
     """Relevance mass and pointing game of ``attributions`` [N, C, H, W] on ``masks`` ([N, H, W] or [H, W]), each as
-    a :class:`Lift` over a uniform map on the method's own support (``streams(figure)``: the figure's bootstrap)."""
+    a :class:`Lift` over the higher of two chance levels (``streams(figure)``: the figure's bootstrap): a uniform map
+    on the method's own support (what a map scores that credits only the pixels the method can credit, without
+    preference), and, where ``reinitialized`` is given, the same figure of that method's maps of the same images by a
+    re-initialised classifier [N, C, H, W] (what a map of the method gets from the input alone; an empty one scores 0)."""
     chance = support_share(attributions, masks)
+    mass_levels, pointing_levels = {SUPPORT: chance}, {SUPPORT: chance.nan_to_num(0.0)}
+    if reinitialized is not None:
+        mass_levels[REINITIALIZED] = relevance_mass(reinitialized, masks).nan_to_num(0.0)
+        pointing_levels[REINITIALIZED] = pointing_game(reinitialized, masks)
     if len(attributions):
         reason_if_empty = "no map credits any pixel positively"
-    return {"relevance_mass": lift_over_chance(relevance_mass(attributions, masks), {SUPPORT: chance},
+    return {"relevance_mass": lift_over_chance(relevance_mass(attributions, masks), mass_levels,
                                                streams("relevance_mass"), reason_if_empty=reason_if_empty),
-            "pointing_game": lift_over_chance(pointing_game(attributions, masks), {SUPPORT: chance.nan_to_num(0.0)},
+            "pointing_game": lift_over_chance(pointing_game(attributions, masks), pointing_levels,
                                               streams("pointing_game"), reason_if_empty=reason_if_empty)}
 
 
-def score_methods(methods: list[str], model: nn.Module, random_model: nn.Module, sets: dict, attributions: dict,
+def score_methods(methods: list[str], model: nn.Module, sets: dict, attributions: dict, reinitialized: dict | None,
                   digit_masks: torch.Tensor, labels: torch.Tensor, class_names: list[str], channel_std: np.ndarray | None,
                   options: AttributionOptions, faithfulness: FaithfulnessOptions, noise: torch.Tensor,
                   perturb, streams: Streams) -> tuple[dict, dict, dict]:
     """Every score of every method on the sample ({method: {score: value}}), its mean deletion curve, and the
-    localisation figures beside their chance level ({figure: {method: Lift}}, figure e.g. ``relevance_mass_flipped``)."""
+    localisation figures beside their chance levels ({figure: {method: Lift}}, figure e.g. ``relevance_mass_flipped``).
+
+    ``attributions`` and ``reinitialized``: {method: {set name: maps}} of the classifier and of its re-initialised copy
+    (the same images and targets; None where the copy cannot be built: no randomisation check, and localisation beside
+    the uniform map alone)."""
     sample = sets["sample"]
     images = to_float(sample["images"])
     probability = probability_function(model, options.internal_batch_size)
@@ -69,12 +91,14 @@ def score_methods(methods: list[str], model: nn.Module, random_model: nn.Module,
         curve = deletion_curve(probability, images, maps, sample["targets"], 0.0, faithfulness.deletion_steps)
         curves[name] = curve.mean(dim=0)
         record = {"deletion_auc": curve_area(curve).mean().item()}
-        record.update(faithfulness_scores(name, model, random_model, sample["images"], sample["targets"], maps, options,
-                                          faithfulness, noise, perturb))
+        random_maps = reinitialized[name] if reinitialized else {}   # {set name: maps}
+        record.update(faithfulness_scores(name, model, sample["images"], sample["targets"], maps, random_maps.get("sample"),
+                                          options, faithfulness, noise, perturb))
         for key, masks in located.items():
             suffix, reason = LOCATED[key]
-            scored = localization_lifts(attributions[name][key if key != "digit" else "sample"], masks,
-                                        lambda figure: streams(f"{figure}_{key}/{name}"), reason)
+            maps_of = key if key != "digit" else "sample"
+            scored = localization_lifts(attributions[name][maps_of], masks, lambda figure: streams(f"{figure}_{key}/{name}"),
+                                        reason, random_maps.get(maps_of))
             for figure, lift in scored.items():   # raw figure and its chance level, for method_scores.csv
                 record[f"{figure}{suffix}"], record[f"{figure}{suffix}_chance"] = lift.score, lift.chance
                 lifts.setdefault(f"{figure}_{key}", {})[name] = lift
@@ -85,12 +109,15 @@ def score_methods(methods: list[str], model: nn.Module, random_model: nn.Module,
 
 
 def details_record(sets: dict, results: dict, lifts: dict, skipped: dict, random_curve: torch.Tensor,
-                   digit_masks: torch.Tensor, channel_std: np.ndarray | None, class_names: list[str]) -> dict:
+                   digit_masks: torch.Tensor, channel_std: np.ndarray | None, class_names: list[str],
+                   reinitialized_model: str) -> dict:
     """The scores of every method (``score_methods``), the localisation figures beside chance (``chance``: {figure:
-    {method: Lift as a dict}}), those skipped, the random-order reference (per-image deletion curves) and the sizes
+    {method: Lift as a dict}}), those skipped, the random-order reference (per-image deletion curves), what the
+    re-initialised classifier is (``reinitialized_model``: its description, or "not available: <why>") and the sizes
     of what was measured: the shortcut and digit area fractions."""
     details = {"n_images": len(sets["sample"]["targets"]), "methods": results, "skipped": skipped,
                "random_order_deletion_auc": curve_area(random_curve).mean().item(),
+               "reinitialized_model": reinitialized_model,
                "chance": {figure: {m: lift.to_dict() for m, lift in per_method.items()} for figure, per_method in lifts.items()}}
     if "shortcut" in sets:
         details["localization"] = {

@@ -4,9 +4,20 @@ Every method explains the classifier's *predicted* class on a seeded sample of t
 scored for faithfulness (deletion curve, infidelity, max-sensitivity), for the model-randomisation
 sanity check, and against the known answer: the planted shortcut's truth region (planted shortcuts, the
 negative control too), the digit's pixels, and the RGB channels that carry the colormap (colored MNIST).
-Relevance mass and pointing game stand beside a uniform map on the method's own support, as lifts with
-bootstrap intervals (``chance`` in details.json). Grad-CAM also segments the digit, and mistakes get a
+Relevance mass and pointing game stand beside two chance levels, as lifts over the higher one with bootstrap
+intervals (``chance`` in details.json, per figure and method): a uniform map on the method's own support (what a map
+scores that credits only the pixels the method can credit, with no preference among them), and the same method on
+the same images and targets run on a re-initialised copy of the classifier (its architecture with seeded random
+weights: what a map of that method gets from the input alone). Grad-CAM also segments the digit, and mistakes get a
 contrastive (predicted vs. true class) view.
+
+The re-initialised model's chance level was added after the negative control (the red corner square planted on no
+training image) showed relevance mass on the stamp above chance: guided backpropagation, saliency and SmoothGrad
+are drawn to a bright red patch whatever the model learned, which the uniform map does not capture. Since it was
+added in answer to that control, the negative control no longer tests it independently: the shortcut benchmark's
+clean variants (other stamps, planted on no training image) are the check that does not depend on it. For a
+TorchScript classifier, whose architecture cannot be rebuilt with fresh weights, it is not available (details
+``reinitialized_model`` says so) and the uniform map stands alone.
 
 ``metrics/<D>/attribution.json`` holds the best deletion AUC beside the random order's and the best method's
 localisation lift with its interval (see :func:`~pipeline.attribution.method_scores.headline`); every score of
@@ -19,6 +30,7 @@ import warnings
 
 import numpy as np
 import torch
+from torch import nn
 
 from pipeline import paths
 from pipeline.attribution.contrastive import contrastive_analysis
@@ -35,6 +47,7 @@ from pipeline.data.known_answer import ColorRule, PlantedShortcuts
 from pipeline.prepared import load_known_answer, load_meta, load_prepared
 from pipeline.models.inference import predict_probabilities
 from pipeline.models.classifiers import build_seeded_classifier, frozen, load_classifier
+from pipeline.models.external import TORCHSCRIPT, TORCHVISION
 from pipeline.runtime import StageContext, stage
 from pipeline.storage import load_checkpoint, save_arrays, save_figure, write_csv, write_json
 
@@ -51,11 +64,24 @@ def random_streams(ctx: StageContext) -> dict[str, torch.Generator]:
 
     ``noise_baseline``: the ``ig_noise`` baseline image; ``infidelity``: the perturbations of captum's
     infidelity; ``deletion_order``: the random-order deletion reference; ``randomized_model``: the
-    weights of the re-initialised model of the randomisation check; ``captum``: the seed of the global
+    weights of the re-initialised model (the randomisation check, and the localisation figures' chance level
+    of a model that learned nothing); ``captum``: the seed of the global
     generator that captum's NoiseTunnel and sensitivity_max draw from. Drawn on the CPU, so a CPU and a
     GPU run draw the same numbers (except those captum draws on the data's device).
     """
     return {name: ctx.generator(name, device="cpu") for name in RANDOM_STREAMS}
+
+
+def reinitialized_classifier(config: dict, seed: int, device: torch.device | str) -> tuple[nn.Module | None, str]:
+    """The classifier's architecture with weights drawn from ``seed`` alone (a model that learned nothing), frozen on
+    ``device``, and what it is in words. A torchvision architecture is built without weights, seeded; a TorchScript
+    network cannot be rebuilt without its own weights: (None, "not available: <why>")."""
+    if config["architecture"] == TORCHSCRIPT:
+        return None, ("not available: a TorchScript network cannot be rebuilt with fresh weights, so there is no "
+                      "randomisation check and the localisation figures stand beside the uniform map alone")
+    name = f"torchvision {config[TORCHVISION]}" if config["architecture"] == TORCHVISION else config["architecture"]
+    return (frozen(build_seeded_classifier(config, seed), device),
+            f"the classifier's architecture ({name}) with seeded random weights (stream randomized_model)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         model_path = paths.classifier_path(dataset)
         model = load_classifier(model_path, device)
         config = load_checkpoint(model_path, made_by=f"train_classifier@{dataset}")["config"]
-        random_model = frozen(build_seeded_classifier(config, streams["randomized_model"].initial_seed()), device)
+        random_model, reinitialized_model = reinitialized_classifier(config, streams["randomized_model"].initial_seed(),
+                                                                     device)
         noise = noise_baseline(tuple(test["images"].shape[1:]), streams["noise_baseline"]).to(device)
 
         methods, skipped = runnable_methods(cfg.methods, model)
@@ -84,18 +111,21 @@ def main(argv: list[str] | None = None) -> None:
         sample = sets["sample"]
         log(dataset, f"{len(methods)} methods on " + ", ".join(f"{len(s['targets'])} {k}" for k, s in sets.items()) + " images")
         attributions = attribute_all(methods, model, sets, options, noise)
+        reinitialized = None if random_model is None else \
+            attribute_all(methods, random_model, sets, options, noise, "attributions (re-initialised model)")
 
         digit_source = test["clean_images"] if isinstance(answer, PlantedShortcuts) else test["images"]
         digit_masks = foreground_mask(digit_source[sample["index"]])
         channel_std = colormap_channel_std(list(answer.colormaps)) if isinstance(answer, ColorRule) else None
-        results, curves, lifts = score_methods(methods, model, random_model, sets, attributions, digit_masks,
+        results, curves, lifts = score_methods(methods, model, sets, attributions, reinitialized, digit_masks,
                                                test["labels"][sample["index"]], names, channel_std, options, faithfulness,
                                                noise, gaussian_perturbation(cfg.infidelity_noise, streams["infidelity"]),
                                                lambda name: ctx.generator(f"chance/{name}"))
         random_curve = random_order_curve(model, sample["images"], sample["targets"], streams["deletion_order"],
                                           cfg.internal_batch_size, cfg.deletion_steps)
         curves["random order"] = random_curve.mean(dim=0)
-        details = details_record(sets, results, lifts, skipped, random_curve, digit_masks, channel_std, names)
+        details = details_record(sets, results, lifts, skipped, random_curve, digit_masks, channel_std, names,
+                                 reinitialized_model)
 
         out = paths.plots_dir(dataset, STAGE)
         rows = gallery_rows(sets, cfg.n_gallery_images)
