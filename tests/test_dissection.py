@@ -10,9 +10,9 @@ from torch import nn
 
 from pipeline.config import ConfigError, Params, build
 from pipeline.models.classifiers import conv_layers
-from pipeline.evaluation.dissection import (DissectionOptions, best_units, dissect, half_split, held_out_lifts, iou_ceiling,
-                                            layer_maps, layer_summary, quantile_thresholds, top_images, unit_masks,
-                                            unit_thresholds)
+from pipeline.evaluation.dissection import (REINITIALIZED, DissectionOptions, best_units, dissect, half_split, held_out_lifts,
+                                            iou_ceiling, layer_maps, layer_summary, quantile_thresholds, same_layers,
+                                            top_images, unit_masks, unit_thresholds)
 from pipeline.scoring.masks import RANDOM_MASKS, WHOLE_IMAGE
 from tests.conftest import REPO, repo_params
 
@@ -183,6 +183,63 @@ def test_a_unit_that_copies_the_square_is_above_both_chance_levels_on_held_out_i
     assert lifts["stroke_iou"].n == 6
 
 
+class UntrainedNet(nn.Module):
+    """16 units of 1x1 convolution with weights drawn from ``seed``, never trained. A unit with a positive red weight
+    and a negative sum of weights answers more to pure red than to any gray or black pixel; among 16 units some
+    does, so its mask at the square's share is the red square, whatever any classifier uses."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.conv1 = nn.Conv2d(3, 16, 1)
+            self.head = nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv1(x)).mean((2, 3)))
+
+
+def test_a_unit_that_segments_the_stamp_in_an_untrained_network_gives_no_lift():
+    """Both networks are untrained: each has a unit whose held-out masks are the red square exactly (IoU 1 per image).
+    Beside the whole-image mask and random masks alone that looks like a find (lift 0.94); beside the best unit of the
+    other untrained network, chosen on the same half and scored on the same images, it is no better than chance: the
+    input alone draws such a unit."""
+    images, concepts, names = red_square_data(n_images=12, n_stamped=8)
+    selection = torch.tensor([True, False] * 6)
+    options = DissectionOptions(quantile=1.0 - square_share(concepts[selection]), batch_size=5)
+    figures = {"square_iou": ["square"]}
+    without, _ = held_out_lifts(UntrainedNet(0), images, concepts, names, figures, selection, options, streams)
+    assert without["square_iou"].verdict == "above chance" and without["square_iou"].lift == pytest.approx(1 - 16 / SIZE ** 2)
+    lifts, held_out = held_out_lifts(UntrainedNet(0), images, concepts, names, figures, selection, options, streams,
+                                     reinitialized=UntrainedNet(1))
+    lift = lifts["square_iou"]
+    assert lift.score == pytest.approx(1.0) and lift.reference == REINITIALIZED and lift.chance == pytest.approx(1.0)
+    assert set(lift.references) == {WHOLE_IMAGE, RANDOM_MASKS, REINITIALIZED}
+    assert lift.lift == pytest.approx(0.0) and lift.verdict == "no better than chance"
+    assert held_out["reinitialized_selection_iou"]["square"] == pytest.approx(1.0)
+    assert held_out["reinitialized_units"]["square"] != held_out["units"]["square"]   # another unit, chosen by itself
+
+
+def test_a_unit_the_untrained_copy_cannot_match_keeps_its_lift():
+    """The re-initialised copy sees only green: none of its units segments the red square on the held-out images (IoU 0),
+    so the whole-image mask binds and the red-square unit stays above chance. Layers given by the caller are found
+    in the copy by their place in the network."""
+    images, concepts, names = red_square_data(n_images=12, n_stamped=8)
+    selection = torch.tensor([True, False] * 6)
+    options = DissectionOptions(quantile=1.0 - square_share(concepts[selection]), batch_size=5)
+    model, blind = RedSquareNet(), RedSquareNet()
+    with torch.no_grad():
+        blind.conv1.weight[0, :, 0, 0] = torch.tensor([0.0, 1.0, 0.0])
+    layers = conv_layers(model)[:1]
+    assert [module for _, module in same_layers(model, layers, blind)] == [blind.conv1]
+    lifts, held_out = held_out_lifts(model, images, concepts, names, {"square_iou": ["square"]}, selection, options,
+                                     streams, layers=layers, reinitialized=blind)
+    lift = lifts["square_iou"]
+    assert lift.references[REINITIALIZED] == 0.0 and lift.reference == WHOLE_IMAGE
+    assert lift.score == pytest.approx(1.0) and lift.verdict == "above chance"
+    assert held_out["units"]["square"] == "conv1/0"
+
+
 def test_a_concept_absent_from_the_held_out_half_is_not_judged():
     images, concepts, names = red_square_data(n_images=4, n_stamped=2)
     lifts, _ = held_out_lifts(RedSquareNet(), images, concepts, names, {"square_iou": ["square"]},
@@ -267,23 +324,9 @@ def test_the_stage_writes_the_held_out_lift_and_its_chance_levels(dataset, fract
     details = json.loads((paths.plots_dir(dataset, "dissect") / "details.json").read_text())
     assert details["held_out"]["n_selection"] == details["held_out"]["n_scored"] == 10
     lift = details["chance"][headline]
-    assert lift["chance_level"] in (WHOLE_IMAGE, RANDOM_MASKS) and set(lift["chance_levels"]) == {WHOLE_IMAGE, RANDOM_MASKS}
+    levels = {WHOLE_IMAGE, RANDOM_MASKS, REINITIALIZED}   # the re-initialised classifier's best unit among them
+    assert lift["chance_level"] in levels and set(lift["chance_levels"]) == levels
+    assert lift["chance"] == max(lift["chance_levels"].values())
+    assert set(details["held_out"]["reinitialized_units"]) == set(details["held_out"]["units"])
     assert metrics[f"{headline}_lift"] == pytest.approx(lift["lift"], abs=1e-6)
     assert set(details["chance"]) == {headline, "digit_unit_iou"}
-
-
-def test_the_report_says_how_many_units_of_which_layer_detect_the_shortcut():
-    from pipeline.report.findings import dissect_findings
-    from pipeline.report.run import DatasetRun
-
-    layers = {"conv1": {"n_units": 32, "shortcut_units": 3, "digit_units": 0},
-              "conv2": {"n_units": 32, "shortcut_units": 6, "digit_units": 0},
-              "conv3": {"n_units": 64, "shortcut_units": 0, "digit_units": 0}}
-    concepts = {"digit": {"best_iou": 0.31, "best_unit": "conv1/22"}, "shortcut": {"best_iou": 0.9, "best_unit": "conv1/3"}}
-    details = {"quantile": 0.85, "n_images": 2000, "iou_threshold": 0.5, "concepts": concepts, "layers": layers}
-    text = " ".join(dissect_findings(DatasetRun("clever_hans", "clever_hans", details={"dissect": details})))
-    assert "top 15.0 % over 2000 test images" in text
-    assert "3 of 32 units in conv1 and 6 of 32 units in conv2 detect the planted shortcut (best IoU 0.90, conv1/3)" in text
-    assert "no unit detects the digit (best IoU 0.31, conv1/22)" in text
-    assert text.index("shortcut") < text.index("the digit")
-    assert dissect_findings(DatasetRun("clever_hans", "clever_hans", details={"dissect": {"skipped": "no convolution"}})) == []

@@ -21,7 +21,11 @@ Conventions, and where they differ from NetDissect:
 
 The best unit's IoU is a maximum over hundreds of units, and some unit fits any concept on the images it was
 picked on. :func:`held_out_lifts` therefore picks each concept's unit on one half of the images and scores it on
-the other, per image, beside the whole-image mask and random masks of the unit's own mask area on the same images.
+the other, per image, beside three chance levels on the same images: the whole-image mask (what a mask scores that
+covers everything), random masks of the unit's own mask area (what a mask of that size scores anywhere), and the
+best unit of a re-initialised copy of the network, chosen and scored the same way (what a unit gets from the input
+alone: in a network that learned nothing some unit still segments a bright red square, whether or not the
+classifier uses it). The highest binds.
 
 The library takes tensors and an ``nn.Module``; it knows nothing of params files or output paths.
 """
@@ -42,6 +46,7 @@ from pipeline.scoring.chance import Lift, lift_over_chance, not_judged
 from pipeline.scoring.masks import iou, mask_chance
 
 Layers = Sequence[tuple[str, nn.Module]]
+REINITIALIZED = "the best unit of the network re-initialised with random weights"   # chosen and scored the same way
 
 
 @dataclass(frozen=True)
@@ -210,25 +215,23 @@ def best_units(result: Dissection) -> dict[str, dict]:
     return best
 
 
-def held_out_lifts(model: nn.Module, images: torch.Tensor, concepts: torch.Tensor, concept_names: list[str],
-                   figures: dict[str, list[str]], selection: torch.Tensor, options: DissectionOptions,
-                   streams: Callable[[str], torch.Generator], layers: Layers | None = None) -> tuple[dict[str, Lift], dict]:
-    """The best unit of each concept chosen on one part of the images and scored on the rest, beside its chance level.
+def same_layers(model: nn.Module, layers: Layers, other: nn.Module) -> Layers:
+    """The modules of ``other`` (the same architecture as ``model``) at the places of ``layers`` in ``model``, by name."""
+    where = {id(module): name for name, module in model.named_modules()}
+    return [(name, other.get_submodule(where[id(module)])) for name, module in layers]
 
-    The maximum IoU over hundreds of units flatters: some unit fits any concept on the images it was picked on. So
-    each concept's unit (and its threshold) is chosen by :func:`dissect` on the images where ``selection`` [N] is
-    true, and scored on the others: per (image, concept) where the concept is present, the IoU of the unit's mask with
-    the concept's pixels, beside the whole-image mask and random masks of the same area
-    (:func:`pipeline.scoring.masks.mask_chance`) on the same items; the lift has a bootstrap interval over them.
-    ``figures``: {figure: the concepts it pools} (colored MNIST's colour figure: one unit per colormap, each image
-    scored with its own colormap's). ``streams(name)``: one random stream per use. Returns ({figure: Lift}, the
-    chosen units and how many images each part holds)."""
-    layers = list(layers if layers is not None else conv_layers(model))
-    selection = selection.to(images.device)
+
+def held_out_masks(model: nn.Module, layers: Layers, images: torch.Tensor, concepts: torch.Tensor,
+                   concept_names: list[str], figures: dict[str, list[str]], selection: torch.Tensor,
+                   options: DissectionOptions) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict]:
+    """Each concept's best unit of ``model`` (and its threshold) chosen by :func:`dissect` on the images where
+    ``selection`` is true, and its masks on the others. Returns ({figure: (masks, truth)}: per (held-out image,
+    pooled concept) where the concept is present, the unit's mask and the concept's pixels, [M x H x W] bool each, in
+    an order that depends on the concepts alone; the best units on the selection part, :func:`best_units`)."""
     chosen = dissect(model, images[selection], concepts[selection], concept_names, options, layers)
     best = best_units(chosen)
     held, truths = images[~selection], concepts[~selection]
-    lifts = {}
+    scored = {}
     for figure, pooled in figures.items():
         masks, truth = [], []
         for concept in pooled:
@@ -240,15 +243,49 @@ def held_out_lifts(model: nn.Module, images: torch.Tensor, concepts: torch.Tenso
                                         options.activation).cpu())
             truth.append(truths[present, k].cpu())
         masks = torch.cat(masks) if masks else torch.zeros(0, *images.shape[-2:], dtype=torch.bool)
-        truth = torch.cat(truth) if truth else masks.clone()
+        scored[figure] = (masks, torch.cat(truth) if truth else masks.clone())
+    return scored, best
+
+
+def held_out_lifts(model: nn.Module, images: torch.Tensor, concepts: torch.Tensor, concept_names: list[str],
+                   figures: dict[str, list[str]], selection: torch.Tensor, options: DissectionOptions,
+                   streams: Callable[[str], torch.Generator], layers: Layers | None = None,
+                   reinitialized: nn.Module | None = None) -> tuple[dict[str, Lift], dict]:
+    """The best unit of each concept chosen on one part of the images and scored on the rest, beside its chance levels.
+
+    The maximum IoU over hundreds of units flatters: some unit fits any concept on the images it was picked on. So
+    each concept's unit (and its threshold) is chosen by :func:`dissect` on the images where ``selection`` [N] is
+    true, and scored on the others: per (image, concept) where the concept is present, the IoU of the unit's mask with
+    the concept's pixels, beside the whole-image mask and random masks of the same area
+    (:func:`pipeline.scoring.masks.mask_chance`) on the same items and, where ``reinitialized`` (a copy of ``model``'s
+    architecture with random weights) is given, the IoU of *its* best unit, chosen on the same selection images and
+    scored on the same items (what a unit gets from the input alone); the highest chance level binds and the lift has
+    a bootstrap interval over the items. ``figures``: {figure: the concepts it pools} (colored MNIST's colour figure:
+    one unit per colormap, each image scored with its own colormap's). ``streams(name)``: one random stream per use.
+    Returns ({figure: Lift}, the chosen units and how many images each part holds)."""
+    layers = list(layers if layers is not None else conv_layers(model))
+    selection = selection.to(images.device)
+    scored, best = held_out_masks(model, layers, images, concepts, concept_names, figures, selection, options)
+    baseline, baseline_best = ({}, {}) if reinitialized is None else \
+        held_out_masks(reinitialized, same_layers(model, layers, reinitialized), images, concepts, concept_names, figures,
+                       selection, options)
+    lifts = {}
+    for figure, (masks, truth) in scored.items():
         if len(masks) == 0:
-            lifts[figure] = not_judged(f"no held-out image holds {' or '.join(pooled)}")
+            lifts[figure] = not_judged(f"no held-out image holds {' or '.join(figures[figure])}")
             continue
         chance = mask_chance(masks, truth, options.random_mask_sigma, streams(f"random_masks/{figure}"))["iou"]
+        if figure in baseline:
+            chance[REINITIALIZED] = iou(baseline[figure][0], truth)
         lifts[figure] = lift_over_chance(iou(masks, truth), chance, streams(f"bootstrap/{figure}"))
-    return lifts, {"n_selection": int(selection.sum()), "n_scored": int((~selection).sum()),
-                   "units": {concept: best[concept]["unit"] for pooled in figures.values() for concept in pooled},
-                   "selection_iou": {concept: best[concept]["iou"] for pooled in figures.values() for concept in pooled}}
+    concepts_scored = [concept for pooled in figures.values() for concept in pooled]
+    held_out = {"n_selection": int(selection.sum()), "n_scored": int((~selection).sum()),
+                "units": {concept: best[concept]["unit"] for concept in concepts_scored},
+                "selection_iou": {concept: best[concept]["iou"] for concept in concepts_scored}}
+    if baseline_best:
+        held_out["reinitialized_units"] = {concept: baseline_best[concept]["unit"] for concept in concepts_scored}
+        held_out["reinitialized_selection_iou"] = {concept: baseline_best[concept]["iou"] for concept in concepts_scored}
+    return lifts, held_out
 
 
 def half_split(n: int, generator: torch.Generator) -> torch.Tensor:

@@ -12,9 +12,19 @@ the concepts the data know, on a seeded sample of at most ``dissect.max_images``
   from that colormap (the class concept: the colour that decides the class).
 
 Headline (``<figure>_lift``, ``_lift_low``, ``_lift_high``): the best unit for the known answer (the shortcut; the
-colour, one unit per colormap), chosen on a seeded half of the images and scored on the other half beside
-area-matched random masks and the whole-image mask (details.json ``chance``), so that the maximum over many units
-does not flatter. The tables and the picture describe every unit on the whole sample.
+colour, one unit per colormap), chosen on a seeded half of the images and scored on the other half, so that the
+maximum over many units does not flatter, beside three chance levels on the same held-out images (details.json
+``chance``; the highest binds): the whole-image mask (what a mask covering everything scores), area-matched random
+masks (what a mask of the unit's size scores anywhere), and the best unit of a re-initialised copy of the classifier
+(its architecture with seeded random weights, stream ``randomized_model``), dissected the same way: its unit chosen
+on the same selection half and scored on the same held-out images against the same truth (what a unit gets from the
+input alone). The tables and the picture describe every unit of the trained classifier on the whole sample.
+
+The re-initialised copy's chance level was added after the negative control (the red corner square planted on no
+training image) showed the best unit's IoU with the stamp above chance: some unit of a network segments a bright
+red square whether or not the classifier uses it. Since it was added in answer to that control, the negative control
+no longer tests it independently: the shortcut benchmark's clean variants (other stamps, planted on no training
+image) are the check that does not depend on it.
 """
 from __future__ import annotations
 
@@ -30,12 +40,12 @@ from pipeline.data.known_answer import ColorRule, PlantedShortcuts, Unknown
 from pipeline.data.tensors import subsample
 from pipeline.evaluation.dissection import (DissectionOptions, best_units, dissect, half_split, held_out_lifts, iou_ceiling,
                                             layer_summary, top_images, unit_masks, units_figure)
-from pipeline.models.classifiers import conv_layers, load_classifier, missing_parts
+from pipeline.models.classifiers import build_seeded_classifier, conv_layers, frozen, load_classifier, missing_parts
 from pipeline.plotting import placeholder_figure
 from pipeline.prepared import load_known_answer, load_meta, load_prepared
 from pipeline.runtime import StageContext, stage
 from pipeline.scoring.chance import not_judged
-from pipeline.storage import save_figure, write_csv, write_json
+from pipeline.storage import load_checkpoint, save_figure, write_csv, write_json
 
 
 def sample_and_concepts(ctx: StageContext, test: dict, answer, class_names: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[str], dict]:
@@ -136,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         meta = load_meta(ctx.dataset)
         test = load_prepared(ctx.dataset, "test")
         images, concepts, names, sample = sample_and_concepts(ctx, test, answer, meta["class_names"])
-        model = load_classifier(paths.classifier_path(ctx.dataset), ctx.device)
+        model_path = paths.classifier_path(ctx.dataset)
+        model = load_classifier(model_path, ctx.device)
         missing = missing_parts(model)
         if "hooks" in missing:
             return skip(ctx.dataset, answer, names, missing["hooks"])
@@ -146,9 +157,12 @@ def main(argv: list[str] | None = None) -> None:
         images, concepts = images.to(ctx.device), concepts.to(ctx.device)
         result = dissect(model, images, concepts, names, options)
         best, layers = best_units(result), layer_summary(result, cfg.iou_threshold)
+        # a model that learned nothing: the classifier's architecture (hookable, as checked above) with seeded weights
+        config = load_checkpoint(model_path, made_by=f"train_classifier@{ctx.dataset}")["config"]
+        reinitialized = frozen(build_seeded_classifier(config, ctx.generator("randomized_model").initial_seed()), ctx.device)
         lifts, held_out = held_out_lifts(model, images, concepts, names, figures(answer, names),
                                          half_split(len(images), ctx.generator("split")), options,
-                                         lambda name: ctx.generator(f"chance/{name}"))
+                                         lambda name: ctx.generator(f"chance/{name}"), reinitialized=reinitialized)
         headline = next(iter(lifts))
         write_json(paths.metrics_path(ctx.dataset, "dissect"), lifts[headline].metrics(headline))
         out = paths.plots_dir(ctx.dataset, "dissect")
