@@ -15,9 +15,9 @@ A second chance level stands beside it: the same method, with the same settings,
 on a re-initialised copy of the classifier (its architecture with seeded random weights: a model that learned
 nothing). The uniform map answers "what does a map score that credits only what this method can credit, with no
 preference among those pixels?"; the re-initialised model answers "what does a map of this method get from the input
-alone?". Guided backpropagation, saliency and SmoothGrad are drawn to a bright red patch whatever the model learned,
-so on a stamped image their maps of an untrained network already pile up on the stamp. The highest of the two chance
-levels binds (:func:`~pipeline.scoring.chance.lift_over_chance`). An empty map of the re-initialised model credits the
+alone?": a bright red patch may draw a method's map whatever the model learned, and then the maps of an untrained
+network pile up on the stamp as well. Whether they do is measured, not assumed: the highest of the two chance levels
+binds (:func:`~pipeline.scoring.chance.lift_over_chance`). An empty map of the re-initialised model credits the
 truth nothing: relevance mass 0 and a miss for that image. Where the classifier's architecture cannot be rebuilt (a
 TorchScript network) this chance level is not available and the uniform map stands alone.
 """

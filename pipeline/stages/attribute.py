@@ -12,8 +12,8 @@ weights: what a map of that method gets from the input alone). Grad-CAM also seg
 contrastive (predicted vs. true class) view.
 
 The re-initialised model's chance level was added after the negative control (the red corner square planted on no
-training image) showed relevance mass on the stamp above chance: guided backpropagation, saliency and SmoothGrad
-are drawn to a bright red patch whatever the model learned, which the uniform map does not capture. Since it was
+training image) showed relevance mass on the stamp above chance for guided backpropagation, saliency and SmoothGrad:
+a bright red patch may draw such maps whatever the model learned, which the uniform map does not capture. Since it was
 added in answer to that control, the negative control no longer tests it independently: the shortcut benchmark's
 clean variants (other stamps, planted on no training image) are the check that does not depend on it. For a
 TorchScript classifier, whose architecture cannot be rebuilt with fresh weights, it is not available (details
