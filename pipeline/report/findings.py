@@ -72,7 +72,7 @@ def shortcut_names(run: DatasetRun) -> list[str]:
 
 
 def attribute_headline(run: DatasetRun) -> tuple[str | None, Lift]:
-    """(method, Lift) of attribute's localisation headline (the largest lift among its methods)."""
+    """(method, Lift) of attribute's localisation headline (the most faithful method's: lowest deletion AUC)."""
     attribute = run.result("attribute")
     if attribute is None:
         return None, not_judged(NOT_RUN)
@@ -290,12 +290,12 @@ def attribute_findings(run: DatasetRun) -> list[str]:
     words = next((w for kind, w in HEADLINE_WORDS.items() if isinstance(run.answer, kind)), None)
     lines = []
     if words:
-        lines.append(said(headline, f"The {words}, for the method with the largest lift ({method or 'none judged'}),")
-                     + f" It is the best of {len(a.scores)} methods, chosen by this very figure.")
+        lines.append(said(headline, f"The {words}, for the most faithful method ({method or 'none judged'}: the lowest "
+                                    f"deletion AUC, chosen without the known answer),"))
         if negative_control(run) and headline.above_chance:
             lines.append(f"Nothing is planted here, so that is a false alarm of the attribution headline: {method} puts more "
-                         f"relevance on the square's pixels than a uniform map on its own support does, in a classifier that "
-                         f"never saw the square.")
+                         f"relevance on the square's pixels than {headline.reference} does, in a classifier that never saw "
+                         f"the square.")
     figure = next((f for f in ("relevance_mass_flipped", "relevance_mass_digit") if f in a.chance), None)
     if figure:
         groups: dict[str, list[str]] = {}
@@ -308,6 +308,9 @@ def attribute_findings(run: DatasetRun) -> list[str]:
                      f"more faithful).")
     ranked = sorted((m for m in a.scores if known(a.scores[m].get("randomization_spearman"))),
                     key=lambda m: abs(a.scores[m]["randomization_spearman"]))
+    if a.reinitialized_model.startswith("not available"):
+        lines.append(f"No re-initialised copy of this classifier ({a.reinitialized_model}): the model-randomisation check "
+                     f"and that chance level are left out.")
     if ranked:
         lines.append(f"Model-randomisation check: {ranked[0]} changes most when the weights are re-initialised (rank "
                      f"correlation {a.scores[ranked[0]]['randomization_spearman']:.2f}), {ranked[-1]} least "
@@ -460,8 +463,9 @@ def dissect_findings(run: DatasetRun) -> list[str]:
         lines.append(said(lift, f"The IoU with the planted shortcut of the unit that segments it best "
                                 f"({r.units.get('shortcut', '?')}, chosen on half of the {n} test images), on the other half"))
         if negative_control(run) and lift.above_chance:
-            lines.append("Nothing is planted here, so that is a false alarm of dissection: a unit segments a stamp that the "
-                         "classifier never saw in training, so segmenting it does not show that the classifier uses it.")
+            lines.append(f"Nothing is planted here, so that is a false alarm of dissection: a unit segments a stamp that the "
+                         f"classifier never saw in training better than {lift.reference} does, so segmenting it does not show "
+                         f"that the classifier uses it.")
     elif isinstance(run.answer, ColorRule):
         lines.append(said(r.figure("color_unit_iou"), f"The IoU with its colormap's pixels of the best unit per colormap "
                                                       f"(chosen on half of the {n} test images), on the other half"))

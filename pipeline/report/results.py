@@ -324,6 +324,7 @@ class AttributeResult:
     skipped: dict[str, str]
     gradcam_iou: float                      # Grad-CAM thresholded against the digit's pixels
     digit_area_fraction: float              # the whole-image mask's share of the digit: that IoU's chance level
+    reinitialized_model: str                # the classifier re-initialised with random weights, or why not available
 
 
 def attribute_result(metrics: Record, details: Record, class_names: list[str]) -> AttributeResult:
@@ -343,7 +344,8 @@ def attribute_result(metrics: Record, details: Record, class_names: list[str]) -
         chance=chance, headline=headline, best_deletion=details.get("best_methods", "best_deletion_auc"),
         best_deletion_auc=metrics.number("best_deletion_auc"), random_order_deletion_auc=metrics.number("random_order_deletion_auc"),
         skipped={k: str(v) for k, v in details.sub("skipped").data.items()},
-        gradcam_iou=details.number("gradcam_segmentation", "best_iou"), digit_area_fraction=details.number("digit_area_fraction"))
+        gradcam_iou=details.number("gradcam_segmentation", "best_iou"), digit_area_fraction=details.number("digit_area_fraction"),
+        reinitialized_model=details.get("reinitialized_model", default="") or "")
 
 
 @dataclass(frozen=True)
