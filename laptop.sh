@@ -6,8 +6,8 @@
 #
 #   bash laptop.sh [CONFIG [STAGE ...]]
 #
-# CONFIG: another file of overrides (default configs/laptop.yaml; configs/cpu_explain.yaml is the README's
-# CPU measurement of explain and discover); STAGEs: DVC targets that limit the run to them and what they
+# CONFIG: another file of overrides (default configs/laptop.yaml; configs/cpu_explain.yaml keeps full data with a
+# GAN and probes sized for 2 CPU cores); STAGEs: DVC targets that limit the run to them and what they
 # depend on (default: every stage and the report).
 set -euo pipefail
 cd "$(dirname "$0")"
