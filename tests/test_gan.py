@@ -15,7 +15,7 @@ from pipeline.counterfactuals.gan_training import (LOSS_NAMES, CheckpointMismatc
                                                    GanTrainingOptions, NonFiniteLoss, check_losses, ema_beta_at,
                                                    ema_update, fingerprint, train)
 from pipeline.models.gan import (MASK_START_LOGIT, Discriminator, EditGenerator, GanNets, Generator, StyleEncoder,
-                                 Translator, apply_edit, load_translator, save_translator)
+                                 Translator, apply_edit, generate, load_translator, save_translator)
 from pipeline.runtime import stage_seed, torch_generator
 from pipeline.stages import train_gan
 from pipeline.storage import load_checkpoint, save_arrays, save_checkpoint, write_json
@@ -132,6 +132,7 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path, choice):
     assert torch.equal(flat(resumed_nets), flat(full_nets))
     assert torch.equal(flat(resumed["ema"]), flat(full["ema"]))
     assert [r["iteration"] for r in resumed["history"]] == [2, 4, 6]
+    assert all((r["g_mask"] > 0) == (cfg.generator == "edit") for r in resumed["history"])  # only an edit has a mask
     assert resumed["smoothed_losses"] == full["smoothed_losses"]
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 6
 
@@ -327,7 +328,7 @@ def test_cuda_graph_training_resumes_exactly_and_matches_eager(tmp_path, capsys)
 
     eager, _, eager_rng = run_on(device, tmp_path, tiny_cfg(iterations=12, checkpoint_every=6, log_every=6), "eager.pt")
     assert same_states(full_rng, eager_rng)
-    assert torch.allclose(full, eager, atol=1e-3)  # fused vs. foreach Adam: rounding only
+    assert torch.allclose(full, eager, atol=1e-3)  # capturable vs. plain fused Adam: rounding only
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,7 +471,7 @@ def test_the_edit_generator_returns_a_colour_and_a_mask_in_the_unit_interval(sha
     torch.manual_seed(0)
     generator = EditGenerator(style_dim=4, width=4, image_shape=shape)
     with torch.no_grad():  # a trained-looking head: large weights, so colour and mask reach both ends
-        generator.head[-1].weight.normal_(0, 50)
+        generator.head_out.weight.normal_(0, 50)
     x = torch.rand(5, *shape, generator=torch.Generator().manual_seed(1))
     colour, mask = generator.edit(x, torch.randn(5, 4))
     assert colour.shape == (5, *shape) and mask.shape == (5, 1, *shape[1:])
@@ -501,6 +502,10 @@ def test_the_edit_generator_applies_its_own_edit_and_starts_as_almost_the_identi
     style = torch.randn(4, 4)
     colour, mask = generator.edit(x, style)
     assert torch.equal(generator(x, style), apply_edit(x, colour, mask))
+    translated, returned_mask = generate(generator, x, style)
+    assert torch.equal(translated, generator(x, style)) and torch.equal(returned_mask, mask)
+    stargan = Generator(style_dim=4, width=4)
+    assert generate(stargan, x, style)[1] is None and torch.equal(generate(stargan, x, style)[0], stargan(x, style))
     # untrained: mid-grey colour, the mask closed at sigmoid(MASK_START_LOGIT) everywhere
     assert torch.allclose(colour, torch.full_like(colour, 0.5))
     assert torch.allclose(mask, torch.full_like(mask, torch.sigmoid(torch.tensor(MASK_START_LOGIT)).item()))

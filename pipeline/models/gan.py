@@ -11,7 +11,8 @@ their config names (MNIST: 3 x 28 x 28); height and width must be multiples of 4
   - :class:`EditGenerator` (``edit``) — an edit of the real image: per pixel a colour ``c`` and a mask ``m``
     in [0, 1], ``out = x + m * (c - x)`` (:func:`apply_edit`). Painting a solid patch or recolouring a stroke
     is one step of the mask; where the mask is 0 the pixel is the input's. Skip connections carry the encoder's
-    maps to the decoder, and its 1x1 head sees the input's pixels, so a mask can follow a stroke exactly.
+    maps to the decoder, and its 1x1 head sees the input's pixels, so a mask can follow a stroke exactly, and a
+    learned map of pixel places, so evidence that sits at a fixed place (a stamp) is learned where it sits.
 
 - :class:`MappingNetwork` — random latent + target class -> style code (latent-guided translation).
 - :class:`StyleEncoder` — reference image + its class -> style code (reference-guided translation).
@@ -42,6 +43,7 @@ LEGACY_GENERATOR = "stargan"
 # The edit generator's mask logit at start: sigmoid(-4) = 0.018, so an untrained edit changes a pixel by at most
 # 1.8 % of its distance to the (mid-grey) start colour, about 2/255 at most after rounding to uint8.
 MASK_START_LOGIT = -4.0
+PLACE_CHANNELS = 8  # channels of the edit generator's learned map of pixel places
 
 
 def checked_image_shape(image_shape) -> tuple[int, int, int]:
@@ -164,8 +166,9 @@ def apply_edit(x: torch.Tensor, colour: torch.Tensor, mask: torch.Tensor) -> tor
 
 class EditGenerator(nn.Module):
     """H -> H/2 -> H/4 encoder, H/4 -> H/2 -> H AdaIN decoder with the encoder's maps added at each size
-    (28 -> 14 -> 7 -> 14 -> 28 for MNIST), and a per-pixel head on the decoder's map and the input's pixels that
-    returns an edit: a colour and a mask (:meth:`edit`, applied by :func:`apply_edit`)."""
+    (28 -> 14 -> 7 -> 14 -> 28 for MNIST), and a per-pixel head (1x1 convolutions, AdaIN) on the decoder's map, the
+    input's pixels and a learned map of pixel places that returns an edit: a colour and a mask (:meth:`edit`, applied
+    by :func:`apply_edit`)."""
 
     def __init__(self, style_dim: int = 32, width: int = 32, image_shape: tuple[int, int, int] = LEGACY_IMAGE_SHAPE):
         super().__init__()
@@ -177,11 +180,19 @@ class EditGenerator(nn.Module):
             DecoderBlock(4 * w, 2 * w, style_dim, upsample=True),   # H/2 x W/2, + the encoder's 14 x 14 map
             DecoderBlock(2 * w, w, style_dim, upsample=True),       # H x W, + the stem's map
         ])
-        self.head = nn.Sequential(nn.Conv2d(w + channels, w, 1), nn.LeakyReLU(0.2), nn.Conv2d(w, channels + 1, 1))
+        # A learned map of each pixel's place, the same for every image: a class's evidence that sits at a fixed
+        # place whatever the image (a stamp, a time stamp, a watermark) is then one choice of the style per pixel,
+        # not something the decoder has to rebuild from the borders' zero padding.
+        self.place = nn.Parameter(torch.randn(PLACE_CHANNELS, *self.image_shape[1:]))
+        # per pixel: the decoder's map, the input's pixel and its place, modulated by the style once more, so the
+        # style sets the colours (a recolouring is a function of the pixel and the target class alone)
+        self.head_in = nn.Conv2d(w + channels + PLACE_CHANNELS, w, 1)
+        self.head_style = AdaIN(w, style_dim)
+        self.head_out = nn.Conv2d(w, channels + 1, 1)
         # An untrained edit changes (almost) nothing: no colour preference (mid-grey) and a closed mask.
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
-        nn.init.constant_(self.head[-1].bias[channels:], MASK_START_LOGIT)
+        nn.init.zeros_(self.head_out.weight)
+        nn.init.zeros_(self.head_out.bias)
+        nn.init.constant_(self.head_out.bias[channels:], MASK_START_LOGIT)
 
     def edit(self, x: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(colour N x C x H x W, mask N x 1 x H x W), both in [0, 1], for images ``x`` and styles ``style`` (N x S)."""
@@ -192,7 +203,9 @@ class EditGenerator(nn.Module):
             skips.append(h)
         for block, skip in zip(self.decoder, reversed(skips[:-1])):
             h = block(h, style) + skip
-        out = self.head(torch.cat([h, x * 2 - 1], dim=1)).float()
+        place = self.place.to(h.dtype).expand(len(x), -1, -1, -1)
+        h = F.leaky_relu(self.head_style(self.head_in(torch.cat([h, x * 2 - 1, place], dim=1)), style), 0.2)
+        out = self.head_out(h).float()
         return torch.sigmoid(out[:, :-1]), torch.sigmoid(out[:, -1:])
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
@@ -201,6 +214,15 @@ class EditGenerator(nn.Module):
 
 
 GENERATORS = {"stargan": Generator, "edit": EditGenerator}  # the config's "generator" -> network
+
+
+def generate(generator: nn.Module, x: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(translated images, the edit's mask N x 1 x H x W) of an :class:`EditGenerator`; (translated images, None)
+    of a generator without a mask."""
+    if isinstance(generator, EditGenerator):
+        colour, mask = generator.edit(x, style)
+        return apply_edit(x.float(), colour, mask), mask
+    return generator(x, style), None
 
 
 class MappingNetwork(nn.Module):

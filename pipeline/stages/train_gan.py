@@ -1,4 +1,6 @@
 """Stage ``train_gan@<dataset>``: a StarGAN v2-style class-to-class translator, trained without the classifier.
+``gan.generator`` picks its generator: ``edit`` (a colour and a mask applied to the real image) or ``stargan``
+(a change of the whole image in logit space); :mod:`pipeline.models.gan` has both.
 
 Trains on the prepared training split (:mod:`pipeline.counterfactuals.gan_training` holds the networks'
 training: losses, random streams, EMA, checkpoints), resuming from ``gan_checkpoints/last.pt`` when that
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         ctx.timer.details.update(timing)
         ctx.timer.images = result["iterations_run"] * cfg.batch_size
         print(f"[train_gan@{ctx.dataset}] {result['iterations_run']} iterations in {result['seconds']:.1f} s "
-              f"({timing['iterations_per_second']:.1f} it/s, batch {cfg.batch_size}); smoothed losses: "
+              f"({timing['iterations_per_second']:.1f} it/s, batch {cfg.batch_size}, {cfg.generator} generator); smoothed losses: "
               f"discriminator {metrics['smoothed_discriminator_loss']:.4f}, generator {metrics['smoothed_generator_loss']:.4f}",
               file=sys.stderr)
 
