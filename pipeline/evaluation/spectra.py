@@ -32,19 +32,18 @@ Verdict. ``frequency_artifacts_detected`` is true when the detector's accuracy i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import pandas as pd
 import torch
 from annotated_types import Ge, Gt
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedGroupKFold, cross_validate
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
 from pipeline.data.tensors import as_float, batch_slices, to_uint8
 from pipeline.models.gan import PIXEL_EPS
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 CHANNELS = ("red", "green", "blue")
 FEATURE_BATCH = 4096
@@ -106,6 +105,10 @@ def spectral_features(images: torch.Tensor, epsilon: float) -> np.ndarray:
 
 def detector(C: float) -> Pipeline:
     """Standardise each feature, then an L2-regularised logistic regression."""
+    from sklearn.linear_model import LogisticRegression   # scikit-learn is imported where used: every stage
+    from sklearn.pipeline import Pipeline                 # imports this module's options, few fit a detector
+    from sklearn.preprocessing import StandardScaler
+
     return Pipeline([("scale", StandardScaler()), ("logistic", LogisticRegression(C=C, max_iter=1000))])
 
 
@@ -114,6 +117,8 @@ def grouped_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int)
     n_groups = len(np.unique(groups))
     if n_groups < folds:
         raise ValueError(f"{n_groups} image indices cannot fill {folds} folds; use fewer folds or more images")
+    from sklearn.model_selection import StratifiedGroupKFold
+
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     return list(splitter.split(np.zeros(len(labels)), labels, groups))
 
@@ -130,6 +135,8 @@ def separability(first: torch.Tensor, second: torch.Tensor, first_groups: np.nda
     labels = np.r_[np.zeros(len(first), dtype=np.int64), np.ones(len(second), dtype=np.int64)]
     groups = np.r_[first_groups, second_groups]
     folds = grouped_folds(labels, groups, settings.folds, settings.seed)
+    from sklearn.model_selection import cross_validate
+
     scores = cross_validate(detector(settings.C), features, labels, cv=folds, scoring="accuracy", return_estimator=True)
     weights = np.mean([fitted[-1].coef_[0] for fitted in scores["estimator"]], axis=0)
     return {"accuracy": float(scores["test_score"].mean()), "fold_accuracies": scores["test_score"].tolist(),
