@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.counterfactuals.frechet import (class_matched_frechet, eigen_trace_sqrt, feature_frechet_distance, frechet_distance,
+from pipeline.counterfactuals.frechet import (class_matched_frechet, feature_frechet_distance, frechet_distance,
                               gaussian)
 
 
@@ -49,20 +49,31 @@ def test_fewer_than_two_rows_give_nan():
     assert np.isnan(feature_frechet_distance(one, torch.randn(5, 3)))
 
 
-def test_a_large_imaginary_square_root_warns_and_uses_the_symmetric_form():
-    """A covariance that rounding made indefinite gives sqrtm(C_a C_b) a large imaginary diagonal."""
+def test_an_indefinite_covariance_warns_and_its_negative_eigenvalue_counts_as_zero():
+    """A covariance that rounding made indefinite (eigenvalues 2 and -0.5): the distance is that of its clipped form."""
+    from scipy import linalg
+
     rotation = np.array([[np.cos(0.4), -np.sin(0.4)], [np.sin(0.4), np.cos(0.4)]])
     cov_a = rotation @ np.diag([2.0, -0.5]) @ rotation.T
     cov_b = np.array([[1.0, 0.3], [0.3, 0.5]])
-    mean = np.zeros(2)
-    with pytest.warns(RuntimeWarning, match="imaginary part"):
-        distance = frechet_distance(mean, cov_a, mean, cov_b)
-    expected = np.trace(cov_a) + np.trace(cov_b) - 2 * eigen_trace_sqrt(cov_a, cov_b)
-    assert distance == pytest.approx(max(expected, 0.0))
+    with pytest.warns(RuntimeWarning, match="indefinite"):
+        distance = frechet_distance(np.zeros(2), cov_a, np.array([2.0, 0.0]), cov_b)
+    clipped = rotation @ np.diag([2.0, 0.0]) @ rotation.T
+    expected = 4.0 + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(linalg.sqrtm(clipped @ cov_b)).real
+    assert expected > 0 and distance == pytest.approx(expected)
 
 
-def test_rank_deficient_covariances_do_not_warn():
-    """Fewer samples than dimensions: the imaginary parts are rounding only, so the sqrtm result stands."""
+def test_the_trace_of_the_square_root_of_a_product_is_known_for_commuting_covariances():
+    """Diagonal covariances commute: tr((C_a C_b)^(1/2)) = sum sqrt(a_i b_i)."""
+    a, b = np.array([4.0, 1.0, 0.0, 9.0]), np.array([1.0, 16.0, 5.0, 4.0])
+    distance = frechet_distance(np.zeros(4), np.diag(a), np.ones(4), np.diag(b))
+    assert distance == pytest.approx(4.0 + a.sum() + b.sum() - 2 * np.sqrt(a * b).sum())
+
+
+def test_rank_deficient_covariances_do_not_warn_and_agree_with_scipy_sqrtm():
+    """Fewer samples than dimensions: eigenvalues below zero are rounding only, and the result is sqrtm's."""
+    from scipy import linalg
+
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(10, 40)), rng.normal(size=(12, 40)) + 0.5
     (mean_a, cov_a), (mean_b, cov_b) = gaussian(a), gaussian(b)
@@ -70,7 +81,7 @@ def test_rank_deficient_covariances_do_not_warn():
         warnings.simplefilter("error")
         distance = frechet_distance(mean_a, cov_a, mean_b, cov_b)
     diff = mean_a - mean_b
-    expected = diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * eigen_trace_sqrt(cov_a, cov_b)
+    expected = diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(linalg.sqrtm(cov_a @ cov_b)).real
     assert distance == pytest.approx(expected, rel=1e-6)
 
 

@@ -15,9 +15,9 @@ import warnings
 import numpy as np
 import torch
 
-# sqrtm(C_a C_b) of two covariances has real eigenvalues >= 0; an imaginary part on its diagonal
-# above this share of the largest real diagonal value is a numerical failure, not rounding.
-IMAGINARY_TOLERANCE = 1e-3
+# A covariance's eigenvalues are >= 0; one below minus this share of its largest is a numerical failure (a
+# covariance that rounding made indefinite), not rounding.
+NEGATIVE_TOLERANCE = 1e-3
 
 
 def gaussian(features: torch.Tensor | np.ndarray, weights: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -40,45 +40,29 @@ def gaussian(features: torch.Tensor | np.ndarray, weights: torch.Tensor | None =
     return mean.cpu().numpy(), cov.cpu().numpy()
 
 
-def eigen_trace_sqrt(cov_a: np.ndarray, cov_b: np.ndarray) -> float:
-    """tr((C_a C_b)^(1/2)) as tr((C_a^(1/2) C_b C_a^(1/2))^(1/2)): symmetric matrices only, so always real.
+def checked_eigenvalues(values: np.ndarray) -> np.ndarray:
+    """A covariance's eigenvalues with those below zero (rounding) set to zero; a RuntimeWarning when one lies below
+    zero beyond rounding (the covariance is numerically indefinite)."""
+    largest = max(float(np.abs(values).max()) if len(values) else 0.0, np.finfo(np.float64).tiny)
+    if len(values) and values.min() < -NEGATIVE_TOLERANCE * largest:
+        warnings.warn(f"Fréchet distance: a covariance has an eigenvalue of {values.min():.3g} (largest {largest:.3g}): it "
+                      f"is numerically indefinite; its negative eigenvalues count as zero.", RuntimeWarning, stacklevel=4)
+    return values.clip(min=0.0)
 
-    Eigenvalues below zero (rounding in near-singular covariances) are set to zero.
+
+def trace_sqrt_product(cov_a: np.ndarray, cov_b: np.ndarray) -> float:
+    """tr((C_a C_b)^(1/2)) as tr((C_a^(1/2) C_b C_a^(1/2))^(1/2)): the same number (C_a C_b is similar to the
+    symmetric inner matrix), from symmetric eigendecompositions, so always real and fast for the rank-deficient
+    covariances of few samples too (``scipy.linalg.sqrtm`` of the unsymmetric product took seconds at 512
+    dimensions and returned rounding-level imaginary parts). Eigenvalues below zero from rounding count as zero.
     """
     from scipy import linalg
 
     values, vectors = linalg.eigh(cov_a)
-    root_a = (vectors * np.sqrt(values.clip(min=0.0))) @ vectors.T
+    root_a = (vectors * np.sqrt(checked_eigenvalues(values))) @ vectors.T
+    checked_eigenvalues(linalg.eigvalsh(cov_b))   # an indefinite C_b is as much a failure as an indefinite C_a
     inner = root_a @ cov_b @ root_a
     return float(np.sqrt(linalg.eigvalsh((inner + inner.T) / 2.0).clip(min=0.0)).sum())
-
-
-def trace_sqrt_product(cov_a: np.ndarray, cov_b: np.ndarray) -> float:
-    """tr((C_a C_b)^(1/2)) by ``scipy.linalg.sqrtm``, checked.
-
-    A singular product gets both diagonals nudged by 1e-6, as FID implementations do. A large
-    imaginary part on the diagonal means the square root failed numerically (e.g. a covariance that
-    rounding made indefinite): that is reported with a warning and the symmetric eigenvalue form is
-    used instead, rather than silently keeping the real part.
-    """
-    from scipy import linalg
-
-    with warnings.catch_warnings():  # rank-deficient covariances (few samples) are expected; handled below
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        covmean = linalg.sqrtm(cov_a @ cov_b)
-        if not np.isfinite(covmean).all():
-            offset = np.eye(len(cov_a)) * 1e-6
-            cov_a, cov_b = cov_a + offset, cov_b + offset
-            covmean = linalg.sqrtm(cov_a @ cov_b)
-    diagonal = np.diagonal(covmean)
-    imaginary = float(np.abs(diagonal.imag).max()) if np.iscomplexobj(covmean) and len(diagonal) else 0.0
-    scale = max(float(np.abs(diagonal.real).max()) if len(diagonal) else 0.0, np.finfo(np.float64).tiny)
-    if imaginary > IMAGINARY_TOLERANCE * scale:
-        warnings.warn(f"Fréchet distance: sqrtm(C_a C_b) has an imaginary part of {imaginary:.3g} on its diagonal "
-                      f"(largest real part {scale:.3g}); the covariances are numerically indefinite. Using the "
-                      f"eigenvalue form tr((C_a^1/2 C_b C_a^1/2)^1/2) instead.", RuntimeWarning, stacklevel=3)
-        return eigen_trace_sqrt(cov_a, cov_b)
-    return float(np.trace(covmean).real)
 
 
 def frechet_distance(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, cov_b: np.ndarray) -> float:
