@@ -18,13 +18,13 @@ import torch
 MEAN, STD = [0.45, 0.45, 0.45], [0.25, 0.25, 0.25]   # the input transform this classifier was trained with
 
 
-def train_resnet18(images: Path, epochs: int = 1, seed: int = 0) -> torch.nn.Module:
-    """torchvision's ResNet-18 trained on ``images/train`` (a plain loop, not the pipeline's)."""
+def train_resnet18(images: Path, epochs: int = 1, seed: int = 0, size: int = 64) -> torch.nn.Module:
+    """torchvision's ResNet-18 trained on ``images/train`` resized to ``size`` (a plain loop, not the pipeline's)."""
     from torchvision.models import resnet18
 
     from pipeline.data.sources import load_image_folder
 
-    pixels, labels, classes = load_image_folder(images, train=True, size=64)
+    pixels, labels, classes = load_image_folder(images, train=True, size=size)
     x = torch.from_numpy(pixels) / 255
     x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     y = torch.from_numpy(labels)

@@ -10,6 +10,25 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "e2e: the end-to-end tier (real `dvc repro`, DVC queues, Slurm; minutes); "
+                                       "`pytest -m 'not e2e'` is the quick run")
+    config.addinivalue_line("markers", "slow: longer than a tier allows; skipped unless `pytest --run-slow`")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="also run the tests marked slow (minutes each)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow (minutes of training): run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 def find_mnist_root() -> Path | None:
     """A torchvision root with MNIST/raw on this machine: data/raw, $MNIST_ROOT, or ../shared/datasets."""
     candidates = [REPO / "data" / "raw", Path(os.environ.get("MNIST_ROOT", "/nonexistent")), REPO.parent / "shared" / "datasets"]

@@ -242,6 +242,7 @@ def test_a_dataset_added_to_params_gets_every_stage(tmp_path):
         assert expected <= names, sorted(expected - names)
 
 
+@pytest.mark.e2e   # real `dvc repro` runs of prepare and train_classifier
 def test_a_changed_dataset_entry_makes_its_classifier_stale_and_nothing_else_does(tmp_path):
     """The stale-model case: once a dataset's classifier is trained, naming a classifier of its own in the dataset's
     entry marks train_classifier@<dataset> changed for `dvc status` (so `dvc repro` re-runs it), where a change to

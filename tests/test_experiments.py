@@ -125,6 +125,7 @@ def tiny_project(tmp_path, monkeypatch):
     return project
 
 
+@pytest.mark.e2e   # a real DVC queue of tiny pipeline runs: about a minute
 def test_the_queue_runs_each_experiment_once_reports_a_failure_and_retries_it(tiny_project):
     experiments = [Experiment(f"e{label}", {"datasets.a.shortcuts": [{"label": label, "kind": "square"}]}, ("s@a",))
                    for label in (1, 2, 99)]

@@ -1,13 +1,17 @@
-"""The real `dvc repro` on a tiny configuration, in a temporary copy of the repository."""
+"""The real `dvc repro` on a tiny configuration, in a temporary copy of the repository: the end-to-end tier.
+
+What only a real run can show, on two datasets: the Clever Hans MNIST dataset of params.yaml (its known answer
+through every stage) and your own image folder with a torchvision ResNet-18 trained elsewhere (no known answer,
+no per-epoch weights). Every stage runs for both; DVC re-runs what a change concerns and nothing else; every
+declared plot renders; the report names both. Each stage's figures are tested on constructed cases in its own
+module; colored MNIST, the negative control and a Clever Hans image folder are stage tests' cases there, since a
+dataset here costs a whole tiny pipeline.
+"""
 from __future__ import annotations
 
 import csv
 import io
 import json
-import os
-import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,65 +24,33 @@ from benchmarks.reproducibility import flatten, merged  # every leaf as a.b.c, a
 from examples.own_images import MEAN, STD, train_resnet18
 from tests.conftest import REPO
 from tests.synthetic_images import write_image_folder
+from tests.workspaces import dvc, read, repository_copy, run, stages_run
 
-COPIED = ["pipeline", "dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".gitignore"]
-DATASETS = ("colored_mnist", "clever_hans")   # the MNIST datasets, whose known answers the checks below read
-IMAGE_FOLDER = "shapes"                        # a Clever Hans dataset over a generated folder of 64x64 RGB images
-OWN = "own"                                    # the same folder as it is, with a torchvision ResNet-18 trained elsewhere
-ALL_DATASETS = DATASETS + (IMAGE_FOLDER, OWN)
+pytestmark = pytest.mark.e2e   # the end-to-end tier: `pytest -m "not e2e"` leaves it out
+
+DATASET = "clever_hans"        # params.yaml's Clever Hans MNIST: its known answer through every stage
+OWN = "own"                    # a generated folder of 32x32 RGB shapes, with a torchvision ResNet-18 trained elsewhere
+ALL_DATASETS = (DATASET, OWN)
+OWN_SIZE = 32
 OWN_TRANSFORM = {"mean": MEAN, "std": STD}
 RESNET_LAYERS = {"gradcam_layer": "layer4", "features_layer": "avgpool"}
-
-
-def run(args: list[str], cwd: Path, stdout_only: bool = False) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
-               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com", PYTHONUNBUFFERED="1")
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=3600)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{output[-6000:]}"
-    return result.stdout if stdout_only else output
-
-
-def dvc(*args: str, cwd: Path) -> str:
-    return run([sys.executable, "-m", "dvc", *args], cwd)
-
-
-def stages_run(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, request):
     mnist_root = request.getfixturevalue("mnist_root")
-    ws = tmp_path_factory.mktemp("pipeline") / "repo"
-    ws.mkdir()
-    for name in COPIED:
-        src, dst = REPO / name, ws / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     tiny = yaml.safe_load((REPO / "tests" / "tiny_params.yaml").read_text())
     params = merged(params, tiny)
     params["data"]["root"] = str(mnist_root)
-    images = write_image_folder(tmp_path_factory.mktemp("images"), n_train=200, n_test=100, size=64)  # >= tiny sizes
-    square = dict(params["datasets"]["clever_hans"]["shortcuts"][0], label=2, position=[0, 0], side=20)
-    params["datasets"][IMAGE_FOLDER] = {"kind": "clever_hans", "source": "image_folder", "root": str(images),
-                                        "image_size": 64, "shortcuts": [square],   # the stamp test, of your architecture:
-                                        "classifier": {"torchvision": "resnet18", **OWN_TRANSFORM, **RESNET_LAYERS}}
+    images = write_image_folder(tmp_path_factory.mktemp("images"), n_train=200, n_test=100, size=OWN_SIZE)
     weights = tmp_path_factory.mktemp("own") / "resnet18.pt"
-    torch.save(train_resnet18(images).state_dict(), weights)   # a user's classifier, trained by code of its own
-    params["datasets"][OWN] = {"kind": "image_folder", "root": str(images), "image_size": 64,
-                               "classifier": {"torchvision": "resnet18", "weights": str(weights), **OWN_TRANSFORM,
-                                              **RESNET_LAYERS}}
-    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], ws)
-    run(["git", "add", "-A"], ws)
-    run(["git", "commit", "-qm", "tiny pipeline"], ws)
-    return ws
+    torch.save(train_resnet18(images, size=OWN_SIZE).state_dict(), weights)   # a user's classifier, trained by code of its own
+    params["datasets"] = {DATASET: params["datasets"][DATASET],
+                          OWN: {"kind": "image_folder", "root": str(images), "image_size": OWN_SIZE,
+                                "classifier": {"torchvision": "resnet18", "weights": str(weights), **OWN_TRANSFORM,
+                                               **RESNET_LAYERS}}}
+    return repository_copy(tmp_path_factory.mktemp("pipeline") / "repo", params, "tiny pipeline")
 
 
 @pytest.fixture(scope="module")
@@ -86,20 +58,16 @@ def first_repro(workspace):
     return dvc("repro", cwd=workspace)
 
 
-def test_repro_runs_every_stage_for_both_datasets(workspace, first_repro):
+def test_repro_runs_every_stage_for_every_dataset_and_leaves_nothing_stale(workspace, first_repro):
     ran = stages_run(first_repro)
     stages = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]
     expected = {f"{name}@{d}" if "matrix" in stage else name for name, stage in stages.items() for d in ALL_DATASETS}
     assert expected <= ran, sorted(expected - ran)
-    status = dvc("status", cwd=workspace)
-    assert "up to date" in status
+    assert "up to date" in dvc("status", cwd=workspace)
 
 
-def read(workspace: Path, *parts: str) -> dict:
-    return json.loads(workspace.joinpath(*parts).read_text())
-
-
-MAX_METRIC_KEYS = 55  # per dataset, over all its metrics files: about 3 headline figures per stage (14 stages)
+MAX_HEADLINE_FIGURES = 45  # per dataset, over all its metrics files: about 3 per stage (14 stages), where a lift
+                           # with its interval (`<figure>_lift`, `_lift_low`, `_lift_high`) is one figure
 
 
 def declared_metrics(workspace: Path, dataset: str) -> list[Path]:
@@ -114,8 +82,10 @@ def declared_metrics(workspace: Path, dataset: str) -> list[Path]:
     return files
 
 
-def test_metrics_hold_only_headline_numbers_at_most_55_keys_per_dataset(workspace, first_repro):
-    for dataset in DATASETS:
+def test_metrics_are_headline_numbers_and_every_lift_comes_with_its_interval(workspace, first_repro):
+    """At most 45 flat headline figures per dataset, no wall clock; each known-answer figure is written as
+    `<figure>_lift` with `_lift_low` <= it <= `_lift_high` (all null when nothing was judged)."""
+    for dataset in ALL_DATASETS:
         files = declared_metrics(workspace, dataset)
         assert len(files) >= 12, files
         keys = {}
@@ -124,49 +94,61 @@ def test_metrics_hold_only_headline_numbers_at_most_55_keys_per_dataset(workspac
                 assert value is None or isinstance(value, (bool, int, float)), (path.name, key, value)
                 assert "second" not in key and "time" not in key, (path.name, key)   # wall clock lives in timing files
                 keys[f"{path.stem}.{key}"] = value
-        assert len(keys) <= MAX_METRIC_KEYS, (dataset, len(keys), sorted(keys))
-        shown = dvc("metrics", "show", "--json", cwd=workspace)
-        assert f"metrics/{dataset}/classifier.json" in shown and "live/metrics.json" not in shown
+        lifts = [key[: -len("_lift")] for key in keys if key.endswith("_lift")]
+        figures = len(keys) - 2 * len(lifts)
+        assert figures <= MAX_HEADLINE_FIGURES, (dataset, figures, sorted(keys))
+        assert lifts, dataset   # your own images too: explain's maps beside a random map and the residual
+        assert (dataset == DATASET) == any("shortcut" in key for key in keys), dataset   # no answer, no shortcut figure
+        for figure in lifts:
+            low, lift, high = (keys[f"{figure}_lift{end}"] for end in ("_low", "", "_high"))
+            assert (low is None) == (lift is None) == (high is None), figure
+            assert lift is None or low - 1e-6 <= lift <= high + 1e-6, (figure, low, lift, high)
+    shown = dvc("metrics", "show", "--json", cwd=workspace)
+    assert f"metrics/{DATASET}/classifier.json" in shown and "live/metrics.json" not in shown
+
+
+def test_every_known_answer_figure_in_details_names_its_chance_level_and_verdict(workspace, first_repro):
+    verdicts = {"above chance", "no better than chance", "below chance", "not judged"}
+    stages = ("attribute", "explain", "discover", "dissect", "influence", "prototypes", "architectures")
+    for stage in stages:
+        chance = read(workspace, "plots", DATASET, stage, "details.json").get("chance")
+        assert chance, stage
+        records = [r for r in flatten_records(chance)]
+        assert records, stage
+        for record in records:
+            assert record["verdict"] in verdicts and "chance_level" in record, (stage, record)
+            assert record["verdict"] == "not judged" or record["score"] is not None, (stage, record)
+
+
+def flatten_records(tree) -> list[dict]:
+    """Every Lift record (a mapping with a verdict) in a nested details.json entry."""
+    if isinstance(tree, dict):
+        if "verdict" in tree:
+            return [tree]
+        return [r for value in tree.values() for r in flatten_records(value)]
+    if isinstance(tree, list):
+        return [r for value in tree for r in flatten_records(value)]
+    return []
 
 
 def test_classifier_metrics_and_details(workspace, first_repro):
-    for dataset, n_classes in (("colored_mnist", 4), ("clever_hans", 10)):
-        metrics = read(workspace, "metrics", dataset, "classifier.json")
-        assert 1.0 / n_classes < metrics["test_accuracy"] <= 1.0, (dataset, metrics)
-        details = read(workspace, "plots", dataset, "train_classifier", "details.json")
-        assert set(details["per_class_accuracy"]) == {str(c) for c in range(n_classes)}
-    hans = read(workspace, "metrics", "clever_hans", "classifier.json")
-    assert set(hans) == {"test_accuracy", "clean_accuracy", "shortcut_reliance", "shortcut_base_rate", "shortcut_occlusion_rate"}
-    assert 0.0 <= hans["shortcut_occlusion_rate"] <= 1.0
-    hans_details = read(workspace, "plots", "clever_hans", "train_classifier", "details.json")
-    assert hans_details["shortcut_reliance_per_class"]["7_square"] == pytest.approx(hans["shortcut_reliance"])
-    live = workspace / "plots" / "clever_hans" / "train_classifier" / "live"
+    metrics = read(workspace, "metrics", DATASET, "classifier.json")
+    assert set(metrics) == {"test_accuracy", "clean_accuracy", "shortcut_reliance", "shortcut_base_rate",
+                            "shortcut_occlusion_rate"}
+    assert 0.1 < metrics["test_accuracy"] <= 1.0, metrics
+    # The known answer holds even at these sizes: the stamp alone moves other digits into 7 far more often than the
+    # same images without it (0.62 against 0.14 when this was written); a stamp not planted or not learned fails here.
+    assert metrics["shortcut_reliance"] - metrics["shortcut_base_rate"] >= 0.2, metrics
+    details = read(workspace, "plots", DATASET, "train_classifier", "details.json")
+    assert set(details["per_class_accuracy"]) == {str(c) for c in range(10)}
+    (shortcut,) = details["shortcuts"]
+    assert shortcut["class"] == "7" and shortcut["reliance"] == pytest.approx(metrics["shortcut_reliance"])
+    assert shortcut["base_rate"] == pytest.approx(metrics["shortcut_base_rate"])
+    live = workspace / "plots" / DATASET / "train_classifier" / "live"
     assert (live / "plots" / "sklearn" / "confusion_matrix.json").exists()
-    for dataset in DATASETS:
-        for picture in ("prepare/pictures/examples.png", "train_classifier/pictures/confusion.png",
-                        "train_classifier/live/plots/images/examples.png"):
-            assert (workspace / "plots" / dataset / picture).stat().st_size > 1000
-
-
-def test_changing_classifier_params_reruns_only_downstream_stages(workspace, first_repro):
-    output = dvc("exp", "run", "-S", "classifier.epochs=2", cwd=workspace)
-    ran = stages_run(output)
-    assert {f"train_classifier@{d}" for d in DATASETS} <= ran
-    assert not any(name.startswith(("prepare@", "train_gan@")) for name in ran), ran
-    shown = dvc("exp", "show", "--no-pager", "--csv", cwd=workspace)
-    assert "classifier.epochs" in shown
-    changed = run([sys.executable, "-m", "dvc", "exp", "show", "--no-pager", "--only-changed", "--csv"], workspace, stdout_only=True)
-    rows = list(csv.reader(io.StringIO(changed)))
-    header = rows[0]
-    assert "classifier.epochs" in header
-    assert not any(name.endswith(("seconds", "images_per_second")) for name in header), header   # no wall clock
-    # The changed stage's columns (its param and the MNIST datasets' classifier.json keys: one for colored MNIST,
-    # five for Clever Hans) fit in 200 columns.
-    stage_keys = {"classifier.epochs"} | {key for d in DATASETS for key in read(workspace, "metrics", d, "classifier.json")}
-    columns = [i for i, name in enumerate(header) if name == "Experiment" or name == "classifier.epochs"
-               or (name.rsplit(":", 1)[-1] in stage_keys and f"{IMAGE_FOLDER}/classifier.json" not in name)]
-    width = sum(max(len(header[i].rsplit(":", 1)[-1]), *(len(row[i]) for row in rows[1:] if i < len(row))) + 3 for i in columns)
-    assert len(columns) <= 9 and width <= 200, (len(columns), width)
+    for picture in ("prepare/pictures/examples.png", "train_classifier/pictures/confusion.png",
+                    "train_classifier/live/plots/images/examples.png"):
+        assert (workspace / "plots" / DATASET / picture).stat().st_size > 1000
 
 
 def test_cosmetic_gan_param_reruns_only_train_gan(workspace, first_repro):
@@ -178,34 +160,27 @@ def test_cosmetic_gan_param_reruns_only_train_gan(workspace, first_repro):
 
 
 def test_attribution_metrics_and_plots(workspace, first_repro):
-    methods = ("ig_zero", "ig_noise", "ig_blur", "saliency", "inputxgrad", "deeplift", "guided_backprop",
-               "occlusion", "smoothgrad", "gradcam", "guided_gradcam")
-    for dataset in DATASETS:
-        assert f"attribute@{dataset}" in stages_run(first_repro)
-        metrics = read(workspace, "metrics", dataset, "attribution.json")
-        details = read(workspace, "plots", dataset, "attribute", "details.json")
-        assert set(details["methods"]) == set(methods)
-        auc = [scores["deletion_auc"] for scores in details["methods"].values() if scores["deletion_auc"] is not None]
-        assert metrics["best_deletion_auc"] == pytest.approx(min(auc))
-        assert metrics["random_order_deletion_auc"] == pytest.approx(details["random_order_deletion_auc"])
-        for name, scores in details["methods"].items():
-            for key in ("deletion_auc", "infidelity", "sensitivity_max", "randomization_spearman"):
-                assert key in scores, (dataset, name, key)
-        attributions = dict(__import__("numpy").load(workspace / "data" / "attributions" / dataset / "attributions.npz"))
+    metrics = read(workspace, "metrics", DATASET, "attribution.json")
+    details = read(workspace, "plots", DATASET, "attribute", "details.json")
+    methods = yaml.safe_load((workspace / "params.yaml").read_text())["attribution"]["methods"]
+    assert set(details["methods"]) == set(methods)
+    auc = [scores["deletion_auc"] for scores in details["methods"].values() if scores["deletion_auc"] is not None]
+    assert metrics["best_deletion_auc"] == pytest.approx(min(auc))
+    assert metrics["random_order_deletion_auc"] == pytest.approx(details["random_order_deletion_auc"])
+    assert "shortcut_relevance_mass_flipped_lift" in metrics
+    with __import__("numpy").load(workspace / "data" / "attributions" / DATASET / "attributions.npz") as attributions:
         assert attributions["sample_ig_zero"].shape == (len(attributions["sample_index"]), 3, 28, 28)
-        for picture in ("methods_heatmap", "methods_color", "ig_baselines", "gradcam_segmentation",
-                        "gradcam_counterfactual", "contrastive", "deletion", "localization"):
-            assert (workspace / "plots" / dataset / "attribute" / "pictures" / f"{picture}.png").stat().st_size > 1000, picture
-        assert (workspace / "plots" / dataset / "attribute" / "deletion" / "random_order.csv").exists()
-    hans = read(workspace, "metrics", "clever_hans", "attribution.json")
-    assert "best_shortcut_relevance_mass_flipped" in hans
-    assert read(workspace, "metrics", "clever_hans", "timing", "attribute.json")["images"] > 0
+    for picture in ("methods_heatmap", "methods_color", "ig_baselines", "gradcam_segmentation",
+                    "gradcam_counterfactual", "contrastive", "deletion", "localization"):
+        assert (workspace / "plots" / DATASET / "attribute" / "pictures" / f"{picture}.png").stat().st_size > 1000, picture
+    assert read(workspace, "metrics", DATASET, "timing", "attribute.json")["images"] > 0
 
 
-def test_report_collects_every_stage(workspace, first_repro):
+def test_report_collects_every_stage_of_every_dataset(workspace, first_repro):
     assert "report" in stages_run(first_repro)
     page = (workspace / "report" / "index.html").read_text()
-    assert "Verdict" in page and "What this run found" in page and page.count("data:image/png;base64,") >= 6
+    assert "Verdict" in page and page.count("data:image/png;base64,") >= 6
+    assert f"{DATASET}: Clever Hans" in page and f"{OWN}: Your images (no known answer)" in page
     timing = read(workspace, "metrics", "timing.json")
     stages = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]
     expected = {f"{name}@{d}" for name, stage in stages.items() if "matrix" in stage for d in ALL_DATASETS}
@@ -215,116 +190,96 @@ def test_report_collects_every_stage(workspace, first_repro):
 
 def test_gan_and_counterfactual_outputs(workspace, first_repro):
     import numpy as np
-    import torch
 
-    ran = stages_run(first_repro)
-    for dataset, n_classes in (("colored_mnist", 4), ("clever_hans", 10)):
-        assert f"train_gan@{dataset}" in ran and f"counterfactuals@{dataset}" in ran
-        gan = read(workspace, "metrics", dataset, "train_gan.json")
-        assert set(gan) == {"iterations", "smoothed_discriminator_loss", "smoothed_generator_loss"} and gan["iterations"] == 4
-        timing = read(workspace, "metrics", dataset, "timing", "train_gan.json")
-        assert timing["iterations_run"] in (0, 4)   # 0 once a cosmetic change resumed the finished run
-        checkpoint = torch.load(workspace / "data" / "models" / dataset / "gan_checkpoints" / "last.pt", weights_only=True)
-        assert checkpoint["iteration"] == 4
-        metrics = read(workspace, "metrics", dataset, "counterfactuals.json")
-        exact = {"exact_counterfactual_error"} if dataset == "colored_mnist" else set()
-        assert set(metrics) == {"conversion_rate", "conversion_rate_latent", "mean_l1", "changed_pixel_fraction",
-                                "feature_distance", "feature_distance_real_floor"} | exact
-        details = read(workspace, "plots", dataset, "counterfactuals", "details.json")
-        per_pair = details["modes"]["reference"]["conversion_per_pair"]
-        assert set(per_pair) <= {f"{s}->{t}" for s in range(n_classes) for t in range(n_classes) if s != t}
-        with np.load(workspace / "data" / "counterfactuals" / dataset / "counterfactuals.npz") as npz:
-            assert npz["counterfactual"].dtype == np.uint8 and npz["counterfactual"].shape == (20 * (n_classes - 1), 3, 28, 28)
-            assert (npz["source"] != npz["target"]).all()
-            assert metrics["conversion_rate"] == pytest.approx(float((npz["predicted"] == npz["target"]).mean()), abs=1e-6)
-        for picture in ("train_gan/pictures/translations.png", "counterfactuals/pictures/gallery.png",
-                        "counterfactuals/pictures/interpolation.png", "counterfactuals/pictures/style_space.png",
-                        "counterfactuals/pictures/confusion.png"):
-            assert (workspace / "plots" / dataset / picture).stat().st_size > 1000
+    gan = read(workspace, "metrics", DATASET, "train_gan.json")
+    iterations = yaml.safe_load((workspace / "params.yaml").read_text())["gan"]["iterations"]
+    assert set(gan) == {"iterations", "smoothed_discriminator_loss", "smoothed_generator_loss"}
+    assert gan["iterations"] == iterations
+    checkpoint = torch.load(workspace / "data" / "models" / DATASET / "gan_checkpoints" / "last.pt", weights_only=True)
+    assert checkpoint["iteration"] == iterations
+    metrics = read(workspace, "metrics", DATASET, "counterfactuals.json")
+    assert set(metrics) == {"conversion_rate", "conversion_rate_latent", "mean_l1", "changed_pixel_fraction",
+                            "feature_distance", "feature_distance_real_floor"}
+    details = read(workspace, "plots", DATASET, "counterfactuals", "details.json")
+    per_pair = details["modes"]["reference"]["conversion_per_pair"]
+    assert set(per_pair) <= {f"{s}->{t}" for s in range(10) for t in range(10) if s != t}
+    n_images = yaml.safe_load((workspace / "params.yaml").read_text())["counterfactuals"]["n_images"]
+    with np.load(workspace / "data" / "counterfactuals" / DATASET / "counterfactuals.npz") as npz:
+        assert npz["counterfactual"].dtype == np.uint8 and npz["counterfactual"].shape == (n_images * 9, 3, 28, 28)
+        assert (npz["source"] != npz["target"]).all()
+        assert metrics["conversion_rate"] == pytest.approx(float((npz["predicted"] == npz["target"]).mean()), abs=1e-6)
+    for picture in ("train_gan/pictures/translations.png", "counterfactuals/pictures/gallery.png",
+                    "counterfactuals/pictures/interpolation.png", "counterfactuals/pictures/style_space.png",
+                    "counterfactuals/pictures/confusion.png"):
+        assert (workspace / "plots" / DATASET / picture).stat().st_size > 1000
 
 
 def test_explain_and_discover_outputs(workspace, first_repro):
-    ran = stages_run(first_repro)
-    methods = ["d_ig", "d_deeplift", "d_inputxgrad", "ig", "deeplift", "residual", "random"]
-    for dataset in DATASETS:
-        assert f"explain@{dataset}" in ran and f"discover@{dataset}" in ran
-        metrics = read(workspace, "metrics", dataset, "explain.json")
-        details = read(workspace, "plots", dataset, "explain", "details.json")
-        assert 0 <= metrics["n_pairs_kept"] <= details["n_pairs_reaching_target"] <= details["n_pairs"]
-        assert list(details["methods"]) == methods
-        for method in ("d_ig", "d_deeplift", "ig", "deeplift", "residual", "random"):
-            assert metrics[f"median_score_{method}"] == details["methods"][method]["median_score"]
-        assert ("shortcut_iou" in metrics) == (dataset == "clever_hans")
-        for picture in ("curves.png", "scores.png", "known_answer.png"):
-            assert (workspace / "plots" / dataset / "explain" / "pictures" / picture).stat().st_size > 1000
-        discovered = read(workspace, "metrics", dataset, "discover.json")
-        found = read(workspace, "plots", dataset, "discover", "details.json")
-        assert discovered["n_flagged_classes"] == len(found["flagged_classes"])
-        assert ("shortcut_region_iou" in discovered) == (dataset == "clever_hans")
-        assert (workspace / "plots" / dataset / "discover" / "pictures" / "regions.png").stat().st_size > 1000
+    metrics = read(workspace, "metrics", DATASET, "explain.json")
+    details = read(workspace, "plots", DATASET, "explain", "details.json")
+    assert 0 <= metrics["n_pairs_kept"] <= details["n_pairs_reaching_target"] <= details["n_pairs"]
+    assert list(details["methods"]) == ["d_ig", "d_deeplift", "d_inputxgrad", "ig", "deeplift", "residual", "random"]
+    assert {"shortcut_iou_lift", "control_shortcut_iou_lift", "gan_shortcut_fraction"} <= set(metrics)
+    assert details["distractor_control"] and details["negative_control"] is False
+    for picture in ("curves.png", "scores.png", "known_answer.png"):
+        assert (workspace / "plots" / DATASET / "explain" / "pictures" / picture).stat().st_size > 1000
+    discovered = read(workspace, "metrics", DATASET, "discover.json")
+    found = read(workspace, "plots", DATASET, "discover", "details.json")
+    flagged = found["flagged_classes"]   # null when no class had enough pairs in both halves to be judged
+    assert discovered["n_flagged_classes"] == (None if flagged is None else len(flagged))
+    assert (flagged is None) == (not found["judged_classes"]) and (flagged is None) == bool(found["not_judged"])
+    assert "shortcut_region_iou_lift" in discovered
+    assert (workspace / "plots" / DATASET / "discover" / "pictures" / "regions.png").stat().st_size > 1000
 
 
 def test_probe_stages_write_their_metrics(workspace, first_repro):
-    ran = stages_run(first_repro)
-    for dataset in DATASETS:
-        for name in ("feature_viz", "optimize_counterfactuals", "spectra"):
-            assert f"{name}@{dataset}" in ran
-            assert read(workspace, "metrics", dataset, "timing", f"{name}.json")["seconds"] > 0
-        viz = read(workspace, "metrics", dataset, "feature_viz.json")
-        assert set(viz) == {"mean_class_probability", "mean_class_probability_display"}
-        assert (workspace / "plots" / dataset / "feature_viz" / "pictures" / "grids" / "class.png").stat().st_size > 1000
-        optimised = read(workspace, "metrics", dataset, "optimize_counterfactuals.json")
-        assert set(optimised) == {"success_rate", "mean_l1", "frechet_distance", "gan_success_rate"}
-        detail = read(workspace, "plots", dataset, "optimize_counterfactuals", "details.json")
-        assert detail["gan"]["n"] == detail["matched"]["n"] > 0     # the same (image, target) pairs
-        assert optimised["gan_success_rate"] == pytest.approx(detail["gan"]["success_rate"])
-        spectra = read(workspace, "metrics", dataset, "spectra.json")
-        assert {"spectral_detector_accuracy", "control_accuracy", "frequency_artifacts_detected"} <= set(spectra)
-        for picture in ("optimize_counterfactuals/pictures/examples.png", "optimize_counterfactuals/pictures/comparison.png",
-                        "spectra/pictures/spectra.png", "spectra/pictures/detector_weights.png"):
-            assert (workspace / "plots" / dataset / picture).stat().st_size > 1000
+    for name in ("feature_viz", "optimize_counterfactuals", "spectra"):
+        assert read(workspace, "metrics", DATASET, "timing", f"{name}.json")["seconds"] > 0
+    viz = read(workspace, "metrics", DATASET, "feature_viz.json")
+    assert set(viz) == {"mean_class_probability", "mean_class_probability_display"}
+    assert (workspace / "plots" / DATASET / "feature_viz" / "pictures" / "grids" / "class.png").stat().st_size > 1000
+    optimised = read(workspace, "metrics", DATASET, "optimize_counterfactuals.json")
+    assert set(optimised) == {"success_rate", "mean_l1", "frechet_distance", "gan_success_rate"}
+    detail = read(workspace, "plots", DATASET, "optimize_counterfactuals", "details.json")
+    assert detail["gan"]["n"] == detail["matched"]["n"] > 0     # the same (image, target) pairs
+    assert optimised["gan_success_rate"] == pytest.approx(detail["gan"]["success_rate"])
+    spectra = read(workspace, "metrics", DATASET, "spectra.json")
+    assert {"spectral_detector_accuracy", "control_accuracy", "frequency_artifacts_detected"} <= set(spectra)
+    for picture in ("optimize_counterfactuals/pictures/examples.png", "optimize_counterfactuals/pictures/comparison.png",
+                    "spectra/pictures/spectra.png", "spectra/pictures/detector_weights.png"):
+        assert (workspace / "plots" / DATASET / picture).stat().st_size > 1000
 
 
-def test_dissect_scores_every_convolution_unit(workspace, first_repro):
+def test_dissect_scores_every_convolution_unit_and_a_held_out_unit(workspace, first_repro):
     import pandas as pd
 
-    ran = stages_run(first_repro)
-    for dataset, answer in (("colored_mnist", "color"), ("clever_hans", "shortcut")):
-        assert f"dissect@{dataset}" in ran
-        metrics = read(workspace, "metrics", dataset, "dissect.json")
-        assert set(metrics) == {f"{answer}_units", f"best_{answer}_unit_iou", "best_digit_unit_iou"}
-        details = read(workspace, "plots", dataset, "dissect", "details.json")
-        units = pd.read_csv(workspace / "plots" / dataset / "dissect" / "units.csv")
-        assert len(units) == details["n_units"] == sum(layer["n_units"] for layer in details["layers"].values())
-        assert details["n_images"] == 64 and units["best_iou"].between(0, 1).all()
-        assert metrics["best_digit_unit_iou"] == pytest.approx(units["iou_digit"].max(), abs=1e-5)
-        assert metrics[f"best_{answer}_unit_iou"] == pytest.approx(units[f"iou_{answer}"].max(), abs=1e-5)
-        # iou_color: a unit's best IoU over the colormaps, so that a unit counts once
-        assert metrics[f"{answer}_units"] == int((units[f"iou_{answer}"] >= details["iou_threshold"]).sum())
-        assert (workspace / "plots" / dataset / "dissect" / "pictures" / "units.png").stat().st_size > 1000
-    assert read(workspace, "plots", "clever_hans", "dissect", "details.json")["n_stamped"] == 32
+    metrics = read(workspace, "metrics", DATASET, "dissect.json")
+    assert set(metrics) == {"shortcut_unit_iou_lift", "shortcut_unit_iou_lift_low", "shortcut_unit_iou_lift_high"}
+    details = read(workspace, "plots", DATASET, "dissect", "details.json")
+    units = pd.read_csv(workspace / "plots" / DATASET / "dissect" / "units.csv")
+    assert len(units) == details["n_units"] == sum(layer["n_units"] for layer in details["layers"].values())
+    assert details["n_images"] == 64 and details["n_stamped"] == 32 and units["best_iou"].between(0, 1).all()
+    for concept in ("digit", "shortcut"):
+        assert details["concepts"][concept]["best_iou"] == pytest.approx(units[f"iou_{concept}"].max(), abs=1e-5)
+        assert details["concepts"][concept]["units"] == int((units[f"iou_{concept}"] >= details["iou_threshold"]).sum())
+    held_out = details["held_out"]   # the unit is chosen on one half and scored on the other
+    assert held_out["n_selection"] + held_out["n_scored"] == details["n_images"]
+    assert held_out["units"]["shortcut"] in set(units["unit"])
+    assert (workspace / "plots" / DATASET / "dissect" / "pictures" / "units.png").stat().st_size > 1000
 
 
 def test_influence_traces_decisions_through_every_epoch_checkpoint(workspace, first_repro):
     import pandas as pd
 
-    ran = stages_run(first_repro)
     epochs = yaml.safe_load((workspace / "params.yaml").read_text())["classifier"]["epochs"]
-    for dataset, keys in (("colored_mnist", {"proponent_position_gap", "class_position_gap"}),
-                          ("clever_hans", {"proponent_precision_at_10", "proponent_base_rate"})):
-        assert f"influence@{dataset}" in ran
-        checkpoints = sorted(p.name for p in (workspace / "data" / "models" / dataset / "classifier_checkpoints").iterdir())
-        assert checkpoints == [f"epoch_{k}.pt" for k in range(1, epochs + 1)]
-        metrics = read(workspace, "metrics", dataset, "influence.json")
-        details = read(workspace, "plots", dataset, "influence", "details.json")
-        assert set(metrics) == keys and details["n_checkpoints"] == epochs
-        assert all(0 <= value <= 1 for value in metrics.values()), metrics
-        table = pd.read_csv(workspace / "plots" / dataset / "influence" / "proponents.csv")
-        assert len(table) == details["n_queries"] * 10 and table["query"].nunique() == details["n_queries"] > 0
-        assert (table.groupby("query")["score"].diff().dropna() <= 1e-6).all()   # strongest first
-        assert (workspace / "plots" / dataset / "influence" / "pictures" / "proponents.png").stat().st_size > 1000
-    hans = read(workspace, "plots", "clever_hans", "influence", "details.json")
-    assert hans["proponent_precision_at_10"] == pytest.approx(hans["precision_at_k"]["10"])
+    checkpoints = sorted(p.name for p in (workspace / "data" / "models" / DATASET / "classifier_checkpoints").iterdir())
+    assert checkpoints == [f"epoch_{k}.pt" for k in range(1, epochs + 1)]
+    details = read(workspace, "plots", DATASET, "influence", "details.json")
+    assert details["n_checkpoints"] == epochs
+    table = pd.read_csv(workspace / "plots" / DATASET / "influence" / "proponents.csv")
+    assert table["query"].nunique() > 0 and (table.groupby("query").size() == 10).all()
+    assert (table.groupby("query")["score"].diff().dropna() <= 1e-6).all()   # strongest first
+    assert (workspace / "plots" / DATASET / "influence" / "pictures" / "proponents.png").stat().st_size > 1000
 
 
 def test_every_declared_plot_renders(workspace, first_repro):
@@ -333,55 +288,25 @@ def test_every_declared_plot_renders(workspace, first_repro):
     rendered = set(shown["data"])
     for dataset in ALL_DATASETS:   # declared per stage, so every dataset of params.yaml gets its plots
         assert any(name.startswith(f"plots/{dataset}/train_classifier/") for name in rendered)
-        assert any(name.startswith(f"plots/{dataset}/explain/") for name in rendered)
         assert f"plots/{dataset}/explain/scores.csv" in rendered and f"plots/{dataset}/prepare/pictures/examples.png" in rendered
 
 
 def test_architectures_are_trained_alike_and_compared_on_the_same_images(workspace, first_repro):
-    ran = stages_run(first_repro)
-    names = ("dense", "cnn", "resnet")
-    for dataset in DATASETS:
-        assert f"architectures@{dataset}" in ran
-        metrics = read(workspace, "metrics", dataset, "architectures.json")
-        details = read(workspace, "plots", dataset, "architectures", "details.json")
-        known = ["shortcut_reliance", "relevance_mass"] if dataset == "clever_hans" else ["colormap_alignment"]
-        assert set(metrics) == {f"{key}_{a}" for key in ["test_accuracy", *known] for a in names}
-        for a in names:
-            assert metrics[f"test_accuracy_{a}"] == pytest.approx(details["architectures"][a]["test_accuracy"])
-            assert (workspace / "data" / "models" / dataset / "architectures" / f"{a}.pt").stat().st_size > 1000
-        assert list(details["skipped"]) == ["dense"] and "gradcam" in details["skipped"]["dense"]
-        assert details["headline_methods"] == ["ig_zero", "saliency"]   # gradcam: not for dense, and no colour channels
-        rows = list(csv.DictReader(io.StringIO((workspace / "plots" / dataset / "architectures" / "correlation.csv").read_text())))
-        sets = 2 if dataset == "clever_hans" else 1
-        assert len(rows) == sets * (3 * 2 + 1)   # three pairs for ig_zero and saliency, cnn vs resnet for gradcam
-        for picture in ("maps.png", "correlation.png"):
-            assert (workspace / "plots" / dataset / "architectures" / "pictures" / picture).stat().st_size > 1000
-    hans = read(workspace, "plots", "clever_hans", "architectures", "details.json")
-    assert hans["architectures"]["cnn"]["shortcut_reliance"] == pytest.approx(
-        read(workspace, "metrics", "clever_hans", "architectures.json")["shortcut_reliance_cnn"])
-
-
-def test_a_clever_hans_image_folder_runs_the_whole_chain(workspace, first_repro):
-    """Your own images (a generated folder of 64x64 RGB shapes in 3 classes) with a planted square: every stage
-    and the report run, at the images' own size, and the known-answer figures are there."""
-    import numpy as np
-
-    meta = read(workspace, "data", "prepared", IMAGE_FOLDER, "meta.json")
-    assert meta["class_names"] == ["disk", "plus", "ring"] and meta["n_classes"] == 3 and meta["source"] == "image_folder"
-    test = np.load(workspace / "data" / "prepared" / IMAGE_FOLDER / "test.npz")
-    assert test["images"].shape[1:] == (3, 64, 64) and test["shortcut_alpha"].shape == (1, 64, 64)
-    classifier = read(workspace, "metrics", IMAGE_FOLDER, "classifier.json")
-    assert 0 <= classifier["shortcut_reliance"] <= 1 and 0 <= classifier["clean_accuracy"] <= 1
-    explain = read(workspace, "metrics", IMAGE_FOLDER, "explain.json")
-    assert "stamped_control_shortcut_iou" in explain
-    for name in ("attribution", "counterfactuals", "discover", "influence", "dissect", "spectra"):
-        assert (workspace / "metrics" / IMAGE_FOLDER / f"{name}.json").exists(), name
-    page = (workspace / "report" / "index.html").read_text()
-    assert "Clever Hans images (a planted shortcut): shapes" in page
+    names = yaml.safe_load((workspace / "params.yaml").read_text())["architectures"]["names"]
+    assert len(names) >= 2, names
+    metrics = read(workspace, "metrics", DATASET, "architectures.json")
+    details = read(workspace, "plots", DATASET, "architectures", "details.json")
+    for a in names:
+        assert metrics[f"shortcut_reliance_{a}"] == pytest.approx(details["architectures"][a]["shortcut_reliance"])
+        assert f"relevance_mass_{a}_lift" in metrics
+        assert (workspace / "data" / "models" / DATASET / "architectures" / f"{a}.pt").stat().st_size > 1000
+    assert list(details["skipped"]) == ["dense"] and "gradcam" in details["skipped"]["dense"]
+    for picture in ("maps.png", "correlation.png"):
+        assert (workspace / "plots" / DATASET / "architectures" / "pictures" / picture).stat().st_size > 1000
 
 
 def test_your_own_classifier_on_your_own_images_runs_the_whole_chain(workspace, first_repro):
-    """A folder of 64x64 RGB images in 3 classes with no known answer, and a torchvision ResNet-18 trained elsewhere
+    """A folder of 32x32 RGB images in 3 classes with no known answer, and a torchvision ResNet-18 trained elsewhere
     (a state dict): it is evaluated, not trained; every stage runs with it; what needs an answer or per-epoch weights
     says why it was skipped; the report leads with what was found."""
     import numpy as np
@@ -389,19 +314,16 @@ def test_your_own_classifier_on_your_own_images_runs_the_whole_chain(workspace, 
 
     from pipeline.models.classifiers import load_classifier
 
-    ran = stages_run(first_repro)
-    stages = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]
-    assert {f"{name}@{OWN}" for name, stage in stages.items() if "matrix" in stage} <= ran
     meta = read(workspace, "data", "prepared", OWN, "meta.json")
     assert meta["kind"] == "image_folder" and meta["class_names"] == ["disk", "plus", "ring"]
-    test = np.load(workspace / "data" / "prepared" / OWN / "test.npz")
-    assert set(test.files) == {"images", "labels"} and test["images"].shape[1:] == (3, 64, 64)
+    with np.load(workspace / "data" / "prepared" / OWN / "test.npz") as test:
+        assert set(test.files) == {"images", "labels"} and test["images"].shape[1:] == (3, OWN_SIZE, OWN_SIZE)
+        x = torch.from_numpy(test["images"][:8]).float() / 255
 
     # The pipeline's classifier computes what the user's network computes on the same images: not retrained.
     params = yaml.safe_load((workspace / "params.yaml").read_text())["datasets"][OWN]["classifier"]
     network = resnet18(num_classes=3).eval()
     network.load_state_dict(torch.load(params["weights"], weights_only=True))
-    x = torch.from_numpy(test["images"][:8]).float() / 255
     mean, std = (torch.tensor(OWN_TRANSFORM[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
     with torch.no_grad():
         torch.testing.assert_close(load_classifier(workspace / "data" / "models" / OWN / "classifier.pt")(x),
@@ -413,29 +335,47 @@ def test_your_own_classifier_on_your_own_images_runs_the_whole_chain(workspace, 
     attribution = read(workspace, "plots", OWN, "attribute", "details.json")
     assert attribution["skipped"] == {} and {"deeplift", "guided_backprop", "gradcam"} <= set(attribution["methods"])
     explain = read(workspace, "plots", OWN, "explain", "details.json")
-    assert explain["skipped_methods"] == {} and "stamped_control" not in explain
-    assert "shortcut_iou" not in read(workspace, "metrics", OWN, "explain.json")
+    assert explain["skipped_methods"] == {} and "distractor_control" not in explain
+    assert not any(key.startswith("shortcut") for key in read(workspace, "metrics", OWN, "explain.json"))
     assert "false_alarms" not in read(workspace, "metrics", OWN, "discover.json")
     assert "trained elsewhere" in read(workspace, "plots", OWN, "influence", "details.json")["reason"]
     assert "no known answer" in read(workspace, "plots", OWN, "dissect", "details.json")["skipped"]
     assert read(workspace, "metrics", OWN, "dissect.json") == {} and read(workspace, "metrics", OWN, "influence.json") == {}
-    prototypes = read(workspace, "plots", OWN, "prototypes", "details.json")
-    assert "skipped" not in prototypes   # the penultimate features come from the named layer
-    page = (workspace / "report" / "index.html").read_text()
-    assert "Your images (no known answer): own" in page and "Not run:" in page
+    assert "skipped" not in read(workspace, "plots", OWN, "prototypes", "details.json")   # features from the named layer
 
 
-def test_the_stamp_test_trains_your_architecture(workspace, first_repro):
-    """The Clever Hans folder names a torchvision architecture without weights: the pipeline trains it, keeps its
-    per-epoch weights (for TracIn) and finds its final layer and named layers."""
-    from pipeline.models.classifiers import load_classifier, missing_parts
+def changed_stages(workspace: Path) -> set[str]:
+    return set(json.loads(run([sys.executable, "-m", "dvc", "status", "--json"], workspace, stdout_only=True)))
 
-    epochs = yaml.safe_load((workspace / "params.yaml").read_text())["classifier"]["epochs"]
-    checkpoints = workspace / "data" / "models" / IMAGE_FOLDER / "classifier_checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir()) == [f"epoch_{k}.pt" for k in range(1, epochs + 1)]
-    last = load_classifier(checkpoints / f"epoch_{epochs}.pt")
-    assert type(last.network).__name__ == "ResNet" and missing_parts(last) == {}
-    details = read(workspace, "plots", IMAGE_FOLDER, "influence", "details.json")
-    assert details.get("n_checkpoints", epochs) == epochs and "trained elsewhere" not in details.get("reason", "")
-    assert read(workspace, "plots", IMAGE_FOLDER, "attribute", "details.json")["skipped"] == {}
-    assert "skipped" not in read(workspace, "plots", IMAGE_FOLDER, "prototypes", "details.json")
+
+def test_changing_classifier_params_makes_the_classifier_and_what_reads_it_stale_not_what_comes_before(workspace, first_repro):
+    """Last in this module: it leaves the workspace at the changed params, its readers stale."""
+    original = (workspace / "params.yaml").read_text()
+    changed = yaml.safe_load(original)
+    changed["classifier"]["epochs"] = 2
+    (workspace / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+    # the stages that read the classifier section: each dataset's classifier, and the architectures trained alike
+    assert changed_stages(workspace) == {f"{stage}@{d}" for stage in ("train_classifier", "architectures")
+                                         for d in ALL_DATASETS}
+    (workspace / "params.yaml").write_text(original)
+
+    # As an experiment of one classifier (to keep this tier short): its new weights make every stage that reads them
+    # stale and nothing upstream; `dvc exp show` compares it, without wall clock, in few columns.
+    output = dvc("exp", "run", "-S", "classifier.epochs=2", f"train_classifier@{DATASET}", cwd=workspace)
+    assert stages_run(output) == {f"train_classifier@{DATASET}"}, stages_run(output)
+    readers = {"attribute", "counterfactuals", "explain", "discover", "dissect", "influence", "feature_viz",
+               "optimize_counterfactuals", "prototypes", "architectures"}
+    stale = changed_stages(workspace)
+    assert {f"{stage}@{DATASET}" for stage in readers} <= stale, stale
+    assert f"train_classifier@{DATASET}" not in stale and not any(name.startswith(("prepare@", "train_gan@"))
+                                                                    for name in stale), stale
+    changed = run([sys.executable, "-m", "dvc", "exp", "show", "--no-pager", "--only-changed", "--csv"], workspace, stdout_only=True)
+    rows = list(csv.reader(io.StringIO(changed)))
+    header = rows[0]
+    assert "classifier.epochs" in header
+    assert not any(name.endswith(("seconds", "images_per_second")) for name in header), header   # no wall clock
+    stage_keys = {"classifier.epochs"} | set(read(workspace, "metrics", DATASET, "classifier.json"))
+    columns = [i for i, name in enumerate(header) if name == "Experiment" or name == "classifier.epochs"
+               or name.rsplit(":", 1)[-1] in stage_keys]
+    width = sum(max(len(header[i].rsplit(":", 1)[-1]), *(len(row[i]) for row in rows[1:] if i < len(row))) + 3 for i in columns)
+    assert len(columns) <= 9 and width <= 200, (len(columns), width)

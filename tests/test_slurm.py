@@ -24,8 +24,8 @@ from benchmarks.slurm_vs_queue import write_tiny_grid
 from benchmarks.sweep import finished_experiments
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.skipif(bool(missing_binaries()), reason=f"no Slurm here (missing "
-                                f"{', '.join(missing_binaries())}): apt-get install slurm-wlm munge (.ci/run does)")
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(missing_binaries()), reason=f"no Slurm here (missing "
+                                f"{', '.join(missing_binaries())}): apt-get install slurm-wlm munge (.ci/run does)")]
 
 
 @pytest.fixture(scope="module")
