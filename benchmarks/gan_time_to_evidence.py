@@ -87,6 +87,22 @@ CLASSIFIER_PARAMS = ("seed", "deterministic", "device", "data", "datasets", "cla
 DEFAULT_CASES = ["clever_hans", "clever_hans_text", "clever_hans_gradient", "colored_mnist"]
 
 
+LOCAL_OPTIONS = ("--work", "--data-root", "--out")   # where this machine keeps things, not what was measured
+
+
+def reproducing_command(argv: list[str]) -> str:
+    """The command line of this run less :data:`LOCAL_OPTIONS` and their values."""
+    kept, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in LOCAL_OPTIONS:
+            skip = True
+        elif not word.startswith(tuple(f"{option}=" for option in LOCAL_OPTIONS)):
+            kept.append(word)
+    return " ".join(["python -m benchmarks.gan_time_to_evidence", *kept])
+
+
 class Stop(Exception):
     """Raised from the training loop's log hook to end a run (target held, or time cap)."""
 
@@ -311,7 +327,7 @@ def main() -> None:
     if args.append and out_path.exists():  # entries of other cases and generators stay as they were measured
         kept = [r for r in json.loads(out_path.read_text())["cases"]
                 if (r["case"], r["generator"]) not in {(c, g) for c in args.cases for g in args.generators}]
-    run = {"command": "python -m benchmarks.gan_time_to_evidence " + " ".join(sys.argv[1:]),
+    run = {"command": reproducing_command(sys.argv[1:]),
            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": args.threads,
            "time_cap_seconds": args.time_cap, "time_cap_clock": args.clock, "eval_images": args.eval_images,
            "confirm": args.confirm}

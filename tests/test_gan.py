@@ -537,3 +537,10 @@ def test_lazy_r1_takes_the_penalty_every_kth_step_weighted_k_times(tmp_path, mon
     # the first step is the same in both runs: the lazy penalty is the plain one, three times
     _, every_step = run(tmp_path, tiny_cfg(iterations=1, log_every=1, checkpoint_every=1), name="every.pt")
     assert r1[0] == pytest.approx(3 * every_step["history"][0]["d_r1"], rel=1e-5)
+
+
+def test_the_benchmark_records_its_command_without_this_machine_s_folders():
+    from benchmarks.gan_time_to_evidence import reproducing_command
+
+    argv = ["--cases", "clever_hans", "--work", "/scratch/x", "--out=/results/y.json", "--set", "width=8"]
+    assert reproducing_command(argv) == "python -m benchmarks.gan_time_to_evidence --cases clever_hans --set width=8"
