@@ -291,3 +291,16 @@ def frozen(model: nn.Module, device: torch.device | str) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def reinitialized_classifier(config: dict, seed: int, device: torch.device | str) -> tuple[nn.Module | None, str]:
+    """The classifier of ``config`` with weights drawn from ``seed`` alone (a model that learned nothing: the chance
+    level of a figure that a model may get from the input alone), frozen on ``device``, and what it is in words. A
+    torchvision architecture is built without weights, seeded; a TorchScript network cannot be rebuilt without its own
+    weights: (None, "not available: <why>")."""
+    if config["architecture"] == TORCHSCRIPT:
+        return None, ("not available: a TorchScript network cannot be rebuilt with fresh weights, so there is no "
+                      "randomisation check and the localisation figures stand beside the uniform map alone")
+    name = f"torchvision {config[TORCHVISION]}" if config["architecture"] == TORCHVISION else config["architecture"]
+    return (frozen(build_seeded_classifier(config, seed), device),
+            f"the classifier's architecture ({name}) with seeded random weights (stream randomized_model)")

@@ -30,7 +30,6 @@ import warnings
 
 import numpy as np
 import torch
-from torch import nn
 
 from pipeline import paths
 from pipeline.attribution.contrastive import contrastive_analysis
@@ -46,8 +45,7 @@ from pipeline.config import AttributionParams, options_from
 from pipeline.data.known_answer import ColorRule, PlantedShortcuts
 from pipeline.prepared import load_known_answer, load_meta, load_prepared
 from pipeline.models.inference import predict_probabilities
-from pipeline.models.classifiers import build_seeded_classifier, frozen, load_classifier
-from pipeline.models.external import TORCHSCRIPT, TORCHVISION
+from pipeline.models.classifiers import load_classifier, reinitialized_classifier
 from pipeline.runtime import StageContext, stage
 from pipeline.storage import load_checkpoint, save_arrays, save_figure, write_csv, write_json
 
@@ -70,18 +68,6 @@ def random_streams(ctx: StageContext) -> dict[str, torch.Generator]:
     GPU run draw the same numbers (except those captum draws on the data's device).
     """
     return {name: ctx.generator(name, device="cpu") for name in RANDOM_STREAMS}
-
-
-def reinitialized_classifier(config: dict, seed: int, device: torch.device | str) -> tuple[nn.Module | None, str]:
-    """The classifier's architecture with weights drawn from ``seed`` alone (a model that learned nothing), frozen on
-    ``device``, and what it is in words. A torchvision architecture is built without weights, seeded; a TorchScript
-    network cannot be rebuilt without its own weights: (None, "not available: <why>")."""
-    if config["architecture"] == TORCHSCRIPT:
-        return None, ("not available: a TorchScript network cannot be rebuilt with fresh weights, so there is no "
-                      "randomisation check and the localisation figures stand beside the uniform map alone")
-    name = f"torchvision {config[TORCHVISION]}" if config["architecture"] == TORCHVISION else config["architecture"]
-    return (frozen(build_seeded_classifier(config, seed), device),
-            f"the classifier's architecture ({name}) with seeded random weights (stream randomized_model)")
 
 
 def main(argv: list[str] | None = None) -> None:

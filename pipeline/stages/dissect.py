@@ -40,7 +40,7 @@ from pipeline.data.known_answer import ColorRule, PlantedShortcuts, Unknown
 from pipeline.data.tensors import subsample
 from pipeline.evaluation.dissection import (DissectionOptions, best_units, dissect, half_split, held_out_lifts, iou_ceiling,
                                             layer_summary, top_images, unit_masks, units_figure)
-from pipeline.models.classifiers import build_seeded_classifier, conv_layers, frozen, load_classifier, missing_parts
+from pipeline.models.classifiers import conv_layers, load_classifier, missing_parts, reinitialized_classifier
 from pipeline.plotting import placeholder_figure
 from pipeline.prepared import load_known_answer, load_meta, load_prepared
 from pipeline.runtime import StageContext, stage
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         best, layers = best_units(result), layer_summary(result, cfg.iou_threshold)
         # a model that learned nothing: the classifier's architecture (hookable, as checked above) with seeded weights
         config = load_checkpoint(model_path, made_by=f"train_classifier@{ctx.dataset}")["config"]
-        reinitialized = frozen(build_seeded_classifier(config, ctx.generator("randomized_model").initial_seed()), ctx.device)
+        reinitialized, _ = reinitialized_classifier(config, ctx.generator("randomized_model").initial_seed(), ctx.device)
         lifts, held_out = held_out_lifts(model, images, concepts, names, figures(answer, names),
                                          half_split(len(images), ctx.generator("split")), options,
                                          lambda name: ctx.generator(f"chance/{name}"), reinitialized=reinitialized)
