@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks.collect_run import matrix_items
+from benchmarks.collect_run import declared_metrics as all_declared_metrics
 from benchmarks.reproducibility import flatten, merged  # every leaf as a.b.c, as `dvc metrics show` lists them
 from examples.own_images import MEAN, STD, train_resnet18
 from tests.conftest import REPO
@@ -72,14 +72,7 @@ MAX_HEADLINE_FIGURES = 45  # per dataset, over all its metrics files: about 3 pe
 
 def declared_metrics(workspace: Path, dataset: str) -> list[Path]:
     """The metrics files that dvc.yaml declares for ``dataset`` (what `dvc metrics show` lists)."""
-    stages = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]
-    files = []
-    for stage in stages.values():
-        for entry in stage.get("metrics", []):
-            name = next(iter(entry)) if isinstance(entry, dict) else entry
-            if "${item.dataset}" in name and dataset in matrix_items(workspace, stage):
-                files.append(workspace / name.replace("${item.dataset}", dataset))
-    return files
+    return [workspace / path for path in all_declared_metrics(workspace) if path.startswith(f"metrics/{dataset}/")]
 
 
 def test_metrics_are_headline_numbers_and_every_lift_comes_with_its_interval(workspace, first_repro):
