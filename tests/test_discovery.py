@@ -13,9 +13,10 @@ import torch
 from pipeline.data.known_answer import ColorRule, PlantedShortcuts, Unknown
 from pipeline.data.regions import convex_hull
 from pipeline.data.shortcuts import Shortcut
-from pipeline.evaluation.discovery import (DiscoverySettings, Region, chosen_method, describe, discover, discovery_details,
-                                           discovery_metrics, held_out_split, pasted, score_against_answer, trigger_test,
-                                           where_in_image)
+from pipeline.evaluation.discovery import (SHORTCUT, DiscoverySettings, Region, TriggerTest, chosen_method, describe,
+                                           discover, discovery_details, discovery_metrics, held_out_split, pasted,
+                                           score_against_answer, trigger_test, trigger_verdict, where_in_image)
+from pipeline.scoring.chance import Lift
 from pipeline.scoring.masks import iou
 from pipeline.storage import InputError, rounded
 
@@ -339,6 +340,18 @@ def test_a_planted_region_is_a_shortcut_when_it_moves_decisions_beyond_its_contr
     assert details["chance"]["trigger_rate"]["3"][0]["verdict"] == "above chance"
     assert details["classes"]["3"]["regions"][0]["shifted_rate"] == 0.0
     assert discover(masks, targets, 4, DiscoverySettings(), torch.Generator().manual_seed(1)).flagged_classes == [1, 3]
+
+
+def test_a_region_above_its_controls_but_short_of_the_flag_rate_is_called_a_partial_trigger():
+    """0.47 of recipients moved (controls 0.02, interval above 0) against min_trigger_rate 0.5: not flagged, and the
+    sentence says it moves more than its controls instead of calling it the class's own evidence."""
+    settings = DiscoverySettings()
+    def tested(rate, low):
+        return TriggerTest(rate, 0.02, 0.0, Lift(rate, 0.02, low, low + 0.06, 1000, "the same paste at random other places"), 1000)
+    partial = trigger_verdict(tested(0.47, 0.42), settings)
+    assert "more than its controls move" in partial and "50 %" in partial and "not flagged" in partial
+    assert trigger_verdict(tested(0.03, -0.01), settings) == "part of the class's own evidence, not a shortcut on its own"
+    assert trigger_verdict(tested(0.60, 0.52), settings) == SHORTCUT
 
 
 def test_a_region_that_moves_images_only_as_any_paste_of_its_size_does_is_not_flagged():

@@ -403,6 +403,9 @@ def trigger_verdict(tested: TriggerTest, settings: DiscoverySettings) -> str:
     of the recipients *and* more than its controls do (lift above chance)."""
     if tested.lift.verdict == "not judged":
         return f"its trigger test was not judged ({tested.lift.reason})"
+    if tested.rate < settings.min_trigger_rate and tested.clears_control:
+        return (f"more than its controls move, but short of the {percent(settings.min_trigger_rate)} a region must move "
+                f"to be flagged (discover.min_trigger_rate): a partial trigger, not flagged")
     if tested.rate < settings.min_trigger_rate:
         return "part of the class's own evidence, not a shortcut on its own"
     if not tested.clears_control:
