@@ -15,9 +15,9 @@ from pipeline import paths
 from pipeline.attribution.discriminative import DISCRIMINATIVE, METHODS, MaskSettings, size_grid
 from pipeline.data.known_answer import ColorRule, PlantedShortcuts
 from pipeline.data.shortcuts import Shortcut
-from pipeline.evaluation.explanations import (ExplainOptions, MaskJudge, distractor_control, distractor_control_pairs,
-                                              headline_lifts, headline_metrics, not_judged_reasons, random_maps,
-                                              score_lifts)
+from pipeline.evaluation.explanations import (MIN_CONTROL_PAIRS, ExplainOptions, MaskJudge, distractor_control,
+                                              distractor_control_pairs, headline_lifts, headline_metrics,
+                                              not_judged_reasons, random_maps, score_lifts)
 from pipeline.models.classifiers import DenseClassifier, save_model
 from pipeline.scoring.masks import RANDOM_MASKS, WHOLE_IMAGE
 from pipeline.stages.explain import main
@@ -493,6 +493,19 @@ def test_the_distractor_control_can_fail_the_residual_and_not_a_method_that_foll
     # the random map's optimal threshold is chosen by the decision, so it may edge past masks of its own area drawn
     # blind; it stays far from the square
     assert lifts["control_shortcut_iou"]["random"].score < 0.2
+
+
+def test_a_control_of_fewer_pairs_than_the_floor_is_scored_in_details_and_not_judged():
+    """Five usable pairs (control_pairs 5) are below MIN_CONTROL_PAIRS: each method's median score is kept in details,
+    and no figure gets a verdict, with the reason (a bootstrap over five pairs, or one, has next to no width)."""
+    options = ExplainOptions(methods=("d_ig", "random"), ig_steps=4, control_pairs=5, mask_channels="sum",
+                             attributed="counterfactual")
+    details, lifts = distractor_control(MarkerDetector(), corner_square(), marker_images(), options, MaskSettings(12, 1, 0.0),
+                                        size_grid(21), streams, np.random.default_rng(0))
+    assert details["n_pairs"] == 5 < MIN_CONTROL_PAIRS and "too few for a bootstrap interval" in details["reason"]
+    assert details["methods"]["d_ig"]["median_score"] is not None
+    d_ig = lifts["control_shortcut_iou"]["d_ig"]
+    assert d_ig.verdict == "not judged" and d_ig.n == 0 and "only 5 control pairs" in d_ig.reason
 
 
 def test_a_distractor_that_moves_the_decision_is_dropped():
