@@ -31,6 +31,10 @@ quiet machine gives, and the result says which clock capped.
     python -m benchmarks.gan_time_to_evidence                       # every case, both generators, 2 threads
     python -m benchmarks.gan_time_to_evidence --cases clever_hans --generators new --time-cap 120
     python -m benchmarks.gan_time_to_evidence --set width=24 --set learning_rate=0.001   # other new settings
+    python -m benchmarks.gan_time_to_evidence --cases clever_hans --data-config configs/laptop.yaml   # laptop's data
+
+``--data-config`` takes the ``data`` and ``classifier`` sections of a config file (the laptop's 12 000 training images
+and its smaller judging classifier); each result records it under ``run`` (null: full data as committed).
 
 Writes ``benchmarks/results/gan_time_to_evidence.json``: ``cases`` (one entry per case and generator: ``case``,
 ``generator``, ``seconds_to_target``, the end figures, ``curve``, ``settings``, ``load_average``), the command
@@ -118,18 +122,26 @@ def dataset_entry(params: dict, case: str) -> dict:
     return entry
 
 
-def case_params(case: str, data_root: str) -> dict:
-    """params.yaml for the case's scratch folder: as committed, one dataset, on the CPU."""
+# The sections of a ``--data-config`` file that shape the data and the judging classifier (its GAN section is not read).
+DATA_SECTIONS = ("data", "classifier")
+
+
+def case_params(case: str, data_root: str, data_config: Path | None = None) -> dict:
+    """params.yaml for the case's scratch folder: as committed (with ``data_config``'s :data:`DATA_SECTIONS`), one
+    dataset, on the CPU."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
+    overrides = (yaml.safe_load(data_config.read_text()) or {}) if data_config else {}
+    for section in DATA_SECTIONS:
+        params[section].update(overrides.get(section, {}))
     params["datasets"] = {case: dataset_entry(params, case)}
     params["device"] = "cpu"
     params["data"]["root"] = str(Path(data_root).resolve())
     return params
 
 
-def prepared_case(case: str, work: Path, data_root: str) -> Path:
+def prepared_case(case: str, work: Path, data_root: str, data_config: Path | None = None) -> Path:
     """The case's scratch folder with prepared data and a trained classifier; reused when its params are unchanged."""
-    params = case_params(case, data_root)
+    params = case_params(case, data_root, data_config)
     text = yaml.safe_dump(params, sort_keys=False)
     made_by = json.dumps({key: params[key] for key in CLASSIFIER_PARAMS}, sort_keys=True)
     folder = work / f"{case}-{hashlib.sha256(made_by.encode()).hexdigest()[:10]}"
@@ -316,6 +328,9 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/gan_time_to_evidence", help="scratch folder (data, classifiers)")
     parser.add_argument("--data-root", default=str(REPO / "data" / "raw"), help="torchvision root holding MNIST/raw")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "gan_time_to_evidence.json"))
+    parser.add_argument("--data-config", type=Path, default=None,
+                        help="a config file whose data and classifier sections replace the committed ones (e.g. "
+                             "configs/laptop.yaml: its fewer training images and smaller judging classifier)")
     parser.add_argument("--append", action="store_true",
                         help="keep the entries of --out for the cases and generators not run now")
     args = parser.parse_args()
@@ -325,15 +340,17 @@ def main() -> None:
     out_path = Path(args.out)
     kept = []
     if args.append and out_path.exists():  # entries of other cases and generators stay as they were measured
+        data_config = relative(args.data_config)
         kept = [r for r in json.loads(out_path.read_text())["cases"]
-                if (r["case"], r["generator"]) not in {(c, g) for c in args.cases for g in args.generators}]
+                if (r["case"], r["generator"], r["run"].get("data_config")) not in
+                {(c, g, data_config) for c in args.cases for g in args.generators}]
     run = {"command": reproducing_command(sys.argv[1:]),
            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": args.threads,
            "time_cap_seconds": args.time_cap, "time_cap_clock": args.clock, "eval_images": args.eval_images,
-           "confirm": args.confirm}
+           "confirm": args.confirm, "data_config": relative(args.data_config)}
     results = []
     for case in args.cases:
-        folder = prepared_case(case, Path(args.work), args.data_root)
+        folder = prepared_case(case, Path(args.work), args.data_root, args.data_config)
         judge = Judge(folder, case, args.eval_images, seed)
         for generator in args.generators:
             results.append({**run_case(case, generator, folder, judge, gan_options(generator, args.set), seed, args),
@@ -343,6 +360,14 @@ def main() -> None:
                   file=sys.stderr, flush=True)
             write_results(out_path, kept + results)  # after every run, so a long benchmark keeps what it measured
     print(json.dumps([{k: r[k] for k in ("case", "generator", "seconds_to_target", "conversion")} for r in results]))
+
+
+def relative(path: Path | None) -> str | None:
+    """A config path as the result records it: relative to the repository when inside it."""
+    if path is None:
+        return None
+    path = path.resolve()
+    return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else str(path)
 
 
 def write_results(path: Path, entries: list[dict]) -> None:

@@ -227,9 +227,10 @@ def gan_time_to_evidence(record: dict, root: Path) -> list[str]:
     runs = sorted({json.dumps(c.get("run", {}), sort_keys=True) for c in cases})
     lines = [f"Machine: {record.get('machine', '?')}; targets: {record.get('targets', '?')}."]
     lines += [f"Run: {run}." for run in runs] + [""]
-    lines += table(["case", "generator", "seconds to target", "conversion", "GAN pairs carrying the shortcut",
-                    "exact counterfactual error"],
-                   [[c.get("case"), c.get("generator"), c.get("seconds_to_target"), c.get("conversion"),
+    lines += table(["case", "data", "generator", "seconds to target", "iterations to target", "conversion",
+                    "GAN pairs carrying the shortcut", "exact counterfactual error"],
+                   [[c.get("case"), c.get("run", {}).get("data_config") or "full", c.get("generator"),
+                     c.get("seconds_to_target"), c.get("iterations_to_target"), c.get("conversion"),
                      c.get("gan_shortcut_fraction"), c.get("exact_counterfactual_error")] for c in cases])
     return lines
 

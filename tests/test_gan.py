@@ -544,3 +544,16 @@ def test_the_benchmark_records_its_command_without_this_machine_s_folders():
 
     argv = ["--cases", "clever_hans", "--work", "/scratch/x", "--out=/results/y.json", "--set", "width=8"]
     assert reproducing_command(argv) == "python -m benchmarks.gan_time_to_evidence --cases clever_hans --set width=8"
+
+
+def test_the_benchmark_takes_data_and_classifier_from_a_data_config_and_nothing_else(tmp_path):
+    import yaml
+
+    from benchmarks.gan_time_to_evidence import case_params
+
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump({"data": {"train_size": 12000}, "classifier": {"width": 16}, "gan": {"width": 4}}))
+    committed, small = case_params("clever_hans", str(tmp_path)), case_params("clever_hans", str(tmp_path), config)
+    assert committed["data"]["train_size"] is None and small["data"]["train_size"] == 12000
+    assert small["classifier"]["width"] == 16 and small["classifier"]["epochs"] == committed["classifier"]["epochs"]
+    assert small["gan"] == committed["gan"] and list(small["datasets"]) == ["clever_hans"]
