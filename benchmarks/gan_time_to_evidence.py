@@ -60,6 +60,7 @@ import numpy as np
 import torch
 import yaml
 
+from benchmarks.experiments import repo_relative
 from pipeline.counterfactuals.gan_training import GanStreams, GanTrainingOptions, net_config, train
 from pipeline.counterfactuals.quality import conversion, mean_abs_error
 from pipeline.counterfactuals.translation import all_other_targets, class_reference_styles, translate
@@ -338,16 +339,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     out_path = Path(args.out)
+    data_config = repo_relative(args.data_config.resolve()) if args.data_config else None
     kept = []
     if args.append and out_path.exists():  # entries of other cases and generators stay as they were measured
-        data_config = relative(args.data_config)
         kept = [r for r in json.loads(out_path.read_text())["cases"]
                 if (r["case"], r["generator"], r["run"].get("data_config")) not in
                 {(c, g, data_config) for c in args.cases for g in args.generators}]
     run = {"command": reproducing_command(sys.argv[1:]),
            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": args.threads,
            "time_cap_seconds": args.time_cap, "time_cap_clock": args.clock, "eval_images": args.eval_images,
-           "confirm": args.confirm, "data_config": relative(args.data_config)}
+           "confirm": args.confirm, "data_config": data_config}
     results = []
     for case in args.cases:
         folder = prepared_case(case, Path(args.work), args.data_root, args.data_config)
@@ -360,14 +361,6 @@ def main() -> None:
                   file=sys.stderr, flush=True)
             write_results(out_path, kept + results)  # after every run, so a long benchmark keeps what it measured
     print(json.dumps([{k: r[k] for k in ("case", "generator", "seconds_to_target", "conversion")} for r in results]))
-
-
-def relative(path: Path | None) -> str | None:
-    """A config path as the result records it: relative to the repository when inside it."""
-    if path is None:
-        return None
-    path = path.resolve()
-    return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else str(path)
 
 
 def write_results(path: Path, entries: list[dict]) -> None:

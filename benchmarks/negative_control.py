@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.experiments import REPO, Experiment
+from benchmarks.experiments import REPO, Experiment, repo_relative
 from benchmarks.reproducibility import flatten
 from benchmarks.shortcut_benchmark import DETECTORS, WorkspaceOutputs, detector_verdicts
 from benchmarks.sweep import with_data_root
@@ -51,7 +51,7 @@ def run(config: Path) -> float:
 def collect(config: Path, seconds: float | None, root: Path = REPO) -> dict:
     outputs = WorkspaceOutputs(root)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    record = {"config": config.relative_to(REPO).as_posix() if config.is_relative_to(REPO) else str(config),
+    record = {"config": repo_relative(config),
               "commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
               "run_seconds": seconds, "detectors_read": {d: f"{stage}: {figure}_lift" for d, (stage, figure) in DETECTORS.items()}}
     for dataset in DATASETS:

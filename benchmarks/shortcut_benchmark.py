@@ -30,7 +30,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.experiments import REPO, Grid, is_clean, read_grid
+from benchmarks.experiments import REPO, Grid, is_clean, read_grid, repo_relative
 from benchmarks.sweep import ExperimentResult, finished_experiments
 from pipeline import paths
 
@@ -172,7 +172,7 @@ def aggregate(grid: Grid, size: str, results: dict[str, ExperimentResult], cwd: 
     experiments = grid.experiments(size)
     rows = [variant_row(e, results.get(e.name), grid, cwd) for e in experiments]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True).stdout.strip()
-    return {"grid": str(grid.path.relative_to(REPO) if grid.path.is_relative_to(REPO) else grid.path), "size": size,
+    return {"grid": repo_relative(grid.path), "size": size,
             "commit": commit, "relied_on": {"reliance_minus_base_rate": RELIED_ON, "occlusion_minus_base_rate": OCCLUSION_MARGIN},
             "n_variants": len(rows), "n_done": sum(r["status"] == "done" for r in rows),
             "summary": summary(rows), "variants": rows}
