@@ -346,8 +346,11 @@ def test_a_region_above_its_controls_but_short_of_the_flag_rate_is_called_a_part
     """0.47 of recipients moved (controls 0.02, interval above 0) against min_trigger_rate 0.5: not flagged, and the
     sentence says it moves more than its controls instead of calling it the class's own evidence."""
     settings = DiscoverySettings()
+
     def tested(rate, low):
-        return TriggerTest(rate, 0.02, 0.0, Lift(rate, 0.02, low, low + 0.06, 1000, "the same paste at random other places"), 1000)
+        lift = Lift(rate, 0.02, low, low + 0.06, 1000, "the same paste at random other places")
+        return TriggerTest(rate, 0.02, 0.0, lift, 1000)
+
     partial = trigger_verdict(tested(0.47, 0.42), settings)
     assert "more than its controls move" in partial and "50 %" in partial and "not flagged" in partial
     assert trigger_verdict(tested(0.03, -0.01), settings) == "part of the class's own evidence, not a shortcut on its own"
