@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole pipeline on a laptop's CPU: both datasets, every stage, and the report, with params.yaml
-# overridden by configs/laptop.yaml (fewer images, a smaller GAN, fewer pairs). It runs as a DVC
+# The whole pipeline on a laptop's CPU: every stage and the report, with params.yaml overridden by
+# configs/laptop.yaml (fewer images, a smaller GAN, fewer pairs; Clever Hans and its negative control,
+# the datasets that give the final answer, without colored MNIST). It runs as a DVC
 # experiment, so `dvc exp show` lists it beside other runs. The workspace keeps the experiment's
 # params.yaml, metrics and report; `git checkout params.yaml dvc.lock` returns to the defaults.
 #
@@ -16,7 +17,7 @@ shift $(( $# > 0 ? 1 : 0 ))
 [ -f "$config" ] || { echo "laptop.sh: no config file $config" >&2; exit 2; }
 bash setup.sh
 # One `-S key=value` per value of the config (nested keys joined by dots, values as JSON,
-# which DVC reads as YAML).
+# which DVC reads as YAML), and one `-S ~key` per key of its `remove` list (params.yaml keys the run goes without).
 mapfile -t overrides < <(.venv/bin/python - "$config" <<'PY'
 import json, sys, yaml
 
@@ -27,7 +28,10 @@ def leaves(node, prefix=""):
         else:
             yield f"{prefix}{key}={json.dumps(value)}"
 
-for leaf in leaves(yaml.safe_load(open(sys.argv[1]))):
+config = yaml.safe_load(open(sys.argv[1])) or {}
+for key in config.pop("remove", []):
+    print(f"-S\n~{key}")
+for leaf in leaves(config):
     print(f"-S\n{leaf}")
 PY
 )
