@@ -543,7 +543,7 @@ def score_against_answer(found: Discovery, answer: KnownAnswer, generator: torch
     negative = isinstance(answer, PlantedShortcuts) and answer.is_negative_control
     planted = set(answer.labels) if isinstance(answer, PlantedShortcuts) and not negative else set()
     alarms = [c for c in found.flagged_classes if c not in planted]
-    reason = "" if found.judged else "no class was judged (too few pairs in a half), so no flag could be raised"
+    reason = "" if found.judged else "no class was judged: too few pairs in a half, so no flag could be raised"
     if not isinstance(answer, PlantedShortcuts):
         return AnswerScore(True, False, len(alarms) if found.judged else None, alarms, reason, None, [])
     finds, wholes, places = [], [], []
@@ -554,7 +554,7 @@ def score_against_answer(found: Discovery, answer: KnownAnswer, generator: torch
         places.append(placement)
     scores = torch.tensor([f.iou.score for f in finds], dtype=torch.float64)
     region_iou = lift_over_chance(scores, {WHOLE_IMAGE: torch.tensor(wholes), PLACEMENTS: torch.tensor(places)}, generator,
-                                  reason_if_empty="no shortcut class was judged (too few pairs in a half)")
+                                  reason_if_empty="no shortcut class was judged: too few pairs in a half")
     return AnswerScore(True, negative, len(alarms) if found.judged else None, alarms, reason, region_iou, finds)
 
 
