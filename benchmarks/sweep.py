@@ -90,10 +90,18 @@ class ExperimentResult:
 
 def finished_experiments(cwd: Path = REPO) -> dict[str, ExperimentResult]:
     """{name: result} of the experiments based on the current commit (``dvc exp show --json``)."""
-    shown = json.loads(dvc("exp", "show", "--json", "--no-pager", cwd=cwd) or "[]")
+    return finished_in(json.loads(dvc("exp", "show", "--json", "--no-pager", cwd=cwd) or "[]"))
+
+
+def finished_in(shown: list[dict]) -> dict[str, ExperimentResult]:
+    """{name: result} of the finished experiments in ``dvc exp show --json``'s output. Queued and running experiments
+    are listed there too, under their names, with the baseline's metrics: those carry an ``executor`` state and are
+    left out, as are failed ones."""
     found = {}
     for baseline in shown:
         for experiment in baseline.get("experiments") or []:
+            if (experiment.get("executor") or {}).get("state", "success") != "success":
+                continue
             for rev in experiment.get("revs") or []:
                 name, data = rev.get("name"), rev.get("data") or {}
                 if not name or rev.get("error"):
@@ -104,14 +112,24 @@ def finished_experiments(cwd: Path = REPO) -> dict[str, ExperimentResult]:
     return found
 
 
+STATE_RANK = {"failed": 0, "done": 1, "queued": 2, "running": 3}   # a name queued again: the higher rank is its state
+
+
 def queue_states(cwd: Path = REPO) -> dict[str, str]:
-    """{name: queued | running | failed | done} from `dvc queue status` (its table: task, name, created, status)."""
-    states = {}
-    for line in dvc("queue", "status", cwd=cwd).splitlines():
+    """{name: queued | running | failed | done} from `dvc queue status`."""
+    return parse_queue_status(dvc("queue", "status", cwd=cwd))
+
+
+def parse_queue_status(table: str) -> dict[str, str]:
+    """{name: state} from `dvc queue status`'s table (task, name, created, status). A name queued again after a
+    failure has two rows; the one that is still under way (or done) is the name's state."""
+    states: dict[str, str] = {}
+    for line in table.splitlines():
         words = line.split()
         if len(words) >= 4 and re.fullmatch(r"[0-9a-f]{7,}", words[0]):
-            status = words[-1].lower()
-            states[words[1]] = {"success": "done"}.get(status, status)
+            status = {"success": "done"}.get(words[-1].lower(), words[-1].lower())
+            if STATE_RANK.get(status, -1) >= STATE_RANK.get(states.get(words[1]), -1):
+                states[words[1]] = status
     return states
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from benchmarks.experiments import Experiment, is_clean, override_value, read_grid, read_sets, seed_study
-from benchmarks.sweep import run, states, with_data_root
+from benchmarks.sweep import finished_in, parse_queue_status, run, states, with_data_root
 from tests.conftest import REPO
 
 GRID = REPO / "configs" / "grids" / "shortcut_benchmark.yaml"
@@ -144,3 +144,35 @@ def test_the_queue_runs_each_experiment_once_reports_a_failure_and_retries_it(ti
 def test_a_relative_data_root_is_passed_on_absolute(tiny_project):
     moved = with_data_root(Experiment("x", {}), tiny_project)
     assert moved.overrides["data.root"] == str((tiny_project / "raw").resolve())
+
+
+QUEUE_TABLE = """Task     Name                      Created    Status
+9279720  two-square-7-text-2-s0    10:57 AM   Running
+e2b71cc  square-8-red-7-s0         11:16 AM   Queued
+3e20a77  gradient-60-white-8-s0    11:16 AM   Queued
+eded052  gradient-60-white-8-s0    10:57 AM   Failed
+4a1b2c3  clean-text-0-s0           10:50 AM   Success
+
+Worker status: 2 active, 0 idle
+"""
+
+
+def test_a_name_queued_again_after_a_failure_is_queued_not_failed():
+    assert parse_queue_status(QUEUE_TABLE) == {"two-square-7-text-2-s0": "running", "square-8-red-7-s0": "queued",
+                                               "gradient-60-white-8-s0": "queued", "clean-text-0-s0": "done"}
+
+
+def test_queued_running_and_failed_experiments_are_not_finished():
+    def experiment(name, executor, error=None):
+        rev = {"rev": name * 4, "name": name, "error": error,
+               "data": {"params": {"params.yaml": {"data": {"seed": 0}}}, "metrics": {"m.json": {"data": {"x": 1}}}}}
+        return {"name": name, "executor": executor, "revs": [rev]}
+
+    shown = [{"rev": "workspace", "experiments": None},
+             {"rev": "abc", "name": "main", "experiments": [
+                 experiment("done", None), experiment("also-done", {"state": "success"}),
+                 experiment("running", {"state": "running"}), experiment("queued", {"state": "queued"}),
+                 experiment("failed", {"state": "failed"}, {"msg": "Experiment run failed"})]}]
+    finished = finished_in(shown)
+    assert sorted(finished) == ["also-done", "done"]
+    assert finished["done"].metrics == {"m.json": {"x": 1}} and finished["done"].params == {"seed": 0}
