@@ -194,8 +194,12 @@ def shortcut_benchmark(record: dict, root: Path) -> list[str]:
              f"{record.get('commit', '?')}; {record.get('n_done', '?')} of {record.get('n_variants', '?')} experiments done. "
              f"A variant counts as relied on when reliance − base rate ≥ {relied.get('reliance_minus_base_rate', '?')} "
              f"and blacked out − base rate ≤ {relied.get('occlusion_minus_base_rate', '?')}; the development variant is "
-             f"counted in neither rate. Cells: ✔ found, ✘ not found, with the lift over chance; – not judged.", ""]
-    lines += benchmark_table(record).rstrip("\n").split("\n")
+             f"counted in neither rate. Cells: ✔ found, ✘ not found, with the lift over chance; – not judged."]
+    seconds = record.get("stage_seconds") or {}
+    if seconds.get("median_per_variant") is not None:
+        lines[0] += (f" Stage time: {number(seconds['median_per_variant'], 0)} s per variant (median), "
+                     f"{number(seconds['total'], 0)} s in all.")
+    lines += [""] + benchmark_table(record).rstrip("\n").split("\n")
     picture = RESULTS / "shortcut_benchmark.png"
     if tracked(root, picture):
         lines += ["", f"![lift over chance per detector and variant](../{picture.as_posix()})"]

@@ -63,6 +63,12 @@ class ExperimentOutputs:
     def metrics(self, dataset: str, name: str) -> dict:
         return self.result.metrics.get(paths.metrics_path(dataset, name).as_posix(), {})
 
+    def stage_seconds(self, dataset: str) -> float | None:
+        """The seconds its stages of ``dataset`` took, added up from their timing files (None: none found)."""
+        folder = paths.timing_path(dataset, "any").parent.as_posix() + "/"
+        seconds = [data.get("seconds") for path, data in self.result.metrics.items() if path.startswith(folder)]
+        return sum(s for s in seconds if finite(s)) if any(finite(s) for s in seconds) else None
+
     def details(self, dataset: str, stage: str) -> dict:
         path = (paths.plots_dir(dataset, stage) / "details.json").as_posix()
         shown = subprocess.run(["git", "show", f"{self.result.rev}:{path}"], cwd=self.cwd, capture_output=True, text=True)
@@ -145,7 +151,7 @@ def variant_row(experiment, result: ExperimentResult | None, grid: Grid, cwd: Pa
     truth, detectors = detector_verdicts(outputs, grid.dataset, clean)
     return {**row, "status": "done", "truth": truth, "relied_on": None if clean else relied_on(truth),
             "gan_shortcut_fraction": outputs.metrics(grid.dataset, "explain").get("gan_shortcut_fraction"),
-            "detectors": detectors}
+            "stage_seconds": outputs.stage_seconds(grid.dataset), "detectors": detectors}
 
 
 def rate(verdicts: list) -> dict:
@@ -172,9 +178,12 @@ def aggregate(grid: Grid, size: str, results: dict[str, ExperimentResult], cwd: 
     experiments = grid.experiments(size)
     rows = [variant_row(e, results.get(e.name), grid, cwd) for e in experiments]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True).stdout.strip()
+    seconds = sorted(r["stage_seconds"] for r in rows if finite(r.get("stage_seconds")))
     return {"grid": repo_relative(grid.path), "size": size,
             "commit": commit, "relied_on": {"reliance_minus_base_rate": RELIED_ON, "occlusion_minus_base_rate": OCCLUSION_MARGIN},
             "n_variants": len(rows), "n_done": sum(r["status"] == "done" for r in rows),
+            "stage_seconds": {"median_per_variant": seconds[len(seconds) // 2] if seconds else None,
+                              "total": sum(seconds) if seconds else None},
             "summary": summary(rows), "variants": rows}
 
 
@@ -258,8 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("grid", help="a grid file, e.g. configs/grids/shortcut_benchmark.yaml")
     parser.add_argument("--size", required=True, help="the size the experiments ran at (cpu, gpu)")
     parser.add_argument("--out", default=str(RESULTS / "shortcut_benchmark.json"))
+    parser.add_argument("--repo", type=Path, default=REPO,
+                        help="the repository whose experiments to read (a clone that ran the grid; default: this one)")
     args = parser.parse_args(argv)
-    results = aggregate(read_grid(args.grid), args.size, finished_experiments())
+    repo = args.repo.resolve()
+    results = aggregate(read_grid(args.grid), args.size, finished_experiments(repo), repo)
     write(results, Path(args.out))
     print(table(results))
     print(f"{results['n_done']} of {results['n_variants']} experiments aggregated into {args.out}", file=sys.stderr)

@@ -81,6 +81,8 @@ def test_found_missed_false_alarm_reliance_and_development(tmp_path, grid):
     for name, (classifier_details, figures, flagged, discover_details) in cases.items():
         rev = commit(repo, {classifier: classifier_details, discover: discover_details})
         results[f"{name}-s0"] = ExperimentResult(f"{name}-s0", rev, {}, metrics(figures, flagged))
+    results["found-s0"].metrics |= {paths.timing_path(DATASET, stage).as_posix(): {"seconds": seconds}
+                                    for stage, seconds in (("explain", 100.0), ("train_gan", 20.5))}
     out = aggregate(grid, "cpu", results, cwd=repo)
     rows = {r["variant"]: r for r in out["variants"]}
     assert rows["found"]["detectors"]["discover"]["detected"] is True
@@ -91,6 +93,8 @@ def test_found_missed_false_alarm_reliance_and_development(tmp_path, grid):
     assert rows["clean"]["detectors"]["discover"]["detected"] is True           # flagged a class where nothing is planted
     assert rows["weak"]["relied_on"] is False and rows["hidden"]["relied_on"] is False and rows["found"]["relied_on"]
     assert rows["absent"]["status"] == "not run"
+    assert rows["found"]["stage_seconds"] == 120.5 and rows["missed"]["stage_seconds"] is None   # no timing files
+    assert out["stage_seconds"] == {"median_per_variant": 120.5, "total": 120.5}
     summary = out["summary"]
     assert summary["discover"]["detection"] == {"rate": 0.5, "k": 1, "n": 2}      # found and missed; weak, hidden, dev apart
     assert summary["attribution"]["detection"] == {"rate": 1.0, "k": 2, "n": 2}
