@@ -65,14 +65,19 @@ class ExperimentOutputs:
 
     def stage_seconds(self, dataset: str) -> float | None:
         """The seconds its stages of ``dataset`` took, added up from their timing files (None: none found)."""
-        folder = paths.timing_path(dataset, "any").parent.as_posix() + "/"
-        seconds = [data.get("seconds") for path, data in self.result.metrics.items() if path.startswith(folder)]
+        folder = paths.timing_path(dataset, "stage").parent.as_posix()
+        listed = self._git("ls-tree", "--name-only", f"{self.result.rev}:{folder}")
+        seconds = [json.loads(self._git("show", f"{self.result.rev}:{folder}/{name}") or "{}").get("seconds")
+                   for name in (listed or "").split()]
         return sum(s for s in seconds if finite(s)) if any(finite(s) for s in seconds) else None
 
+    def _git(self, *args: str) -> str | None:
+        shown = subprocess.run(["git", *args], cwd=self.cwd, capture_output=True, text=True)
+        return shown.stdout if shown.returncode == 0 else None
+
     def details(self, dataset: str, stage: str) -> dict:
-        path = (paths.plots_dir(dataset, stage) / "details.json").as_posix()
-        shown = subprocess.run(["git", "show", f"{self.result.rev}:{path}"], cwd=self.cwd, capture_output=True, text=True)
-        return json.loads(shown.stdout) if shown.returncode == 0 else {}
+        shown = self._git("show", f"{self.result.rev}:{(paths.plots_dir(dataset, stage) / 'details.json').as_posix()}")
+        return json.loads(shown) if shown is not None else {}
 
 
 class WorkspaceOutputs:

@@ -30,7 +30,9 @@ def metrics(figures: dict[str, tuple | None], flagged: int | None = 0) -> dict:
     return files
 
 
-def commit(repo, files: dict[str, dict]) -> str:
+def commit(repo, files: dict[str, dict], remove: list[str] = ()) -> str:
+    for path in remove:
+        (repo / path).unlink()
     for path, content in files.items():
         target = repo / path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -78,11 +80,12 @@ def test_found_missed_false_alarm_reliance_and_development(tmp_path, grid):
         "dev": (truth(1.0), {d: above for d in DETECTORS}, 1, {"found_without_being_told": ["7"]}),
     }
     results = {}
+    timing = {paths.timing_path(DATASET, stage).as_posix(): {"seconds": seconds}   # written by the "found" run alone
+              for stage, seconds in (("explain", 100.0), ("train_gan", 20.5))}
     for name, (classifier_details, figures, flagged, discover_details) in cases.items():
-        rev = commit(repo, {classifier: classifier_details, discover: discover_details})
+        rev = commit(repo, {classifier: classifier_details, discover: discover_details} | (timing if name == "found" else {}),
+                     remove=list(timing) if name == "missed" else [])
         results[f"{name}-s0"] = ExperimentResult(f"{name}-s0", rev, {}, metrics(figures, flagged))
-    results["found-s0"].metrics |= {paths.timing_path(DATASET, stage).as_posix(): {"seconds": seconds}
-                                    for stage, seconds in (("explain", 100.0), ("train_gan", 20.5))}
     out = aggregate(grid, "cpu", results, cwd=repo)
     rows = {r["variant"]: r for r in out["variants"]}
     assert rows["found"]["detectors"]["discover"]["detected"] is True
