@@ -167,15 +167,27 @@ def rate(verdicts: list) -> dict:
 
 def summary(rows: list[dict]) -> dict:
     """Per detector: its detection rate over the relied-on planted variants, its false-alarm rate on the clean ones,
-    and the development variant's verdicts apart."""
+    the most subtle shortcut of each kind it found, and the development variant's verdicts apart."""
     counted = [r for r in rows if r["status"] == "done" and not r["development"]]
     relied = [r for r in counted if not r["clean"] and r["relied_on"]]
     clean = [r for r in counted if r["clean"]]
     development = [r for r in rows if r["development"] and r["status"] == "done"]
     return {detector: {"detection": rate([r["detectors"][detector]["detected"] for r in relied]),
                        "false_alarms": rate([r["detectors"][detector]["detected"] for r in clean]),
+                       "most_subtle_found": most_subtle_found(relied, detector),
                        "development": [r["detectors"][detector]["detected"] for r in development]}
             for detector in DETECTORS}
+
+
+def most_subtle_found(relied: list[dict], detector: str) -> dict[str, str | None]:
+    """{kind: the last variant in the grid's order (which lists each kind from obvious to subtle) of the relied-on
+    variants with that one shortcut that ``detector`` found; None when it found none of them}."""
+    found: dict[str, str | None] = {}
+    for row in relied:
+        if len(row["shortcuts"]) == 1:
+            kind = row["shortcuts"][0]["kind"]
+            found[kind] = row["variant"] if row["detectors"][detector]["detected"] else found.get(kind)
+    return found
 
 
 def aggregate(grid: Grid, size: str, results: dict[str, ExperimentResult], cwd: Path = REPO) -> dict:
@@ -217,6 +229,13 @@ def table(results: dict) -> str:
     for detector, figures in results["summary"].items():
         cell = lambda r: f"{r['k']}/{r['n']}" + (f" ({r['rate']:.0%})" if r["rate"] is not None else "")  # noqa: E731
         lines.append(f"| {detector} | {cell(figures['detection'])} | {cell(figures['false_alarms'])} |")
+    subtlest = {detector: figures.get("most_subtle_found", {}) for detector, figures in results["summary"].items()}
+    kinds = list(dict.fromkeys(kind for found in subtlest.values() for kind in found))
+    if kinds:
+        lines += ["", "| detector | " + " | ".join(f"most subtle {kind} found" for kind in kinds) + " |",
+                  "|" + " --- |" * (1 + len(kinds))]
+        for detector, found in subtlest.items():
+            lines.append(f"| {detector} | " + " | ".join(found.get(kind) or "none" for kind in kinds) + " |")
     return "\n".join(lines) + "\n"
 
 

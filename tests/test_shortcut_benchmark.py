@@ -105,6 +105,12 @@ def test_found_missed_false_alarm_reliance_and_development(tmp_path, grid):
     assert summary["discover"]["false_alarms"] == {"rate": 1.0, "k": 1, "n": 1}
     assert summary["tracin"]["false_alarms"] == {"rate": 0.0, "k": 0, "n": 1}
     assert summary["dissection"]["development"] == [True]
+    # the grid lists "found" before "missed": the more subtle of the two relied-on squares is "missed"
+    assert summary["attribution"]["most_subtle_found"] == {"square": "missed"}
+    assert summary["discover"]["most_subtle_found"] == {"square": "found"}
+    assert summary["explain_masks"]["most_subtle_found"] == {"square": "found"}
+    assert summary["mmd_critic"]["most_subtle_found"] == {"square": "found"}      # not judged on "missed"
+    assert "| attribution | missed |" in table(out)
     assert "| found | 0.98 | 0.01 | ✔ +0.60" in table(out)
     write(out, tmp_path / "results.json")
     assert json.loads((tmp_path / "results.json").read_text())["n_done"] == 6
