@@ -193,8 +193,8 @@ def shortcut_benchmark(record: dict, root: Path) -> list[str]:
     lines = [f"Grid `{record.get('grid', '?')}` at size `{record.get('size', '?')}`; code at commit "
              f"{record.get('commit', '?')}; {record.get('n_done', '?')} of {record.get('n_variants', '?')} experiments done. "
              f"A variant counts as relied on when reliance − base rate ≥ {relied.get('reliance_minus_base_rate', '?')} "
-             f"and blacked out − base rate ≤ {relied.get('occlusion_minus_base_rate', '?')}; the development variant is "
-             f"counted in neither rate. Cells: ✔ found, ✘ not found, with the lift over chance; – not judged."]
+             f"and blacked out − base rate ≤ {relied.get('occlusion_minus_base_rate', '?')}; a second rate counts every "
+             f"planted variant; the development variant is counted in none. Cells: ✔ found, ✘ not found, with the lift over chance; – not judged."]
     seconds = record.get("stage_seconds") or {}
     if seconds.get("median_per_variant") is not None:
         lines[0] += (f" Stage time: {number(seconds['median_per_variant'], 0)} s per variant (median), "

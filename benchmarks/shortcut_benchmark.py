@@ -166,13 +166,16 @@ def rate(verdicts: list) -> dict:
 
 
 def summary(rows: list[dict]) -> dict:
-    """Per detector: its detection rate over the relied-on planted variants, its false-alarm rate on the clean ones,
-    the most subtle shortcut of each kind it found, and the development variant's verdicts apart."""
+    """Per detector: its detection rate over the relied-on planted variants and over every planted one (a small
+    classifier may use a shortcut less than the relied-on bar), its false-alarm rate on the clean ones, the most subtle
+    shortcut of each kind it found, and the development variant's verdicts apart."""
     counted = [r for r in rows if r["status"] == "done" and not r["development"]]
-    relied = [r for r in counted if not r["clean"] and r["relied_on"]]
+    planted = [r for r in counted if not r["clean"]]
+    relied = [r for r in planted if r["relied_on"]]
     clean = [r for r in counted if r["clean"]]
     development = [r for r in rows if r["development"] and r["status"] == "done"]
     return {detector: {"detection": rate([r["detectors"][detector]["detected"] for r in relied]),
+                       "detection_planted": rate([r["detectors"][detector]["detected"] for r in planted]),
                        "false_alarms": rate([r["detectors"][detector]["detected"] for r in clean]),
                        "most_subtle_found": most_subtle_found(relied, detector),
                        "development": [r["detectors"][detector]["detected"] for r in development]}
@@ -225,10 +228,12 @@ def table(results: dict) -> str:
         name = row["variant"] + (" (clean)" if row["clean"] else "") + (" (development)" if row["development"] else "")
         lines.append(f"| {name} | {gap('reliance')} | {gap('occlusion_rate')} | "
                      + " | ".join(mark(row["detectors"][d]) for d in DETECTORS) + " |")
-    lines += ["", "| detector | detection rate (relied-on variants) | false alarms (clean variants) |", "| --- | --- | --- |"]
+    lines += ["", "| detector | detection rate (relied-on variants) | detection rate (every planted variant) | "
+              "false alarms (clean variants) |", "| --- | --- | --- | --- |"]
     for detector, figures in results["summary"].items():
         cell = lambda r: f"{r['k']}/{r['n']}" + (f" ({r['rate']:.0%})" if r["rate"] is not None else "")  # noqa: E731
-        lines.append(f"| {detector} | {cell(figures['detection'])} | {cell(figures['false_alarms'])} |")
+        planted = cell(figures["detection_planted"]) if "detection_planted" in figures else "–"
+        lines.append(f"| {detector} | {cell(figures['detection'])} | {planted} | {cell(figures['false_alarms'])} |")
     subtlest = {detector: figures.get("most_subtle_found", {}) for detector, figures in results["summary"].items()}
     kinds = list(dict.fromkeys(kind for found in subtlest.values() for kind in found))
     if kinds:

@@ -211,7 +211,7 @@ def test_the_results_page_reads_the_shortcut_benchmark_and_the_other_files(tmp_p
                                                                                  "images_per_second": 5.0}}})
     page = results_page.render(tmp_path)   # outside git: the files as they are, without dates
     assert page.count("date unknown (not in a git checkout)") == 4
-    assert "| square-8-red-7 | 0.60 | 0.00 |" in page and "| tracin | 1/1 (100%) | 0/0 |" in page
+    assert "| square-8-red-7 | 0.60 | 0.00 |" in page and "| tracin | 1/1 (100%) | – | 0/0 |" in page
     assert "| quac | 1 | 30.000 | 10.000 | 3.000 |" in page
     assert "| clever_hans | full | new | 120.500 | – | 0.970 | 0.930 | – |" in page
     assert "Device: cuda (NVIDIA H200); stage time in all 600 s (10.0 min)" in page

@@ -101,6 +101,7 @@ def test_found_missed_false_alarm_reliance_and_development(tmp_path, grid):
     summary = out["summary"]
     assert summary["discover"]["detection"] == {"rate": 0.5, "k": 1, "n": 2}      # found and missed; weak, hidden, dev apart
     assert summary["attribution"]["detection"] == {"rate": 1.0, "k": 2, "n": 2}
+    assert summary["discover"]["detection_planted"] == {"rate": 0.75, "k": 3, "n": 4}   # weak and hidden count here
     assert summary["tracin"]["detection"] == {"rate": 1.0, "k": 1, "n": 1}
     assert summary["discover"]["false_alarms"] == {"rate": 1.0, "k": 1, "n": 1}
     assert summary["tracin"]["false_alarms"] == {"rate": 0.0, "k": 0, "n": 1}
