@@ -177,16 +177,16 @@ def summary(rows: list[dict]) -> dict:
     return {detector: {"detection": rate([r["detectors"][detector]["detected"] for r in relied]),
                        "detection_planted": rate([r["detectors"][detector]["detected"] for r in planted]),
                        "false_alarms": rate([r["detectors"][detector]["detected"] for r in clean]),
-                       "most_subtle_found": most_subtle_found(relied, detector),
+                       "most_subtle_found": most_subtle_found(planted, detector),
                        "development": [r["detectors"][detector]["detected"] for r in development]}
             for detector in DETECTORS}
 
 
-def most_subtle_found(relied: list[dict], detector: str) -> dict[str, str | None]:
-    """{kind: the last variant in the grid's order (which lists each kind from obvious to subtle) of the relied-on
+def most_subtle_found(planted: list[dict], detector: str) -> dict[str, str | None]:
+    """{kind: the last variant in the grid's order (which lists each kind from obvious to subtle) of the planted
     variants with that one shortcut that ``detector`` found; None when it found none of them}."""
     found: dict[str, str | None] = {}
-    for row in relied:
+    for row in planted:
         if len(row["shortcuts"]) == 1:
             kind = row["shortcuts"][0]["kind"]
             found[kind] = row["variant"] if row["detectors"][detector]["detected"] else found.get(kind)

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from benchmarks.experiments import read_grid
-from benchmarks.shortcut_benchmark import DETECTORS, aggregate, table, write
+from benchmarks.shortcut_benchmark import DETECTORS, aggregate, most_subtle_found, table, write
 from benchmarks.sweep import ExperimentResult
 from pipeline import paths
 
@@ -106,12 +106,8 @@ def test_found_missed_false_alarm_reliance_and_development(tmp_path, grid):
     assert summary["discover"]["false_alarms"] == {"rate": 1.0, "k": 1, "n": 1}
     assert summary["tracin"]["false_alarms"] == {"rate": 0.0, "k": 0, "n": 1}
     assert summary["dissection"]["development"] == [True]
-    # the grid lists "found" before "missed": the more subtle of the two relied-on squares is "missed"
-    assert summary["attribution"]["most_subtle_found"] == {"square": "missed"}
-    assert summary["discover"]["most_subtle_found"] == {"square": "found"}
-    assert summary["explain_masks"]["most_subtle_found"] == {"square": "found"}
-    assert summary["mmd_critic"]["most_subtle_found"] == {"square": "found"}      # not judged on "missed"
-    assert "| attribution | missed |" in table(out)
+    assert summary["attribution"]["most_subtle_found"] == {"square": "hidden"}    # the grid's last planted square
+    assert "| attribution | hidden |" in table(out)
     assert "| found | 0.98 | 0.01 | ✔ +0.60" in table(out)
     write(out, tmp_path / "results.json")
     assert json.loads((tmp_path / "results.json").read_text())["n_done"] == 6
@@ -136,3 +132,13 @@ def test_the_negative_control_record_names_its_false_alarms(tmp_path):
     assert record["negative_control"]["false_alarms"] == ["attribution"]
     assert record["negative_control"]["detectors"]["tracin"]["detected"] is None
     assert record["clever_hans"]["detectors"]["dissection"]["detected"] is True
+
+
+def test_the_most_subtle_find_is_the_last_found_in_the_grid_order_per_kind():
+    def row(variant, kind, detected, shortcuts=1):
+        return {"variant": variant, "shortcuts": [{"kind": kind}] * shortcuts,
+                "detectors": {"attribution": {"detected": detected}}}
+
+    rows = [row("square-20", "square", True), row("square-4", "square", True), row("square-2", "square", False),
+            row("text-5", "text", None), row("text-1", "text", False), row("two", "square", True, shortcuts=2)]
+    assert most_subtle_found(rows, "attribution") == {"square": "square-4", "text": None}
