@@ -27,12 +27,12 @@ import yaml
 from benchmarks.reproducibility import flatten
 
 REPO = Path(__file__).resolve().parents[1]
+NAME = re.compile(r"[a-z0-9][a-z0-9-]*")   # also a valid git ref component and a Slurm-safe word
 
 
 def repo_relative(path: Path) -> str:
     """``path`` as a result file records it: relative to the repository when inside it, else as given."""
     return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else str(path)
-NAME = re.compile(r"[a-z0-9][a-z0-9-]*")   # also a valid git ref component and a Slurm-safe word
 
 
 @dataclass(frozen=True)
