@@ -8,7 +8,8 @@
 ``run`` queues every experiment of the list that has no result yet on the current commit (``dvc exp run --queue``),
 starts ``--jobs`` workers (``dvc queue start``), waits for them with a line per finished experiment, and names every
 failure with the end of its log. An experiment that is done is never redone; one that failed is queued again by the
-next ``run`` (``--only`` limits a run to some). ``status`` lists each experiment as done, queued, running, failed or
+next ``run`` (``--only`` limits a run to some), and so is one left running by a worker that died (a reboot: the
+queue shows it running with no active worker). ``status`` lists each experiment as done, queued, running, failed or
 missing. ``dvc exp show`` lists the finished experiments; the aggregation of the benchmark reads them back.
 
 The queue runs each experiment in a copy of the committed project, without ignored files: a relative
@@ -133,6 +134,23 @@ def parse_queue_status(table: str) -> dict[str, str]:
     return states
 
 
+def stale_running(table: str) -> list[str]:
+    """Names `dvc queue status` shows running while it reports no active worker: their worker died (a reboot, a
+    killed shell), so they will never finish, and only `dvc queue kill` turns them into failures to run again."""
+    workers = re.search(r"Worker status:\s*(\d+) active", table)
+    if workers is None or int(workers.group(1)) > 0:
+        return []
+    return sorted(name for name, state in parse_queue_status(table).items() if state == "running")
+
+
+def kill_stale(cwd: Path = REPO) -> None:
+    stale = stale_running(dvc("queue", "status", cwd=cwd))
+    if stale:
+        print(f"sweep: {', '.join(stale)} left running by a worker that is gone; killed, to run again",
+              file=sys.stderr)
+        dvc("queue", "kill", *stale, check=False, cwd=cwd)
+
+
 def states(experiments: list[Experiment], cwd: Path = REPO) -> dict[str, str]:
     """Each experiment's state: done (a result on this commit), queued, running, failed, or missing."""
     finished, queued = finished_experiments(cwd), queue_states(cwd)
@@ -148,6 +166,7 @@ def states(experiments: list[Experiment], cwd: Path = REPO) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 def run(experiments: list[Experiment], jobs: int, poll_seconds: float = 20.0, cwd: Path = REPO) -> int:
     """Queue what is not done or under way, start ``jobs`` workers, wait, report; the number of failures."""
+    kill_stale(cwd)
     before = states(experiments, cwd)
     to_queue = [e for e in experiments if before[e.name] in ("missing", "failed")]
     if any(before[e.name] == "failed" for e in to_queue):

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from benchmarks.experiments import Experiment, is_clean, override_value, read_grid, read_sets, seed_study
-from benchmarks.sweep import finished_in, parse_queue_status, run, states, with_data_root
+from benchmarks.sweep import finished_in, parse_queue_status, run, stale_running, states, with_data_root
 from tests.conftest import REPO
 
 GRID = REPO / "configs" / "grids" / "shortcut_benchmark.yaml"
@@ -160,6 +160,13 @@ Worker status: 2 active, 0 idle
 def test_a_name_queued_again_after_a_failure_is_queued_not_failed():
     assert parse_queue_status(QUEUE_TABLE) == {"two-square-7-text-2-s0": "running", "square-8-red-7-s0": "queued",
                                                "gradient-60-white-8-s0": "queued", "clean-text-0-s0": "done"}
+
+
+def test_running_experiments_without_a_worker_are_stale():
+    assert stale_running(QUEUE_TABLE) == []    # two workers are active: the running row is under way
+    orphaned = QUEUE_TABLE.replace("2 active", "0 active").replace("Queued\n", "Running\n", 1)
+    assert stale_running(orphaned) == ["square-8-red-7-s0", "two-square-7-text-2-s0"]
+    assert stale_running(orphaned.replace("Worker status: 0 active, 0 idle", "")) == []   # no worker line: unknown
 
 
 def test_queued_running_and_failed_experiments_are_not_finished():
