@@ -16,25 +16,10 @@ config=${1:-configs/laptop.yaml}
 shift $(( $# > 0 ? 1 : 0 ))
 [ -f "$config" ] || { echo "laptop.sh: no config file $config" >&2; exit 2; }
 bash setup.sh
-# One `-S key=value` per value of the config (nested keys joined by dots, values as JSON,
-# which DVC reads as YAML), and one `-S ~key` per key of its `remove` list (params.yaml keys the run goes without).
-mapfile -t overrides < <(.venv/bin/python - "$config" <<'PY'
-import json, sys, yaml
-
-def leaves(node, prefix=""):
-    for key, value in node.items():
-        if isinstance(value, dict):
-            yield from leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}={json.dumps(value)}"
-
-config = yaml.safe_load(open(sys.argv[1])) or {}
-for key in config.pop("remove", []):
-    print(f"-S\n~{key}")
-for leaf in leaves(config):
-    print(f"-S\n{leaf}")
-PY
-)
+# One `-S key=value` per value of the config (nested keys joined by dots) and one `-S ~key` per key of its
+# `remove` list (params.yaml keys the run goes without).
+mapfile -t overrides < <(.venv/bin/python -m benchmarks.experiments "$config")
+[ ${#overrides[@]} -gt 0 ] || { echo "laptop.sh: $config gives no overrides" >&2; exit 2; }
 . .venv/bin/activate   # the stages' `python` is the virtual environment's
 started=$(date +%s)
 dvc exp run -m "CPU configuration ($config)" "${overrides[@]}" "$@"

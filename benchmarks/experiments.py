@@ -8,7 +8,10 @@ array across machines (:mod:`benchmarks.slurm`), and the aggregations that read 
   shortcuts on one dataset, with the overrides of a named size (``cpu``, ``gpu``) applied to all;
 - a **sets file**: one experiment per line, ``name: key=value key=value ...`` (values in YAML), for any sweep of
   ``dvc exp run -S`` settings; lines starting with ``#`` are comments;
-- the **seed study**: the committed params at several seeds.
+- the **seed study**: the committed params at several seeds;
+- a **config file** (``configs/laptop.yaml``): nested params overrides and a ``remove`` list of params keys the run
+  goes without; ``python -m benchmarks.experiments CONFIG`` prints its ``dvc exp run`` arguments, one per line
+  (laptop.sh runs them).
 
 An :class:`Experiment`'s overrides are dotted params keys with plain values; :meth:`Experiment.set_args` spells
 them in the override grammar ``dvc exp run -S`` reads (Hydra's: lists ``[a,b]``, mappings ``{k:v}``, quoted
@@ -16,15 +19,17 @@ strings), so that a list of shortcuts replaces the committed one whole.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from benchmarks.reproducibility import flatten
+from benchmarks.reproducibility import flatten, merged
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = re.compile(r"[a-z0-9][a-z0-9-]*")   # also a valid git ref component and a Slurm-safe word
@@ -37,12 +42,14 @@ def repo_relative(path: Path) -> str:
 
 @dataclass(frozen=True)
 class Experiment:
-    """One DVC experiment: its name, the params it overrides (dotted keys) and the DVC targets it runs."""
+    """One DVC experiment: its name, the params it overrides (dotted keys), the DVC targets it runs and the params
+    keys it removes (``-S ~key``: a dataset the run goes without)."""
 
     name: str
     overrides: dict[str, Any]
     targets: tuple[str, ...] = ()
     info: dict[str, Any] = field(default_factory=dict, compare=False)   # what the list says of it (spec, seed)
+    removed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not NAME.fullmatch(self.name):
@@ -52,9 +59,30 @@ class Experiment:
     def set_args(self) -> list[str]:
         """``-S key=value`` arguments for ``dvc exp run``, one per override."""
         args = []
+        for key in self.removed:
+            args += ["-S", f"~{key}"]
         for key, value in self.overrides.items():
             args += ["-S", f"{key}={override_value(value)}"]
         return args
+
+    def applied_to(self, params: dict) -> dict:
+        """``params`` as ``dvc exp run`` writes them for this experiment: each override merged in at its dotted key
+        (a mapping merged, anything else replaced), each removed key deleted. ``params`` itself is left alone."""
+        for key, value in self.overrides.items():
+            *parents, last = key.split(".")
+            patch: dict = {last: value}
+            for part in reversed(parents):
+                patch = {part: patch}
+            params = merged(params, patch)
+        for key in self.removed:
+            *parents, last = key.split(".")
+            params = merged(params, {})       # a copy at the top; the levels below are copied on the way down
+            node = params
+            for part in parents:
+                node[part] = dict(node[part])
+                node = node[part]
+            del node[last]
+        return params
 
     def run_args(self) -> list[str]:
         """The arguments of ``dvc exp run`` after the command: name, overrides, targets."""
@@ -175,6 +203,34 @@ def read_sets(path: str | Path, targets: tuple[str, ...] = ()) -> list[Experimen
     return experiments
 
 
+def read_config(path: str | Path, name: str | None = None, targets: tuple[str, ...] = ()) -> Experiment:
+    """A config file (``configs/*.yaml``: params overrides as nested YAML, and a ``remove`` list of dotted params
+    keys the run goes without) as one experiment; named after the file unless ``name`` is given."""
+    path = Path(path)
+    config = yaml.safe_load(path.read_text()) or {}
+    removed = config.pop("remove", None) or []
+    if not isinstance(removed, list) or not all(isinstance(key, str) for key in removed):
+        raise ValueError(f"{path}: remove must be a list of dotted params keys, got {removed!r}")
+    return Experiment(name or path.stem.replace("_", "-"), flatten(config), targets, removed=tuple(removed))
+
+
 def seed_study(seeds: list[int], dataset: str = "clever_hans") -> list[Experiment]:
     """The committed params at each seed: the classifier's reliance on the planted shortcut, seed by seed."""
     return [Experiment(f"seed-{seed}", {"seed": seed}, (f"train_classifier@{dataset}",)) for seed in seeds]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print a config file's `dvc exp run` arguments, one per line.")
+    parser.add_argument("config", type=Path, help="a file of params overrides, such as configs/laptop.yaml")
+    args = parser.parse_args(argv)
+    try:
+        experiment = read_config(args.config)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        print(f"experiments: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(experiment.set_args()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -21,10 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
-from benchmarks.experiments import REPO, Experiment, repo_relative
-from benchmarks.reproducibility import flatten
+from benchmarks.experiments import REPO, Experiment, read_config, repo_relative
 from benchmarks.shortcut_benchmark import DETECTORS, WorkspaceOutputs, detector_verdicts
 from benchmarks.sweep import with_data_root
 
@@ -34,9 +31,8 @@ OUT = REPO / "benchmarks" / "results" / "negative_control.json"
 
 
 def experiment(config: Path) -> Experiment:
-    overrides = flatten(yaml.safe_load(config.read_text()) or {})
     targets = tuple(f"{stage}@{dataset}" for dataset in DATASETS for stage in STAGES)
-    return with_data_root(Experiment(f"negative-control-{config.stem.replace('_', '-')}", overrides, targets))
+    return with_data_root(read_config(config, f"negative-control-{config.stem.replace('_', '-')}", targets))
 
 
 def run(config: Path) -> float:

@@ -24,7 +24,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -72,8 +72,7 @@ def with_data_root(experiment: Experiment, root: Path = REPO) -> Experiment:
     path = Path(committed)
     if path.is_absolute() or not (root / path).exists():
         return experiment
-    return Experiment(experiment.name, {**experiment.overrides, "data.root": str((root / path).resolve())},
-                      experiment.targets, experiment.info)
+    return replace(experiment, overrides={**experiment.overrides, "data.root": str((root / path).resolve())})
 
 
 # --------------------------------------------------------------------------------------------

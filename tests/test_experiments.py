@@ -47,19 +47,12 @@ def test_the_benchmark_grid_covers_every_kind_at_three_levels_two_clean_variants
 def test_every_variant_fills_its_shortcuts_from_the_defaults_and_passes_the_params_check():
     """Each variant, merged into params.yaml as `dvc exp run -S` would merge it, is a valid params file."""
     from pipeline.config import load_params
-    from benchmarks.reproducibility import merged
 
     grid = read_grid(GRID)
     committed = yaml.safe_load((REPO / "params.yaml").read_text())
     for experiment in grid.experiments("cpu"):
         assert set(experiment.info["shortcuts"][0]) >= {"label", "kind", "fraction", "position", "strength", "color"}
-        params = committed
-        for key, value in experiment.overrides.items():
-            *path, last = key.split(".")
-            patch: dict = {last: value}
-            for part in reversed(path):
-                patch = {part: patch}
-            params = merged(params, patch)
+        params = experiment.applied_to(committed)
         path = REPO / "tests" / f".grid-{experiment.name}.yaml"
         try:
             path.write_text(yaml.safe_dump(params, sort_keys=False))

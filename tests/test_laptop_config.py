@@ -4,7 +4,7 @@ import json
 import pytest
 import yaml
 
-from benchmarks.reproducibility import merged
+from benchmarks.experiments import read_config
 from pipeline.config import Params, build, to_dict
 from tests.conftest import REPO
 
@@ -26,17 +26,9 @@ def lookup(node: dict, dotted: str):
     return node
 
 
-def applied(config: dict) -> dict:
-    """params.yaml with a config's overrides, less the keys of its ``remove`` list (laptop.sh's ``-S ~key``)."""
-    params = merged(DEFAULTS, {key: value for key, value in config.items() if key != "remove"})
-    for dotted in config.get("remove", []):
-        *parents, last = dotted.split(".")
-        node = params
-        for part in parents:
-            node[part] = dict(node[part])   # merged() shares what the config leaves alone with params.yaml
-            node = node[part]
-        del node[last]
-    return params
+def applied(path) -> dict:
+    """params.yaml as `dvc exp run` writes it for a config file's arguments (laptop.sh's)."""
+    return read_config(path).applied_to(DEFAULTS)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)
@@ -50,18 +42,21 @@ def test_every_override_names_an_existing_param_and_the_params_validate(path):
         except (KeyError, TypeError):
             missing.append(key)
     assert not missing, f"{path.name} overrides params that params.yaml lacks: {missing}"
-    params = to_dict(build(Params, applied(overrides | {"remove": removed})))
+    params = to_dict(build(Params, applied(path)))
     assert all(lookup(params, key) == lookup(overrides, key) for key in leaf_keys(overrides))
+    for key in removed:
+        *parents, last = key.split(".")
+        assert last not in lookup(params, ".".join(parents)) if parents else last not in params
 
 
 def test_the_cpu_explain_config_keeps_full_data_and_a_gan_that_learns_the_shortcut():
-    params = build(Params, applied(yaml.safe_load((REPO / "configs" / "cpu_explain.yaml").read_text())))
+    params = build(Params, applied(REPO / "configs" / "cpu_explain.yaml"))
     assert params.data.train_size is None and params.data.test_size is None
     assert_gan_measured_long_enough(params, data_config=None, config="configs/cpu_explain.yaml")
 
 
 def test_the_laptop_gan_was_measured_on_the_laptop_data_and_runs_long_enough():
-    assert_gan_measured_long_enough(build(Params, applied(LAPTOP)), data_config="configs/laptop.yaml",
+    assert_gan_measured_long_enough(build(Params, applied(REPO / "configs" / "laptop.yaml")), data_config="configs/laptop.yaml",
                                     config="configs/laptop.yaml")
 
 
@@ -85,7 +80,7 @@ def training_settings(gan: dict) -> dict:
 
 
 def test_laptop_params_validate_and_are_smaller_than_the_defaults():
-    params = build(Params, applied(LAPTOP))
+    params = build(Params, applied(REPO / "configs" / "laptop.yaml"))
     assert "colored_mnist" not in params.datasets and {"clever_hans", "negative_control"} <= set(params.datasets)
     assert to_dict(params)["gan"]["iterations"] == LAPTOP["gan"]["iterations"]
     assert params.data.train_size < 60_000 and params.gan.iterations < DEFAULTS["gan"]["iterations"]
@@ -94,6 +89,24 @@ def test_laptop_params_validate_and_are_smaller_than_the_defaults():
 def test_laptop_script_runs_the_config_as_a_dvc_experiment():
     script = (REPO / "laptop.sh").read_text()
     assert "config=${1:-configs/laptop.yaml}" in script and 'dvc exp run -m "CPU configuration ($config)" "${overrides[@]}" "$@"' in script
+    assert 'python -m benchmarks.experiments "$config"' in script
+
+
+def test_a_config_file_becomes_dvc_exp_run_arguments_one_per_line(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "small.yaml"
+    config.write_text("remove: [datasets.colored_mnist]\ndata:\n  train_size: 12000\nexplain:\n  methods: [d_ig, ig]\n")
+    printed = subprocess.run([sys.executable, "-m", "benchmarks.experiments", str(config)], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+    assert printed == ["-S", "~datasets.colored_mnist", "-S", "data.train_size=12000", "-S", 'explain.methods=["d_ig","ig"]']
+    params = read_config(config).applied_to(DEFAULTS)
+    assert "colored_mnist" not in params["datasets"] and "colored_mnist" in DEFAULTS["datasets"]   # DEFAULTS untouched
+    assert params["data"]["train_size"] == 12000 and params["data"]["root"] == DEFAULTS["data"]["root"]
+    config.write_text("remove: datasets.colored_mnist\n")
+    with pytest.raises(ValueError, match="remove must be a list"):
+        read_config(config)
 
 
 def test_laptop_sh_refuses_a_missing_config_before_setting_anything_up(tmp_path):
