@@ -17,7 +17,10 @@ A detector *finds* a planted shortcut when its headline lift is above chance (th
 variant (nothing planted) the same verdict is a **false alarm**. The detection rate counts the variants whose
 classifier relies on every planted shortcut (reliance - base rate >= 0.5) because of its content, not because it
 hides part of the digit (occlusion rate - base rate <= 0.05); the development variant (the one the detector settings
-were developed on) is reported apart and counted in neither.
+were developed on) is reported apart and counted in neither. Beside its verdict, discover's entry holds its strongest
+trigger per planted class: how many images of other classes the class's best region, found without the answer,
+moves into the class when pasted alone; discover flags a class only when that rate reaches ``discover.min_trigger_rate``,
+so a miss can be read against the truth's reliance.
 
     python -m benchmarks.shortcut_benchmark configs/grids/shortcut_benchmark.yaml --size cpu
 """
@@ -115,10 +118,25 @@ def discover_verdict(outputs, dataset: str, planted_classes: list[str], clean: b
     if clean:
         verdict["detected"] = None if flagged is None else flagged > 0
         return verdict
-    found = outputs.details(dataset, "discover").get("found_without_being_told")
+    details = outputs.details(dataset, "discover")
+    found = details.get("found_without_being_told")
     verdict["detected"] = None if found is None or flagged is None else all(c in found for c in planted_classes)
     verdict["false_alarms"] = metrics.get("false_alarms")
+    verdict["strongest_trigger"] = [strongest_trigger(details, c) for c in planted_classes]
     return verdict
+
+
+def strongest_trigger(details: dict, label: str) -> dict | None:
+    """The region of class ``label`` that discover found (without the answer) moving the most images of other
+    classes into it when pasted alone: its trigger rate, discover's verdict on that rate against its controls, and
+    its box. Not a detection score: what discover measured of the class, to set beside the truth's reliance."""
+    regions = [r for r in (details.get("classes", {}).get(label) or {}).get("regions") or []
+               if finite(r.get("trigger_rate"))]
+    if not regions:
+        return None
+    best = max(regions, key=lambda r: r["trigger_rate"])
+    return {"class": label, "trigger_rate": best["trigger_rate"], "verdict": best.get("trigger_verdict"),
+            "box": [best.get(key) for key in ("top", "left", "height", "width")]}
 
 
 def truth_of(outputs, dataset: str) -> list[dict]:
@@ -219,14 +237,17 @@ def mark(verdict: dict) -> str:
 
 def table(results: dict) -> str:
     """Markdown: a row per variant (truth and each detector's verdict with its lift), then the summary."""
-    head = "| variant | reliance − base | occlusion − base | " + " | ".join(DETECTORS) + " |"
-    lines = [head, "|" + " --- |" * (3 + len(DETECTORS))]
+    head = ("| variant | reliance − base | occlusion − base | discover's strongest trigger | "
+            + " | ".join(DETECTORS) + " |")
+    lines = [head, "|" + " --- |" * (4 + len(DETECTORS))]
     for row in results["variants"]:
         truth = row["truth"]
         gap = lambda key: ", ".join(f"{t[key] - t['base_rate']:.2f}" if finite(t.get(key)) and finite(t.get("base_rate"))  # noqa: E731
                                     else "–" for t in truth) or "–"
         name = row["variant"] + (" (clean)" if row["clean"] else "") + (" (development)" if row["development"] else "")
-        lines.append(f"| {name} | {gap('reliance')} | {gap('occlusion_rate')} | "
+        triggers = ", ".join(f"{t['trigger_rate']:.2f}" if t else "–"
+                             for t in row["detectors"]["discover"].get("strongest_trigger") or []) or "–"
+        lines.append(f"| {name} | {gap('reliance')} | {gap('occlusion_rate')} | {triggers} | "
                      + " | ".join(mark(row["detectors"][d]) for d in DETECTORS) + " |")
     lines += ["", "| detector | detection rate (relied-on variants) | detection rate (every planted variant) | "
               "false alarms (clean variants) |", "| --- | --- | --- | --- |"]

@@ -73,7 +73,11 @@ def test_found_missed_false_alarm_reliance_and_development(tmp_path, grid):
     above, at_chance = lift(0.6, 0.4, 0.8), lift(0.02, -0.05, 0.09)
     cases = {
         "found": (truth(0.98), {d: above for d in DETECTORS}, 1, {"found_without_being_told": ["7"]}),
-        "missed": (truth(0.95), {"attribution": above, "explain_masks": at_chance}, 0, {"found_without_being_told": []}),
+        "missed": (truth(0.95), {"attribution": above, "explain_masks": at_chance}, 0,
+                   {"found_without_being_told": [], "classes": {"7": {"regions": [
+                       {"trigger_rate": 0.31, "trigger_verdict": "above chance", "top": 0, "left": 0, "height": 4, "width": 4},
+                       {"trigger_rate": 0.45, "trigger_verdict": "above chance", "top": 9, "left": 9, "height": 3, "width": 2},
+                       {"trigger_rate": None, "top": 20, "left": 20, "height": 1, "width": 1}]}}}),
         "weak": (truth(0.30), {d: above for d in DETECTORS}, 1, {"found_without_being_told": ["7"]}),   # not relied on
         "hidden": (truth(0.99, occlusion=0.40), {d: above for d in DETECTORS}, 1, {"found_without_being_told": ["7"]}),
         "clean": (truth(0.0), {"attribution": above, "tracin": at_chance}, 2, {"found_without_being_told": []}),
@@ -93,6 +97,9 @@ def test_found_missed_false_alarm_reliance_and_development(tmp_path, grid):
     assert rows["missed"]["detectors"]["attribution"]["detected"] is True
     assert rows["missed"]["detectors"]["explain_masks"] == {"detected": False, "lift": 0.02, "interval": [-0.05, 0.09]}
     assert rows["missed"]["detectors"]["tracin"]["detected"] is None            # not judged: null, never False
+    assert rows["missed"]["detectors"]["discover"]["strongest_trigger"] == [
+        {"class": "7", "trigger_rate": 0.45, "verdict": "above chance", "box": [9, 9, 3, 2]}]
+    assert rows["found"]["detectors"]["discover"]["strongest_trigger"] == [None]   # no region measured
     assert rows["clean"]["detectors"]["discover"]["detected"] is True           # flagged a class where nothing is planted
     assert rows["weak"]["relied_on"] is False and rows["hidden"]["relied_on"] is False and rows["found"]["relied_on"]
     assert rows["absent"]["status"] == "not run"
@@ -108,7 +115,7 @@ def test_found_missed_false_alarm_reliance_and_development(tmp_path, grid):
     assert summary["dissection"]["development"] == [True]
     assert summary["attribution"]["most_subtle_found"] == {"square": "hidden"}    # the grid's last planted square
     assert "| attribution | hidden |" in table(out)
-    assert "| found | 0.98 | 0.01 | ✔ +0.60" in table(out)
+    assert "| found | 0.98 | 0.01 | – | ✔ +0.60" in table(out) and "| missed | 0.95 | 0.01 | 0.45 | ✘" in table(out)
     write(out, tmp_path / "results.json")
     assert json.loads((tmp_path / "results.json").read_text())["n_done"] == 6
     assert (tmp_path / "results.png").stat().st_size > 10_000
