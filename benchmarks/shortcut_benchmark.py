@@ -172,6 +172,7 @@ def variant_row(experiment, result: ExperimentResult | None, grid: Grid, cwd: Pa
                 "detectors": {d: {"detected": None, "lift": None, "interval": None} for d in DETECTORS}}
     outputs = ExperimentOutputs(result, cwd)
     truth, detectors = detector_verdicts(outputs, grid.dataset, clean)
+    detectors["discover"]["min_trigger_rate"] = (result.params.get("discover") or {}).get("min_trigger_rate")
     return {**row, "status": "done", "truth": truth, "relied_on": None if clean else relied_on(truth),
             "gan_shortcut_fraction": outputs.metrics(grid.dataset, "explain").get("gan_shortcut_fraction"),
             "stage_seconds": outputs.stage_seconds(grid.dataset), "detectors": detectors}
@@ -274,7 +275,9 @@ def picture(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in results["variants"] if r["status"] == "done"]
-    fig, axes = plt.subplots(2, len(DETECTORS), figsize=(3.2 * len(DETECTORS), 6.4), squeeze=False)
+    triggers = any(t for r in rows for t in r["detectors"]["discover"].get("strongest_trigger") or [])
+    columns = len(DETECTORS) + triggers
+    fig, axes = plt.subplots(2, columns, figsize=(3.2 * columns, 6.4), squeeze=False)
     labels = [r["variant"] for r in rows]
     for j, detector in enumerate(DETECTORS):
         by_variant, by_reliance = axes[0][j], axes[1][j]
@@ -298,11 +301,40 @@ def picture(results: dict, path: Path) -> None:
         by_reliance.axvline(RELIED_ON, color="gray", linestyle=":", linewidth=0.8)
         by_reliance.set_xlabel("reliance − base rate", fontsize=7)
         by_reliance.set_ylabel("lift over chance" if j == 0 else "", fontsize=7)
+    if triggers:
+        trigger_panels(rows, axes[0][-1], axes[1][-1])
     fig.suptitle(f"Shortcut detection ({results['grid']}, size {results['size']}, commit {results['commit']}): filled = found "
                  f"(gray, clean variants: a false alarm), open = not found; orange: the development variant", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def trigger_panels(rows: list[dict], by_variant, by_reliance) -> None:
+    """discover's strongest trigger per planted shortcut (filled: above its controls), per variant and against the
+    truth's reliance, with the diagonal (the trigger moves as many images as the stamp) and discover's flag bar."""
+    bars = set()
+    for i, row in enumerate(rows):
+        discover = row["detectors"]["discover"]
+        bars.add(discover.get("min_trigger_rate"))
+        for shortcut, trigger in zip(row["truth"], discover.get("strongest_trigger") or []):
+            if not trigger:
+                continue
+            style = dict(color="tab:green", marker="s", linestyle="",
+                         markerfacecolor="tab:green" if trigger["verdict"] == "above chance" else "white")
+            by_variant.plot([trigger["trigger_rate"]], [i], **style)
+            if finite(shortcut.get("reliance")) and finite(shortcut.get("base_rate")):
+                by_reliance.plot([shortcut["reliance"] - shortcut["base_rate"]], [trigger["trigger_rate"]], **style)
+    by_variant.set_yticks(range(len(rows)), [""] * len(rows))
+    by_variant.invert_yaxis()
+    by_variant.set_title("discover's strongest trigger (not a lift); red: its flag bar", fontsize=8)
+    by_variant.set_xlabel("share of other images moved into the class", fontsize=7)
+    by_reliance.plot([0, 1], [0, 1], color="gray", linewidth=0.6)
+    for bar in bars - {None}:
+        by_variant.axvline(bar, color="tab:red", linestyle=":", linewidth=0.8)
+        by_reliance.axhline(bar, color="tab:red", linestyle=":", linewidth=0.8)
+    by_reliance.set_xlabel("reliance − base rate", fontsize=7)
+    by_reliance.set_ylabel("trigger rate", fontsize=7)
 
 
 def write(results: dict, out: Path) -> None:

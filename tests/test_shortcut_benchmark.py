@@ -89,7 +89,8 @@ def test_found_missed_false_alarm_reliance_and_development(tmp_path, grid):
     for name, (classifier_details, figures, flagged, discover_details) in cases.items():
         rev = commit(repo, {classifier: classifier_details, discover: discover_details} | (timing if name == "found" else {}),
                      remove=list(timing) if name == "missed" else [])
-        results[f"{name}-s0"] = ExperimentResult(f"{name}-s0", rev, {}, metrics(figures, flagged))
+        results[f"{name}-s0"] = ExperimentResult(f"{name}-s0", rev, {"discover": {"min_trigger_rate": 0.5}},
+                                                   metrics(figures, flagged))
     out = aggregate(grid, "cpu", results, cwd=repo)
     rows = {r["variant"]: r for r in out["variants"]}
     assert rows["found"]["detectors"]["discover"]["detected"] is True
@@ -100,6 +101,7 @@ def test_found_missed_false_alarm_reliance_and_development(tmp_path, grid):
     assert rows["missed"]["detectors"]["discover"]["strongest_trigger"] == [
         {"class": "7", "trigger_rate": 0.45, "verdict": "above chance", "box": [9, 9, 3, 2]}]
     assert rows["found"]["detectors"]["discover"]["strongest_trigger"] == [None]   # no region measured
+    assert rows["missed"]["detectors"]["discover"]["min_trigger_rate"] == 0.5       # the run's own flag bar
     assert rows["clean"]["detectors"]["discover"]["detected"] is True           # flagged a class where nothing is planted
     assert rows["weak"]["relied_on"] is False and rows["hidden"]["relied_on"] is False and rows["found"]["relied_on"]
     assert rows["absent"]["status"] == "not run"
