@@ -194,7 +194,9 @@ def shortcut_benchmark(record: dict, root: Path) -> list[str]:
              f"{record.get('commit', '?')}; {record.get('n_done', '?')} of {record.get('n_variants', '?')} experiments done. "
              f"A variant counts as relied on when reliance − base rate ≥ {relied.get('reliance_minus_base_rate', '?')} "
              f"and blacked out − base rate ≤ {relied.get('occlusion_minus_base_rate', '?')}; a second rate counts every "
-             f"planted variant; the development variant is counted in none. Cells: ✔ found, ✘ not found, with the lift over chance; – not judged."]
+             f"planted variant; the development variant is counted in none. Cells: ✔ found, ✘ not found, with the lift over chance; – not judged. "
+             f"discover's strongest trigger: the share of other classes' images that the planted class's best region, found "
+             f"without the answer, moves into the class when pasted alone (not a lift; discover flags at discover.min_trigger_rate)."]
     seconds = record.get("stage_seconds") or {}
     if seconds.get("median_per_variant") is not None:
         lines[0] += (f" Stage time: {number(seconds['median_per_variant'], 0)} s per variant (median), "
