@@ -19,7 +19,7 @@ from pipeline.evaluation.explanations import (MIN_CONTROL_PAIRS, ExplainOptions,
                                               distractor_control_pairs, headline_lifts, headline_metrics,
                                               not_judged_reasons, random_maps, score_lifts)
 from pipeline.models.classifiers import DenseClassifier, save_model
-from pipeline.scoring.masks import RANDOM_MASKS, WHOLE_IMAGE
+from pipeline.scoring.masks import OWN_MASKS, RANDOM_MASKS, WHOLE_IMAGE
 from pipeline.stages.explain import main
 from pipeline.storage import save_arrays, write_json
 from tests.conftest import repo_params
@@ -363,6 +363,35 @@ def test_no_pair_into_the_class_and_an_empty_subset_are_not_judged_with_their_re
     assert subset["shortcut_iou_carried"].n == 4 and subset["shortcut_iou_carried"].score == 1.0
     nobody = judged(masks, carried=(torch.zeros(10, dtype=torch.bool), "none carries"))
     assert nobody["shortcut_iou_carried"].verdict == "not judged" and nobody["shortcut_iou_carried"].reason == "none carries"
+
+
+def test_a_centred_truth_is_at_chance_when_the_methods_masks_sit_in_the_centre_on_unrelated_pairs_too():
+    """The clean watermark: the truth is the image's central 14x14 square and nothing is planted, so the masks of the
+    pairs into its class lie on the digit, in the centre, as on every other pair. Uniform random masks and the
+    whole-image mask call that above chance; the method's own masks on the unrelated pairs do not."""
+    truth = torch.zeros(60, 28, 28, dtype=torch.bool)
+    truth[:, 7:21, 7:21] = True
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.zeros(60, 28, 28, dtype=torch.bool)
+    for i in range(60):                    # 10x10 blobs somewhere on the "digit" (rows and columns 6-22)
+        top, left = torch.randint(6, 13, (2,), generator=generator).tolist()
+        masks[i, top:top + 10, left:left + 10] = True
+    selected = torch.arange(60) < 30
+    binary = masks[:, None].float()
+    without = MaskJudge("shortcut", truth, selected, "no pair into 4", 2.0, streams)("d_ig", binary, binary)
+    assert without["shortcut_iou"].verdict == "above chance"          # the false alarm the own masks remove
+    judge = MaskJudge("shortcut", truth, selected, "no pair into 4", 2.0, streams, unrelated=~selected)
+    lifts = judge("d_ig", binary, binary)
+    for figure in ("shortcut_iou", "shortcut_mass_fraction"):
+        assert lifts[figure].reference == OWN_MASKS and lifts[figure].verdict != "above chance", lifts[figure]
+    corner = masks.clone()                 # masks on a corner square for the pairs into the class: still found
+    corner[:30] = False
+    corner[:30, 1:5, 1:5] = True
+    truth[:30] = False
+    truth[:30, 1:5, 1:5] = True
+    found = MaskJudge("shortcut", truth, selected, "", 2.0, streams, unrelated=~selected)("d_ig", corner[:, None].float(),
+                                                                                           corner[:, None].float())
+    assert found["shortcut_iou"].verdict == "above chance" and found["shortcut_iou"].references[OWN_MASKS] == 0.0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,8 +13,10 @@ pairs, with a paired bootstrap 95 % interval; what each one measures:
   against the residual ``|real - counterfactual|``, which needs no classifier at all. A method that does not beat
   the residual has shown nothing the pair itself did not show.
 - **Shortcut IoU and mask mass on GAN pairs** (planted shortcuts, the negative control too). The optimal masks
-  of the pairs translated into a shortcut's class against the shortcut's truth region, over the whole-image mask
-  and random masks of each pair's own mask area (:func:`~pipeline.scoring.masks.mask_chance`; the highest binds).
+  of the pairs translated into a shortcut's class against the shortcut's truth region, over the whole-image mask,
+  random masks of each pair's own mask area (:func:`~pipeline.scoring.masks.mask_chance`) and the method's own masks
+  on the pairs between classes without a shortcut, against the same region (a centred region overlaps any mask on
+  the digit; :func:`~pipeline.scoring.masks.own_mask_chance`); the highest binds.
   The IoU over the pairs whose counterfactual carries the shortcut at all is given apart, and the share of those
   pairs (``gan_shortcut_fraction``) is a property of the generator, kept as a plain figure. On the negative
   control the same figures are taken against the unplanted class and region: they must come out at chance.
@@ -51,7 +53,7 @@ from pipeline.data.known_answer import ColorRule, KnownAnswer, PlantedShortcuts
 from pipeline.data.tensors import subsample, to_float, to_uint8
 from pipeline.models.inference import predict_probabilities
 from pipeline.scoring.chance import Lift, lift_over_chance, not_judged
-from pipeline.scoring.masks import iou, mask_chance, mass_share, smooth_noise, spatial
+from pipeline.scoring.masks import OWN_MASKS, iou, mask_chance, mass_share, own_mask_chance, smooth_noise, spatial
 
 Streams = Callable[[str], torch.Generator]   # a seeded CPU stream per name (the stage context's ``generator``)
 NAN = float("nan")
@@ -200,6 +202,7 @@ class MaskJudge:
     streams: Streams
     figures: tuple[str, ...] = ("iou", "mass_fraction")
     subsets: dict[str, tuple[torch.Tensor, str]] = field(default_factory=dict)  # name -> (bool [N], reason if empty)
+    unrelated: torch.Tensor | None = None   # bool [N]: pairs whose masks set the method's own-mask chance level
 
     def names(self) -> list[str]:
         return [f"{self.prefix}_{f}" for f in self.figures] + [f"{self.prefix}_iou_{name}" for name in self.subsets]
@@ -211,6 +214,11 @@ class MaskJudge:
         on = keep.to(binary.device)
         masks, truth = spatial(binary[on]).cpu(), self.truth[on].bool().cpu()
         chance = mask_chance(masks, truth, self.sigma, self.streams(f"random-masks/{self.prefix}/{method}"))
+        if self.unrelated is not None and self.unrelated.bool().any():
+            other = self.unrelated.bool().to(binary.device)
+            own = own_mask_chance(spatial(binary[other]), soft[other].float().mean(dim=1), truth)
+            for figure, level in own.items():
+                chance[figure][OWN_MASKS] = level
         items = {"iou": iou(masks, truth), "mass_share": mass_share(soft[on].float().mean(dim=1).cpu(), truth)}
         lifts = {}
         for figure in self.figures:
@@ -241,9 +249,12 @@ def known_answer_judges(answer: KnownAnswer, pairs: Pairs, test: dict, class_nam
     if isinstance(answer, PlantedShortcuts):
         selected, truth = answer.truth_for_targets(pairs.target)
         into = class_list(answer.labels, class_names)
+        labels = torch.tensor(answer.labels, device=pairs.target.device)
+        unrelated = ~torch.isin(pairs.target, labels) & ~torch.isin(pairs.source.to(labels.device), labels)
         return [MaskJudge("shortcut", truth, selected, f"no GAN pair goes into {into}", sigma, streams,
                           subsets={"carried": (carried_shortcut(answer, pairs, test),
-                                               f"no counterfactual into {into} carries its shortcut")})]
+                                               f"no counterfactual into {into} carries its shortcut")},
+                          unrelated=unrelated)]
     if isinstance(answer, ColorRule):
         return [MaskJudge("digit", answer.colored_pixels(pairs.real), torch.ones_like(pairs.target, dtype=torch.bool),
                           "no pair", sigma, streams, figures=("mass_fraction",))]

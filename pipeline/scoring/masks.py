@@ -8,7 +8,11 @@ share of its mass on the truth. Masks that know nothing set the chance level, sc
 - **random masks of the same area**: per item, smooth random blobs (Gaussian-blurred noise, kept at the item's
   mask area exactly), so that a method is not credited for the size of its masks, only for where they are;
 - **the same shape at random other places** (:func:`random_placements`): for one region found without the answer
-  (discover), where a region of exactly that shape lands by chance.
+  (discover), where a region of exactly that shape lands by chance;
+- **the method's own masks on unrelated items** (:func:`own_mask_chance`): its masks on items the truth cannot be the
+  reason for, scored against each item's truth. Random masks fall anywhere; a method's masks fall where its items
+  change (on MNIST, the digit in the image's centre), so a truth region in the centre overlaps them with nothing
+  learned, and only this level sees it.
 
 Masks are bool [N, H, W] (one spatial mask per item; a per-channel mask counts a pixel when any channel is on).
 """
@@ -21,6 +25,7 @@ import torch
 WHOLE_IMAGE = "the whole-image mask"
 RANDOM_MASKS = "random masks of the same area"
 PLACEMENTS = "the same shape at random other places"
+OWN_MASKS = "the method's own masks on unrelated items"
 
 
 def spatial(mask: torch.Tensor) -> torch.Tensor:
@@ -109,3 +114,19 @@ def mask_chance(masks: torch.Tensor, truth: torch.Tensor, sigma: float, generato
     random_share = torch.where(areas > 0, random_share, torch.full_like(random_share, float("nan")))
     return {"iou": {WHOLE_IMAGE: iou(whole, truth), RANDOM_MASKS: random_iou},
             "mass_share": {WHOLE_IMAGE: mass_share(whole.float(), truth), RANDOM_MASKS: random_share}}
+
+
+def own_mask_chance(reference_masks: torch.Tensor, reference_weights: torch.Tensor,
+                    truth: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{figure: [N]} for figures ``iou`` and ``mass_share``: per item of ``truth`` [N, H, W], the mean score of the
+    method's masks on unrelated items (bool ``reference_masks`` [M, H, W], non-negative ``reference_weights``
+    [M, H, W] for the mass share) against that item's truth. The M reference items are fixed, not resampled: the
+    interval of a lift over this level counts the N items' spread only. Items that share a truth region are scored
+    once."""
+    truth = truth.bool().cpu()
+    regions, which = torch.unique(truth.flatten(1), dim=0, return_inverse=True)
+    regions = regions.reshape(len(regions), *truth.shape[-2:])
+    masks, weights = reference_masks.bool().cpu(), reference_weights.float().cpu()
+    per_region = {"iou": torch.stack([iou(masks, region).mean() for region in regions]),
+                  "mass_share": torch.stack([mass_share(weights, region).nanmean() for region in regions])}
+    return {figure: values[which] for figure, values in per_region.items()}
