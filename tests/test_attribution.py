@@ -401,6 +401,21 @@ def test_a_map_that_follows_the_input_alone_has_no_lift_over_the_reinitialised_m
     assert lifts["relevance_mass"].score == pytest.approx((15 * 2.7 + 3) / (15 * 2.7 + 3 + 48 * 0.9))
 
 
+def test_fewer_images_than_the_floor_are_not_judged_however_clear_the_map():
+    """Two flipped images whose maps sit on the stamp alone: a bootstrap over two images has no width worth the name,
+    so no verdict; ten such images are found."""
+    from pipeline.attribution.method_scores import localization_lifts
+    from pipeline.scoring.chance import MIN_ITEMS
+
+    images, region = stamped_digits(MIN_ITEMS)
+    on_stamp = torch.full_like(images, 0.01)     # every pixel credited a little, the stamp a lot
+    on_stamp[:, :, :4, :4] = 1.0
+    two = localization_lifts(on_stamp[:2], region, streams, "none")
+    assert all(lift.verdict == "not judged" and "only 2 images, fewer than 10" in lift.reason for lift in two.values())
+    assert localization_lifts(on_stamp, region, streams, "none")["relevance_mass"].verdict == "above chance"
+    assert localization_lifts(on_stamp[:0], region, streams, "none")["relevance_mass"].reason == "none"   # the caller's
+
+
 def test_a_map_that_the_model_draws_to_the_stamp_beats_the_reinitialised_model_and_an_empty_one_scores_nothing():
     """The model's map puts nearly all relevance on the stamp, the re-initialised model's follows the input (half of it
     on the stamp): lift over the higher chance level, the re-initialised model's. An empty map of the re-initialised
@@ -607,12 +622,12 @@ def test_a_torchscript_classifier_has_no_reinitialised_chance_level_and_keeps_th
     config = {"architecture": "torchscript", "n_classes": 10, "input_shape": (3, 28, 28)}
     model, extra = classifier_from_file(config, tmp_path / "model.ts")
     save_model(paths.classifier_path("clever_hans"), model, config, **extra)
-    settings = {"n_images": 6, "methods": ["saliency", "inputxgrad"], "batch_size": 4, "internal_batch_size": 64,
+    settings = {"n_images": 10, "methods": ["saliency", "inputxgrad"], "batch_size": 4, "internal_batch_size": 64,
                 "deletion_steps": 4, "n_faithfulness_images": 2, "infidelity_samples": 2, "n_sensitivity_images": 1,
                 "sensitivity_samples": 2, "n_localization_images": 2, "segmentation_thresholds": 4,
                 "n_contrastive_images": 2, "contrastive_method": "saliency", "n_gallery_images": 2}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params({"device": "cpu", "attribution": settings})))
-    main(["clever_hans"])
+    main(["clever_hans"])   # 10 sampled images: their digit figures are judged (MIN_ITEMS)
 
     details = json.loads((paths.plots_dir("clever_hans", "attribute") / "details.json").read_text())
     assert details["reinitialized_model"].startswith("not available") and "TorchScript" in details["reinitialized_model"]

@@ -15,10 +15,11 @@ from pipeline import paths
 from pipeline.attribution.discriminative import DISCRIMINATIVE, METHODS, MaskSettings, size_grid
 from pipeline.data.known_answer import ColorRule, PlantedShortcuts
 from pipeline.data.shortcuts import Shortcut
-from pipeline.evaluation.explanations import (MIN_CONTROL_PAIRS, ExplainOptions, MaskJudge, distractor_control,
+from pipeline.evaluation.explanations import (ExplainOptions, MaskJudge, distractor_control,
                                               distractor_control_pairs, headline_lifts, headline_metrics,
                                               not_judged_reasons, random_maps, score_lifts)
 from pipeline.models.classifiers import DenseClassifier, save_model
+from pipeline.scoring.chance import MIN_ITEMS
 from pipeline.scoring.masks import OWN_MASKS, RANDOM_MASKS, WHOLE_IMAGE
 from pipeline.stages.explain import main
 from pipeline.storage import save_arrays, write_json
@@ -155,7 +156,7 @@ def test_the_stage_finds_the_square_the_classifier_reads(dataset, tmp_path, monk
         assert entry["median_score"] == pytest.approx(expected, abs=1e-3), method
         assert entry["mean_optimal_mask_size"] == pytest.approx(16 / PIXELS, abs=1e-6) and entry["reached_target_fraction"] == 1.0
     assert details["methods"]["ig"]["median_score"] == details["methods"]["deeplift"]["median_score"] == 0.0
-    # two distractor control pairs (below): fewer than MIN_CONTROL_PAIRS, so only the control is not judged
+    # two distractor control pairs (below): fewer than MIN_ITEMS, so only the control is not judged
     not_judged = {"control_shortcut_iou_lift"} if dataset == "clever_hans" else set()
     assert best in DISCRIMINATIVE and set(details["not_judged"]) == not_judged
     assert metrics["score_vs_residual_lift"] == pytest.approx(0.0, abs=1e-6)
@@ -178,7 +179,7 @@ def test_the_stage_finds_the_square_the_classifier_reads(dataset, tmp_path, monk
         assert chance["shortcut_iou"]["random"]["verdict"] != "above chance"
         # the control: only the images of class 0 are assigned their own class by the detector (all ties go to 0)
         control = details["distractor_control"]
-        assert control["n_candidates"] == 11 and control["n_assigned_own_class"] == control["n_pairs"] == 2 < MIN_CONTROL_PAIRS
+        assert control["n_candidates"] == 11 and control["n_assigned_own_class"] == control["n_pairs"] == 2 < MIN_ITEMS
         assert control["methods"][best]["median_score"] > control["methods"]["residual"]["median_score"]
         assert chance["control_shortcut_iou"][best]["verdict"] == "not judged" and metrics["control_shortcut_iou_lift"] is None
         assert "only 2 control pairs" in details["not_judged"]["control_shortcut_iou_lift"]
@@ -528,13 +529,13 @@ def test_the_distractor_control_can_fail_the_residual_and_not_a_method_that_foll
 
 
 def test_a_control_of_fewer_pairs_than_the_floor_is_scored_in_details_and_not_judged():
-    """Five usable pairs (control_pairs 5) are below MIN_CONTROL_PAIRS: each method's median score is kept in details,
+    """Five usable pairs (control_pairs 5) are below MIN_ITEMS: each method's median score is kept in details,
     and no figure gets a verdict, with the reason (a bootstrap over five pairs, or one, has next to no width)."""
     options = ExplainOptions(methods=("d_ig", "random"), ig_steps=4, control_pairs=5, mask_channels="sum",
                              attributed="counterfactual")
     details, lifts = distractor_control(MarkerDetector(), corner_square(), marker_images(), options, MaskSettings(12, 1, 0.0),
                                         size_grid(21), streams, np.random.default_rng(0))
-    assert details["n_pairs"] == 5 < MIN_CONTROL_PAIRS and "too few for a bootstrap interval" in details["reason"]
+    assert details["n_pairs"] == 5 < MIN_ITEMS and "too few for a bootstrap interval" in details["reason"]
     assert details["methods"]["d_ig"]["median_score"] is not None
     d_ig = lifts["control_shortcut_iou"]["d_ig"]
     assert d_ig.verdict == "not judged" and d_ig.n == 0 and "only 5 control pairs" in d_ig.reason

@@ -37,7 +37,7 @@ from pipeline.attribution.methods import AttributionOptions
 from pipeline.attribution.scores import CHANNELS, color_scores, curve_area, deletion_curve
 from pipeline.data.known_answer import ColorRule, KnownAnswer, PlantedShortcuts
 from pipeline.data.tensors import to_float
-from pipeline.scoring.chance import Lift, lift_over_chance, not_judged
+from pipeline.scoring.chance import Lift, lift_over_chance, not_judged, too_few
 from pipeline.scoring.relevance import SUPPORT, pointing_game, relevance_mass, support_share
 
 Streams = Callable[[str], torch.Generator]   # a named random stream: one per use (here: per bootstrap)
@@ -57,7 +57,12 @@ def localization_lifts(attributions: torch.Tensor, masks: torch.Tensor, streams:
     a :class:`Lift` over the higher of two chance levels (``streams(figure)``: the figure's bootstrap): a uniform map
     on the method's own support (what a map scores that credits only the pixels the method can credit, without
     preference), and, where ``reinitialized`` is given, the same figure of that method's maps of the same images by a
-    re-initialised classifier [N, C, H, W] (what a map of the method gets from the input alone; an empty one scores 0)."""
+    re-initialised classifier [N, C, H, W] (what a map of the method gets from the input alone; an empty one scores 0).
+    Fewer than :data:`~pipeline.scoring.chance.MIN_ITEMS` images are not judged: the stamp may move only two images
+    of other classes into its class, and an interval over two says nothing."""
+    few = too_few(len(attributions), "image")
+    if few:
+        return {"relevance_mass": not_judged(few), "pointing_game": not_judged(few)}
     chance = support_share(attributions, masks)
     mass_levels, pointing_levels = {SUPPORT: chance}, {SUPPORT: chance.nan_to_num(0.0)}
     if reinitialized is not None:

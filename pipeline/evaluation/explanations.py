@@ -52,7 +52,7 @@ from pipeline.attribution.discriminative import (DISCRIMINATIVE, METHODS, MaskSe
 from pipeline.data.known_answer import ColorRule, KnownAnswer, PlantedShortcuts
 from pipeline.data.tensors import subsample, to_float, to_uint8
 from pipeline.models.inference import predict_probabilities
-from pipeline.scoring.chance import Lift, lift_over_chance, not_judged
+from pipeline.scoring.chance import Lift, lift_over_chance, not_judged, too_few
 from pipeline.scoring.masks import OWN_MASKS, iou, mask_chance, mass_share, own_mask_chance, smooth_noise, spatial
 
 Streams = Callable[[str], torch.Generator]   # a seeded CPU stream per name (the stage context's ``generator``)
@@ -383,11 +383,6 @@ def distractor_control_pairs(model, answer: PlantedShortcuts, test: dict, n_pair
     return pairs, counts, control_reason(counts, no_room, len(answer.labels)) if len(keep) == 0 else ""
 
 
-# Fewer control pairs than this leave the control not judged: a percentile bootstrap over a handful of pairs has next to
-# no width (over one pair, none), so an "above chance" there would rest on no evidence. A floor of validity, not tuned.
-MIN_CONTROL_PAIRS = 10
-
-
 def control_reason(counts: dict[str, int], no_room: list[int], n_shortcuts: int) -> str:
     """Why the distractor control has no pair: the first step of :data:`FUNNEL` that left none."""
     if len(no_room) == n_shortcuts:
@@ -406,10 +401,8 @@ def distractor_control(model, answer: PlantedShortcuts, test: dict, options: Exp
     """Every method on the distractor control pairs: (details: what it measures, the funnel of counts, each
     method's median score; {figure: {method: Lift}} of the optimal masks against the shortcut's truth region)."""
     pairs, counts, reason = distractor_control_pairs(model, answer, test, options.control_pairs, rng, options.batch_size)
-    too_few = 0 < len(pairs.target) < MIN_CONTROL_PAIRS
-    if too_few:
-        reason = (f"only {len(pairs.target)} control pair{'s' if len(pairs.target) > 1 else ''}, fewer than "
-                  f"{MIN_CONTROL_PAIRS}: too few for a bootstrap interval")
+    few = too_few(len(pairs.target), "control pair")
+    reason = few or reason
     selected, truth = answer.truth_for_targets(pairs.target)
     judge = MaskJudge("control_shortcut", truth, selected, reason, options.random_sigma, streams)
     details = {"measures": CONTROL_MEASURES, **counts, "n_pairs": len(pairs.target), "methods": {}}
@@ -421,7 +414,7 @@ def distractor_control(model, answer: PlantedShortcuts, test: dict, options: Exp
             _, scores, binary, soft = explain_pairs(method, model, pairs, options, settings, grid,
                                                     streams("control-random-map"))
             details["methods"][method] = {"median_score": summarise(scores.score)[0]}
-            found = judge.none(reason) if too_few else judge(method, binary, soft)
+            found = judge.none(reason) if few else judge(method, binary, soft)
         else:
             found = judge.none(reason)
         for name, lift in found.items():

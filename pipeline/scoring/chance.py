@@ -19,6 +19,18 @@ import torch
 
 CONFIDENCE = 0.95
 N_BOOTSTRAP = 2000
+# A figure over fewer items than this is not judged: a percentile bootstrap over a handful of items has next to no
+# width (over one, none), so an "above chance" there would rest on no evidence. A floor of validity, not tuned. Used
+# where a set's size depends on the data (explain's distractor control, attribute's flipped images).
+MIN_ITEMS = 10
+
+
+def too_few(n: int, item: str) -> str | None:
+    """The reason a figure over ``n`` items (``item``: their name, singular) is not judged, or None when there are
+    none at all (the caller's own reason applies) or enough."""
+    if 0 < n < MIN_ITEMS:
+        return f"only {n} {item}{'s' if n > 1 else ''}, fewer than {MIN_ITEMS}: too few for a bootstrap interval"
+    return None
 
 
 @dataclass(frozen=True)
