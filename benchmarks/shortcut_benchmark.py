@@ -327,7 +327,7 @@ def trigger_panels(rows: list[dict], by_variant, by_reliance) -> None:
                 by_reliance.plot([shortcut["reliance"] - shortcut["base_rate"]], [trigger["trigger_rate"]], **style)
     by_variant.set_yticks(range(len(rows)), [""] * len(rows))
     by_variant.invert_yaxis()
-    by_variant.set_title("discover's strongest trigger (not a lift); red: its flag bar", fontsize=8)
+    by_variant.set_title("discover's strongest trigger (red: flag bar)", fontsize=8)
     by_variant.set_xlabel("share of other images moved into the class", fontsize=7)
     by_reliance.plot([0, 1], [0, 1], color="gray", linewidth=0.6)
     for bar in bars - {None}:
