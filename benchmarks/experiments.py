@@ -205,13 +205,15 @@ def read_sets(path: str | Path, targets: tuple[str, ...] = ()) -> list[Experimen
 
 def read_config(path: str | Path, name: str | None = None, targets: tuple[str, ...] = ()) -> Experiment:
     """A config file (``configs/*.yaml``: params overrides as nested YAML, and a ``remove`` list of dotted params
-    keys the run goes without) as one experiment; named after the file unless ``name`` is given."""
+    keys the run goes without) as one experiment; named after the file (lower-cased, other characters as '-') unless
+    ``name`` is given."""
     path = Path(path)
     config = yaml.safe_load(path.read_text()) or {}
     removed = config.pop("remove", None) or []
     if not isinstance(removed, list) or not all(isinstance(key, str) for key in removed):
         raise ValueError(f"{path}: remove must be a list of dotted params keys, got {removed!r}")
-    return Experiment(name or path.stem.replace("_", "-"), flatten(config), targets, removed=tuple(removed))
+    name = name or re.sub(r"[^a-z0-9]+", "-", path.stem.lower()).strip("-") or "config"
+    return Experiment(name, flatten(config), targets, removed=tuple(removed))
 
 
 def seed_study(seeds: list[int], dataset: str = "clever_hans") -> list[Experiment]:

@@ -19,6 +19,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.experiments import REPO, Experiment, read_config, repo_relative
@@ -32,7 +33,8 @@ OUT = REPO / "benchmarks" / "results" / "negative_control.json"
 
 def experiment(config: Path) -> Experiment:
     targets = tuple(f"{stage}@{dataset}" for dataset in DATASETS for stage in STAGES)
-    return with_data_root(read_config(config, f"negative-control-{config.stem.replace('_', '-')}", targets))
+    from_file = read_config(config, targets=targets)
+    return with_data_root(replace(from_file, name=f"negative-control-{from_file.name}"))
 
 
 def run(config: Path) -> float:

@@ -104,6 +104,9 @@ def test_a_config_file_becomes_dvc_exp_run_arguments_one_per_line(tmp_path):
     params = read_config(config).applied_to(DEFAULTS)
     assert "colored_mnist" not in params["datasets"] and "colored_mnist" in DEFAULTS["datasets"]   # DEFAULTS untouched
     assert params["data"]["train_size"] == 12000 and params["data"]["root"] == DEFAULTS["data"]["root"]
+    mixed_case = tmp_path / "My Laptop_v2.yaml"          # laptop.sh takes any file name: the name is only a label
+    mixed_case.write_text(config.read_text())
+    assert read_config(mixed_case).name == "my-laptop-v2" and read_config(mixed_case).set_args() == printed
     config.write_text("remove: datasets.colored_mnist\n")
     with pytest.raises(ValueError, match="remove must be a list"):
         read_config(config)
