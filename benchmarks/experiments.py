@@ -20,6 +20,7 @@ strings), so that a list of shortcuts replaces the committed one whole.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import sys
@@ -68,25 +69,27 @@ class Experiment:
     def applied_to(self, params: dict) -> dict:
         """``params`` as ``dvc exp run`` writes them for this experiment: each override merged in at its dotted key
         (a mapping merged, anything else replaced), each removed key deleted. ``params`` itself is left alone."""
+        params = copy.deepcopy(params)
         for key, value in self.overrides.items():
-            *parents, last = key.split(".")
-            patch: dict = {last: value}
-            for part in reversed(parents):
-                patch = {part: patch}
-            params = merged(params, patch)
+            parent, last = dotted_parent(params, key)
+            old = parent.get(last)
+            parent[last] = merged(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
         for key in self.removed:
-            *parents, last = key.split(".")
-            params = merged(params, {})       # a copy at the top; the levels below are copied on the way down
-            node = params
-            for part in parents:
-                node[part] = dict(node[part])
-                node = node[part]
-            del node[last]
+            parent, last = dotted_parent(params, key)
+            del parent[last]
         return params
 
     def run_args(self) -> list[str]:
         """The arguments of ``dvc exp run`` after the command: name, overrides, targets."""
         return ["-n", self.name, *self.set_args(), *self.targets]
+
+
+def dotted_parent(params: dict, key: str) -> tuple[dict, str]:
+    """(the mapping that holds dotted ``key``'s last part, that part); missing levels are made, as DVC makes them."""
+    *parents, last = key.split(".")
+    for part in parents:
+        params = params.setdefault(part, {})
+    return params, last
 
 
 def override_value(value: Any) -> str:
